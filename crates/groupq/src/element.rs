@@ -1,0 +1,298 @@
+//! Element types: the float inputs ([`Element`]) and the integer codes
+//! ([`IntElement`]) of SPEC §2.
+
+use half::{bf16, f16};
+use std::fmt;
+
+/// The data types groupq knows about.
+///
+/// ```
+/// use groupq::ElementKind;
+/// assert_eq!(ElementKind::Bf16.size_bytes(), 2);
+/// assert!(ElementKind::F16.is_float());
+/// assert_eq!(ElementKind::S8.to_string(), "s8");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ElementKind {
+    /// IEEE 754 binary32.
+    F32,
+    /// IEEE 754 binary64.
+    F64,
+    /// IEEE 754 binary16 ([`half::f16`]).
+    F16,
+    /// bfloat16 ([`half::bf16`]).
+    Bf16,
+    /// Signed 8-bit integer.
+    S8,
+    /// Unsigned 8-bit integer.
+    U8,
+    /// Signed 32-bit integer (zero points).
+    I32,
+}
+
+impl ElementKind {
+    /// Size of one element in bytes.
+    pub const fn size_bytes(self) -> usize {
+        match self {
+            ElementKind::F64 => 8,
+            ElementKind::F32 | ElementKind::I32 => 4,
+            ElementKind::F16 | ElementKind::Bf16 => 2,
+            ElementKind::S8 | ElementKind::U8 => 1,
+        }
+    }
+
+    /// Whether this is a floating-point kind.
+    pub const fn is_float(self) -> bool {
+        matches!(
+            self,
+            ElementKind::F32 | ElementKind::F64 | ElementKind::F16 | ElementKind::Bf16
+        )
+    }
+
+    /// The lower-case name used in messages and file formats (`"bf16"`, `"s8"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            ElementKind::F32 => "f32",
+            ElementKind::F64 => "f64",
+            ElementKind::F16 => "f16",
+            ElementKind::Bf16 => "bf16",
+            ElementKind::S8 => "s8",
+            ElementKind::U8 => "u8",
+            ElementKind::I32 => "i32",
+        }
+    }
+}
+
+impl fmt::Display for ElementKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+pub(crate) use sealed::MathFloat;
+
+macro_rules! math_float {
+    ($t:ty) => {
+        impl MathFloat for $t {
+            const ZERO: Self = 0.0;
+            #[inline(always)]
+            fn from_i32(v: i32) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn from_i64(v: i64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn round_ties_even(self) -> Self {
+                <$t>::round_ties_even(self)
+            }
+            #[inline(always)]
+            fn to_i32_saturating(self) -> i32 {
+                // Rust's float → int `as` saturates and maps NaN to 0 (SPEC §3.1).
+                self as i32
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+        }
+    };
+}
+math_float!(f32);
+math_float!(f64);
+
+pub(crate) mod sealed {
+    /// The arithmetic type M of SPEC §3: `f64` for `f64` tensors, `f32` for all
+    /// the others. Internal: kernels compute in it.
+    pub trait MathFloat:
+        Copy
+        + PartialEq
+        + PartialOrd
+        + std::ops::Add<Output = Self>
+        + std::ops::Mul<Output = Self>
+        + std::ops::Div<Output = Self>
+        + Send
+        + Sync
+        + 'static
+    {
+        const ZERO: Self;
+        /// `M(z)`: round-to-nearest-even conversion of an `i32`.
+        fn from_i32(v: i32) -> Self;
+        /// `M(d)`: round-to-nearest-even conversion of an `i64`.
+        fn from_i64(v: i64) -> Self;
+        fn round_ties_even(self) -> Self;
+        /// Saturating conversion of an integral value: NaN → 0, out of range → `i32::MIN/MAX`.
+        fn to_i32_saturating(self) -> i32;
+        fn is_nan(self) -> bool;
+    }
+
+    /// Seals [`crate::Element`] and carries the conversions to the math type.
+    pub trait FloatSealed: Copy {
+        /// The math type M of SPEC §3.
+        type Math: MathFloat;
+        /// Exact widening conversion into M.
+        fn to_math(self) -> Self::Math;
+        /// Conversion from M with round-to-nearest-even.
+        fn from_math(m: Self::Math) -> Self;
+    }
+
+    /// Seals [`crate::IntElement`].
+    pub trait IntSealed: Copy {
+        /// `v` is already inside the type's range.
+        fn from_i32_in_range(v: i32) -> Self;
+        /// Widening conversion.
+        fn to_i32(self) -> i32;
+    }
+}
+
+/// A floating-point element type: `f32`, `f64`, [`half::f16`], [`half::bf16`].
+///
+/// Sealed: the set of types is fixed by SPEC §2. Plans are generic over it:
+///
+/// ```
+/// use groupq::{Element, ElementKind};
+/// fn kind_of<T: Element>() -> ElementKind { T::KIND }
+/// assert_eq!(kind_of::<half::bf16>(), ElementKind::Bf16);
+/// ```
+pub trait Element:
+    sealed::FloatSealed + Copy + Send + Sync + fmt::Debug + PartialEq + PartialOrd + Default + 'static
+{
+    /// The kind tag of this type.
+    const KIND: ElementKind;
+}
+
+/// An integer code type: `i8` ([`ElementKind::S8`]) or `u8` ([`ElementKind::U8`]).
+///
+/// ```
+/// use groupq::IntElement;
+/// assert_eq!((<i8 as IntElement>::MIN, <i8 as IntElement>::MAX), (-128, 127));
+/// assert_eq!((<u8 as IntElement>::MIN, <u8 as IntElement>::MAX), (0, 255));
+/// ```
+pub trait IntElement:
+    sealed::IntSealed + Copy + Send + Sync + fmt::Debug + Eq + Ord + Default + 'static
+{
+    /// The kind tag of this type.
+    const KIND: ElementKind;
+    /// Smallest representable code.
+    const MIN: i32;
+    /// Largest representable code.
+    const MAX: i32;
+}
+
+impl sealed::FloatSealed for f32 {
+    type Math = f32;
+    #[inline(always)]
+    fn to_math(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_math(m: f32) -> Self {
+        m
+    }
+}
+impl Element for f32 {
+    const KIND: ElementKind = ElementKind::F32;
+}
+
+impl sealed::FloatSealed for f64 {
+    type Math = f64;
+    #[inline(always)]
+    fn to_math(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn from_math(m: f64) -> Self {
+        m
+    }
+}
+impl Element for f64 {
+    const KIND: ElementKind = ElementKind::F64;
+}
+
+impl sealed::FloatSealed for f16 {
+    type Math = f32;
+    #[inline(always)]
+    fn to_math(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_math(m: f32) -> Self {
+        f16::from_f32(m)
+    }
+}
+impl Element for f16 {
+    const KIND: ElementKind = ElementKind::F16;
+}
+
+impl sealed::FloatSealed for bf16 {
+    type Math = f32;
+    #[inline(always)]
+    fn to_math(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_math(m: f32) -> Self {
+        bf16::from_f32(m)
+    }
+}
+impl Element for bf16 {
+    const KIND: ElementKind = ElementKind::Bf16;
+}
+
+macro_rules! int_element {
+    ($t:ty, $kind:expr) => {
+        impl sealed::IntSealed for $t {
+            #[inline(always)]
+            fn from_i32_in_range(v: i32) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_i32(self) -> i32 {
+                self as i32
+            }
+        }
+        impl IntElement for $t {
+            const KIND: ElementKind = $kind;
+            const MIN: i32 = <$t>::MIN as i32;
+            const MAX: i32 = <$t>::MAX as i32;
+        }
+    };
+}
+int_element!(i8, ElementKind::S8);
+int_element!(u8, ElementKind::U8);
+
+#[cfg(test)]
+mod tests {
+    use super::sealed::FloatSealed;
+    use super::*;
+
+    #[test]
+    fn kinds_and_sizes_agree() {
+        assert_eq!(f32::KIND.size_bytes(), std::mem::size_of::<f32>());
+        assert_eq!(f64::KIND.size_bytes(), std::mem::size_of::<f64>());
+        assert_eq!(f16::KIND.size_bytes(), std::mem::size_of::<f16>());
+        assert_eq!(bf16::KIND.size_bytes(), std::mem::size_of::<bf16>());
+        assert_eq!(<i8 as IntElement>::KIND.size_bytes(), 1);
+        assert!(!ElementKind::I32.is_float());
+    }
+
+    #[test]
+    fn half_conversions_round_to_nearest_even() {
+        // 1 + 2^-11 lies exactly between f16 1.0 and its successor: ties to even (1.0).
+        assert_eq!(f16::from_math(1.0 + 2f32.powi(-11)).to_bits(), 0x3c00);
+        // 1 + 3·2^-11 lies between 1+2^-10 (odd) and 1+2^-9 (even): rounds up.
+        assert_eq!(f16::from_math(1.0 + 3.0 * 2f32.powi(-11)).to_bits(), 0x3c02);
+        assert_eq!(bf16::from_math(1.0 + 2f32.powi(-8)).to_bits(), 0x3f80);
+        assert_eq!(bf16::from_math(1.0 + 3.0 * 2f32.powi(-8)).to_bits(), 0x3f82);
+    }
+
+    #[test]
+    fn saturating_conversion() {
+        assert_eq!(f32::NAN.to_i32_saturating(), 0);
+        assert_eq!(f32::INFINITY.to_i32_saturating(), i32::MAX);
+        assert_eq!(f64::NEG_INFINITY.to_i32_saturating(), i32::MIN);
+        assert_eq!(3e9f64.to_i32_saturating(), i32::MAX);
+    }
+}

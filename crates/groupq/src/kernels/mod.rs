@@ -1,0 +1,200 @@
+//! The arithmetic and how it is spread over threads.
+//!
+//! [`scalar`] is the reference, written to read like SPEC §3. The plans in
+//! [`crate::quantize`] validate their arguments and then hand a closure over
+//! one *segment* (a run of whole groups of one row) to [`for_each_segment`],
+//! which splits the problem over the stream's threads. Splitting only ever
+//! happens at group boundaries and every element is computed by the same pure
+//! function, so the output cannot depend on the thread count or chunking.
+
+pub(crate) mod scalar;
+
+use crate::plan::BackendKind;
+use crate::quantize::SteBoundary;
+use crate::stream::Stream;
+use crate::tensor::TensorRef;
+
+/// Problems with fewer elements than this run on the calling thread: waking
+/// the pool costs more than the work.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+/// Target size of one parallel task, in elements.
+const TASK_ELEMENTS: usize = 1 << 15;
+
+/// The backends this build can run on this CPU, best first. Only the scalar
+/// reference exists so far.
+pub(crate) fn available_backends() -> &'static [BackendKind] {
+    &[BackendKind::Scalar]
+}
+
+/// A forward kernel over whole groups of one row:
+/// `(input, scale, zero_point, output, group_size, q_min, q_max)`.
+pub(crate) type QuantizeKernel<TIn, TOut> =
+    fn(&[TIn], &[TIn], &[i32], &mut [TOut], usize, i32, i32);
+/// An inverse kernel: `(codes, scale, zero_point, output, group_size)`.
+pub(crate) type DequantizeKernel<TQ, TOut> = fn(&[TQ], &[TOut], &[i32], &mut [TOut], usize);
+/// A straight-through backward kernel: `(grad_output, input, scale,
+/// zero_point, grad_input, group_size, q_min, q_max, boundary)`.
+pub(crate) type QuantizeBackwardKernel<T> =
+    fn(&[T], &[T], &[T], &[i32], &mut [T], usize, i32, i32, SteBoundary);
+/// A dequantize-backward kernel: `(grad_output, scale, grad_input, group_size)`.
+pub(crate) type DequantizeBackwardKernel<T> = fn(&[T], &[T], &mut [T], usize);
+
+/// `outer` rows of `num_groups` groups of `group_size` elements.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupGrid {
+    pub outer: usize,
+    pub num_groups: usize,
+    pub group_size: usize,
+}
+
+impl GroupGrid {
+    fn units(&self) -> usize {
+        self.outer * self.num_groups
+    }
+
+    /// Element offset in the output of group-unit `u` (row `u / num_groups`).
+    fn offset(&self, u: usize, row_stride: usize) -> usize {
+        (u / self.num_groups) * row_stride + (u % self.num_groups) * self.group_size
+    }
+}
+
+/// Elements `a..b` of row `row` of a validated rank-2 view.
+#[inline]
+pub(crate) fn row_slice<'a, T>(
+    view: &TensorRef<'a, T, 2>,
+    row: usize,
+    a: usize,
+    b: usize,
+) -> &'a [T] {
+    let start = row * view.stride[0];
+    &view.data[start + a..start + b]
+}
+
+/// Calls `f(row, g0, g1, segment)` once for every maximal run of groups
+/// `g0..g1` of one row inside each task, where `segment` is the output's
+/// elements of those groups. Together the calls cover every group exactly
+/// once.
+///
+/// `out` is the output view's slice and `row_stride` its row stride; the
+/// caller has validated that the view fits the slice and that rows do not
+/// overlap (`row_stride >= num_groups * group_size` when `outer > 1`).
+/// The grid must be non-empty.
+pub(crate) fn for_each_segment<T, F>(
+    stream: &Stream,
+    grid: GroupGrid,
+    out: &mut [T],
+    row_stride: usize,
+    f: &F,
+) where
+    T: Send,
+    F: Fn(usize, usize, usize, &mut [T]) + Sync,
+{
+    let units = grid.units();
+    let elements = units * grid.group_size;
+    match stream.pool() {
+        Some(pool) if elements >= PARALLEL_MIN_ELEMENTS => {
+            let task_units = (TASK_ELEMENTS / grid.group_size).max(1);
+            pool.install(|| split(grid, row_stride, 0, units, out, task_units, f));
+        }
+        _ => serial(grid, row_stride, 0, units, out, f),
+    }
+}
+
+/// Halves `u0..u1` until a task is at most `task_units` groups. `out` starts
+/// at the offset of unit `u0`.
+fn split<T, F>(
+    grid: GroupGrid,
+    row_stride: usize,
+    u0: usize,
+    u1: usize,
+    out: &mut [T],
+    task_units: usize,
+    f: &F,
+) where
+    T: Send,
+    F: Fn(usize, usize, usize, &mut [T]) + Sync,
+{
+    if u1 - u0 <= task_units {
+        return serial(grid, row_stride, u0, u1, out, f);
+    }
+    let mid = u0 + (u1 - u0) / 2;
+    let at = grid.offset(mid, row_stride) - grid.offset(u0, row_stride);
+    let (left, right) = out.split_at_mut(at);
+    rayon::join(
+        || split(grid, row_stride, u0, mid, left, task_units, f),
+        || split(grid, row_stride, mid, u1, right, task_units, f),
+    );
+}
+
+/// Runs units `u0..u1` on this thread, one call per row touched.
+fn serial<T, F>(grid: GroupGrid, row_stride: usize, u0: usize, u1: usize, out: &mut [T], f: &F)
+where
+    F: Fn(usize, usize, usize, &mut [T]),
+{
+    let base = grid.offset(u0, row_stride);
+    let mut u = u0;
+    while u < u1 {
+        let row = u / grid.num_groups;
+        let g0 = u % grid.num_groups;
+        let g1 = grid.num_groups.min(g0 + (u1 - u));
+        let start = grid.offset(u, row_stride) - base;
+        let len = (g1 - g0) * grid.group_size;
+        f(row, g0, g1, &mut out[start..start + len]);
+        u += g1 - g0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Every group is visited exactly once with the right output window,
+    /// whatever the thread count, and the gaps between strided rows are
+    /// never touched.
+    #[test]
+    fn segments_cover_each_group_once() {
+        for threads in 1..=3 {
+            let stream = Stream::cpu_with_threads(threads).unwrap();
+            for &(outer, num_groups, group_size, row_stride) in &[
+                (1, 1, 1, 1),
+                (3, 5, 7, 40),
+                (700, 3, 64, 200),
+                (1, 4096, 32, 0),
+                (5000, 1, 13, 13),
+            ] {
+                let grid = GroupGrid {
+                    outer,
+                    num_groups,
+                    group_size,
+                };
+                let len = (outer - 1) * row_stride + num_groups * group_size;
+                let mut out = vec![u32::MAX; len];
+                let calls = Mutex::new(0usize);
+                for_each_segment(&stream, grid, &mut out, row_stride, &|row, g0, g1, seg| {
+                    assert!(g0 < g1 && g1 <= num_groups);
+                    assert_eq!(seg.len(), (g1 - g0) * group_size);
+                    for (k, v) in seg.iter_mut().enumerate() {
+                        assert_eq!(*v, u32::MAX, "element written twice");
+                        *v = (row * num_groups * group_size + g0 * group_size + k) as u32;
+                    }
+                    *calls.lock().unwrap() += 1;
+                });
+                for row in 0..outer {
+                    for j in 0..num_groups * group_size {
+                        assert_eq!(
+                            out[row * row_stride + j],
+                            (row * num_groups * group_size + j) as u32
+                        );
+                    }
+                    if row + 1 < outer {
+                        let gap = &out
+                            [row * row_stride + num_groups * group_size..(row + 1) * row_stride];
+                        assert!(gap.iter().all(|&v| v == u32::MAX), "gap written");
+                    }
+                }
+                assert!(*calls.lock().unwrap() >= 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The plan vocabulary shared by every op: preferences, backends, kernel
+//! identity and precision guarantees (SPEC §2).
+
+use crate::element::ElementKind;
+use std::fmt;
+
+/// What the caller asks of `select`.
+///
+/// ```
+/// use groupq::{BackendKind, PlanPreference};
+/// let best = PlanPreference::default();
+/// assert_eq!(best.prefer_backend, None);
+/// let reference = PlanPreference { prefer_backend: Some(BackendKind::Scalar), ..Default::default() };
+/// assert_eq!(reference.max_workspace_bytes, usize::MAX);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PlanPreference {
+    /// Largest workspace the caller is willing to provide, in bytes.
+    pub max_workspace_bytes: usize,
+    /// A backend to use instead of the best available one. One that this
+    /// machine or op lacks makes `select` fail with `Unsupported`.
+    pub prefer_backend: Option<BackendKind>,
+}
+
+impl Default for PlanPreference {
+    fn default() -> Self {
+        PlanPreference {
+            max_workspace_bytes: usize::MAX,
+            prefer_backend: None,
+        }
+    }
+}
+
+/// Which kernel family a plan uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// Portable scalar Rust: the reference every other backend is tested against.
+    Scalar,
+    /// x86-64 AVX2 (+FMA/F16C where used).
+    Avx2,
+    /// x86-64 AVX-512 (F, BW, VL).
+    Avx512,
+    /// aarch64 NEON.
+    Neon,
+}
+
+impl BackendKind {
+    /// Lower-case name (`"scalar"`, `"avx2"`, …).
+    pub const fn name(self) -> &'static str {
+        match self {
+            BackendKind::Scalar => "scalar",
+            BackendKind::Avx2 => "avx2",
+            BackendKind::Avx512 => "avx512",
+            BackendKind::Neon => "neon",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Broad family of an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OpCategory {
+    /// Quantization and its inverse and gradients.
+    Quantization,
+}
+
+/// Which quantization op a plan performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QuantizeKind {
+    /// Float → integer codes, one scale and zero point per group (SPEC §3.1).
+    QuantizePerGroup,
+    /// Integer codes → float (SPEC §3.2).
+    DequantizePerGroup,
+    /// Straight-through gradient of the forward (SPEC §3.3).
+    QuantizePerGroupBackward,
+    /// Gradient of the dequantization (SPEC §3.4).
+    DequantizePerGroupBackward,
+}
+
+/// The floating-point type a plan computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MathPrecision {
+    /// IEEE binary32 (for f32, f16 and bf16 tensors).
+    F32,
+    /// IEEE binary64 (for f64 tensors).
+    F64,
+}
+
+/// What a plan promises about its numerics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PrecisionGuarantee {
+    /// The type every operation is carried out in.
+    pub math_precision: MathPrecision,
+    /// The element kind intermediate values are held in.
+    pub accumulator: ElementKind,
+    /// Bit-identical output on every backend, thread count and chunking.
+    pub bit_stable_on_same_hardware: bool,
+    /// The same input always gives the same output.
+    pub deterministic: bool,
+}
+
+/// Identity of a selected kernel.
+///
+/// `element` is the floating-point element of the op (input of a quantize,
+/// output of a dequantize) and `aux_element` the integer code element where
+/// the op has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelSku {
+    /// Op family.
+    pub category: OpCategory,
+    /// The op.
+    pub op: QuantizeKind,
+    /// The floating-point element type.
+    pub element: ElementKind,
+    /// The integer code type, where the op has one.
+    pub aux_element: Option<ElementKind>,
+    /// The kernel family chosen by `select`.
+    pub backend: BackendKind,
+    /// The numerics the kernel guarantees.
+    pub precision_guarantee: PrecisionGuarantee,
+}

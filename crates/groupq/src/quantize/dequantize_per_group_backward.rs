@@ -1,0 +1,146 @@
+//! `DequantizePerGroupBackwardPlan`: the gradient of the dequantization
+//! (SPEC §3.4).
+
+use super::common::{Layout, PlanCore, View};
+use crate::element::{Element, IntElement};
+use crate::error::Result;
+use crate::kernels::{row_slice, scalar, DequantizeBackwardKernel};
+use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::stream::{Stream, Workspace};
+use crate::tensor::{TensorMut, TensorRef};
+use std::marker::PhantomData;
+
+const PLAN: &str = "DequantizePerGroupBackwardPlan";
+
+/// Describes the backward of a per-group dequantization. The element types
+/// are the plan's type parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DequantizePerGroupBackwardDescriptor {
+    /// Number of rows.
+    pub outer_size: usize,
+    /// Length of the quantized (last) axis.
+    pub axis_size: usize,
+    /// Elements per group; must divide `axis_size`.
+    pub group_size: usize,
+}
+
+impl DequantizePerGroupBackwardDescriptor {
+    /// `axis_size / group_size` (0 when `group_size` is 0).
+    pub fn num_groups(&self) -> usize {
+        self.axis_size.checked_div(self.group_size).unwrap_or(0)
+    }
+}
+
+/// The tensors of one dequantize-backward call.
+#[derive(Debug)]
+pub struct DequantizePerGroupBackwardArgs<'a, TOut> {
+    /// `[outer_size, axis_size]` gradient with respect to the dequantized values.
+    pub grad_output: TensorRef<'a, TOut, 2>,
+    /// `[outer_size, num_groups]` scales.
+    pub scale: TensorRef<'a, TOut, 2>,
+    /// `[outer_size, axis_size]` gradient taken straight through to the float domain, written.
+    pub grad_input: TensorMut<'a, TOut, 2>,
+}
+
+/// Gradient of [`DequantizePerGroupPlan`](crate::DequantizePerGroupPlan):
+/// `grad_input = M(dy) * s`, stored as `TOut` (SPEC §3.4).
+///
+/// ```
+/// use groupq::*;
+///
+/// let dy = [1.0f64, -2.0, 0.5, 4.0];
+/// let s = [0.25f64, 3.0];
+/// let mut dx = [0.0f64; 4];
+/// let desc = DequantizePerGroupBackwardDescriptor { outer_size: 1, axis_size: 4, group_size: 2 };
+/// let stream = Stream::cpu();
+/// let plan = DequantizePerGroupBackwardPlan::<u8, f64>::select(&stream, &desc, PlanPreference::default())?;
+/// plan.run(&stream, Workspace::None, DequantizePerGroupBackwardArgs {
+///     grad_output: TensorRef::new(&dy, [1, 4])?,
+///     scale: TensorRef::new(&s, [1, 2])?,
+///     grad_input: TensorMut::new(&mut dx, [1, 4])?,
+/// })?;
+/// assert_eq!(dx, [0.25, -0.5, 1.5, 12.0]);
+/// # Ok::<(), groupq::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct DequantizePerGroupBackwardPlan<TQ: IntElement, TOut: Element> {
+    core: PlanCore,
+    kernel: DequantizeBackwardKernel<TOut>,
+    codes: PhantomData<fn() -> TQ>,
+}
+
+impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
+    /// Validates `desc` and chooses a kernel. Errors: `group_size == 0` or
+    /// `axis_size` not a multiple of it → `InvalidProblem`; a preferred
+    /// backend this machine lacks → `Unsupported`.
+    pub fn select(
+        stream: &Stream,
+        desc: &DequantizePerGroupBackwardDescriptor,
+        pref: PlanPreference,
+    ) -> Result<Self> {
+        let _ = stream;
+        let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
+        let op = QuantizeKind::DequantizePerGroupBackward;
+        let core = PlanCore::new::<TOut>(PLAN, op, Some(TQ::KIND), layout, pref)?;
+        Ok(DequantizePerGroupBackwardPlan {
+            core,
+            kernel: scalar::dequantize_backward_groups::<TOut>,
+            codes: PhantomData,
+        })
+    }
+
+    /// Checks `args` against the descriptor: shapes (`InvalidProblem`), slice
+    /// lengths (`BufferTooSmall`), last-axis strides of 1 and non-overlapping
+    /// `grad_input` rows (`InvalidProblem`).
+    pub fn can_implement(&self, args: &DequantizePerGroupBackwardArgs<'_, TOut>) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[
+                View::of("grad_output", &args.grad_output, l.data_shape()),
+                View::of("scale", &args.scale, l.param_shape()),
+            ],
+            View::of_mut("grad_input", &args.grad_input, l.data_shape()),
+        )
+    }
+
+    /// Scratch bytes `run` needs (always 0).
+    pub fn workspace_size(&self) -> usize {
+        self.core.workspace_size()
+    }
+
+    /// Identity of the selected kernel.
+    pub fn sku(&self) -> KernelSku {
+        self.core.sku
+    }
+
+    /// Numerics of the selected kernel.
+    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
+        self.core.sku.precision_guarantee
+    }
+
+    /// Writes the gradient into `args.grad_input`. Calls `can_implement`
+    /// first; on error nothing is written.
+    pub fn run(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: DequantizePerGroupBackwardArgs<'_, TOut>,
+    ) -> Result<()> {
+        self.can_implement(&args)?;
+        let DequantizePerGroupBackwardArgs {
+            grad_output,
+            scale,
+            grad_input,
+        } = args;
+        let (gs, kernel) = (self.core.layout.group_size, self.kernel);
+        self.core
+            .run(stream, &workspace, grad_input, |row, g0, g1, out| {
+                kernel(
+                    row_slice(&grad_output, row, g0 * gs, g1 * gs),
+                    row_slice(&scale, row, g0, g1),
+                    out,
+                    gs,
+                )
+            })
+    }
+}

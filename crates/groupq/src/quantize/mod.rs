@@ -1,0 +1,35 @@
+//! The per-group quantization family (SPEC §3): one `(scale, zero_point)`
+//! per contiguous group of the last axis of a `[outer_size, axis_size]`
+//! tensor.
+//!
+//! | plan | computes |
+//! |---|---|
+//! | [`QuantizePerGroupPlan`] | `q = clamp(round_half_to_even((s != 0 ? x / s : 0) + z), q_min, q_max)` |
+//! | [`DequantizePerGroupPlan`] | `y = M(q - z) * s` |
+//! | [`QuantizePerGroupBackwardPlan`] | `dx = inside(r) && s != 0 ? dy / s : 0` |
+//! | [`DequantizePerGroupBackwardPlan`] | `dx = dy * s` |
+//!
+//! Element `(i, j)` uses `scale[i, j / group_size]` and
+//! `zero_point[i, j / group_size]`; `M` is `f64` for `f64` tensors and `f32`
+//! otherwise.
+
+mod common;
+mod dequantize_per_group;
+mod dequantize_per_group_backward;
+mod quantize_per_group;
+mod quantize_per_group_backward;
+
+pub use dequantize_per_group::{
+    DequantizePerGroupArgs, DequantizePerGroupDescriptor, DequantizePerGroupPlan,
+};
+pub use dequantize_per_group_backward::{
+    DequantizePerGroupBackwardArgs, DequantizePerGroupBackwardDescriptor,
+    DequantizePerGroupBackwardPlan,
+};
+pub use quantize_per_group::{
+    QuantizePerGroupArgs, QuantizePerGroupDescriptor, QuantizePerGroupPlan,
+};
+pub use quantize_per_group_backward::{
+    QuantizePerGroupBackwardArgs, QuantizePerGroupBackwardDescriptor, QuantizePerGroupBackwardPlan,
+    SteBoundary,
+};

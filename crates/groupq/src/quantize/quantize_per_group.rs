@@ -1,0 +1,190 @@
+//! `QuantizePerGroupPlan`: float → integer codes (SPEC §3.1).
+
+use super::common::{check_code_range, check_kind, Layout, PlanCore, View};
+use crate::element::{Element, ElementKind, IntElement};
+use crate::error::Result;
+use crate::kernels::{row_slice, scalar, QuantizeKernel};
+use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::stream::{Stream, Workspace};
+use crate::tensor::{TensorMut, TensorRef};
+
+const PLAN: &str = "QuantizePerGroupPlan";
+
+/// Describes a per-group quantization: `[outer_size, axis_size]` floats,
+/// `axis_size / group_size` groups per row, codes clamped to `q_min..=q_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QuantizePerGroupDescriptor {
+    /// Number of rows.
+    pub outer_size: usize,
+    /// Length of the quantized (last) axis.
+    pub axis_size: usize,
+    /// Elements per group; must divide `axis_size`.
+    pub group_size: usize,
+    /// Smallest code written; inside the output type's range.
+    pub q_min: i32,
+    /// Largest code written; inside the output type's range.
+    pub q_max: i32,
+    /// Must be `TIn::KIND`.
+    pub input_element: ElementKind,
+    /// Must be `TOut::KIND`.
+    pub output_element: ElementKind,
+}
+
+impl QuantizePerGroupDescriptor {
+    /// `axis_size / group_size` (0 when `group_size` is 0).
+    pub fn num_groups(&self) -> usize {
+        self.axis_size.checked_div(self.group_size).unwrap_or(0)
+    }
+}
+
+/// The tensors of one forward call. `scale` has the input's type,
+/// `zero_point` is `i32`; both are `[outer_size, num_groups]`.
+#[derive(Debug)]
+pub struct QuantizePerGroupArgs<'a, TIn, TOut> {
+    /// `[outer_size, axis_size]` values to quantize.
+    pub input: TensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` scales.
+    pub scale: TensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` zero points.
+    pub zero_point: TensorRef<'a, i32, 2>,
+    /// `[outer_size, axis_size]` codes written.
+    pub output: TensorMut<'a, TOut, 2>,
+}
+
+/// Quantizes each group of the last axis with its own scale and zero point:
+/// `q = clamp(round_half_to_even((s != 0 ? x / s : 0) + z), q_min, q_max)`
+/// computed in `f32` (`f64` for `f64` input), exactly as SPEC §3.1 defines.
+///
+/// ```
+/// use groupq::*;
+///
+/// // Two rows of four values, groups of two, to the int4 range.
+/// let x = [0.5f32, -1.0, 2.5, 8.0, f32::NAN, 0.25, -3.0, 1.5];
+/// let s = [0.5f32, 1.0, 0.25, 0.5];
+/// let z = [0i32, 1, 0, -2];
+/// let mut q = [0i8; 8];
+///
+/// let desc = QuantizePerGroupDescriptor {
+///     outer_size: 2, axis_size: 4, group_size: 2, q_min: -8, q_max: 7,
+///     input_element: ElementKind::F32, output_element: ElementKind::S8,
+/// };
+/// let stream = Stream::cpu();
+/// let plan = QuantizePerGroupPlan::<f32, i8>::select(&stream, &desc, PlanPreference::default())?;
+/// plan.run(&stream, Workspace::None, QuantizePerGroupArgs {
+///     input: TensorRef::new(&x, [2, 4])?,
+///     scale: TensorRef::new(&s, [2, 2])?,
+///     zero_point: TensorRef::new(&z, [2, 2])?,
+///     output: TensorMut::new(&mut q, [2, 4])?,
+/// })?;
+/// // 2.5 / 1 + 1 = 3.5 rounds to even 4; 8 / 1 + 1 = 9 clamps to 7; NaN gives 0.
+/// assert_eq!(q, [1, -2, 4, 7, 0, 1, -8, 1]);
+/// # Ok::<(), groupq::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct QuantizePerGroupPlan<TIn: Element, TOut: IntElement> {
+    core: PlanCore,
+    q_min: i32,
+    q_max: i32,
+    kernel: QuantizeKernel<TIn, TOut>,
+}
+
+impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
+    /// Validates `desc` and chooses a kernel.
+    ///
+    /// Errors, first failure wins: element kinds other than `TIn::KIND` /
+    /// `TOut::KIND` → `Unsupported`; `group_size == 0`, `axis_size` not a
+    /// multiple of `group_size`, `q_max < q_min`, or `[q_min, q_max]` not
+    /// inside `TOut`'s range → `InvalidProblem`; a `pref.prefer_backend`
+    /// that this machine lacks → `Unsupported`.
+    pub fn select(
+        stream: &Stream,
+        desc: &QuantizePerGroupDescriptor,
+        pref: PlanPreference,
+    ) -> Result<Self> {
+        let _ = stream;
+        check_kind(PLAN, "input_element", desc.input_element, "TIn", TIn::KIND)?;
+        check_kind(
+            PLAN,
+            "output_element",
+            desc.output_element,
+            "TOut",
+            TOut::KIND,
+        )?;
+        let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
+        check_code_range::<TOut>(PLAN, desc.q_min, desc.q_max)?;
+        let op = QuantizeKind::QuantizePerGroup;
+        let core = PlanCore::new::<TIn>(PLAN, op, Some(TOut::KIND), layout, pref)?;
+        Ok(QuantizePerGroupPlan {
+            core,
+            q_min: desc.q_min,
+            q_max: desc.q_max,
+            kernel: scalar::quantize_groups::<TIn, TOut>,
+        })
+    }
+
+    /// Checks `args` against the descriptor: shapes (`InvalidProblem`), slice
+    /// lengths (`BufferTooSmall`), last-axis strides of 1 and non-overlapping
+    /// output rows (`InvalidProblem`).
+    pub fn can_implement(&self, args: &QuantizePerGroupArgs<'_, TIn, TOut>) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[
+                View::of("input", &args.input, l.data_shape()),
+                View::of("scale", &args.scale, l.param_shape()),
+                View::of("zero_point", &args.zero_point, l.param_shape()),
+            ],
+            View::of_mut("output", &args.output, l.data_shape()),
+        )
+    }
+
+    /// Scratch bytes `run` needs (always 0).
+    pub fn workspace_size(&self) -> usize {
+        self.core.workspace_size()
+    }
+
+    /// Identity of the selected kernel.
+    pub fn sku(&self) -> KernelSku {
+        self.core.sku
+    }
+
+    /// Numerics of the selected kernel: math in `f64` for `f64` input, else
+    /// `f32`; deterministic and bit-stable.
+    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
+        self.core.sku.precision_guarantee
+    }
+
+    /// Quantizes `args.input` into `args.output`. Calls `can_implement`
+    /// first; on error nothing is written.
+    pub fn run(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: QuantizePerGroupArgs<'_, TIn, TOut>,
+    ) -> Result<()> {
+        self.can_implement(&args)?;
+        let QuantizePerGroupArgs {
+            input,
+            scale,
+            zero_point,
+            output,
+        } = args;
+        let (gs, q_min, q_max, kernel) = (
+            self.core.layout.group_size,
+            self.q_min,
+            self.q_max,
+            self.kernel,
+        );
+        self.core
+            .run(stream, &workspace, output, |row, g0, g1, out| {
+                kernel(
+                    row_slice(&input, row, g0 * gs, g1 * gs),
+                    row_slice(&scale, row, g0, g1),
+                    row_slice(&zero_point, row, g0, g1),
+                    out,
+                    gs,
+                    q_min,
+                    q_max,
+                )
+            })
+    }
+}

@@ -1,0 +1,192 @@
+//! `QuantizePerGroupBackwardPlan`: the straight-through estimator of the
+//! forward (SPEC §3.3).
+
+use super::common::{check_code_order, check_kind, Layout, PlanCore, View};
+use crate::element::{Element, ElementKind};
+use crate::error::Result;
+use crate::kernels::{row_slice, scalar, QuantizeBackwardKernel};
+use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::stream::{Stream, Workspace};
+use crate::tensor::{TensorMut, TensorRef};
+
+const PLAN: &str = "QuantizePerGroupBackwardPlan";
+
+/// Which rounded values pass the gradient through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SteBoundary {
+    /// Only `q_min < r < q_max` (baracuda-kernels' per-group rule).
+    Exclusive,
+    /// `q_min <= r <= q_max` (PyTorch's fake-quantize rule).
+    Inclusive,
+}
+
+/// Describes the backward of a per-group quantization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QuantizePerGroupBackwardDescriptor {
+    /// Number of rows.
+    pub outer_size: usize,
+    /// Length of the quantized (last) axis.
+    pub axis_size: usize,
+    /// Elements per group; must divide `axis_size`.
+    pub group_size: usize,
+    /// The forward's `q_min` (any `i32`, at most `q_max`).
+    pub q_min: i32,
+    /// The forward's `q_max`.
+    pub q_max: i32,
+    /// Must be `TIn::KIND`.
+    pub input_element: ElementKind,
+    /// Whether the range ends pass the gradient.
+    pub boundary: SteBoundary,
+}
+
+impl QuantizePerGroupBackwardDescriptor {
+    /// `axis_size / group_size` (0 when `group_size` is 0).
+    pub fn num_groups(&self) -> usize {
+        self.axis_size.checked_div(self.group_size).unwrap_or(0)
+    }
+}
+
+/// The tensors of one backward call.
+#[derive(Debug)]
+pub struct QuantizePerGroupBackwardArgs<'a, TIn> {
+    /// `[outer_size, axis_size]` gradient of the loss with respect to the codes.
+    pub grad_output: TensorRef<'a, TIn, 2>,
+    /// `[outer_size, axis_size]` the forward's input.
+    pub input: TensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` scales.
+    pub scale: TensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` zero points.
+    pub zero_point: TensorRef<'a, i32, 2>,
+    /// `[outer_size, axis_size]` gradient with respect to the input, written.
+    pub grad_input: TensorMut<'a, TIn, 2>,
+}
+
+/// Straight-through gradient of [`QuantizePerGroupPlan`](crate::QuantizePerGroupPlan):
+/// `grad_input = (inside && s != 0) ? M(dy) / s : 0`, where `inside` tests the
+/// forward's unclamped rounded value `r` against `[q_min, q_max]` as the
+/// descriptor's [`SteBoundary`] says; a NaN `t` is never inside (SPEC §3.3).
+///
+/// ```
+/// use groupq::*;
+///
+/// let dy = [1.0f32, 1.0, 1.0, 1.0];
+/// let x = [0.5f32, 7.0, 9.0, f32::NAN];
+/// let s = [0.5f32];
+/// let z = [0i32];
+/// let mut dx = [f32::NAN; 4];
+/// let desc = QuantizePerGroupBackwardDescriptor {
+///     outer_size: 1, axis_size: 4, group_size: 4, q_min: -16, q_max: 15,
+///     input_element: ElementKind::F32, boundary: SteBoundary::Inclusive,
+/// };
+/// let stream = Stream::cpu();
+/// let plan = QuantizePerGroupBackwardPlan::<f32>::select(&stream, &desc, PlanPreference::default())?;
+/// plan.run(&stream, Workspace::None, QuantizePerGroupBackwardArgs {
+///     grad_output: TensorRef::new(&dy, [1, 4])?,
+///     input: TensorRef::new(&x, [1, 4])?,
+///     scale: TensorRef::new(&s, [1, 1])?,
+///     zero_point: TensorRef::new(&z, [1, 1])?,
+///     grad_input: TensorMut::new(&mut dx, [1, 4])?,
+/// })?;
+/// // r = 1 and r = 14 are inside, r = 18 and NaN are not.
+/// assert_eq!(dx, [2.0, 2.0, 0.0, 0.0]);
+/// # Ok::<(), groupq::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct QuantizePerGroupBackwardPlan<TIn: Element> {
+    core: PlanCore,
+    q_min: i32,
+    q_max: i32,
+    boundary: SteBoundary,
+    kernel: QuantizeBackwardKernel<TIn>,
+}
+
+impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
+    /// Validates `desc` and chooses a kernel. Errors: `input_element` other
+    /// than `TIn::KIND` → `Unsupported`; `group_size == 0`, `axis_size` not a
+    /// multiple of `group_size`, `q_max < q_min` → `InvalidProblem`; a
+    /// preferred backend this machine lacks → `Unsupported`.
+    pub fn select(
+        stream: &Stream,
+        desc: &QuantizePerGroupBackwardDescriptor,
+        pref: PlanPreference,
+    ) -> Result<Self> {
+        let _ = stream;
+        check_kind(PLAN, "input_element", desc.input_element, "TIn", TIn::KIND)?;
+        let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
+        check_code_order(PLAN, desc.q_min, desc.q_max)?;
+        let op = QuantizeKind::QuantizePerGroupBackward;
+        let core = PlanCore::new::<TIn>(PLAN, op, None, layout, pref)?;
+        Ok(QuantizePerGroupBackwardPlan {
+            core,
+            q_min: desc.q_min,
+            q_max: desc.q_max,
+            boundary: desc.boundary,
+            kernel: scalar::quantize_backward_groups::<TIn>,
+        })
+    }
+
+    /// Checks `args` against the descriptor: shapes (`InvalidProblem`), slice
+    /// lengths (`BufferTooSmall`), last-axis strides of 1 and non-overlapping
+    /// `grad_input` rows (`InvalidProblem`).
+    pub fn can_implement(&self, args: &QuantizePerGroupBackwardArgs<'_, TIn>) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[
+                View::of("grad_output", &args.grad_output, l.data_shape()),
+                View::of("input", &args.input, l.data_shape()),
+                View::of("scale", &args.scale, l.param_shape()),
+                View::of("zero_point", &args.zero_point, l.param_shape()),
+            ],
+            View::of_mut("grad_input", &args.grad_input, l.data_shape()),
+        )
+    }
+
+    /// Scratch bytes `run` needs (always 0).
+    pub fn workspace_size(&self) -> usize {
+        self.core.workspace_size()
+    }
+
+    /// Identity of the selected kernel.
+    pub fn sku(&self) -> KernelSku {
+        self.core.sku
+    }
+
+    /// Numerics of the selected kernel.
+    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
+        self.core.sku.precision_guarantee
+    }
+
+    /// Writes the straight-through gradient into `args.grad_input`. Calls
+    /// `can_implement` first; on error nothing is written.
+    pub fn run(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: QuantizePerGroupBackwardArgs<'_, TIn>,
+    ) -> Result<()> {
+        self.can_implement(&args)?;
+        let QuantizePerGroupBackwardArgs {
+            grad_output,
+            input,
+            scale,
+            zero_point,
+            grad_input,
+        } = args;
+        let gs = self.core.layout.group_size;
+        let (q_min, q_max, boundary, kernel) = (self.q_min, self.q_max, self.boundary, self.kernel);
+        self.core
+            .run(stream, &workspace, grad_input, |row, g0, g1, out| {
+                kernel(
+                    row_slice(&grad_output, row, g0 * gs, g1 * gs),
+                    row_slice(&input, row, g0 * gs, g1 * gs),
+                    row_slice(&scale, row, g0, g1),
+                    row_slice(&zero_point, row, g0, g1),
+                    out,
+                    gs,
+                    q_min,
+                    q_max,
+                    boundary,
+                )
+            })
+    }
+}
