@@ -134,7 +134,10 @@ pub(crate) mod sealed {
         type Math: MathFloat;
         /// Exact widening conversion into M.
         fn to_math(self) -> Self::Math;
-        /// Conversion from M with round-to-nearest-even.
+        /// Conversion from M with round-to-nearest-even; every NaN becomes
+        /// the type's canonical quiet NaN (positive, payload zero), because
+        /// neither IEEE 754 nor the compiler fixes the sign and payload of a
+        /// NaN that arithmetic produces.
         fn from_math(m: Self::Math) -> Self;
     }
 
@@ -189,7 +192,11 @@ impl sealed::FloatSealed for f32 {
     }
     #[inline(always)]
     fn from_math(m: f32) -> Self {
-        m
+        if m.is_nan() {
+            f32::NAN
+        } else {
+            m
+        }
     }
 }
 impl Element for f32 {
@@ -204,7 +211,11 @@ impl sealed::FloatSealed for f64 {
     }
     #[inline(always)]
     fn from_math(m: f64) -> Self {
-        m
+        if m.is_nan() {
+            f64::NAN
+        } else {
+            m
+        }
     }
 }
 impl Element for f64 {
@@ -219,7 +230,11 @@ impl sealed::FloatSealed for f16 {
     }
     #[inline(always)]
     fn from_math(m: f32) -> Self {
-        f16::from_f32(m)
+        if m.is_nan() {
+            f16::NAN
+        } else {
+            f16::from_f32(m)
+        }
     }
 }
 impl Element for f16 {
@@ -234,7 +249,11 @@ impl sealed::FloatSealed for bf16 {
     }
     #[inline(always)]
     fn from_math(m: f32) -> Self {
-        bf16::from_f32(m)
+        if m.is_nan() {
+            bf16::NAN
+        } else {
+            bf16::from_f32(m)
+        }
     }
 }
 impl Element for bf16 {
@@ -286,6 +305,15 @@ mod tests {
         assert_eq!(f16::from_math(1.0 + 3.0 * 2f32.powi(-11)).to_bits(), 0x3c02);
         assert_eq!(bf16::from_math(1.0 + 2f32.powi(-8)).to_bits(), 0x3f80);
         assert_eq!(bf16::from_math(1.0 + 3.0 * 2f32.powi(-8)).to_bits(), 0x3f82);
+    }
+
+    #[test]
+    fn nan_results_are_canonical() {
+        let neg_nan = f32::from_bits(0xffc0_0001);
+        assert_eq!(f32::from_math(neg_nan).to_bits(), 0x7fc0_0000);
+        assert_eq!(f64::from_math(-f64::NAN).to_bits(), 0x7ff8_0000_0000_0000);
+        assert_eq!(f16::from_math(neg_nan).to_bits(), 0x7e00);
+        assert_eq!(bf16::from_math(neg_nan).to_bits(), 0x7fc0);
     }
 
     #[test]
