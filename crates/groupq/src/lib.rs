@@ -104,3 +104,8 @@ pub use tensor::{TensorMut, TensorRef};
 
 /// `half`'s `f16` and `bf16`, the half-precision element types.
 pub use half;
+
+/// The code samples of README.md, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
