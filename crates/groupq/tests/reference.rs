@@ -33,7 +33,7 @@ trait RefMath:
     fn floor(self) -> Self;
     fn to_f64(self) -> f64;
     fn is_nan(self) -> bool {
-        self != self
+        self.to_f64().is_nan()
     }
 }
 
