@@ -160,7 +160,16 @@ pub(crate) mod sealed {
 /// assert_eq!(kind_of::<half::bf16>(), ElementKind::Bf16);
 /// ```
 pub trait Element:
-    sealed::FloatSealed + Copy + Send + Sync + fmt::Debug + PartialEq + PartialOrd + Default + 'static
+    sealed::FloatSealed
+    + crate::kernels::FloatKernels
+    + Copy
+    + Send
+    + Sync
+    + fmt::Debug
+    + PartialEq
+    + PartialOrd
+    + Default
+    + 'static
 {
     /// The kind tag of this type.
     const KIND: ElementKind;

@@ -81,7 +81,8 @@
 //! - `kernels` (private): the arithmetic, with the scalar reference that
 //!   reads like the spec.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 mod element;

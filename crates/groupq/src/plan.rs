@@ -37,7 +37,9 @@ impl Default for PlanPreference {
 pub enum BackendKind {
     /// Portable scalar Rust: the reference every other backend is tested against.
     Scalar,
-    /// x86-64 AVX2 (+FMA/F16C where used).
+    /// x86-64 SSE4.1 (x86-64-v2); f16 needs F16C and stays scalar here.
+    Sse41,
+    /// x86-64 AVX2 with F16C (no FMA: the arithmetic is never fused).
     Avx2,
     /// x86-64 AVX-512 (F, BW, VL).
     Avx512,
@@ -50,6 +52,7 @@ impl BackendKind {
     pub const fn name(self) -> &'static str {
         match self {
             BackendKind::Scalar => "scalar",
+            BackendKind::Sse41 => "sse4.1",
             BackendKind::Avx2 => "avx2",
             BackendKind::Avx512 => "avx512",
             BackendKind::Neon => "neon",

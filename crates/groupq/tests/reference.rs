@@ -494,28 +494,96 @@ fn streams() -> Vec<Stream> {
         .collect()
 }
 
-/// Runs `run` on a fresh strided output for every stream and compares each
-/// element (and the untouched gaps) with `expect`.
-fn check_output<T: Copy, E: Fn(usize, usize) -> T>(
+/// The backend a plan runs on.
+trait Backend {
+    fn backend(&self) -> BackendKind;
+}
+impl<T: Element, Q: IntElement> Backend for QuantizePerGroupPlan<T, Q> {
+    fn backend(&self) -> BackendKind {
+        self.sku().backend
+    }
+}
+impl<Q: IntElement, T: Element> Backend for DequantizePerGroupPlan<Q, T> {
+    fn backend(&self) -> BackendKind {
+        self.sku().backend
+    }
+}
+impl<T: Element> Backend for QuantizePerGroupBackwardPlan<T> {
+    fn backend(&self) -> BackendKind {
+        self.sku().backend
+    }
+}
+impl<Q: IntElement, T: Element> Backend for DequantizePerGroupBackwardPlan<Q, T> {
+    fn backend(&self) -> BackendKind {
+        self.sku().backend
+    }
+}
+
+/// Every backend groupq has. Those this CPU (or op and type) lacks are
+/// skipped with a note on stderr, once each; `detected_backends_are_used`
+/// checks that a backend the CPU has is never skipped.
+const BACKENDS: [BackendKind; 5] = [
+    BackendKind::Scalar,
+    BackendKind::Sse41,
+    BackendKind::Avx2,
+    BackendKind::Avx512,
+    BackendKind::Neon,
+];
+
+fn note_skip(what: &str, e: &Error) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let key = format!("{what}: {e}");
+    let mut seen = SEEN.lock().unwrap();
+    if seen.get_or_insert_with(HashSet::new).insert(key.clone()) {
+        eprintln!("skipped (not tested on this machine): {key}");
+    }
+}
+
+/// For every backend and every stream, runs `run` on a fresh strided output
+/// and compares each element (and the untouched gaps) with `expect`.
+#[allow(clippy::too_many_arguments)]
+fn check_output<P: Backend, T: Copy, E: Fn(usize, usize) -> T>(
     what: &str,
     c: &Case,
     fill: T,
     bits: impl Fn(T) -> u64,
     expect: E,
-    mut run: impl FnMut(&Stream, TensorMut<'_, T, 2>),
+    select: impl Fn(PlanPreference) -> Result<P>,
+    run: impl Fn(&P, &Stream, TensorMut<'_, T, 2>),
 ) {
-    for stream in streams() {
-        let mut out = Mat::new(c.outer, c.axis(), c.pad, fill);
-        run(&stream, out.view_mut());
-        for (k, &v) in out.data.iter().enumerate() {
-            let (i, j) = (k / out.stride, k % out.stride);
-            let want = if j < c.axis() { expect(i, j) } else { fill };
-            assert_eq!(
-                bits(v),
-                bits(want),
-                "{what}: element ({i}, {j}) with {} threads, case {c:?}",
-                stream.threads()
-            );
+    for backend in BACKENDS {
+        let pref = PlanPreference {
+            prefer_backend: Some(backend),
+            ..Default::default()
+        };
+        let plan = match select(pref) {
+            Ok(plan) => plan,
+            Err(e @ Error::Unsupported(_)) => {
+                note_skip(what, &e);
+                continue;
+            }
+            Err(e) => panic!("{what}: select failed: {e}"),
+        };
+        assert_eq!(
+            plan.backend(),
+            backend,
+            "{what}: preferred backend not honoured"
+        );
+        for stream in streams() {
+            let mut out = Mat::new(c.outer, c.axis(), c.pad, fill);
+            run(&plan, &stream, out.view_mut());
+            for (k, &v) in out.data.iter().enumerate() {
+                let (i, j) = (k / out.stride, k % out.stride);
+                let want = if j < c.axis() { expect(i, j) } else { fill };
+                assert_eq!(
+                    bits(v),
+                    bits(want),
+                    "{what}: element ({i}, {j}) on {backend} with {} threads, case {c:?}",
+                    stream.threads()
+                );
+            }
         }
     }
 }
@@ -534,8 +602,7 @@ fn check_quantize<T: RefElem, Q: RefInt>(c: &Case) {
         input_element: T::KIND,
         output_element: Q::KIND,
     };
-    let plan = QuantizePerGroupPlan::<T, Q>::select(&Stream::cpu(), &desc, Default::default())
-        .expect("valid descriptor");
+    let select = |pref| QuantizePerGroupPlan::<T, Q>::select(&Stream::cpu(), &desc, pref);
     let g = c.group_size;
     let what = format!("quantize {:?} -> {:?}", T::KIND, Q::KIND);
     let fill = Q::from_code(Q::MAX);
@@ -549,7 +616,8 @@ fn check_quantize<T: RefElem, Q: RefInt>(c: &Case) {
         fill,
         |v| v.code() as u64,
         expect,
-        |st, out| {
+        select,
+        |plan, st, out| {
             let args = QuantizePerGroupArgs {
                 input: x.view(),
                 scale: s.view(),
@@ -581,23 +649,30 @@ fn check_dequantize<Q: RefInt, T: RefElem>(c: &Case) {
         input_element: Q::KIND,
         output_element: T::KIND,
     };
-    let plan = DequantizePerGroupPlan::<Q, T>::select(&Stream::cpu(), &desc, Default::default())
-        .expect("valid descriptor");
+    let select = |pref| DequantizePerGroupPlan::<Q, T>::select(&Stream::cpu(), &desc, pref);
     let g = c.group_size;
     let what = format!("dequantize {:?} -> {:?}", Q::KIND, T::KIND);
     let expect = |i: usize, j: usize| {
         let sv = s.at(i, j / g).to_m();
         T::from_m(ref_dequantize(q.at(i, j).code(), z.at(i, j / g), sv))
     };
-    check_output(&what, c, T::from_f64(-7.0), T::bits, expect, |st, out| {
-        let args = DequantizePerGroupArgs {
-            input: q.view(),
-            scale: s.view(),
-            zero_point: z.view(),
-            output: out,
-        };
-        plan.run(st, Workspace::None, args).unwrap();
-    });
+    check_output(
+        &what,
+        c,
+        T::from_f64(-7.0),
+        T::bits,
+        expect,
+        select,
+        |plan, st, out| {
+            let args = DequantizePerGroupArgs {
+                input: q.view(),
+                scale: s.view(),
+                zero_point: z.view(),
+                output: out,
+            };
+            plan.run(st, Workspace::None, args).unwrap();
+        },
+    );
 }
 
 fn check_quantize_backward<T: RefElem>(c: &Case) {
@@ -624,9 +699,7 @@ fn check_quantize_backward<T: RefElem>(c: &Case) {
             input_element: T::KIND,
             boundary,
         };
-        let plan =
-            QuantizePerGroupBackwardPlan::<T>::select(&Stream::cpu(), &desc, Default::default())
-                .expect("valid descriptor");
+        let select = |pref| QuantizePerGroupBackwardPlan::<T>::select(&Stream::cpu(), &desc, pref);
         let g = c.group_size;
         let what = format!("quantize backward {:?} {boundary:?}", T::KIND);
         let expect = |i: usize, j: usize| {
@@ -634,16 +707,24 @@ fn check_quantize_backward<T: RefElem>(c: &Case) {
             let (d, xv) = (dy.at(i, j).to_m(), x.at(i, j).to_m());
             T::from_m(ref_ste(d, xv, sv, zv, q_min, q_max, boundary))
         };
-        check_output(&what, c, T::from_f64(-7.0), T::bits, expect, |st, out| {
-            let args = QuantizePerGroupBackwardArgs {
-                grad_output: dy.view(),
-                input: x.view(),
-                scale: s.view(),
-                zero_point: z.view(),
-                grad_input: out,
-            };
-            plan.run(st, Workspace::None, args).unwrap();
-        });
+        check_output(
+            &what,
+            c,
+            T::from_f64(-7.0),
+            T::bits,
+            expect,
+            select,
+            |plan, st, out| {
+                let args = QuantizePerGroupBackwardArgs {
+                    grad_output: dy.view(),
+                    input: x.view(),
+                    scale: s.view(),
+                    zero_point: z.view(),
+                    grad_input: out,
+                };
+                plan.run(st, Workspace::None, args).unwrap();
+            },
+        );
     }
 }
 
@@ -656,20 +737,26 @@ fn check_dequantize_backward<Q: RefInt, T: RefElem>(c: &Case) {
         axis_size: c.axis(),
         group_size: c.group_size,
     };
-    let plan =
-        DequantizePerGroupBackwardPlan::<Q, T>::select(&Stream::cpu(), &desc, Default::default())
-            .expect("valid descriptor");
+    let select = |pref| DequantizePerGroupBackwardPlan::<Q, T>::select(&Stream::cpu(), &desc, pref);
     let g = c.group_size;
     let what = format!("dequantize backward {:?} {:?}", Q::KIND, T::KIND);
     let expect = |i: usize, j: usize| T::from_m(dy.at(i, j).to_m() * s.at(i, j / g).to_m());
-    check_output(&what, c, T::from_f64(-7.0), T::bits, expect, |st, out| {
-        let args = DequantizePerGroupBackwardArgs {
-            grad_output: dy.view(),
-            scale: s.view(),
-            grad_input: out,
-        };
-        plan.run(st, Workspace::None, args).unwrap();
-    });
+    check_output(
+        &what,
+        c,
+        T::from_f64(-7.0),
+        T::bits,
+        expect,
+        select,
+        |plan, st, out| {
+            let args = DequantizePerGroupBackwardArgs {
+                grad_output: dy.view(),
+                scale: s.view(),
+                grad_input: out,
+            };
+            plan.run(st, Workspace::None, args).unwrap();
+        },
+    );
 }
 
 fn check_float<T: RefElem>(c: &Case) {
@@ -689,9 +776,10 @@ fn check_all(c: &Case) {
     check_float::<bf16>(c);
 }
 
+/// The SPEC's sizes, vector widths and their neighbours (tails), and a range.
 fn group_sizes() -> impl Strategy<Value = usize> {
     prop_oneof![
-        prop::sample::select(vec![1usize, 3, 7, 32, 128]),
+        prop::sample::select(vec![1usize, 3, 7, 8, 16, 17, 32, 33, 64, 128]),
         1usize..=40,
     ]
 }
@@ -719,7 +807,7 @@ proptest! {
     #[test]
     fn large_problems_match_the_reference_at_every_thread_count(
         outer in 1usize..300,
-        group_size in prop::sample::select(vec![1usize, 3, 7, 32, 128]),
+        group_size in prop::sample::select(vec![1usize, 3, 7, 16, 32, 33, 128]),
         pad in 0usize..2,
         seed in any::<u64>(),
     ) {
@@ -774,4 +862,51 @@ fn reference_rounding_and_saturation() {
     assert_eq!(saturate(2147483520.0f32), 2147483520);
     assert_eq!(ref_quantize(f32::NAN, 1.0, 5, -8, 7), 0);
     assert_eq!(ref_quantize(1.0f32, 0.0, 5, -8, 7), 5);
+}
+
+/// A backend that std's feature detection reports must be selectable (and
+/// so tested above), never skipped.
+#[test]
+fn detected_backends_are_used() {
+    let mut expected = vec![BackendKind::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("sse4.1") {
+            expected.push(BackendKind::Sse41);
+        }
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            expected.push(BackendKind::Avx2);
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            expected.push(BackendKind::Avx512);
+        }
+    }
+    let desc = QuantizePerGroupDescriptor {
+        outer_size: 1,
+        axis_size: 32,
+        group_size: 32,
+        q_min: -8,
+        q_max: 7,
+        input_element: ElementKind::F32,
+        output_element: ElementKind::S8,
+    };
+    for backend in expected.iter().copied() {
+        let pref = PlanPreference {
+            prefer_backend: Some(backend),
+            ..Default::default()
+        };
+        let plan = QuantizePerGroupPlan::<f32, i8>::select(&Stream::cpu(), &desc, pref)
+            .unwrap_or_else(|e| panic!("{backend} is detected but not selectable: {e}"));
+        assert_eq!(plan.sku().backend, backend);
+    }
+    let best =
+        QuantizePerGroupPlan::<f32, i8>::select(&Stream::cpu(), &desc, Default::default()).unwrap();
+    assert_eq!(
+        best.sku().backend,
+        *expected.last().unwrap(),
+        "the default is the widest backend"
+    );
+    eprintln!("backends tested on this machine: {expected:?}");
 }

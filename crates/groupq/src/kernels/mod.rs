@@ -1,6 +1,10 @@
 //! The arithmetic and how it is spread over threads.
 //!
-//! [`scalar`] is the reference, written to read like SPEC §3. The plans in
+//! [`scalar`] is the reference, written to read like SPEC §3; `simd` holds
+//! the vector kernels written once over an instruction set, instantiated by
+//! one file per instruction set (`sse41`, `avx2`, `avx512`). A plan picks its
+//! kernel once, at `select` time, with [`choose`] and runtime CPU feature
+//! detection. The plans in
 //! [`crate::quantize`] validate their arguments and then hand a closure over
 //! one *segment* (a run of whole groups of one row) to [`for_each_segment`],
 //! which splits the problem over the stream's threads. Splitting only ever
@@ -8,7 +12,21 @@
 //! function, so the output cannot depend on the thread count or chunking.
 
 pub(crate) mod scalar;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(crate) mod simd;
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod sse41;
+
+use crate::element::IntElement;
 use crate::plan::BackendKind;
 use crate::quantize::SteBoundary;
 use crate::stream::Stream;
@@ -20,10 +38,132 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 /// Target size of one parallel task, in elements.
 const TASK_ELEMENTS: usize = 1 << 15;
 
-/// The backends this build can run on this CPU, best first. Only the scalar
-/// reference exists so far.
-pub(crate) fn available_backends() -> &'static [BackendKind] {
-    &[BackendKind::Scalar]
+/// Backends in order of preference.
+const PREFERENCE: [BackendKind; 4] = [
+    BackendKind::Avx512,
+    BackendKind::Avx2,
+    BackendKind::Sse41,
+    BackendKind::Scalar,
+];
+
+/// Whether this CPU can run `backend` (runtime detection, cached by std).
+pub(crate) fn cpu_has(backend: BackendKind) -> bool {
+    match backend {
+        BackendKind::Scalar => true,
+        #[cfg(target_arch = "x86_64")]
+        BackendKind::Sse41 => sse41::available(),
+        #[cfg(target_arch = "x86_64")]
+        BackendKind::Avx2 => avx2::available(),
+        #[cfg(target_arch = "x86_64")]
+        BackendKind::Avx512 => avx512::available(),
+        _ => false,
+    }
+}
+
+/// The kernel for one op: `prefer` if this CPU has it and `lookup` knows a
+/// kernel for it, else (without a preference) the best that does. The error
+/// says why a preferred backend cannot be used.
+pub(crate) fn choose<K>(
+    prefer: Option<BackendKind>,
+    lookup: impl Fn(BackendKind) -> Option<K>,
+) -> std::result::Result<(BackendKind, K), String> {
+    let usable = |b: BackendKind| if cpu_has(b) { lookup(b) } else { None };
+    match prefer {
+        Some(b) => usable(b).map(|k| (b, k)).ok_or_else(|| {
+            let why = if cpu_has(b) {
+                "has no kernel for this op and element type"
+            } else {
+                "is not available on this CPU"
+            };
+            let here: Vec<&str> = PREFERENCE
+                .iter()
+                .filter(|&&b| usable(b).is_some())
+                .map(|b| b.name())
+                .collect();
+            format!(
+                "prefer_backend {b} {why} (usable here: {})",
+                here.join(", ")
+            )
+        }),
+        None => Ok(PREFERENCE
+            .iter()
+            .find_map(|&b| usable(b).map(|k| (b, k)))
+            .expect("the scalar backend serves every op")),
+    }
+}
+
+/// Kernel lookup by element type: `None` where a backend has no kernel for
+/// an op and type. A supertrait of [`crate::Element`], so that plans can
+/// find their kernels with no bounds beyond `Element`.
+pub trait FloatKernels: Sized + 'static {
+    /// Forward kernel to codes `Q`.
+    fn quantize<Q: IntElement>(b: BackendKind) -> Option<QuantizeKernel<Self, Q>>;
+    /// Inverse kernel from codes `Q`.
+    fn dequantize<Q: IntElement>(b: BackendKind) -> Option<DequantizeKernel<Q, Self>>;
+    /// Straight-through backward kernel.
+    fn quantize_backward(b: BackendKind) -> Option<QuantizeBackwardKernel<Self>>;
+    /// Dequantize-backward kernel.
+    fn dequantize_backward(b: BackendKind) -> Option<DequantizeBackwardKernel<Self>>;
+}
+
+/// Implements [`FloatKernels`] for a type: the scalar kernels, and the
+/// entry points of each listed instruction-set module.
+macro_rules! float_kernels {
+    ($t:ty, [$($backend:ident => $module:ident),*]) => {
+        impl FloatKernels for $t {
+            fn quantize<Q: IntElement>(b: BackendKind) -> Option<QuantizeKernel<Self, Q>> {
+                Some(match b {
+                    BackendKind::Scalar => scalar::quantize_groups::<Self, Q>,
+                    $(BackendKind::$backend => $module::quantize::<Self, Q>,)*
+                    _ => return None,
+                })
+            }
+            fn dequantize<Q: IntElement>(b: BackendKind) -> Option<DequantizeKernel<Q, Self>> {
+                Some(match b {
+                    BackendKind::Scalar => scalar::dequantize_groups::<Q, Self>,
+                    $(BackendKind::$backend => $module::dequantize::<Q, Self>,)*
+                    _ => return None,
+                })
+            }
+            fn quantize_backward(b: BackendKind) -> Option<QuantizeBackwardKernel<Self>> {
+                Some(match b {
+                    BackendKind::Scalar => scalar::quantize_backward_groups::<Self>,
+                    $(BackendKind::$backend => $module::quantize_backward::<Self>,)*
+                    _ => return None,
+                })
+            }
+            fn dequantize_backward(b: BackendKind) -> Option<DequantizeBackwardKernel<Self>> {
+                Some(match b {
+                    BackendKind::Scalar => scalar::dequantize_backward_groups::<Self>,
+                    $(BackendKind::$backend => $module::dequantize_backward::<Self>,)*
+                    _ => return None,
+                })
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_tables {
+    use super::*;
+    use half::{bf16, f16};
+
+    float_kernels!(f32, [Avx512 => avx512, Avx2 => avx2, Sse41 => sse41]);
+    float_kernels!(f64, [Avx512 => avx512, Avx2 => avx2, Sse41 => sse41]);
+    float_kernels!(bf16, [Avx512 => avx512, Avx2 => avx2, Sse41 => sse41]);
+    // f16 needs F16C, which SSE4.1-only CPUs lack.
+    float_kernels!(f16, [Avx512 => avx512, Avx2 => avx2]);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod portable_tables {
+    use super::*;
+    use half::{bf16, f16};
+
+    float_kernels!(f32, []);
+    float_kernels!(f64, []);
+    float_kernels!(bf16, []);
+    float_kernels!(f16, []);
 }
 
 /// A forward kernel over whole groups of one row:

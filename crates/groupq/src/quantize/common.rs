@@ -27,7 +27,7 @@ impl Layout {
         if group_size == 0 {
             return Err(invalid(plan, "group_size 0 must be at least 1".into()));
         }
-        if axis % group_size != 0 {
+        if !axis.is_multiple_of(group_size) {
             return Err(invalid(
                 plan,
                 format!("axis_size {axis} is not a multiple of group_size {group_size}"),
@@ -127,15 +127,18 @@ pub(crate) struct PlanCore {
 }
 
 impl PlanCore {
-    /// Chooses the backend (honouring `pref`) for a plan computing in `T`'s math type.
-    pub fn new<T: Element>(
+    /// Chooses the backend and kernel (honouring `pref`) for a plan whose
+    /// float element is `T`; `lookup` gives the op's kernel on a backend.
+    pub fn new<T: Element, K>(
         plan: &'static str,
         op: QuantizeKind,
         aux_element: Option<ElementKind>,
         layout: Layout,
         pref: PlanPreference,
-    ) -> Result<PlanCore> {
-        let backend = choose_backend(plan, pref)?;
+        lookup: impl Fn(BackendKind) -> Option<K>,
+    ) -> Result<(PlanCore, K)> {
+        let (backend, kernel) = kernels::choose(pref.prefer_backend, lookup)
+            .map_err(|why| Error::Unsupported(format!("{plan}: {why}")))?;
         let math_precision = if T::KIND == ElementKind::F64 {
             MathPrecision::F64
         } else {
@@ -145,7 +148,7 @@ impl PlanCore {
             MathPrecision::F64 => ElementKind::F64,
             MathPrecision::F32 => ElementKind::F32,
         };
-        Ok(PlanCore {
+        let core = PlanCore {
             plan,
             layout,
             sku: KernelSku {
@@ -161,7 +164,8 @@ impl PlanCore {
                     deterministic: true,
                 },
             },
-        })
+        };
+        Ok((core, kernel))
     }
 
     /// Scratch bytes `run` needs: none for this family.
@@ -244,23 +248,6 @@ impl PlanCore {
             kernels::for_each_segment(stream, grid, output.data, output.stride[0], &segment);
         }
         Ok(())
-    }
-}
-
-/// `pref.prefer_backend` if this machine and op have it, else the best one.
-fn choose_backend(plan: &str, pref: PlanPreference) -> Result<BackendKind> {
-    let available = kernels::available_backends();
-    match pref.prefer_backend {
-        None => Ok(available[0]),
-        Some(b) if available.contains(&b) => Ok(b),
-        Some(b) => Err(Error::Unsupported(format!(
-            "{plan}: prefer_backend {b} is not available on this CPU for this op (available: {})",
-            available
-                .iter()
-                .map(|b| b.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
     }
 }
 

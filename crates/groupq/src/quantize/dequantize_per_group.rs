@@ -3,7 +3,7 @@
 use super::common::{check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
-use crate::kernels::{row_slice, scalar, DequantizeKernel};
+use crate::kernels::{row_slice, DequantizeKernel};
 use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
@@ -98,11 +98,15 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
         )?;
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         let op = QuantizeKind::DequantizePerGroup;
-        let core = PlanCore::new::<TOut>(PLAN, op, Some(TQ::KIND), layout, pref)?;
-        Ok(DequantizePerGroupPlan {
-            core,
-            kernel: scalar::dequantize_groups::<TQ, TOut>,
-        })
+        let (core, kernel) = PlanCore::new::<TOut, _>(
+            PLAN,
+            op,
+            Some(TQ::KIND),
+            layout,
+            pref,
+            TOut::dequantize::<TQ>,
+        )?;
+        Ok(DequantizePerGroupPlan { core, kernel })
     }
 
     /// Checks `args` against the descriptor: shapes (`InvalidProblem`), slice

@@ -4,7 +4,7 @@
 use super::common::{Layout, PlanCore, View};
 use crate::element::{Element, IntElement};
 use crate::error::Result;
-use crate::kernels::{row_slice, scalar, DequantizeBackwardKernel};
+use crate::kernels::{row_slice, DequantizeBackwardKernel};
 use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
@@ -81,10 +81,17 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
         let _ = stream;
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         let op = QuantizeKind::DequantizePerGroupBackward;
-        let core = PlanCore::new::<TOut>(PLAN, op, Some(TQ::KIND), layout, pref)?;
+        let (core, kernel) = PlanCore::new::<TOut, _>(
+            PLAN,
+            op,
+            Some(TQ::KIND),
+            layout,
+            pref,
+            TOut::dequantize_backward,
+        )?;
         Ok(DequantizePerGroupBackwardPlan {
             core,
-            kernel: scalar::dequantize_backward_groups::<TOut>,
+            kernel,
             codes: PhantomData,
         })
     }

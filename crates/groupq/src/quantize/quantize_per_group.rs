@@ -3,7 +3,7 @@
 use super::common::{check_code_range, check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
-use crate::kernels::{row_slice, scalar, QuantizeKernel};
+use crate::kernels::{row_slice, QuantizeKernel};
 use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
@@ -113,12 +113,19 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         check_code_range::<TOut>(PLAN, desc.q_min, desc.q_max)?;
         let op = QuantizeKind::QuantizePerGroup;
-        let core = PlanCore::new::<TIn>(PLAN, op, Some(TOut::KIND), layout, pref)?;
+        let (core, kernel) = PlanCore::new::<TIn, _>(
+            PLAN,
+            op,
+            Some(TOut::KIND),
+            layout,
+            pref,
+            TIn::quantize::<TOut>,
+        )?;
         Ok(QuantizePerGroupPlan {
             core,
             q_min: desc.q_min,
             q_max: desc.q_max,
-            kernel: scalar::quantize_groups::<TIn, TOut>,
+            kernel,
         })
     }
 

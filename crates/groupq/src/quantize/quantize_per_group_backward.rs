@@ -4,7 +4,7 @@
 use super::common::{check_code_order, check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind};
 use crate::error::Result;
-use crate::kernels::{row_slice, scalar, QuantizeBackwardKernel};
+use crate::kernels::{row_slice, QuantizeBackwardKernel};
 use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
@@ -115,13 +115,14 @@ impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         check_code_order(PLAN, desc.q_min, desc.q_max)?;
         let op = QuantizeKind::QuantizePerGroupBackward;
-        let core = PlanCore::new::<TIn>(PLAN, op, None, layout, pref)?;
+        let (core, kernel) =
+            PlanCore::new::<TIn, _>(PLAN, op, None, layout, pref, TIn::quantize_backward)?;
         Ok(QuantizePerGroupBackwardPlan {
             core,
             q_min: desc.q_min,
             q_max: desc.q_max,
             boundary: desc.boundary,
-            kernel: scalar::quantize_backward_groups::<TIn>,
+            kernel,
         })
     }
 

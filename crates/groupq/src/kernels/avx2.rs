@@ -1,0 +1,227 @@
+//! x86-64 AVX2 kernels (8 f32 lanes), with F16C for f16 and integer
+//! shifts for bf16. Used when the CPU has AVX2 and F16C.
+
+use super::simd::{F32Lanes, Isa};
+use half::{bf16, f16};
+use std::arch::x86_64::*;
+
+/// The AVX2 + F16C instruction set.
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2;
+
+const ROUND_EVEN: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+// Every method below is an `unsafe fn` under the contract of `Isa`: it runs
+// only inside the `#[target_feature(enable = "avx2,f16c")]` entry points,
+// which check the CPU first, and its pointers are valid for the lanes used.
+impl Isa for Avx2 {
+    const LANES: usize = 8;
+    type F = __m256;
+    type D = __m256d;
+    type I = __m256i;
+
+    #[inline(always)]
+    unsafe fn splat_f(v: f32) -> __m256 {
+        _mm256_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn add_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn div_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_div_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn round_f(a: __m256) -> __m256 {
+        _mm256_round_ps::<ROUND_EVEN>(a)
+    }
+    #[inline(always)]
+    unsafe fn nan_to_zero_f(a: __m256) -> __m256 {
+        _mm256_and_ps(a, _mm256_cmp_ps::<_CMP_ORD_Q>(a, a))
+    }
+    #[inline(always)]
+    unsafe fn clamp_f(a: __m256, lo: __m256, hi: __m256) -> __m256 {
+        _mm256_min_ps(_mm256_max_ps(a, lo), hi)
+    }
+    #[inline(always)]
+    unsafe fn canon_nan_f(a: __m256) -> __m256 {
+        let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a);
+        _mm256_blendv_ps(a, _mm256_set1_ps(f32::NAN), nan)
+    }
+    #[inline(always)]
+    unsafe fn inside_f(g: __m256, r: __m256, lo: __m256, hi: __m256, incl: bool) -> __m256 {
+        let mask = if incl {
+            _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GE_OQ>(r, lo),
+                _mm256_cmp_ps::<_CMP_LE_OQ>(r, hi),
+            )
+        } else {
+            _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(r, lo),
+                _mm256_cmp_ps::<_CMP_LT_OQ>(r, hi),
+            )
+        };
+        _mm256_and_ps(g, mask)
+    }
+    #[inline(always)]
+    unsafe fn f_to_i(a: __m256) -> __m256i {
+        _mm256_cvtps_epi32(a)
+    }
+    #[inline(always)]
+    unsafe fn i_to_f(a: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn splat_i(v: i32) -> __m256i {
+        _mm256_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn sub_i(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_sub_epi32(a, b)
+    }
+
+    #[inline(always)]
+    unsafe fn splat_d(v: f64) -> __m256d {
+        _mm256_set1_pd(v)
+    }
+    #[inline(always)]
+    unsafe fn add_d(a: __m256d, b: __m256d) -> __m256d {
+        _mm256_add_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub_d(a: __m256d, b: __m256d) -> __m256d {
+        _mm256_sub_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_d(a: __m256d, b: __m256d) -> __m256d {
+        _mm256_mul_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn div_d(a: __m256d, b: __m256d) -> __m256d {
+        _mm256_div_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn round_d(a: __m256d) -> __m256d {
+        _mm256_round_pd::<ROUND_EVEN>(a)
+    }
+    #[inline(always)]
+    unsafe fn nan_to_zero_d(a: __m256d) -> __m256d {
+        _mm256_and_pd(a, _mm256_cmp_pd::<_CMP_ORD_Q>(a, a))
+    }
+    #[inline(always)]
+    unsafe fn clamp_d(a: __m256d, lo: __m256d, hi: __m256d) -> __m256d {
+        _mm256_min_pd(_mm256_max_pd(a, lo), hi)
+    }
+    #[inline(always)]
+    unsafe fn canon_nan_d(a: __m256d) -> __m256d {
+        let nan = _mm256_cmp_pd::<_CMP_UNORD_Q>(a, a);
+        _mm256_blendv_pd(a, _mm256_set1_pd(f64::NAN), nan)
+    }
+    #[inline(always)]
+    unsafe fn inside_d(g: __m256d, r: __m256d, lo: __m256d, hi: __m256d, incl: bool) -> __m256d {
+        let mask = if incl {
+            _mm256_and_pd(
+                _mm256_cmp_pd::<_CMP_GE_OQ>(r, lo),
+                _mm256_cmp_pd::<_CMP_LE_OQ>(r, hi),
+            )
+        } else {
+            _mm256_and_pd(
+                _mm256_cmp_pd::<_CMP_GT_OQ>(r, lo),
+                _mm256_cmp_pd::<_CMP_LT_OQ>(r, hi),
+            )
+        };
+        _mm256_and_pd(g, mask)
+    }
+    #[inline(always)]
+    unsafe fn dd_to_i(lo: __m256d, hi: __m256d) -> __m256i {
+        _mm256_set_m128i(_mm256_cvtpd_epi32(hi), _mm256_cvtpd_epi32(lo))
+    }
+    #[inline(always)]
+    unsafe fn i_to_dd(a: __m256i) -> (__m256d, __m256d) {
+        (
+            _mm256_cvtepi32_pd(_mm256_castsi256_si128(a)),
+            _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(a)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn load_d(p: *const f64) -> __m256d {
+        _mm256_loadu_pd(p)
+    }
+    #[inline(always)]
+    unsafe fn store_d(p: *mut f64, v: __m256d) {
+        _mm256_storeu_pd(p, v)
+    }
+
+    #[inline(always)]
+    unsafe fn load_codes<Q: crate::IntElement>(p: *const Q) -> __m256i {
+        let bytes = _mm_loadl_epi64(p.cast());
+        if Q::MIN < 0 {
+            _mm256_cvtepi8_epi32(bytes)
+        } else {
+            _mm256_cvtepu8_epi32(bytes)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_codes<Q: crate::IntElement>(p: *mut Q, v: __m256i) {
+        let words = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let bytes = if Q::MIN < 0 {
+            _mm_packs_epi16(words, words)
+        } else {
+            _mm_packus_epi16(words, words)
+        };
+        _mm_storel_epi64(p.cast(), bytes)
+    }
+}
+
+impl F32Lanes<Avx2> for f32 {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+}
+
+impl F32Lanes<Avx2> for f16 {
+    #[inline(always)]
+    unsafe fn load(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f16, v: __m256) {
+        _mm_storeu_si128(p.cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+    }
+}
+
+impl F32Lanes<Avx2> for bf16 {
+    #[inline(always)]
+    unsafe fn load(p: *const bf16) -> __m256 {
+        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut bf16, v: __m256) {
+        // Round to nearest even on the bits: add 0x7fff plus the lowest kept
+        // bit, then keep the high half. Canonical NaN and ±inf pass through.
+        let bits = _mm256_castps_si256(v);
+        let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+        let rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), odd);
+        let high = _mm256_srli_epi32::<16>(rounded);
+        let packed = _mm256_packus_epi32(high, high);
+        let ordered = _mm256_permute4x64_epi64::<0b10_00_10_00>(packed);
+        _mm_storeu_si128(p.cast(), _mm256_castsi256_si128(ordered))
+    }
+}
+
+super::simd::simd_entry_points!(
+    Avx2,
+    "avx2,f16c",
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
+);

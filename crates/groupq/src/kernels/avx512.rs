@@ -1,0 +1,204 @@
+//! x86-64 AVX-512 kernels (16 f32 lanes, AVX-512F). Compiled everywhere on
+//! x86-64, selected and tested only where the CPU has AVX-512F.
+
+use super::simd::{F32Lanes, Isa};
+use half::{bf16, f16};
+use std::arch::x86_64::*;
+
+/// The AVX-512F instruction set.
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512;
+
+const ROUND_EVEN: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+// Every method below is an `unsafe fn` under the contract of `Isa`: it runs
+// only inside the `#[target_feature(enable = "avx512f")]` entry points, which
+// check the CPU first, and its pointers are valid for the lanes used.
+impl Isa for Avx512 {
+    const LANES: usize = 16;
+    type F = __m512;
+    type D = __m512d;
+    type I = __m512i;
+
+    #[inline(always)]
+    unsafe fn splat_f(v: f32) -> __m512 {
+        _mm512_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn add_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn div_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_div_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn round_f(a: __m512) -> __m512 {
+        _mm512_roundscale_ps::<ROUND_EVEN>(a)
+    }
+    #[inline(always)]
+    unsafe fn nan_to_zero_f(a: __m512) -> __m512 {
+        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(a, a), a)
+    }
+    #[inline(always)]
+    unsafe fn clamp_f(a: __m512, lo: __m512, hi: __m512) -> __m512 {
+        _mm512_min_ps(_mm512_max_ps(a, lo), hi)
+    }
+    #[inline(always)]
+    unsafe fn canon_nan_f(a: __m512) -> __m512 {
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, a);
+        _mm512_mask_mov_ps(a, nan, _mm512_set1_ps(f32::NAN))
+    }
+    #[inline(always)]
+    unsafe fn inside_f(g: __m512, r: __m512, lo: __m512, hi: __m512, incl: bool) -> __m512 {
+        let mask = if incl {
+            _mm512_cmp_ps_mask::<_CMP_GE_OQ>(r, lo) & _mm512_cmp_ps_mask::<_CMP_LE_OQ>(r, hi)
+        } else {
+            _mm512_cmp_ps_mask::<_CMP_GT_OQ>(r, lo) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(r, hi)
+        };
+        _mm512_maskz_mov_ps(mask, g)
+    }
+    #[inline(always)]
+    unsafe fn f_to_i(a: __m512) -> __m512i {
+        _mm512_cvtps_epi32(a)
+    }
+    #[inline(always)]
+    unsafe fn i_to_f(a: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn splat_i(v: i32) -> __m512i {
+        _mm512_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn sub_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_sub_epi32(a, b)
+    }
+
+    #[inline(always)]
+    unsafe fn splat_d(v: f64) -> __m512d {
+        _mm512_set1_pd(v)
+    }
+    #[inline(always)]
+    unsafe fn add_d(a: __m512d, b: __m512d) -> __m512d {
+        _mm512_add_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub_d(a: __m512d, b: __m512d) -> __m512d {
+        _mm512_sub_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_d(a: __m512d, b: __m512d) -> __m512d {
+        _mm512_mul_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn div_d(a: __m512d, b: __m512d) -> __m512d {
+        _mm512_div_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn round_d(a: __m512d) -> __m512d {
+        _mm512_roundscale_pd::<ROUND_EVEN>(a)
+    }
+    #[inline(always)]
+    unsafe fn nan_to_zero_d(a: __m512d) -> __m512d {
+        _mm512_maskz_mov_pd(_mm512_cmp_pd_mask::<_CMP_ORD_Q>(a, a), a)
+    }
+    #[inline(always)]
+    unsafe fn clamp_d(a: __m512d, lo: __m512d, hi: __m512d) -> __m512d {
+        _mm512_min_pd(_mm512_max_pd(a, lo), hi)
+    }
+    #[inline(always)]
+    unsafe fn canon_nan_d(a: __m512d) -> __m512d {
+        let nan = _mm512_cmp_pd_mask::<_CMP_UNORD_Q>(a, a);
+        _mm512_mask_mov_pd(a, nan, _mm512_set1_pd(f64::NAN))
+    }
+    #[inline(always)]
+    unsafe fn inside_d(g: __m512d, r: __m512d, lo: __m512d, hi: __m512d, incl: bool) -> __m512d {
+        let mask = if incl {
+            _mm512_cmp_pd_mask::<_CMP_GE_OQ>(r, lo) & _mm512_cmp_pd_mask::<_CMP_LE_OQ>(r, hi)
+        } else {
+            _mm512_cmp_pd_mask::<_CMP_GT_OQ>(r, lo) & _mm512_cmp_pd_mask::<_CMP_LT_OQ>(r, hi)
+        };
+        _mm512_maskz_mov_pd(mask, g)
+    }
+    #[inline(always)]
+    unsafe fn dd_to_i(lo: __m512d, hi: __m512d) -> __m512i {
+        let low = _mm512_castsi256_si512(_mm512_cvtpd_epi32(lo));
+        _mm512_inserti64x4::<1>(low, _mm512_cvtpd_epi32(hi))
+    }
+    #[inline(always)]
+    unsafe fn i_to_dd(a: __m512i) -> (__m512d, __m512d) {
+        (
+            _mm512_cvtepi32_pd(_mm512_castsi512_si256(a)),
+            _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(a)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn load_d(p: *const f64) -> __m512d {
+        _mm512_loadu_pd(p)
+    }
+    #[inline(always)]
+    unsafe fn store_d(p: *mut f64, v: __m512d) {
+        _mm512_storeu_pd(p, v)
+    }
+
+    #[inline(always)]
+    unsafe fn load_codes<Q: crate::IntElement>(p: *const Q) -> __m512i {
+        let bytes = _mm_loadu_si128(p.cast());
+        if Q::MIN < 0 {
+            _mm512_cvtepi8_epi32(bytes)
+        } else {
+            _mm512_cvtepu8_epi32(bytes)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_codes<Q: crate::IntElement>(p: *mut Q, v: __m512i) {
+        // The values are inside Q's range: truncation is exact.
+        _mm_storeu_si128(p.cast(), _mm512_cvtepi32_epi8(v))
+    }
+}
+
+impl F32Lanes<Avx512> for f32 {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        _mm512_storeu_ps(p, v)
+    }
+}
+
+impl F32Lanes<Avx512> for f16 {
+    #[inline(always)]
+    unsafe fn load(p: *const f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f16, v: __m512) {
+        _mm256_storeu_si256(p.cast(), _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+    }
+}
+
+impl F32Lanes<Avx512> for bf16 {
+    #[inline(always)]
+    unsafe fn load(p: *const bf16) -> __m512 {
+        let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wide))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut bf16, v: __m512) {
+        // Round to nearest even on the bits, as in the AVX2 kernel.
+        let bits = _mm512_castps_si512(v);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd);
+        let high = _mm512_srli_epi32::<16>(rounded);
+        _mm256_storeu_si256(p.cast(), _mm512_cvtepi32_epi16(high))
+    }
+}
+
+super::simd::simd_entry_points!(Avx512, "avx512f", is_x86_feature_detected!("avx512f"));

@@ -1,0 +1,621 @@
+//! The vector kernels, written once over an instruction set ([`Isa`]).
+//!
+//! Each instruction-set file (`sse41.rs`, `avx2.rs`, `avx512.rs`) implements
+//! [`Isa`] with its intrinsics and instantiates these functions inside
+//! `#[target_feature]` entry points (see [`simd_entry_points`]), so that every
+//! `#[inline(always)]` helper here is compiled for that instruction set.
+//!
+//! Bit-identity with [`scalar`](super::scalar) holds lane by lane:
+//! - the same IEEE operations in the same order (division, never a
+//!   reciprocal; no fused multiply-add);
+//! - rounding with the instruction set's round-to-nearest-even;
+//! - NaN → 0 before the clamp, and the clamp done in the float domain, which
+//!   equals saturating to `i32` and then clamping because `[q_min, q_max]` is
+//!   inside `i32` and exact in the math type;
+//! - NaN results replaced by the canonical quiet NaN before narrowing;
+//! - bf16 narrowing by the integer round-to-nearest-even of the f32 bits,
+//!   f16 narrowing by F16C's round-to-nearest-even.
+//!
+//! Whatever a vector cannot do exactly goes to the scalar functions, element
+//! by element: group tails shorter than a vector, zero points too large for
+//! exact `i32`/`f32` arithmetic in the dequantization, and backward code
+//! ranges beyond ±2^24.
+
+use super::scalar;
+use crate::element::sealed::FloatSealed;
+use crate::element::{Element, IntElement, MathFloat};
+use crate::quantize::SteBoundary;
+
+/// `|z|` up to this keeps `q - z` exact in `i32` and in `f32` for 8-bit codes.
+const EXACT_ZERO_POINT: u32 = (1 << 24) - 256;
+/// `|q_min|, |q_max|` up to this are exact in `f32`, so comparing the rounded
+/// float with them equals comparing the saturated integer.
+const EXACT_CODE: i32 = 1 << 24;
+
+/// The operations the vector kernels need from an instruction set.
+///
+/// `F` holds `LANES` f32, `I` holds `LANES` i32, `D` holds `LANES / 2` f64.
+///
+/// # Safety
+///
+/// Every method may only run on a CPU that has the instruction set's
+/// features (the entry points check this). Pointer arguments must be valid
+/// for `LANES` elements (`LANES / 2` for `D` loads and stores).
+pub(crate) trait Isa {
+    const LANES: usize;
+    type F: Copy;
+    type D: Copy;
+    type I: Copy;
+
+    unsafe fn splat_f(v: f32) -> Self::F;
+    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn mul_f(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn div_f(a: Self::F, b: Self::F) -> Self::F;
+    /// Round half to even; NaN and ±inf pass through.
+    unsafe fn round_f(a: Self::F) -> Self::F;
+    /// NaN lanes become +0.
+    unsafe fn nan_to_zero_f(a: Self::F) -> Self::F;
+    /// `min(max(a, lo), hi)` for non-NaN `a`.
+    unsafe fn clamp_f(a: Self::F, lo: Self::F, hi: Self::F) -> Self::F;
+    /// NaN lanes become the canonical quiet NaN.
+    unsafe fn canon_nan_f(a: Self::F) -> Self::F;
+    /// `g` where `lo < r < hi` (`lo <= r <= hi` when inclusive), else +0;
+    /// a NaN `r` is never inside.
+    unsafe fn inside_f(g: Self::F, r: Self::F, lo: Self::F, hi: Self::F, incl: bool) -> Self::F;
+    /// Integral values in `i32` range to `i32`.
+    unsafe fn f_to_i(a: Self::F) -> Self::I;
+    /// `i32` with `|v| <= 2^24` to f32 (exact).
+    unsafe fn i_to_f(a: Self::I) -> Self::F;
+    unsafe fn splat_i(v: i32) -> Self::I;
+    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I;
+
+    unsafe fn splat_d(v: f64) -> Self::D;
+    unsafe fn add_d(a: Self::D, b: Self::D) -> Self::D;
+    unsafe fn sub_d(a: Self::D, b: Self::D) -> Self::D;
+    unsafe fn mul_d(a: Self::D, b: Self::D) -> Self::D;
+    unsafe fn div_d(a: Self::D, b: Self::D) -> Self::D;
+    unsafe fn round_d(a: Self::D) -> Self::D;
+    unsafe fn nan_to_zero_d(a: Self::D) -> Self::D;
+    unsafe fn clamp_d(a: Self::D, lo: Self::D, hi: Self::D) -> Self::D;
+    unsafe fn canon_nan_d(a: Self::D) -> Self::D;
+    unsafe fn inside_d(g: Self::D, r: Self::D, lo: Self::D, hi: Self::D, incl: bool) -> Self::D;
+    /// Two halves of integral f64 in `i32` range to one `I`.
+    unsafe fn dd_to_i(lo: Self::D, hi: Self::D) -> Self::I;
+    /// One `I` to two halves of f64 (exact).
+    unsafe fn i_to_dd(a: Self::I) -> (Self::D, Self::D);
+    unsafe fn load_d(p: *const f64) -> Self::D;
+    unsafe fn store_d(p: *mut f64, v: Self::D);
+
+    /// `LANES` codes, sign- or zero-extended.
+    unsafe fn load_codes<Q: IntElement>(p: *const Q) -> Self::I;
+    /// `LANES` values already inside `Q`'s range.
+    unsafe fn store_codes<Q: IntElement>(p: *mut Q, v: Self::I);
+}
+
+/// Element types whose math type is f32 (f32, f16, bf16), loaded and stored
+/// `S::LANES` at a time. Same safety contract as [`Isa`].
+pub(crate) trait F32Lanes<S: Isa>: Element + FloatSealed<Math = f32> {
+    /// Exact widening load.
+    unsafe fn load(p: *const Self) -> S::F;
+    /// Round-to-nearest-even narrowing store of non-NaN or canonical-NaN lanes.
+    unsafe fn store(p: *mut Self, v: S::F);
+}
+
+/// Forward (SPEC §3.1) for f32-math inputs over whole groups of one row.
+#[inline(always)]
+pub(crate) unsafe fn quantize_f32<S: Isa, T: F32Lanes<S>, Q: IntElement>(
+    x: &[T],
+    scale: &[T],
+    zero_point: &[i32],
+    out: &mut [Q],
+    gs: usize,
+    q_min: i32,
+    q_max: i32,
+) {
+    let (lo, hi) = (S::splat_f(q_min as f32), S::splat_f(q_max as f32));
+    let full = gs - gs % S::LANES;
+    for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
+        let (xs, os) = (&x[g * gs..][..gs], &mut out[g * gs..][..gs]);
+        let s = s.to_math();
+        if s == 0.0 {
+            os.fill(Q::from_i32_in_range(scalar::quantize(
+                0.0, s, z, q_min, q_max,
+            )));
+            continue;
+        }
+        let (vs, vz) = (S::splat_f(s), S::splat_f(f32::from_i32(z)));
+        let mut k = 0;
+        while k < full {
+            let t = S::add_f(S::div_f(T::load(xs.as_ptr().add(k)), vs), vz);
+            let q = S::clamp_f(S::nan_to_zero_f(S::round_f(t)), lo, hi);
+            S::store_codes(os.as_mut_ptr().add(k), S::f_to_i(q));
+            k += S::LANES;
+        }
+        for (o, &x) in os[full..].iter_mut().zip(&xs[full..]) {
+            *o = Q::from_i32_in_range(scalar::quantize(x.to_math(), s, z, q_min, q_max));
+        }
+    }
+}
+
+/// Forward for f64 inputs.
+#[inline(always)]
+pub(crate) unsafe fn quantize_f64<S: Isa, Q: IntElement>(
+    x: &[f64],
+    scale: &[f64],
+    zero_point: &[i32],
+    out: &mut [Q],
+    gs: usize,
+    q_min: i32,
+    q_max: i32,
+) {
+    let (lo, hi) = (S::splat_d(q_min.into()), S::splat_d(q_max.into()));
+    let half = S::LANES / 2;
+    let full = gs - gs % S::LANES;
+    for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
+        let (xs, os) = (&x[g * gs..][..gs], &mut out[g * gs..][..gs]);
+        if s == 0.0 {
+            os.fill(Q::from_i32_in_range(scalar::quantize(
+                0.0, s, z, q_min, q_max,
+            )));
+            continue;
+        }
+        let (vs, vz) = (S::splat_d(s), S::splat_d(z.into()));
+        let step = |p: *const f64| {
+            let t = S::add_d(S::div_d(S::load_d(p), vs), vz);
+            S::clamp_d(S::nan_to_zero_d(S::round_d(t)), lo, hi)
+        };
+        let mut k = 0;
+        while k < full {
+            let p = xs.as_ptr().add(k);
+            let codes = S::dd_to_i(step(p), step(p.add(half)));
+            S::store_codes(os.as_mut_ptr().add(k), codes);
+            k += S::LANES;
+        }
+        for (o, &x) in os[full..].iter_mut().zip(&xs[full..]) {
+            *o = Q::from_i32_in_range(scalar::quantize(x, s, z, q_min, q_max));
+        }
+    }
+}
+
+/// Inverse (SPEC §3.2) to f32-math outputs.
+#[inline(always)]
+pub(crate) unsafe fn dequantize_f32<S: Isa, Q: IntElement, T: F32Lanes<S>>(
+    q: &[Q],
+    scale: &[T],
+    zero_point: &[i32],
+    out: &mut [T],
+    gs: usize,
+) {
+    for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
+        let (qs, os) = (&q[g * gs..][..gs], &mut out[g * gs..][..gs]);
+        let s = s.to_math();
+        let full = if z.unsigned_abs() <= EXACT_ZERO_POINT {
+            gs - gs % S::LANES
+        } else {
+            0
+        };
+        let (vs, vz) = (S::splat_f(s), S::splat_i(z));
+        let mut k = 0;
+        while k < full {
+            let d = S::i_to_f(S::sub_i(S::load_codes(qs.as_ptr().add(k)), vz));
+            T::store(os.as_mut_ptr().add(k), S::canon_nan_f(S::mul_f(d, vs)));
+            k += S::LANES;
+        }
+        for (o, &q) in os[full..].iter_mut().zip(&qs[full..]) {
+            *o = T::from_math(scalar::dequantize(q.to_i32(), z, s));
+        }
+    }
+}
+
+/// Inverse to f64 outputs; `q - z` is exact in f64 for every zero point.
+#[inline(always)]
+pub(crate) unsafe fn dequantize_f64<S: Isa, Q: IntElement>(
+    q: &[Q],
+    scale: &[f64],
+    zero_point: &[i32],
+    out: &mut [f64],
+    gs: usize,
+) {
+    let half = S::LANES / 2;
+    let full = gs - gs % S::LANES;
+    for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
+        let (qs, os) = (&q[g * gs..][..gs], &mut out[g * gs..][..gs]);
+        let (vs, vz) = (S::splat_d(s), S::splat_d(z.into()));
+        let mut k = 0;
+        while k < full {
+            let (a, b) = S::i_to_dd(S::load_codes(qs.as_ptr().add(k)));
+            let p = os.as_mut_ptr().add(k);
+            S::store_d(p, S::canon_nan_d(S::mul_d(S::sub_d(a, vz), vs)));
+            S::store_d(p.add(half), S::canon_nan_d(S::mul_d(S::sub_d(b, vz), vs)));
+            k += S::LANES;
+        }
+        for (o, &q) in os[full..].iter_mut().zip(&qs[full..]) {
+            *o = f64::from_math(scalar::dequantize(q.to_i32(), z, s));
+        }
+    }
+}
+
+/// Straight-through backward (SPEC §3.3) for f32-math tensors.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn quantize_backward_f32<S: Isa, T: F32Lanes<S>>(
+    dy: &[T],
+    x: &[T],
+    scale: &[T],
+    zero_point: &[i32],
+    out: &mut [T],
+    gs: usize,
+    q_min: i32,
+    q_max: i32,
+    boundary: SteBoundary,
+) {
+    if q_min < -EXACT_CODE || q_max > EXACT_CODE {
+        return scalar::quantize_backward_groups(
+            dy, x, scale, zero_point, out, gs, q_min, q_max, boundary,
+        );
+    }
+    let incl = boundary == SteBoundary::Inclusive;
+    let (lo, hi) = (S::splat_f(q_min as f32), S::splat_f(q_max as f32));
+    let full = gs - gs % S::LANES;
+    for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
+        let range = g * gs..(g + 1) * gs;
+        let (dys, xs, os) = (&dy[range.clone()], &x[range.clone()], &mut out[range]);
+        let s = s.to_math();
+        if s == 0.0 {
+            os.fill(T::from_math(0.0));
+            continue;
+        }
+        let (vs, vz) = (S::splat_f(s), S::splat_f(f32::from_i32(z)));
+        let mut k = 0;
+        while k < full {
+            let r = S::round_f(S::add_f(S::div_f(T::load(xs.as_ptr().add(k)), vs), vz));
+            let grad = S::div_f(T::load(dys.as_ptr().add(k)), vs);
+            let grad = S::inside_f(grad, r, lo, hi, incl);
+            T::store(os.as_mut_ptr().add(k), S::canon_nan_f(grad));
+            k += S::LANES;
+        }
+        let tail = os[full..].iter_mut().zip(&dys[full..]).zip(&xs[full..]);
+        for ((o, &dy), &x) in tail {
+            let grad =
+                scalar::quantize_grad(dy.to_math(), x.to_math(), s, z, q_min, q_max, boundary);
+            *o = T::from_math(grad);
+        }
+    }
+}
+
+/// Straight-through backward for f64 tensors.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn quantize_backward_f64<S: Isa>(
+    dy: &[f64],
+    x: &[f64],
+    scale: &[f64],
+    zero_point: &[i32],
+    out: &mut [f64],
+    gs: usize,
+    q_min: i32,
+    q_max: i32,
+    boundary: SteBoundary,
+) {
+    if q_min < -EXACT_CODE || q_max > EXACT_CODE {
+        return scalar::quantize_backward_groups(
+            dy, x, scale, zero_point, out, gs, q_min, q_max, boundary,
+        );
+    }
+    let incl = boundary == SteBoundary::Inclusive;
+    let (lo, hi) = (S::splat_d(q_min.into()), S::splat_d(q_max.into()));
+    let half = S::LANES / 2;
+    let full = gs - gs % half;
+    for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
+        let range = g * gs..(g + 1) * gs;
+        let (dys, xs, os) = (&dy[range.clone()], &x[range.clone()], &mut out[range]);
+        if s == 0.0 {
+            os.fill(0.0);
+            continue;
+        }
+        let (vs, vz) = (S::splat_d(s), S::splat_d(z.into()));
+        let mut k = 0;
+        while k < full {
+            let r = S::round_d(S::add_d(S::div_d(S::load_d(xs.as_ptr().add(k)), vs), vz));
+            let grad = S::div_d(S::load_d(dys.as_ptr().add(k)), vs);
+            let grad = S::inside_d(grad, r, lo, hi, incl);
+            S::store_d(os.as_mut_ptr().add(k), S::canon_nan_d(grad));
+            k += half;
+        }
+        let tail = os[full..].iter_mut().zip(&dys[full..]).zip(&xs[full..]);
+        for ((o, &dy), &x) in tail {
+            *o = f64::from_math(scalar::quantize_grad(dy, x, s, z, q_min, q_max, boundary));
+        }
+    }
+}
+
+/// Dequantize backward (SPEC §3.4) for f32-math tensors.
+#[inline(always)]
+pub(crate) unsafe fn dequantize_backward_f32<S: Isa, T: F32Lanes<S>>(
+    dy: &[T],
+    scale: &[T],
+    out: &mut [T],
+    gs: usize,
+) {
+    let full = gs - gs % S::LANES;
+    for (g, &s) in scale.iter().enumerate() {
+        let (dys, os) = (&dy[g * gs..][..gs], &mut out[g * gs..][..gs]);
+        let s = s.to_math();
+        let vs = S::splat_f(s);
+        let mut k = 0;
+        while k < full {
+            let grad = S::mul_f(T::load(dys.as_ptr().add(k)), vs);
+            T::store(os.as_mut_ptr().add(k), S::canon_nan_f(grad));
+            k += S::LANES;
+        }
+        for (o, &dy) in os[full..].iter_mut().zip(&dys[full..]) {
+            *o = T::from_math(scalar::dequantize_grad(dy.to_math(), s));
+        }
+    }
+}
+
+/// Dequantize backward for f64 tensors.
+#[inline(always)]
+pub(crate) unsafe fn dequantize_backward_f64<S: Isa>(
+    dy: &[f64],
+    scale: &[f64],
+    out: &mut [f64],
+    gs: usize,
+) {
+    let half = S::LANES / 2;
+    let full = gs - gs % half;
+    for (g, &s) in scale.iter().enumerate() {
+        let (dys, os) = (&dy[g * gs..][..gs], &mut out[g * gs..][..gs]);
+        let vs = S::splat_d(s);
+        let mut k = 0;
+        while k < full {
+            let grad = S::mul_d(S::load_d(dys.as_ptr().add(k)), vs);
+            S::store_d(os.as_mut_ptr().add(k), S::canon_nan_d(grad));
+            k += half;
+        }
+        for (o, &dy) in os[full..].iter_mut().zip(&dys[full..]) {
+            *o = f64::from_math(scalar::dequantize_grad(dy, s));
+        }
+    }
+}
+
+/// The four kernels of one element type on one instruction set: f32,
+/// f16 and bf16 use the f32-math kernels, f64 the f64 ones. Same safety
+/// contract as [`Isa`].
+pub(crate) trait SimdElement<S: Isa>: Element {
+    unsafe fn quantize<Q: IntElement>(
+        x: &[Self],
+        s: &[Self],
+        z: &[i32],
+        o: &mut [Q],
+        gs: usize,
+        lo: i32,
+        hi: i32,
+    );
+    unsafe fn dequantize<Q: IntElement>(q: &[Q], s: &[Self], z: &[i32], o: &mut [Self], gs: usize);
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn quantize_backward(
+        dy: &[Self],
+        x: &[Self],
+        s: &[Self],
+        z: &[i32],
+        o: &mut [Self],
+        gs: usize,
+        lo: i32,
+        hi: i32,
+        b: SteBoundary,
+    );
+    unsafe fn dequantize_backward(dy: &[Self], s: &[Self], o: &mut [Self], gs: usize);
+}
+
+impl<S: Isa, T: F32Lanes<S>> SimdElement<S> for T {
+    #[inline(always)]
+    unsafe fn quantize<Q: IntElement>(
+        x: &[T],
+        s: &[T],
+        z: &[i32],
+        o: &mut [Q],
+        gs: usize,
+        lo: i32,
+        hi: i32,
+    ) {
+        quantize_f32::<S, T, Q>(x, s, z, o, gs, lo, hi)
+    }
+    #[inline(always)]
+    unsafe fn dequantize<Q: IntElement>(q: &[Q], s: &[T], z: &[i32], o: &mut [T], gs: usize) {
+        dequantize_f32::<S, Q, T>(q, s, z, o, gs)
+    }
+    #[inline(always)]
+    unsafe fn quantize_backward(
+        dy: &[T],
+        x: &[T],
+        s: &[T],
+        z: &[i32],
+        o: &mut [T],
+        gs: usize,
+        lo: i32,
+        hi: i32,
+        b: SteBoundary,
+    ) {
+        quantize_backward_f32::<S, T>(dy, x, s, z, o, gs, lo, hi, b)
+    }
+    #[inline(always)]
+    unsafe fn dequantize_backward(dy: &[T], s: &[T], o: &mut [T], gs: usize) {
+        dequantize_backward_f32::<S, T>(dy, s, o, gs)
+    }
+}
+
+impl<S: Isa> SimdElement<S> for f64 {
+    #[inline(always)]
+    unsafe fn quantize<Q: IntElement>(
+        x: &[f64],
+        s: &[f64],
+        z: &[i32],
+        o: &mut [Q],
+        gs: usize,
+        lo: i32,
+        hi: i32,
+    ) {
+        quantize_f64::<S, Q>(x, s, z, o, gs, lo, hi)
+    }
+    #[inline(always)]
+    unsafe fn dequantize<Q: IntElement>(q: &[Q], s: &[f64], z: &[i32], o: &mut [f64], gs: usize) {
+        dequantize_f64::<S, Q>(q, s, z, o, gs)
+    }
+    #[inline(always)]
+    unsafe fn quantize_backward(
+        dy: &[f64],
+        x: &[f64],
+        s: &[f64],
+        z: &[i32],
+        o: &mut [f64],
+        gs: usize,
+        lo: i32,
+        hi: i32,
+        b: SteBoundary,
+    ) {
+        quantize_backward_f64::<S>(dy, x, s, z, o, gs, lo, hi, b)
+    }
+    #[inline(always)]
+    unsafe fn dequantize_backward(dy: &[f64], s: &[f64], o: &mut [f64], gs: usize) {
+        dequantize_backward_f64::<S>(dy, s, o, gs)
+    }
+}
+
+/// Defines, in an instruction-set module, the safe entry points of the four
+/// kernels: each checks the CPU features (a cached atomic load), runs the
+/// generic kernel inside a `#[target_feature]` function when they are
+/// present, and the scalar reference otherwise, so an entry point is sound
+/// on any CPU.
+macro_rules! simd_entry_points {
+    ($isa:ty, $features:literal, $detected:expr) => {
+        use crate::element::IntElement;
+        use crate::kernels::scalar;
+        use crate::kernels::simd::SimdElement;
+        use crate::quantize::SteBoundary;
+
+        /// Whether this CPU can run the instruction set.
+        #[inline]
+        pub(crate) fn available() -> bool {
+            $detected
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn quantize_tf<T: SimdElement<$isa>, Q: IntElement>(
+            x: &[T],
+            s: &[T],
+            z: &[i32],
+            o: &mut [Q],
+            gs: usize,
+            lo: i32,
+            hi: i32,
+        ) {
+            <T as SimdElement<$isa>>::quantize::<Q>(x, s, z, o, gs, lo, hi)
+        }
+
+        /// Forward kernel.
+        pub(crate) fn quantize<T: SimdElement<$isa>, Q: IntElement>(
+            x: &[T],
+            s: &[T],
+            z: &[i32],
+            o: &mut [Q],
+            gs: usize,
+            lo: i32,
+            hi: i32,
+        ) {
+            if !available() {
+                return scalar::quantize_groups(x, s, z, o, gs, lo, hi);
+            }
+            // SAFETY: the CPU has the features (checked above), and the
+            // kernel reads and writes only inside the slices it is given.
+            unsafe { quantize_tf::<T, Q>(x, s, z, o, gs, lo, hi) }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn dequantize_tf<Q: IntElement, T: SimdElement<$isa>>(
+            q: &[Q],
+            s: &[T],
+            z: &[i32],
+            o: &mut [T],
+            gs: usize,
+        ) {
+            <T as SimdElement<$isa>>::dequantize::<Q>(q, s, z, o, gs)
+        }
+
+        /// Inverse kernel.
+        pub(crate) fn dequantize<Q: IntElement, T: SimdElement<$isa>>(
+            q: &[Q],
+            s: &[T],
+            z: &[i32],
+            o: &mut [T],
+            gs: usize,
+        ) {
+            if !available() {
+                return scalar::dequantize_groups(q, s, z, o, gs);
+            }
+            // SAFETY: as in `quantize`.
+            unsafe { dequantize_tf::<Q, T>(q, s, z, o, gs) }
+        }
+
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn quantize_backward_tf<T: SimdElement<$isa>>(
+            dy: &[T],
+            x: &[T],
+            s: &[T],
+            z: &[i32],
+            o: &mut [T],
+            gs: usize,
+            lo: i32,
+            hi: i32,
+            b: SteBoundary,
+        ) {
+            <T as SimdElement<$isa>>::quantize_backward(dy, x, s, z, o, gs, lo, hi, b)
+        }
+
+        /// Straight-through backward kernel.
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn quantize_backward<T: SimdElement<$isa>>(
+            dy: &[T],
+            x: &[T],
+            s: &[T],
+            z: &[i32],
+            o: &mut [T],
+            gs: usize,
+            lo: i32,
+            hi: i32,
+            b: SteBoundary,
+        ) {
+            if !available() {
+                return scalar::quantize_backward_groups(dy, x, s, z, o, gs, lo, hi, b);
+            }
+            // SAFETY: as in `quantize`.
+            unsafe { quantize_backward_tf::<T>(dy, x, s, z, o, gs, lo, hi, b) }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn dequantize_backward_tf<T: SimdElement<$isa>>(
+            dy: &[T],
+            s: &[T],
+            o: &mut [T],
+            gs: usize,
+        ) {
+            <T as SimdElement<$isa>>::dequantize_backward(dy, s, o, gs)
+        }
+
+        /// Dequantize-backward kernel.
+        pub(crate) fn dequantize_backward<T: SimdElement<$isa>>(
+            dy: &[T],
+            s: &[T],
+            o: &mut [T],
+            gs: usize,
+        ) {
+            if !available() {
+                return scalar::dequantize_backward_groups(dy, s, o, gs);
+            }
+            // SAFETY: as in `quantize`.
+            unsafe { dequantize_backward_tf::<T>(dy, s, o, gs) }
+        }
+    };
+}
+pub(crate) use simd_entry_points;
