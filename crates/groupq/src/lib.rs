@@ -85,6 +85,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod bench_support;
 mod element;
 mod error;
 mod kernels;

@@ -69,7 +69,7 @@ impl Isa for Avx2 {
         _mm256_and_ps(g, mask)
     }
     #[inline(always)]
-    unsafe fn f_to_i(a: __m256) -> __m256i {
+    unsafe fn round_to_i(a: __m256) -> __m256i {
         _mm256_cvtps_epi32(a)
     }
     #[inline(always)]
@@ -138,7 +138,7 @@ impl Isa for Avx2 {
         _mm256_and_pd(g, mask)
     }
     #[inline(always)]
-    unsafe fn dd_to_i(lo: __m256d, hi: __m256d) -> __m256i {
+    unsafe fn round_dd_to_i(lo: __m256d, hi: __m256d) -> __m256i {
         _mm256_set_m128i(_mm256_cvtpd_epi32(hi), _mm256_cvtpd_epi32(lo))
     }
     #[inline(always)]

@@ -63,7 +63,7 @@ impl Isa for Avx512 {
         _mm512_maskz_mov_ps(mask, g)
     }
     #[inline(always)]
-    unsafe fn f_to_i(a: __m512) -> __m512i {
+    unsafe fn round_to_i(a: __m512) -> __m512i {
         _mm512_cvtps_epi32(a)
     }
     #[inline(always)]
@@ -126,7 +126,7 @@ impl Isa for Avx512 {
         _mm512_maskz_mov_pd(mask, g)
     }
     #[inline(always)]
-    unsafe fn dd_to_i(lo: __m512d, hi: __m512d) -> __m512i {
+    unsafe fn round_dd_to_i(lo: __m512d, hi: __m512d) -> __m512i {
         let low = _mm512_castsi256_si512(_mm512_cvtpd_epi32(lo));
         _mm512_inserti64x4::<1>(low, _mm512_cvtpd_epi32(hi))
     }

@@ -35,8 +35,11 @@ use crate::tensor::TensorRef;
 /// Problems with fewer elements than this run on the calling thread: waking
 /// the pool costs more than the work.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
-/// Target size of one parallel task, in elements.
+/// Smallest parallel task, in elements.
 const TASK_ELEMENTS: usize = 1 << 15;
+/// Parallel tasks per thread: enough for work stealing to even out a busy
+/// core, few enough that scheduling costs nothing.
+const TASKS_PER_THREAD: usize = 8;
 
 /// Backends in order of preference.
 const PREFERENCE: [BackendKind; 4] = [
@@ -233,7 +236,8 @@ pub(crate) fn for_each_segment<T, F>(
     let elements = units * grid.group_size;
     match stream.pool() {
         Some(pool) if elements >= PARALLEL_MIN_ELEMENTS => {
-            let task_units = (TASK_ELEMENTS / grid.group_size).max(1);
+            let per_thread = units / (pool.current_num_threads() * TASKS_PER_THREAD);
+            let task_units = (TASK_ELEMENTS / grid.group_size).max(per_thread).max(1);
             pool.install(|| split(grid, row_stride, 0, units, out, task_units, f));
         }
         _ => serial(grid, row_stride, 0, units, out, f),

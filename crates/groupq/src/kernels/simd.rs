@@ -9,9 +9,11 @@
 //! - the same IEEE operations in the same order (division, never a
 //!   reciprocal; no fused multiply-add);
 //! - rounding with the instruction set's round-to-nearest-even;
-//! - NaN → 0 before the clamp, and the clamp done in the float domain, which
-//!   equals saturating to `i32` and then clamping because `[q_min, q_max]` is
-//!   inside `i32` and exact in the math type;
+//! - in the forward, NaN → 0 and then the clamp in the float domain, before
+//!   the rounding conversion: clamping to the integers `q_min`, `q_max` and
+//!   rounding commute, and clamping first equals saturating to `i32` and then
+//!   clamping because `[q_min, q_max]` is inside `i32` and exact in the math
+//!   type;
 //! - NaN results replaced by the canonical quiet NaN before narrowing;
 //! - bf16 narrowing by the integer round-to-nearest-even of the f32 bits,
 //!   f16 narrowing by F16C's round-to-nearest-even.
@@ -62,8 +64,10 @@ pub(crate) trait Isa {
     /// `g` where `lo < r < hi` (`lo <= r <= hi` when inclusive), else +0;
     /// a NaN `r` is never inside.
     unsafe fn inside_f(g: Self::F, r: Self::F, lo: Self::F, hi: Self::F, incl: bool) -> Self::F;
-    /// Integral values in `i32` range to `i32`.
-    unsafe fn f_to_i(a: Self::F) -> Self::I;
+    /// Values in `i32` range to `i32`, rounding half to even (the
+    /// conversion's rounding comes from MXCSR, whose default, round to
+    /// nearest even, Rust requires programs to keep).
+    unsafe fn round_to_i(a: Self::F) -> Self::I;
     /// `i32` with `|v| <= 2^24` to f32 (exact).
     unsafe fn i_to_f(a: Self::I) -> Self::F;
     unsafe fn splat_i(v: i32) -> Self::I;
@@ -79,8 +83,9 @@ pub(crate) trait Isa {
     unsafe fn clamp_d(a: Self::D, lo: Self::D, hi: Self::D) -> Self::D;
     unsafe fn canon_nan_d(a: Self::D) -> Self::D;
     unsafe fn inside_d(g: Self::D, r: Self::D, lo: Self::D, hi: Self::D, incl: bool) -> Self::D;
-    /// Two halves of integral f64 in `i32` range to one `I`.
-    unsafe fn dd_to_i(lo: Self::D, hi: Self::D) -> Self::I;
+    /// Two halves of f64 in `i32` range to one `I`, rounding half to even
+    /// (as `round_to_i`).
+    unsafe fn round_dd_to_i(lo: Self::D, hi: Self::D) -> Self::I;
     /// One `I` to two halves of f64 (exact).
     unsafe fn i_to_dd(a: Self::I) -> (Self::D, Self::D);
     unsafe fn load_d(p: *const f64) -> Self::D;
@@ -127,8 +132,8 @@ pub(crate) unsafe fn quantize_f32<S: Isa, T: F32Lanes<S>, Q: IntElement>(
         let mut k = 0;
         while k < full {
             let t = S::add_f(S::div_f(T::load(xs.as_ptr().add(k)), vs), vz);
-            let q = S::clamp_f(S::nan_to_zero_f(S::round_f(t)), lo, hi);
-            S::store_codes(os.as_mut_ptr().add(k), S::f_to_i(q));
+            let q = S::clamp_f(S::nan_to_zero_f(t), lo, hi);
+            S::store_codes(os.as_mut_ptr().add(k), S::round_to_i(q));
             k += S::LANES;
         }
         for (o, &x) in os[full..].iter_mut().zip(&xs[full..]) {
@@ -162,12 +167,12 @@ pub(crate) unsafe fn quantize_f64<S: Isa, Q: IntElement>(
         let (vs, vz) = (S::splat_d(s), S::splat_d(z.into()));
         let step = |p: *const f64| {
             let t = S::add_d(S::div_d(S::load_d(p), vs), vz);
-            S::clamp_d(S::nan_to_zero_d(S::round_d(t)), lo, hi)
+            S::clamp_d(S::nan_to_zero_d(t), lo, hi)
         };
         let mut k = 0;
         while k < full {
             let p = xs.as_ptr().add(k);
-            let codes = S::dd_to_i(step(p), step(p.add(half)));
+            let codes = S::round_dd_to_i(step(p), step(p.add(half)));
             S::store_codes(os.as_mut_ptr().add(k), codes);
             k += S::LANES;
         }
@@ -195,10 +200,16 @@ pub(crate) unsafe fn dequantize_f32<S: Isa, Q: IntElement, T: F32Lanes<S>>(
             0
         };
         let (vs, vz) = (S::splat_f(s), S::splat_i(z));
+        // `q - z` is finite, so only a NaN or infinite scale can give NaN.
+        let canon = !s.is_finite();
         let mut k = 0;
         while k < full {
             let d = S::i_to_f(S::sub_i(S::load_codes(qs.as_ptr().add(k)), vz));
-            T::store(os.as_mut_ptr().add(k), S::canon_nan_f(S::mul_f(d, vs)));
+            let y = S::mul_f(d, vs);
+            T::store(
+                os.as_mut_ptr().add(k),
+                if canon { S::canon_nan_f(y) } else { y },
+            );
             k += S::LANES;
         }
         for (o, &q) in os[full..].iter_mut().zip(&qs[full..]) {
@@ -221,12 +232,21 @@ pub(crate) unsafe fn dequantize_f64<S: Isa, Q: IntElement>(
     for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
         let (qs, os) = (&q[g * gs..][..gs], &mut out[g * gs..][..gs]);
         let (vs, vz) = (S::splat_d(s), S::splat_d(z.into()));
+        let canon = !s.is_finite();
+        let y = |d: S::D| {
+            let y = S::mul_d(S::sub_d(d, vz), vs);
+            if canon {
+                S::canon_nan_d(y)
+            } else {
+                y
+            }
+        };
         let mut k = 0;
         while k < full {
             let (a, b) = S::i_to_dd(S::load_codes(qs.as_ptr().add(k)));
             let p = os.as_mut_ptr().add(k);
-            S::store_d(p, S::canon_nan_d(S::mul_d(S::sub_d(a, vz), vs)));
-            S::store_d(p.add(half), S::canon_nan_d(S::mul_d(S::sub_d(b, vz), vs)));
+            S::store_d(p, y(a));
+            S::store_d(p.add(half), y(b));
             k += S::LANES;
         }
         for (o, &q) in os[full..].iter_mut().zip(&qs[full..]) {

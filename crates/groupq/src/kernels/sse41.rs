@@ -62,7 +62,7 @@ impl Isa for Sse41 {
         _mm_and_ps(g, mask)
     }
     #[inline(always)]
-    unsafe fn f_to_i(a: __m128) -> __m128i {
+    unsafe fn round_to_i(a: __m128) -> __m128i {
         _mm_cvtps_epi32(a)
     }
     #[inline(always)]
@@ -124,7 +124,7 @@ impl Isa for Sse41 {
         _mm_and_pd(g, mask)
     }
     #[inline(always)]
-    unsafe fn dd_to_i(lo: __m128d, hi: __m128d) -> __m128i {
+    unsafe fn round_dd_to_i(lo: __m128d, hi: __m128d) -> __m128i {
         _mm_unpacklo_epi64(_mm_cvtpd_epi32(lo), _mm_cvtpd_epi32(hi))
     }
     #[inline(always)]

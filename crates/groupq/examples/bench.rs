@@ -1,0 +1,526 @@
+//! The benchmark table: every plan of the per-group family on LLM-sized
+//! shapes, as a fraction of the machine's streaming bandwidth measured in the
+//! same run, and as a speed-up over the scalar reference.
+//!
+//! ```text
+//! cargo run --release -p groupq --example bench                 # the full table
+//! cargo run --release -p groupq --example bench -- --quick      # one shape, one rep
+//! cargo run --release -p groupq --example bench -- --filter bf16 --threads 2
+//! ```
+//!
+//! GB/s counts the bytes each run reads and writes (data, scales and zero
+//! points). "× copy" divides that by the rate of a plain parallel copy of the
+//! same number of bytes on the same threads, timed in alternation with the
+//! kernel (kernel sample, copy sample, …) so that both see the same machine;
+//! "vs scalar" is the speed-up over the same plan pinned to the scalar
+//! backend. Every figure is the median of `--reps` timed samples.
+
+use groupq::bench_support::{copy_bandwidth, kernel_and_copy_seconds, seconds_per_run};
+use groupq::half::{bf16, f16};
+use groupq::*;
+
+/// Element types the bench can fill with data.
+trait Gen: Element {
+    fn from_f32(v: f32) -> Self;
+}
+impl Gen for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+impl Gen for f64 {
+    fn from_f32(v: f32) -> Self {
+        v.into()
+    }
+}
+impl Gen for f16 {
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+impl Gen for bf16 {
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+/// Weight-like values in about ±0.06, deterministic.
+fn data<T: Gen>(n: usize, salt: u32) -> Vec<T> {
+    (0..n as u32)
+        .map(|i| {
+            let h = (i ^ salt)
+                .wrapping_mul(0x9e37_79b9)
+                .rotate_left(13)
+                .wrapping_mul(0x85eb_ca6b);
+            T::from_f32((h >> 8) as f32 / (1u32 << 24) as f32 * 0.12 - 0.06)
+        })
+        .collect()
+}
+
+struct Options {
+    quick: bool,
+    reps: usize,
+    filter: Option<String>,
+    threads: Vec<usize>,
+}
+
+fn parse() -> std::result::Result<Options, String> {
+    let mut o = Options {
+        quick: false,
+        reps: 5,
+        filter: None,
+        threads: vec![1, 2],
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => {
+                o.quick = true;
+                o.reps = 1;
+            }
+            "--reps" => o.reps = args.next().and_then(|v| v.parse().ok()).ok_or("--reps N")?,
+            "--filter" => o.filter = Some(args.next().ok_or("--filter TEXT")?),
+            "--threads" => {
+                let v = args.next().ok_or("--threads N[,N...]")?;
+                o.threads = v
+                    .split(',')
+                    .map(|t| t.parse().map_err(|_| format!("bad thread count {t}")))
+                    .collect::<std::result::Result<_, _>>()?;
+            }
+            "-h" | "--help" => {
+                return Err(
+                    "usage: bench [--quick] [--reps N] [--filter TEXT] [--threads 1,2]".into(),
+                )
+            }
+            other => return Err(format!("unknown option {other} (try --help)")),
+        }
+    }
+    Ok(o)
+}
+
+/// One measured configuration.
+struct Row {
+    plan: &'static str,
+    dtypes: String,
+    shape: (usize, usize),
+    group: usize,
+    threads: usize,
+    backend: BackendKind,
+    gbps: f64,
+    of_copy: f64,
+    vs_scalar: f64,
+}
+
+struct Bench {
+    o: Options,
+    rows: Vec<Row>,
+}
+
+impl Bench {
+    fn wanted(&self, name: &str) -> bool {
+        self.o
+            .filter
+            .as_ref()
+            .is_none_or(|f| name.contains(f.as_str()))
+    }
+
+    /// Times the plan `select` gives with no preference and pinned to the
+    /// scalar backend, then a copy of the same bytes, and records the row.
+    #[allow(clippy::too_many_arguments)]
+    fn measure<P>(
+        &mut self,
+        plan: &'static str,
+        dtypes: String,
+        shape: (usize, usize),
+        group: usize,
+        stream: &Stream,
+        bytes: usize,
+        select: impl Fn(PlanPreference) -> Result<P>,
+        sku: impl Fn(&P) -> KernelSku,
+        mut run: impl FnMut(&P),
+    ) -> Result<()> {
+        let reps = self.o.reps;
+        let best = select(PlanPreference::default())?;
+        let scalar = select(PlanPreference {
+            prefer_backend: Some(BackendKind::Scalar),
+            ..Default::default()
+        })?;
+        let (t, t_copy) = kernel_and_copy_seconds(stream, bytes, reps, || run(&best));
+        let t_scalar = seconds_per_run(bytes, reps, || run(&scalar));
+        let gbps = bytes as f64 / t / 1e9;
+        let row = Row {
+            plan,
+            dtypes,
+            shape,
+            group,
+            threads: stream.threads(),
+            backend: sku(&best).backend,
+            gbps,
+            of_copy: t_copy / t,
+            vs_scalar: t_scalar / t,
+        };
+        print_row(&row);
+        self.rows.push(row);
+        Ok(())
+    }
+
+    fn forward<T: Gen, Q: IntElement>(
+        &mut self,
+        (rows, cols): (usize, usize),
+        group: usize,
+        stream: &Stream,
+    ) -> Result<()> {
+        let dtypes = format!("{}->{}", T::KIND, Q::KIND);
+        if !self.wanted(&format!("quantize {dtypes}")) {
+            return Ok(());
+        }
+        let (n, ng) = (rows * cols, rows * cols / group);
+        let (x, s, z) = (
+            data::<T>(n, 1),
+            vec![T::from_f32(0.06 / 7.0); ng],
+            vec![0i32; ng],
+        );
+        let mut q = vec![Q::default(); n];
+        let desc = QuantizePerGroupDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+            q_min: Q::MIN.max(-8),
+            q_max: Q::MAX.min(15),
+            input_element: T::KIND,
+            output_element: Q::KIND,
+        };
+        let bytes = n * T::KIND.size_bytes() + n + ng * (T::KIND.size_bytes() + 4);
+        let p = [rows, cols / group];
+        self.measure(
+            "quantize",
+            dtypes,
+            (rows, cols),
+            group,
+            stream,
+            bytes,
+            |pref| QuantizePerGroupPlan::<T, Q>::select(stream, &desc, pref),
+            |plan| plan.sku(),
+            |plan| {
+                let args = QuantizePerGroupArgs {
+                    input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                    scale: TensorRef::new(&s, p).unwrap(),
+                    zero_point: TensorRef::new(&z, p).unwrap(),
+                    output: TensorMut::new(&mut q, [rows, cols]).unwrap(),
+                };
+                plan.run(stream, Workspace::None, args).unwrap()
+            },
+        )
+    }
+
+    fn dequantize<Q: IntElement, T: Gen>(
+        &mut self,
+        (rows, cols): (usize, usize),
+        group: usize,
+        stream: &Stream,
+    ) -> Result<()> {
+        let dtypes = format!("{}->{}", Q::KIND, T::KIND);
+        if !self.wanted(&format!("dequantize {dtypes}")) {
+            return Ok(());
+        }
+        let (n, ng) = (rows * cols, rows * cols / group);
+        let q: Vec<Q> = vec![Q::default(); n];
+        let (s, z) = (vec![T::from_f32(0.06 / 7.0); ng], vec![3i32; ng]);
+        let mut y = vec![T::from_f32(0.0); n];
+        let desc = DequantizePerGroupDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+            input_element: Q::KIND,
+            output_element: T::KIND,
+        };
+        let bytes = n + n * T::KIND.size_bytes() + ng * (T::KIND.size_bytes() + 4);
+        let p = [rows, cols / group];
+        self.measure(
+            "dequantize",
+            dtypes,
+            (rows, cols),
+            group,
+            stream,
+            bytes,
+            |pref| DequantizePerGroupPlan::<Q, T>::select(stream, &desc, pref),
+            |plan| plan.sku(),
+            |plan| {
+                let args = DequantizePerGroupArgs {
+                    input: TensorRef::new(&q, [rows, cols]).unwrap(),
+                    scale: TensorRef::new(&s, p).unwrap(),
+                    zero_point: TensorRef::new(&z, p).unwrap(),
+                    output: TensorMut::new(&mut y, [rows, cols]).unwrap(),
+                };
+                plan.run(stream, Workspace::None, args).unwrap()
+            },
+        )
+    }
+
+    fn quantize_backward<T: Gen>(
+        &mut self,
+        (rows, cols): (usize, usize),
+        group: usize,
+        stream: &Stream,
+    ) -> Result<()> {
+        let dtypes = format!("{}", T::KIND);
+        if !self.wanted(&format!("quantize_backward {dtypes}")) {
+            return Ok(());
+        }
+        let (n, ng) = (rows * cols, rows * cols / group);
+        let (dy, x) = (data::<T>(n, 2), data::<T>(n, 3));
+        let (s, z) = (vec![T::from_f32(0.06 / 7.0); ng], vec![0i32; ng]);
+        let mut dx = vec![T::from_f32(0.0); n];
+        let desc = QuantizePerGroupBackwardDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+            q_min: -8,
+            q_max: 7,
+            input_element: T::KIND,
+            boundary: SteBoundary::Inclusive,
+        };
+        let bytes = 3 * n * T::KIND.size_bytes() + ng * (T::KIND.size_bytes() + 4);
+        let p = [rows, cols / group];
+        self.measure(
+            "quantize_backward",
+            dtypes,
+            (rows, cols),
+            group,
+            stream,
+            bytes,
+            |pref| QuantizePerGroupBackwardPlan::<T>::select(stream, &desc, pref),
+            |plan| plan.sku(),
+            |plan| {
+                let args = QuantizePerGroupBackwardArgs {
+                    grad_output: TensorRef::new(&dy, [rows, cols]).unwrap(),
+                    input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                    scale: TensorRef::new(&s, p).unwrap(),
+                    zero_point: TensorRef::new(&z, p).unwrap(),
+                    grad_input: TensorMut::new(&mut dx, [rows, cols]).unwrap(),
+                };
+                plan.run(stream, Workspace::None, args).unwrap()
+            },
+        )
+    }
+
+    fn dequantize_backward<T: Gen>(
+        &mut self,
+        (rows, cols): (usize, usize),
+        group: usize,
+        stream: &Stream,
+    ) -> Result<()> {
+        let dtypes = format!("s8->{}", T::KIND);
+        if !self.wanted(&format!("dequantize_backward {dtypes}")) {
+            return Ok(());
+        }
+        let (n, ng) = (rows * cols, rows * cols / group);
+        let (dy, s) = (data::<T>(n, 4), vec![T::from_f32(0.06 / 7.0); ng]);
+        let mut dx = vec![T::from_f32(0.0); n];
+        let desc = DequantizePerGroupBackwardDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+        };
+        let bytes = 2 * n * T::KIND.size_bytes() + ng * T::KIND.size_bytes();
+        let p = [rows, cols / group];
+        self.measure(
+            "dequantize_backward",
+            dtypes,
+            (rows, cols),
+            group,
+            stream,
+            bytes,
+            |pref| DequantizePerGroupBackwardPlan::<i8, T>::select(stream, &desc, pref),
+            |plan| plan.sku(),
+            |plan| {
+                let args = DequantizePerGroupBackwardArgs {
+                    grad_output: TensorRef::new(&dy, [rows, cols]).unwrap(),
+                    scale: TensorRef::new(&s, p).unwrap(),
+                    grad_input: TensorMut::new(&mut dx, [rows, cols]).unwrap(),
+                };
+                plan.run(stream, Workspace::None, args).unwrap()
+            },
+        )
+    }
+
+    /// Every plan and dtype on every shape, group size and thread count.
+    fn run_all(&mut self) -> Result<()> {
+        let shapes: &[(usize, usize)] = if self.o.quick {
+            &[(4096, 4096), (1, 4096)]
+        } else {
+            &[(4096, 4096), (11008, 4096), (1, 4096)]
+        };
+        let groups: &[usize] = if self.o.quick { &[128] } else { &[32, 64, 128] };
+        for threads in self.o.threads.clone() {
+            let stream = Stream::cpu_with_threads(threads)?;
+            for &shape in shapes {
+                for &g in groups {
+                    self.forward::<f32, i8>(shape, g, &stream)?;
+                    self.forward::<bf16, i8>(shape, g, &stream)?;
+                    self.forward::<f16, i8>(shape, g, &stream)?;
+                    self.forward::<f64, i8>(shape, g, &stream)?;
+                }
+                let g = 128;
+                self.forward::<f32, u8>(shape, g, &stream)?;
+                self.forward::<bf16, u8>(shape, g, &stream)?;
+                self.dequantize::<i8, f32>(shape, g, &stream)?;
+                self.dequantize::<i8, bf16>(shape, g, &stream)?;
+                self.dequantize::<i8, f16>(shape, g, &stream)?;
+                self.dequantize::<i8, f64>(shape, g, &stream)?;
+                self.dequantize::<u8, bf16>(shape, g, &stream)?;
+                self.quantize_backward::<f32>(shape, g, &stream)?;
+                self.quantize_backward::<bf16>(shape, g, &stream)?;
+                self.quantize_backward::<f16>(shape, g, &stream)?;
+                self.quantize_backward::<f64>(shape, g, &stream)?;
+                self.dequantize_backward::<f32>(shape, g, &stream)?;
+                self.dequantize_backward::<bf16>(shape, g, &stream)?;
+                self.dequantize_backward::<f16>(shape, g, &stream)?;
+                self.dequantize_backward::<f64>(shape, g, &stream)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The issue's targets, checked on the rows measured (group 128,
+    /// 4096 × 4096 and larger unless stated).
+    fn targets(&self) {
+        let big = |r: &&Row| r.shape.0 * r.shape.1 >= 4096 * 4096 && r.group == 128;
+        type Pick = dyn Fn(&Row) -> bool;
+        let checks: Vec<(&str, f64, Box<Pick>)> = vec![
+            (
+                "quantize f32->s8, 2 threads",
+                0.80,
+                Box::new(|r| r.plan == "quantize" && r.dtypes == "f32->s8" && r.threads == 2),
+            ),
+            (
+                "quantize bf16/f16->s8, 2 threads",
+                0.70,
+                Box::new(|r| {
+                    r.plan == "quantize"
+                        && (r.dtypes == "bf16->s8" || r.dtypes == "f16->s8")
+                        && r.threads == 2
+                }),
+            ),
+            (
+                "dequantize s8->f32/bf16/f16, 2 threads",
+                0.70,
+                Box::new(|r| {
+                    r.plan == "dequantize"
+                        && r.dtypes.starts_with("s8->")
+                        && !r.dtypes.ends_with("f64")
+                        && r.threads == 2
+                }),
+            ),
+            (
+                "backward plans (not f64), 2 threads",
+                0.70,
+                Box::new(|r| {
+                    r.plan.ends_with("backward") && !r.dtypes.ends_with("f64") && r.threads == 2
+                }),
+            ),
+            (
+                "quantize (not f64), 1 thread",
+                0.45,
+                Box::new(|r| {
+                    r.plan == "quantize" && !r.dtypes.starts_with("f64") && r.threads == 1
+                }),
+            ),
+            (
+                "f64 plans, 2 threads",
+                0.50,
+                Box::new(|r| {
+                    (r.dtypes.starts_with("f64") || r.dtypes.ends_with("f64")) && r.threads == 2
+                }),
+            ),
+        ];
+        println!("\nTargets (fraction of the same-run copy bandwidth, worst row):");
+        for (name, target, pick) in &checks {
+            let worst = self
+                .rows
+                .iter()
+                .filter(big)
+                .filter(|r| pick(r))
+                .map(|r| r.of_copy)
+                .fold(f64::INFINITY, f64::min);
+            if worst.is_finite() {
+                let verdict = if worst >= *target { "met" } else { "MISSED" };
+                println!("- {name}: {worst:.2} (target {target:.2}) {verdict}");
+            }
+        }
+        let latency = self
+            .rows
+            .iter()
+            .filter(|r| r.shape == (1, 4096))
+            .map(|r| r.of_copy)
+            .fold(f64::INFINITY, f64::min);
+        if latency.is_finite() {
+            let verdict = if latency >= 1.0 / 3.0 {
+                "met"
+            } else {
+                "MISSED"
+            };
+            println!("- 1 × 4096, every plan: worst {latency:.2} of copy speed, i.e. {:.1}× the copy's time (target ≤ 3×) {verdict}", 1.0 / latency);
+        }
+    }
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "| {:<19} | {:<9} | {:>5} × {:<5} | {:>5} | {:>7} | {:<7} | {:>6.2} | {:>6.2} | {:>8.1}× |",
+        r.plan,
+        r.dtypes,
+        r.shape.0,
+        r.shape.1,
+        r.group,
+        r.threads,
+        r.backend,
+        r.gbps,
+        r.of_copy,
+        r.vs_scalar
+    );
+}
+
+fn main() {
+    let o = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!(
+        "groupq bench: {cpu}, {} cores available, reps {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        o.reps
+    );
+    for &t in &o.threads {
+        if let Ok(stream) = Stream::cpu_with_threads(t) {
+            let copy = copy_bandwidth(&stream, 64 << 20, o.reps);
+            println!(
+                "copy bandwidth, 64 MiB, {t} thread(s): {:.2} GB/s (read + write)",
+                copy.bytes_per_second / 1e9
+            );
+        }
+    }
+    println!();
+    println!("| plan                | dtypes    | shape         | group | threads | backend |   GB/s | × copy | vs scalar |");
+    println!("|---------------------|-----------|---------------|-------|---------|---------|--------|--------|-----------|");
+    let mut bench = Bench {
+        o,
+        rows: Vec::new(),
+    };
+    if let Err(e) = bench.run_all() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    bench.targets();
+}
