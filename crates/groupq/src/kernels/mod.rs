@@ -341,4 +341,42 @@ mod tests {
             }
         }
     }
+
+    /// Small problems stay on the calling thread (the pool is not woken);
+    /// large ones are spread over the pool's threads.
+    #[test]
+    fn small_problems_do_not_wake_the_pool() {
+        let stream = Stream::cpu_with_threads(2).unwrap();
+        let on_workers = |outer: usize| {
+            let grid = GroupGrid {
+                outer,
+                num_groups: 32,
+                group_size: 128,
+            };
+            let mut out = vec![0u8; outer * 4096];
+            let workers = Mutex::new(Vec::new());
+            for_each_segment(&stream, grid, &mut out, 4096, &|_, _, _, _| {
+                workers.lock().unwrap().push(rayon::current_thread_index());
+            });
+            workers.into_inner().unwrap()
+        };
+        assert!(
+            on_workers(1).iter().all(Option::is_none),
+            "1 × 4096 woke the pool"
+        );
+        assert!(
+            on_workers(15).iter().all(Option::is_none),
+            "15 × 4096 woke the pool"
+        );
+        let big = on_workers(1024);
+        assert!(
+            big.iter().all(Option::is_some),
+            "large problems run on the pool"
+        );
+        assert!(
+            big.len() >= 2 * TASKS_PER_THREAD,
+            "split into {} tasks",
+            big.len()
+        );
+    }
 }

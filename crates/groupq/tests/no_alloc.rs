@@ -1,0 +1,155 @@
+//! `run` allocates nothing: a counting global allocator watches every plan
+//! on a latency-sized problem (1 × 4096) and on one large enough to be split
+//! over the pool, on a two-thread stream.
+
+use groupq::half::bf16;
+use groupq::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Only allocations made by a thread that is counting are counted.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: defers every call to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        }
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by this thread while `f` runs.
+fn allocations_in(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.load(Ordering::SeqCst) - before
+}
+
+fn check(rows: usize, cols: usize, stream: &Stream) {
+    let group = 128;
+    let (n, ng) = (rows * cols, rows * cols / group);
+    let p = [rows, cols / group];
+    let x = vec![bf16::from_f32(0.3); n];
+    let s = vec![bf16::from_f32(0.01); ng];
+    let z = vec![1i32; ng];
+    let mut q = vec![0i8; n];
+    let mut y = vec![bf16::ZERO; n];
+
+    let forward = QuantizePerGroupPlan::<bf16, i8>::select(
+        stream,
+        &QuantizePerGroupDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+            q_min: -8,
+            q_max: 7,
+            input_element: ElementKind::Bf16,
+            output_element: ElementKind::S8,
+        },
+        Default::default(),
+    )
+    .unwrap();
+    let inverse = DequantizePerGroupPlan::<i8, bf16>::select(
+        stream,
+        &DequantizePerGroupDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+            input_element: ElementKind::S8,
+            output_element: ElementKind::Bf16,
+        },
+        Default::default(),
+    )
+    .unwrap();
+    let backward = QuantizePerGroupBackwardPlan::<bf16>::select(
+        stream,
+        &QuantizePerGroupBackwardDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+            q_min: -8,
+            q_max: 7,
+            input_element: ElementKind::Bf16,
+            boundary: SteBoundary::Exclusive,
+        },
+        Default::default(),
+    )
+    .unwrap();
+    let inverse_backward = DequantizePerGroupBackwardPlan::<i8, bf16>::select(
+        stream,
+        &DequantizePerGroupBackwardDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+        },
+        Default::default(),
+    )
+    .unwrap();
+
+    // Warm up once: the pool's threads and queues exist before counting.
+    for counted in [false, true] {
+        let mut run = || {
+            let args = QuantizePerGroupArgs {
+                input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                scale: TensorRef::new(&s, p).unwrap(),
+                zero_point: TensorRef::new(&z, p).unwrap(),
+                output: TensorMut::new(&mut q, [rows, cols]).unwrap(),
+            };
+            forward.run(stream, Workspace::None, args).unwrap();
+            let args = DequantizePerGroupArgs {
+                input: TensorRef::new(&q, [rows, cols]).unwrap(),
+                scale: TensorRef::new(&s, p).unwrap(),
+                zero_point: TensorRef::new(&z, p).unwrap(),
+                output: TensorMut::new(&mut y, [rows, cols]).unwrap(),
+            };
+            inverse.run(stream, Workspace::None, args).unwrap();
+            let args = QuantizePerGroupBackwardArgs {
+                grad_output: TensorRef::new(&x, [rows, cols]).unwrap(),
+                input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                scale: TensorRef::new(&s, p).unwrap(),
+                zero_point: TensorRef::new(&z, p).unwrap(),
+                grad_input: TensorMut::new(&mut y, [rows, cols]).unwrap(),
+            };
+            backward.run(stream, Workspace::None, args).unwrap();
+            let args = DequantizePerGroupBackwardArgs {
+                grad_output: TensorRef::new(&x, [rows, cols]).unwrap(),
+                scale: TensorRef::new(&s, p).unwrap(),
+                grad_input: TensorMut::new(&mut y, [rows, cols]).unwrap(),
+            };
+            inverse_backward.run(stream, Workspace::None, args).unwrap();
+        };
+        if counted {
+            let n = allocations_in(run);
+            assert_eq!(n, 0, "{rows} × {cols}: run allocated {n} times");
+        } else {
+            run();
+        }
+    }
+    assert!(q.iter().all(|&c| c == 7), "the plans ran");
+}
+
+#[test]
+fn run_does_not_allocate() {
+    let stream = Stream::cpu_with_threads(2).unwrap();
+    check(1, 4096, &stream);
+    check(256, 4096, &stream);
+    check(1, 4096, &Stream::cpu_with_threads(1).unwrap());
+}
