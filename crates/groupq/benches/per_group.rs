@@ -8,7 +8,7 @@
 //! directly, for more shapes and thread counts.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use groupq::bench_support::Copier;
+use groupq::bench_support::{synthetic_weights, Copier};
 use groupq::half::{bf16, f16};
 use groupq::*;
 use std::hint::black_box;
@@ -19,39 +19,6 @@ const COLS: usize = 4096;
 const GROUP: usize = 128;
 const N: usize = ROWS * COLS;
 const NG: usize = N / GROUP;
-
-trait Gen: Element {
-    fn from_f32(v: f32) -> Self;
-}
-impl Gen for f32 {
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-}
-impl Gen for f64 {
-    fn from_f32(v: f32) -> Self {
-        v.into()
-    }
-}
-impl Gen for f16 {
-    fn from_f32(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-}
-impl Gen for bf16 {
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-}
-
-fn data<T: Gen>(salt: u32) -> Vec<T> {
-    (0..N as u32)
-        .map(|i| {
-            let h = (i ^ salt).wrapping_mul(0x9e37_79b9).rotate_left(13);
-            T::from_f32((h >> 8) as f32 / (1u32 << 24) as f32 * 0.12 - 0.06)
-        })
-        .collect()
-}
 
 /// A group with the byte throughput of one run, and its `copy` baseline.
 fn group<'c>(
@@ -70,8 +37,12 @@ fn group<'c>(
     g
 }
 
-fn quantize<T: Gen>(c: &mut Criterion, stream: &Stream) {
-    let (x, s, z) = (data::<T>(1), vec![T::from_f32(0.01); NG], vec![0i32; NG]);
+fn quantize<T: Element>(c: &mut Criterion, stream: &Stream) {
+    let (x, s, z) = (
+        synthetic_weights::<T>(N, 1),
+        vec![T::from_f64(0.01); NG],
+        vec![0i32; NG],
+    );
     let mut q = vec![0i8; N];
     let desc = QuantizePerGroupDescriptor {
         outer_size: ROWS,
@@ -100,9 +71,9 @@ fn quantize<T: Gen>(c: &mut Criterion, stream: &Stream) {
     g.finish();
 }
 
-fn dequantize<T: Gen>(c: &mut Criterion, stream: &Stream) {
-    let (q, s, z) = (vec![3i8; N], vec![T::from_f32(0.01); NG], vec![1i32; NG]);
-    let mut y = vec![T::from_f32(0.0); N];
+fn dequantize<T: Element>(c: &mut Criterion, stream: &Stream) {
+    let (q, s, z) = (vec![3i8; N], vec![T::from_f64(0.01); NG], vec![1i32; NG]);
+    let mut y = vec![T::from_f64(0.0); N];
     let desc = DequantizePerGroupDescriptor {
         outer_size: ROWS,
         axis_size: COLS,
@@ -128,10 +99,10 @@ fn dequantize<T: Gen>(c: &mut Criterion, stream: &Stream) {
     g.finish();
 }
 
-fn quantize_backward<T: Gen>(c: &mut Criterion, stream: &Stream) {
-    let (dy, x) = (data::<T>(2), data::<T>(3));
-    let (s, z) = (vec![T::from_f32(0.01); NG], vec![0i32; NG]);
-    let mut dx = vec![T::from_f32(0.0); N];
+fn quantize_backward<T: Element>(c: &mut Criterion, stream: &Stream) {
+    let (dy, x) = (synthetic_weights::<T>(N, 2), synthetic_weights::<T>(N, 3));
+    let (s, z) = (vec![T::from_f64(0.01); NG], vec![0i32; NG]);
+    let mut dx = vec![T::from_f64(0.0); N];
     let desc = QuantizePerGroupBackwardDescriptor {
         outer_size: ROWS,
         axis_size: COLS,
@@ -161,9 +132,9 @@ fn quantize_backward<T: Gen>(c: &mut Criterion, stream: &Stream) {
     g.finish();
 }
 
-fn dequantize_backward<T: Gen>(c: &mut Criterion, stream: &Stream) {
-    let (dy, s) = (data::<T>(4), vec![T::from_f32(0.01); NG]);
-    let mut dx = vec![T::from_f32(0.0); N];
+fn dequantize_backward<T: Element>(c: &mut Criterion, stream: &Stream) {
+    let (dy, s) = (synthetic_weights::<T>(N, 4), vec![T::from_f64(0.01); NG]);
+    let mut dx = vec![T::from_f64(0.0); N];
     let desc = DequantizePerGroupBackwardDescriptor {
         outer_size: ROWS,
         axis_size: COLS,

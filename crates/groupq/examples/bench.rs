@@ -15,47 +15,11 @@
 //! "vs scalar" is the speed-up over the same plan pinned to the scalar
 //! backend. Every figure is the median of `--reps` timed samples.
 
-use groupq::bench_support::{copy_bandwidth, kernel_and_copy_seconds, seconds_per_run};
+use groupq::bench_support::{
+    copy_bandwidth, kernel_and_copy_seconds, seconds_per_run, synthetic_weights,
+};
 use groupq::half::{bf16, f16};
 use groupq::*;
-
-/// Element types the bench can fill with data.
-trait Gen: Element {
-    fn from_f32(v: f32) -> Self;
-}
-impl Gen for f32 {
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-}
-impl Gen for f64 {
-    fn from_f32(v: f32) -> Self {
-        v.into()
-    }
-}
-impl Gen for f16 {
-    fn from_f32(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-}
-impl Gen for bf16 {
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-}
-
-/// Weight-like values in about ±0.06, deterministic.
-fn data<T: Gen>(n: usize, salt: u32) -> Vec<T> {
-    (0..n as u32)
-        .map(|i| {
-            let h = (i ^ salt)
-                .wrapping_mul(0x9e37_79b9)
-                .rotate_left(13)
-                .wrapping_mul(0x85eb_ca6b);
-            T::from_f32((h >> 8) as f32 / (1u32 << 24) as f32 * 0.12 - 0.06)
-        })
-        .collect()
-}
 
 struct Options {
     quick: bool,
@@ -164,7 +128,7 @@ impl Bench {
         Ok(())
     }
 
-    fn forward<T: Gen, Q: IntElement>(
+    fn forward<T: Element, Q: IntElement>(
         &mut self,
         (rows, cols): (usize, usize),
         group: usize,
@@ -176,8 +140,8 @@ impl Bench {
         }
         let (n, ng) = (rows * cols, rows * cols / group);
         let (x, s, z) = (
-            data::<T>(n, 1),
-            vec![T::from_f32(0.06 / 7.0); ng],
+            synthetic_weights::<T>(n, 1),
+            vec![T::from_f64(0.06 / 7.0); ng],
             vec![0i32; ng],
         );
         let mut q = vec![Q::default(); n];
@@ -213,7 +177,7 @@ impl Bench {
         )
     }
 
-    fn dequantize<Q: IntElement, T: Gen>(
+    fn dequantize<Q: IntElement, T: Element>(
         &mut self,
         (rows, cols): (usize, usize),
         group: usize,
@@ -225,8 +189,8 @@ impl Bench {
         }
         let (n, ng) = (rows * cols, rows * cols / group);
         let q: Vec<Q> = vec![Q::default(); n];
-        let (s, z) = (vec![T::from_f32(0.06 / 7.0); ng], vec![3i32; ng]);
-        let mut y = vec![T::from_f32(0.0); n];
+        let (s, z) = (vec![T::from_f64(0.06 / 7.0); ng], vec![3i32; ng]);
+        let mut y = vec![T::from_f64(0.0); n];
         let desc = DequantizePerGroupDescriptor {
             outer_size: rows,
             axis_size: cols,
@@ -257,7 +221,7 @@ impl Bench {
         )
     }
 
-    fn quantize_backward<T: Gen>(
+    fn quantize_backward<T: Element>(
         &mut self,
         (rows, cols): (usize, usize),
         group: usize,
@@ -268,9 +232,9 @@ impl Bench {
             return Ok(());
         }
         let (n, ng) = (rows * cols, rows * cols / group);
-        let (dy, x) = (data::<T>(n, 2), data::<T>(n, 3));
-        let (s, z) = (vec![T::from_f32(0.06 / 7.0); ng], vec![0i32; ng]);
-        let mut dx = vec![T::from_f32(0.0); n];
+        let (dy, x) = (synthetic_weights::<T>(n, 2), synthetic_weights::<T>(n, 3));
+        let (s, z) = (vec![T::from_f64(0.06 / 7.0); ng], vec![0i32; ng]);
+        let mut dx = vec![T::from_f64(0.0); n];
         let desc = QuantizePerGroupBackwardDescriptor {
             outer_size: rows,
             axis_size: cols,
@@ -304,7 +268,7 @@ impl Bench {
         )
     }
 
-    fn dequantize_backward<T: Gen>(
+    fn dequantize_backward<T: Element>(
         &mut self,
         (rows, cols): (usize, usize),
         group: usize,
@@ -315,8 +279,11 @@ impl Bench {
             return Ok(());
         }
         let (n, ng) = (rows * cols, rows * cols / group);
-        let (dy, s) = (data::<T>(n, 4), vec![T::from_f32(0.06 / 7.0); ng]);
-        let mut dx = vec![T::from_f32(0.0); n];
+        let (dy, s) = (
+            synthetic_weights::<T>(n, 4),
+            vec![T::from_f64(0.06 / 7.0); ng],
+        );
+        let mut dx = vec![T::from_f64(0.0); n];
         let desc = DequantizePerGroupBackwardDescriptor {
             outer_size: rows,
             axis_size: cols,

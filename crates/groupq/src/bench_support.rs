@@ -19,6 +19,7 @@
 //! # Ok::<(), groupq::Error>(())
 //! ```
 
+use crate::element::Element;
 use crate::stream::Stream;
 use rayon::prelude::*;
 use std::time::Instant;
@@ -140,4 +141,18 @@ pub fn median_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
         })
         .collect();
     median(&mut times)
+}
+
+/// `n` deterministic weight-like values, uniform in about ±0.06 (the range of
+/// an LLM projection matrix), different for each `salt`.
+pub fn synthetic_weights<T: Element>(n: usize, salt: u32) -> Vec<T> {
+    (0..n)
+        .map(|i| {
+            let h = (i as u32 ^ salt)
+                .wrapping_mul(0x9e37_79b9)
+                .rotate_left(13)
+                .wrapping_mul(0x85eb_ca6b);
+            T::from_f64(f64::from(h >> 8) / f64::from(1u32 << 24) * 0.12 - 0.06)
+        })
+        .collect()
 }

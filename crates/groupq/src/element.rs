@@ -173,6 +173,19 @@ pub trait Element:
 {
     /// The kind tag of this type.
     const KIND: ElementKind;
+
+    /// The nearest value of this type (round to nearest even; NaN stays NaN).
+    ///
+    /// ```
+    /// use groupq::Element;
+    /// use groupq::half::bf16;
+    /// assert_eq!(bf16::from_f64(1.0 + 1.0 / 256.0), bf16::ONE); // a tie, to even
+    /// assert_eq!(<f32 as Element>::from_f64(0.1), 0.1f32);
+    /// ```
+    fn from_f64(v: f64) -> Self;
+
+    /// The exact value as `f64`.
+    fn to_f64(self) -> f64;
 }
 
 /// An integer code type: `i8` ([`ElementKind::S8`]) or `u8` ([`ElementKind::U8`]).
@@ -210,6 +223,14 @@ impl sealed::FloatSealed for f32 {
 }
 impl Element for f32 {
     const KIND: ElementKind = ElementKind::F32;
+    #[inline]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self.into()
+    }
 }
 
 impl sealed::FloatSealed for f64 {
@@ -229,6 +250,14 @@ impl sealed::FloatSealed for f64 {
 }
 impl Element for f64 {
     const KIND: ElementKind = ElementKind::F64;
+    #[inline]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self
+    }
 }
 
 impl sealed::FloatSealed for f16 {
@@ -248,6 +277,14 @@ impl sealed::FloatSealed for f16 {
 }
 impl Element for f16 {
     const KIND: ElementKind = ElementKind::F16;
+    #[inline]
+    fn from_f64(v: f64) -> Self {
+        f16::from_f64(v)
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
 }
 
 impl sealed::FloatSealed for bf16 {
@@ -267,6 +304,14 @@ impl sealed::FloatSealed for bf16 {
 }
 impl Element for bf16 {
     const KIND: ElementKind = ElementKind::Bf16;
+    #[inline]
+    fn from_f64(v: f64) -> Self {
+        bf16::from_f64(v)
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
 }
 
 macro_rules! int_element {

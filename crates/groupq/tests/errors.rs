@@ -20,16 +20,12 @@ use std::panic::{RefUnwindSafe, UnwindSafe};
 
 /// The float element types, with what the tests need to make and compare them.
 trait Float: Element {
-    fn from_f64(v: f64) -> Self;
     fn bits(self) -> u64;
     /// A NaN with a payload: no plan produces it from the test data.
     fn sentinel() -> Self;
 }
 
 impl Float for f32 {
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
     fn bits(self) -> u64 {
         self.to_bits().into()
     }
@@ -39,9 +35,6 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
-    fn from_f64(v: f64) -> Self {
-        v
-    }
     fn bits(self) -> u64 {
         self.to_bits()
     }
@@ -51,9 +44,6 @@ impl Float for f64 {
 }
 
 impl Float for f16 {
-    fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
-    }
     fn bits(self) -> u64 {
         self.to_bits().into()
     }
@@ -63,9 +53,6 @@ impl Float for f16 {
 }
 
 impl Float for bf16 {
-    fn from_f64(v: f64) -> Self {
-        bf16::from_f64(v)
-    }
     fn bits(self) -> u64 {
         self.to_bits().into()
     }

@@ -128,7 +128,6 @@ trait RefElem: Element {
     type M: RefMath;
     fn to_m(self) -> Self::M;
     fn from_m(m: Self::M) -> Self;
-    fn from_f64(v: f64) -> Self;
     fn bits(self) -> u64;
     fn specials() -> Vec<Self>;
 }
@@ -144,9 +143,6 @@ impl RefElem for f32 {
         } else {
             m
         }
-    }
-    fn from_f64(v: f64) -> Self {
-        v as f32
     }
     fn bits(self) -> u64 {
         self.to_bits().into()
@@ -181,9 +177,6 @@ impl RefElem for f64 {
             m
         }
     }
-    fn from_f64(v: f64) -> Self {
-        v
-    }
     fn bits(self) -> u64 {
         self.to_bits()
     }
@@ -217,9 +210,6 @@ impl RefElem for f16 {
             narrow(m, 10, 15)
         })
     }
-    fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
-    }
     fn bits(self) -> u64 {
         self.to_bits().into()
     }
@@ -251,9 +241,6 @@ impl RefElem for bf16 {
         } else {
             narrow(m, 7, 127)
         })
-    }
-    fn from_f64(v: f64) -> Self {
-        bf16::from_f64(v)
     }
     fn bits(self) -> u64 {
         self.to_bits().into()
