@@ -53,6 +53,16 @@ pub enum Error {
         /// Bytes the caller passed.
         got: usize,
     },
+    /// The input holds NaN or an infinity where the recipe's
+    /// `NonFinitePolicy::Error` forbids it: the first such group, in
+    /// row-major order. Nothing was written.
+    #[error("non-finite input: row {row}, group {group} holds NaN or an infinity (the recipe's non_finite policy is Error)")]
+    NonFiniteInput {
+        /// Row of the first offending group.
+        row: usize,
+        /// Group index within that row.
+        group: usize,
+    },
     /// The execution backend failed (for CPU streams: the thread pool could
     /// not be built).
     #[error("backend error: {0}")]

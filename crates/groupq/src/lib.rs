@@ -91,6 +91,7 @@ mod error;
 mod kernels;
 mod plan;
 pub mod quantize;
+pub mod recipe;
 mod stream;
 mod tensor;
 

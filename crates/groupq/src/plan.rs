@@ -86,6 +86,10 @@ pub enum QuantizeKind {
     QuantizePerGroupBackward,
     /// Gradient of the dequantization (SPEC §3.4).
     DequantizePerGroupBackward,
+    /// Scales and zero points from the data, by a recipe.
+    ChooseQParamsPerGroup,
+    /// Scales, zero points and codes in one pass, by a recipe.
+    QuantizeDynamicPerGroup,
 }
 
 /// The floating-point type a plan computes in.

@@ -11,6 +11,7 @@
 //! happens at group boundaries and every element is computed by the same pure
 //! function, so the output cannot depend on the thread count or chunking.
 
+pub(crate) mod recipe;
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
@@ -286,6 +287,80 @@ where
         f(row, g0, g1, &mut out[start..start + len]);
         u += g1 - g0;
     }
+}
+
+/// A block of rows of one output: `data` starts at the block's first row.
+pub(crate) struct Rows<'a, T> {
+    pub data: &'a mut [T],
+    pub stride: usize,
+}
+
+impl<'a, T> Rows<'a, T> {
+    /// The elements of row `i` of the block, `len` long.
+    pub fn row(&mut self, i: usize, len: usize) -> &mut [T] {
+        &mut self.data[i * self.stride..i * self.stride + len]
+    }
+
+    fn split(self, rows: usize) -> (Rows<'a, T>, Rows<'a, T>) {
+        let at = (rows * self.stride).min(self.data.len());
+        let (a, b) = self.data.split_at_mut(at);
+        let stride = self.stride;
+        (Rows { data: a, stride }, Rows { data: b, stride })
+    }
+}
+
+/// Calls `f(first_row, rows, a, b, c)` for disjoint blocks of whole rows
+/// covering `0..outer`, over the stream's threads when the problem is large
+/// (`row_elements` elements of work per row). Outputs `a`, `b`, `c` are
+/// split at the same rows; the caller has validated that their rows fit
+/// and do not overlap.
+pub(crate) fn for_each_row_block<A, B, C, F>(
+    stream: &Stream,
+    outer: usize,
+    row_elements: usize,
+    outputs: (Rows<'_, A>, Rows<'_, B>, Rows<'_, C>),
+    f: &F,
+) where
+    A: Send,
+    B: Send,
+    C: Send,
+    F: Fn(usize, usize, Rows<'_, A>, Rows<'_, B>, Rows<'_, C>) + Sync,
+{
+    let elements = outer * row_elements.max(1);
+    match stream.pool() {
+        Some(pool) if elements >= PARALLEL_MIN_ELEMENTS && outer > 1 => {
+            let per_thread = outer / (pool.current_num_threads() * TASKS_PER_THREAD);
+            let task_rows = (TASK_ELEMENTS / row_elements.max(1)).max(per_thread).max(1);
+            pool.install(|| split_rows(0, outer, task_rows, outputs, f));
+        }
+        _ => {
+            let (a, b, c) = outputs;
+            f(0, outer, a, b, c)
+        }
+    }
+}
+
+fn split_rows<A, B, C, F>(
+    r0: usize,
+    rows: usize,
+    task_rows: usize,
+    (a, b, c): (Rows<'_, A>, Rows<'_, B>, Rows<'_, C>),
+    f: &F,
+) where
+    A: Send,
+    B: Send,
+    C: Send,
+    F: Fn(usize, usize, Rows<'_, A>, Rows<'_, B>, Rows<'_, C>) + Sync,
+{
+    if rows <= task_rows {
+        return f(r0, rows, a, b, c);
+    }
+    let half = rows / 2;
+    let ((a0, a1), (b0, b1), (c0, c1)) = (a.split(half), b.split(half), c.split(half));
+    rayon::join(
+        || split_rows(r0, half, task_rows, (a0, b0, c0), f),
+        || split_rows(r0 + half, rows - half, task_rows, (a1, b1, c1), f),
+    );
 }
 
 #[cfg(test)]

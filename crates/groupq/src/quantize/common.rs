@@ -175,9 +175,9 @@ impl PlanCore {
 
     /// Validates the tensors of one call: all shapes, then all slice lengths,
     /// then the last-axis strides, then that output rows do not overlap.
-    /// `views` lists the inputs, `output` the tensor written.
-    pub fn check_views(&self, views: &[View], output: View) -> Result<()> {
-        let all = || views.iter().chain(std::iter::once(&output));
+    /// `views` lists the inputs, `outputs` the tensors written.
+    pub fn check_views(&self, views: &[View], outputs: &[View]) -> Result<()> {
+        let all = || views.iter().chain(outputs);
         for v in all() {
             if v.shape != v.expected {
                 return Err(invalid(
@@ -211,14 +211,16 @@ impl PlanCore {
                 ));
             }
         }
-        if output.shape[0] > 1 && output.stride[0] < output.shape[1] {
-            return Err(invalid(
-                self.plan,
-                format!(
-                    "{} row stride {} is less than its row length {}: rows would overlap",
-                    output.name, output.stride[0], output.shape[1]
-                ),
-            ));
+        for output in outputs {
+            if output.shape[0] > 1 && output.stride[0] < output.shape[1] {
+                return Err(invalid(
+                    self.plan,
+                    format!(
+                        "{} row stride {} is less than its row length {}: rows would overlap",
+                        output.name, output.stride[0], output.shape[1]
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -120,7 +120,7 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
                 View::of("scale", &args.scale, l.param_shape()),
                 View::of("zero_point", &args.zero_point, l.param_shape()),
             ],
-            View::of_mut("output", &args.output, l.data_shape()),
+            &[View::of_mut("output", &args.output, l.data_shape())],
         )
     }
 

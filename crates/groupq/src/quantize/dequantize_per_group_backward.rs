@@ -106,7 +106,7 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
                 View::of("grad_output", &args.grad_output, l.data_shape()),
                 View::of("scale", &args.scale, l.param_shape()),
             ],
-            View::of_mut("grad_input", &args.grad_input, l.data_shape()),
+            &[View::of_mut("grad_input", &args.grad_input, l.data_shape())],
         )
     }
 

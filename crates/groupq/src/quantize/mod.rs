@@ -8,23 +8,33 @@
 //! | [`DequantizePerGroupPlan`] | `y = M(q - z) * s` |
 //! | [`QuantizePerGroupBackwardPlan`] | `dx = inside(r) && s != 0 ? dy / s : 0` |
 //! | [`DequantizePerGroupBackwardPlan`] | `dx = dy * s` |
+//! | [`ChooseQParamsPerGroupPlan`] | `(s, z)` per group from the data, by a [`Recipe`](crate::recipe::Recipe) |
+//! | [`QuantizeDynamicPerGroupPlan`] | `(s, z)` and the codes in one pass, by a recipe |
 //!
 //! Element `(i, j)` uses `scale[i, j / group_size]` and
 //! `zero_point[i, j / group_size]`; `M` is `f64` for `f64` tensors and `f32`
 //! otherwise.
 
+mod choose_qparams_per_group;
 mod common;
 mod dequantize_per_group;
 mod dequantize_per_group_backward;
+mod quantize_dynamic_per_group;
 mod quantize_per_group;
 mod quantize_per_group_backward;
 
+pub use choose_qparams_per_group::{
+    ChooseQParamsPerGroupArgs, ChooseQParamsPerGroupDescriptor, ChooseQParamsPerGroupPlan,
+};
 pub use dequantize_per_group::{
     DequantizePerGroupArgs, DequantizePerGroupDescriptor, DequantizePerGroupPlan,
 };
 pub use dequantize_per_group_backward::{
     DequantizePerGroupBackwardArgs, DequantizePerGroupBackwardDescriptor,
     DequantizePerGroupBackwardPlan,
+};
+pub use quantize_dynamic_per_group::{
+    QuantizeDynamicPerGroupArgs, QuantizeDynamicPerGroupDescriptor, QuantizeDynamicPerGroupPlan,
 };
 pub use quantize_per_group::{
     QuantizePerGroupArgs, QuantizePerGroupDescriptor, QuantizePerGroupPlan,

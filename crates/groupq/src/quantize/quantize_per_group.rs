@@ -140,7 +140,7 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
                 View::of("scale", &args.scale, l.param_shape()),
                 View::of("zero_point", &args.zero_point, l.param_shape()),
             ],
-            View::of_mut("output", &args.output, l.data_shape()),
+            &[View::of_mut("output", &args.output, l.data_shape())],
         )
     }
 

@@ -138,7 +138,7 @@ impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
                 View::of("scale", &args.scale, l.param_shape()),
                 View::of("zero_point", &args.zero_point, l.param_shape()),
             ],
-            View::of_mut("grad_input", &args.grad_input, l.data_shape()),
+            &[View::of_mut("grad_input", &args.grad_input, l.data_shape())],
         )
     }
 

@@ -1,0 +1,308 @@
+//! The scalar arithmetic of recipes: choosing a group's scale and zero point,
+//! and quantizing one value with a [`QuantizeFormula`].
+//!
+//! Values travel as `f64` and every operation is rounded to the arithmetic
+//! dtype with [`Arith`]. For f32, f16 and bf16 this gives exactly the
+//! correctly rounded operation in that dtype (f64 has more than twice their
+//! precision plus two bits, so the double rounding is innocuous), which is
+//! also what PyTorch computes when it evaluates a bf16/f16 op in f32 and
+//! rounds back.
+
+use crate::element::{Element, ElementKind, IntElement};
+use crate::recipe::{
+    Eps, EpsPolicy, Mapping, QuantizeFormula, Recipe, Rounding, ScaleApplication, SymmetricDivisor,
+    ZeroPointRule, ZeroPointStage,
+};
+use half::{bf16, f16};
+
+/// Rounding to one arithmetic dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Arith(pub ElementKind);
+
+impl Arith {
+    /// `v` rounded to nearest-even in the dtype (NaN stays NaN).
+    #[inline]
+    pub fn r(self, v: f64) -> f64 {
+        match self.0 {
+            ElementKind::F32 => f64::from(v as f32),
+            ElementKind::F16 => f64::from(f16::from_f64(v)),
+            ElementKind::Bf16 => f64::from(bf16::from_f64(v)),
+            _ => v,
+        }
+    }
+    #[inline]
+    fn add(self, a: f64, b: f64) -> f64 {
+        self.r(a + b)
+    }
+    #[inline]
+    fn sub(self, a: f64, b: f64) -> f64 {
+        self.r(a - b)
+    }
+    #[inline]
+    fn mul(self, a: f64, b: f64) -> f64 {
+        self.r(a * b)
+    }
+    #[inline]
+    fn div(self, a: f64, b: f64) -> f64 {
+        self.r(a / b)
+    }
+}
+
+/// The value of an [`Eps`] for an input of kind `input` whose scale is of
+/// kind `scale`.
+pub(crate) fn eps_value(eps: Eps, input: ElementKind, scale: ElementKind) -> f64 {
+    let smallest_normal = |k| match k {
+        ElementKind::F16 => 2f64.powi(-14),
+        ElementKind::F64 => f64::MIN_POSITIVE,
+        _ => f64::from(f32::MIN_POSITIVE),
+    };
+    let epsilon = |k| match k {
+        ElementKind::F16 => 2f64.powi(-10),
+        ElementKind::Bf16 => 2f64.powi(-7),
+        ElementKind::F64 => f64::EPSILON,
+        _ => f64::from(f32::EPSILON),
+    };
+    match eps {
+        Eps::Value(c) => c.0,
+        Eps::SmallestNormal => smallest_normal(input),
+        Eps::Epsilon => epsilon(scale),
+    }
+}
+
+/// Rounds to an integer-valued float.
+#[inline]
+fn round(rounding: Rounding, a: Arith, v: f64) -> f64 {
+    match rounding {
+        Rounding::TiesEven => v.round_ties_even(),
+        Rounding::TiesAway => v.round(),
+        Rounding::HalfUp => a.add(v, 0.5).trunc(),
+    }
+}
+
+/// An integral float (or NaN) to `i32`: NaN → 0 (what an x86 float → int
+/// cast gives, and SPEC §3.1's rule), clamped to `[lo, hi]`.
+#[inline]
+fn to_code(v: f64, lo: i32, hi: i32) -> i32 {
+    let v = if v.is_nan() { 0.0 } else { v };
+    v.clamp(f64::from(lo), f64::from(hi)) as i32
+}
+
+/// A group's `(scale, zero_point)` under `recipe`, from its extremes `min`
+/// and `max` (already in the arithmetic dtype; `±0` equal). The scale is a
+/// value of the arithmetic dtype.
+pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, min: f64, max: f64) -> (f64, i32) {
+    let (q_min, q_max) = (f64::from(recipe.q_min), f64::from(recipe.q_max));
+    let levels = q_max - q_min;
+    let clamp_range = |v: f64| match recipe.eps {
+        EpsPolicy::ClampRange(_) => a.r(v.max(eps)),
+        _ => v,
+    };
+    // The range the zero point is measured from, and the raw scale.
+    let (lo, hi, scale) = match recipe.mapping {
+        Mapping::Symmetric(divisor) => {
+            let (lo, hi) = (min.min(0.0), max.max(0.0));
+            let amax = clamp_range((-lo).max(hi));
+            let divisor = match divisor {
+                SymmetricDivisor::HalfRange => levels / 2.0,
+                SymmetricDivisor::QMax => q_max,
+            };
+            (lo, hi, a.div(amax, divisor))
+        }
+        Mapping::AsymmetricWithZero | Mapping::GptqSymmetric => {
+            let (mut lo, mut hi) = (min.min(0.0), max.max(0.0));
+            if recipe.mapping == Mapping::GptqSymmetric {
+                hi = hi.max(-lo);
+                if lo < 0.0 {
+                    lo = -hi;
+                }
+            }
+            if recipe.eps == EpsPolicy::UnitRangeForZeroGroup && lo == 0.0 && hi == 0.0 {
+                (lo, hi) = (-1.0, 1.0);
+            }
+            (lo, hi, a.div(clamp_range(a.sub(hi, lo)), levels))
+        }
+        Mapping::Asymmetric => (min, max, a.div(clamp_range(a.sub(max, min)), levels)),
+    };
+    let scale = match recipe.eps {
+        EpsPolicy::ClampScale(_) => a.r(scale.max(eps)),
+        _ => scale,
+    };
+    let zero_point = match recipe.zero_point {
+        ZeroPointRule::Midpoint => (recipe.q_max + recipe.q_min + 1) / 2,
+        ZeroPointRule::QMinMinusRoundedMin => {
+            let z = a.sub(q_min, a.div(lo, scale).round_ties_even());
+            to_code(z, recipe.q_min, recipe.q_max)
+        }
+        ZeroPointRule::RoundedClampedQMinMinusMin => {
+            // NaN (a zero scale, before any replacement) clamps to NaN and
+            // casts to 0, as the peer's int8 cast does on x86.
+            let z = a.sub(q_min, a.div(lo, scale));
+            let z = if z.is_nan() { z } else { z.clamp(q_min, q_max) };
+            to_code(z.round_ties_even(), i32::MIN, i32::MAX)
+        }
+        ZeroPointRule::RoundedNegatedMin => {
+            to_code(a.div(-lo, scale).round_ties_even(), i32::MIN, i32::MAX)
+        }
+        ZeroPointRule::PerTokenAsymmetric => {
+            let (dmin, dmax) = (a.div(lo, scale), a.div(hi, scale));
+            let error = a.add(a.add(q_min, dmin), a.add(q_max, dmax));
+            let z = if error > 0.0 {
+                a.sub(q_min, dmin)
+            } else {
+                a.sub(q_max, dmax)
+            };
+            let z = if z.is_nan() { z } else { z.clamp(q_min, q_max) };
+            to_code(z.round_ties_even(), i32::MIN, i32::MAX)
+        }
+    };
+    let scale = match recipe.eps {
+        EpsPolicy::ReplaceZeroScale(_) if scale == 0.0 => a.r(eps),
+        _ => scale,
+    };
+    (scale, zero_point)
+}
+
+/// One code under `formula`: `clamp(round(apply(x, s) ⊕ z))`, every
+/// operation rounded by `a`; a zero scale gives `v = 0` (SPEC §3.1) and a
+/// NaN becomes 0 before the clamp.
+#[inline]
+pub(crate) fn quantize(
+    f: &QuantizeFormula,
+    a: Arith,
+    x: f64,
+    s: f64,
+    z: i32,
+    q_min: i32,
+    q_max: i32,
+) -> i32 {
+    let x = a.r(x);
+    let v = if s == 0.0 {
+        0.0
+    } else {
+        match f.scale_application {
+            ScaleApplication::Divide => a.div(x, s),
+            ScaleApplication::ReciprocalMultiply => a.mul(x, a.div(1.0, s)),
+        }
+    };
+    let z = f64::from(z);
+    let r = match f.zero_point_stage {
+        ZeroPointStage::BeforeRounding => round(f.rounding, a, a.add(v, z)),
+        ZeroPointStage::AfterRounding => a.add(round(f.rounding, a, v), z),
+    };
+    to_code(r, q_min, q_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_rounds_per_dtype() {
+        let bf = Arith(ElementKind::Bf16);
+        assert_eq!(bf.div(1.0, 3.0), f64::from(bf16::from_f64(1.0 / 3.0)));
+        assert_eq!(Arith(ElementKind::F32).add(1.0, 1e-9), 1.0);
+        assert_eq!(Arith(ElementKind::F64).add(1.0, 1e-9), 1.0 + 1e-9);
+    }
+
+    #[test]
+    fn formulas_differ_where_the_peers_do() {
+        let spec = QuantizeFormula::SPEC;
+        let after = QuantizeFormula {
+            zero_point_stage: ZeroPointStage::AfterRounding,
+            ..spec
+        };
+        let f32a = Arith(ElementKind::F32);
+        // x/s = 0.5 exactly, z = 7: round(0.5 + 7) = 8, round(0.5) + 7 = 7.
+        assert_eq!(quantize(&spec, f32a, 0.5, 1.0, 7, 0, 15), 8);
+        assert_eq!(quantize(&after, f32a, 0.5, 1.0, 7, 0, 15), 7);
+        let away = QuantizeFormula {
+            rounding: Rounding::TiesAway,
+            ..spec
+        };
+        assert_eq!(quantize(&away, f32a, 2.5, 1.0, 0, -8, 7), 3);
+        assert_eq!(quantize(&spec, f32a, 2.5, 1.0, 0, -8, 7), 2);
+    }
+
+    #[test]
+    fn gptq_symmetric_keeps_non_negative_groups_one_sided() {
+        let r = Recipe::gptq(true, 4);
+        let f32a = Arith(ElementKind::F32);
+        assert_eq!(
+            choose(&r, f32a, 0.0, 0.0, 1.5),
+            (f64::from(1.5f32 / 15.0), 8)
+        );
+        assert_eq!(
+            choose(&r, f32a, 0.0, -1.5, 1.0),
+            (f64::from(3.0f32 / 15.0), 8)
+        );
+        assert_eq!(
+            choose(&r, f32a, 0.0, 0.0, 0.0),
+            (f64::from(2.0f32 / 15.0), 8)
+        );
+    }
+}
+
+/// A recipe bound to its input and scale dtypes: what the recipe plans run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct RecipeKernel {
+    pub recipe: Recipe,
+    choose: Arith,
+    quant: Arith,
+    eps_bits: u64,
+}
+
+impl RecipeKernel {
+    pub fn new(recipe: Recipe, input: ElementKind, scale: ElementKind) -> RecipeKernel {
+        let eps = match recipe.eps {
+            EpsPolicy::ClampScale(e)
+            | EpsPolicy::ReplaceZeroScale(e)
+            | EpsPolicy::ClampRange(e) => eps_value(e, input, scale),
+            _ => 0.0,
+        };
+        RecipeKernel {
+            recipe,
+            choose: Arith(Recipe::arithmetic_kind(recipe.choose_arithmetic, input)),
+            quant: Arith(Recipe::arithmetic_kind(recipe.quantize.arithmetic, input)),
+            eps_bits: eps.to_bits(),
+        }
+    }
+
+    /// The index of the first group of `xs` (groups of `gs`) holding NaN or
+    /// an infinity.
+    pub fn first_non_finite<T: Element>(xs: &[T], gs: usize) -> Option<usize> {
+        xs.chunks_exact(gs)
+            .position(|g| g.iter().any(|x| !x.to_f64().is_finite()))
+    }
+
+    /// `(scale, zero_point)` of one group; the scale is a value of the
+    /// choose arithmetic's dtype. NaN extremes propagate.
+    pub fn params<T: Element>(&self, xs: &[T]) -> (f64, i32) {
+        let a = self.choose;
+        let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+        for x in xs {
+            let v = a.r(x.to_f64());
+            if v.is_nan() {
+                (min, max) = (v, v);
+                break;
+            }
+            min = min.min(v);
+            max = max.max(v);
+        }
+        choose(&self.recipe, a, f64::from_bits(self.eps_bits), min, max)
+    }
+
+    /// The codes of one group with scale `s` and zero point `z`.
+    pub fn quantize_group<T: Element, Q: IntElement>(
+        &self,
+        xs: &[T],
+        s: f64,
+        z: i32,
+        out: &mut [Q],
+    ) {
+        let (f, a) = (&self.recipe.quantize, self.quant);
+        let (lo, hi) = (self.recipe.q_min, self.recipe.q_max);
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = Q::from_i32_in_range(quantize(f, a, x.to_f64(), s, z, lo, hi));
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! `ChooseQParamsPerGroupPlan`: scales and zero points from the data, by a
+//! [`Recipe`]; and the engine it shares with the fused dynamic plan.
+
+use super::common::{check_kind, Layout, PlanCore, View};
+use crate::element::{Element, ElementKind, IntElement};
+use crate::error::{Error, Result};
+use crate::kernels::recipe::RecipeKernel;
+use crate::kernels::{self, row_slice, Rows};
+use crate::plan::{BackendKind, KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::recipe::{NonFinitePolicy, Recipe};
+use crate::stream::{Stream, Workspace};
+use crate::tensor::{TensorMut, TensorRef};
+use std::marker::PhantomData;
+
+const PLAN: &str = "ChooseQParamsPerGroupPlan";
+
+/// Describes choosing one `(scale, zero_point)` per group of a
+/// `[outer_size, axis_size]` tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChooseQParamsPerGroupDescriptor {
+    /// Number of rows.
+    pub outer_size: usize,
+    /// Length of the quantized (last) axis.
+    pub axis_size: usize,
+    /// Elements per group; must divide `axis_size`.
+    pub group_size: usize,
+    /// Every numerical choice.
+    pub recipe: Recipe,
+    /// Must be `TIn::KIND`.
+    pub input_element: ElementKind,
+    /// Must be `TScale::KIND`.
+    pub scale_element: ElementKind,
+}
+
+impl ChooseQParamsPerGroupDescriptor {
+    /// `axis_size / group_size` (0 when `group_size` is 0).
+    pub fn num_groups(&self) -> usize {
+        self.axis_size.checked_div(self.group_size).unwrap_or(0)
+    }
+}
+
+/// The tensors of one choose call.
+#[derive(Debug)]
+pub struct ChooseQParamsPerGroupArgs<'a, TIn, TScale> {
+    /// `[outer_size, axis_size]` values.
+    pub input: TensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` scales, written.
+    pub scale: TensorMut<'a, TScale, 2>,
+    /// `[outer_size, num_groups]` zero points, written.
+    pub zero_point: TensorMut<'a, i32, 2>,
+}
+
+/// Chooses each group's scale and zero point from its values, exactly as the
+/// descriptor's [`Recipe`] says (see [`crate::recipe`] for the presets and
+/// the peers they reproduce).
+///
+/// Deterministic: each group's parameters depend on that group's values
+/// alone, whatever the thread count. `-0.0` and `+0.0` are equal in the
+/// min/max reductions, and no result depends on which of them is seen.
+///
+/// ```
+/// use groupq::*;
+/// use groupq::recipe::{Recipe, TorchaoMapping};
+///
+/// let x = [0.5f32, -1.0, 0.25, 2.0];
+/// let (mut s, mut z) = ([0f32; 2], [0i32; 2]);
+/// let desc = ChooseQParamsPerGroupDescriptor {
+///     outer_size: 1, axis_size: 4, group_size: 2,
+///     recipe: Recipe::torchao(TorchaoMapping::Symmetric, -8, 7),
+///     input_element: ElementKind::F32, scale_element: ElementKind::F32,
+/// };
+/// let stream = Stream::cpu();
+/// let plan = ChooseQParamsPerGroupPlan::<f32, f32>::select(&stream, &desc, Default::default())?;
+/// plan.run(&stream, Workspace::None, ChooseQParamsPerGroupArgs {
+///     input: TensorRef::new(&x, [1, 4])?,
+///     scale: TensorMut::new(&mut s, [1, 2])?,
+///     zero_point: TensorMut::new(&mut z, [1, 2])?,
+/// })?;
+/// assert_eq!(s, [1.0 / 7.5, 2.0 / 7.5]); // absmax / 7.5
+/// assert_eq!(z, [0, 0]);
+/// # Ok::<(), groupq::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ChooseQParamsPerGroupPlan<TIn: Element, TScale: Element> {
+    core: PlanCore,
+    kernel: RecipeKernel,
+    types: PhantomData<fn() -> (TIn, TScale)>,
+}
+
+/// Validates a recipe's code range: `q_min < q_max` (a scale divides by the
+/// number of steps) and, where codes are written, inside `Q`'s range.
+pub(super) fn check_recipe(
+    plan: &str,
+    recipe: &Recipe,
+    codes: Option<(ElementKind, i32, i32)>,
+) -> Result<()> {
+    let (lo, hi) = (recipe.q_min, recipe.q_max);
+    if hi <= lo {
+        return Err(Error::InvalidProblem(format!(
+            "{plan}: recipe q_max {hi} must be greater than q_min {lo}"
+        )));
+    }
+    if let Some((kind, min, max)) = codes {
+        if lo < min || hi > max {
+            return Err(Error::InvalidProblem(format!(
+                "{plan}: recipe [q_min, q_max] = [{lo}, {hi}] is not inside the range of {kind} [{min}, {max}]"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Selects the recipe engine for a plan (scalar only, for now).
+pub(super) fn select_engine<TIn: Element, TScale: Element>(
+    plan: &'static str,
+    op: QuantizeKind,
+    aux: Option<ElementKind>,
+    layout: Layout,
+    recipe: Recipe,
+    pref: PlanPreference,
+) -> Result<(PlanCore, RecipeKernel)> {
+    let kernel = RecipeKernel::new(recipe, TIn::KIND, TScale::KIND);
+    let lookup = |b: BackendKind| (b == BackendKind::Scalar).then_some(kernel);
+    PlanCore::new::<TIn, _>(plan, op, aux, layout, pref, lookup)
+}
+
+/// Runs a recipe over a validated problem: checks the input for non-finite
+/// values first when the recipe says so, then per group computes the
+/// parameters, stores them, and (when `codes` is given) quantizes the group
+/// with the stored scale. Each group is read once by the second pass.
+pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
+    core: &PlanCore,
+    kernel: &RecipeKernel,
+    stream: &Stream,
+    input: TensorRef<'_, TIn, 2>,
+    scale: TensorMut<'_, TScale, 2>,
+    zero_point: TensorMut<'_, i32, 2>,
+    codes: Option<TensorMut<'_, TOut, 2>>,
+) -> Result<()> {
+    let l = core.layout;
+    if l.outer == 0 || l.axis == 0 {
+        return Ok(());
+    }
+    let gs = l.group_size;
+    if kernel.recipe.non_finite == NonFinitePolicy::Error {
+        for row in 0..l.outer {
+            if let Some(group) =
+                RecipeKernel::first_non_finite(row_slice(&input, row, 0, l.axis), gs)
+            {
+                return Err(Error::NonFiniteInput { row, group });
+            }
+        }
+    }
+    let with_codes = codes.is_some();
+    let (code_data, code_stride) = match codes {
+        Some(t) => (t.data, t.stride[0]),
+        None => (&mut [][..], 0),
+    };
+    let outputs = (
+        Rows {
+            data: scale.data,
+            stride: scale.stride[0],
+        },
+        Rows {
+            data: zero_point.data,
+            stride: zero_point.stride[0],
+        },
+        Rows {
+            data: code_data,
+            stride: code_stride,
+        },
+    );
+    kernels::for_each_row_block(
+        stream,
+        l.outer,
+        l.axis,
+        outputs,
+        &|r0, rows, mut s, mut z, mut q| {
+            for i in 0..rows {
+                let xs = row_slice(&input, r0 + i, 0, l.axis);
+                let (s_row, z_row) = (s.row(i, l.num_groups), z.row(i, l.num_groups));
+                let mut q_row = if with_codes {
+                    Some(q.row(i, l.axis))
+                } else {
+                    None
+                };
+                for (g, group) in xs.chunks_exact(gs).enumerate() {
+                    let (sv, zv) = kernel.params(group);
+                    let stored = TScale::from_f64(sv);
+                    s_row[g] = stored;
+                    z_row[g] = zv;
+                    if let Some(q_row) = q_row.as_deref_mut() {
+                        let out = &mut q_row[g * gs..(g + 1) * gs];
+                        kernel.quantize_group(group, stored.to_f64(), zv, out);
+                    }
+                }
+            }
+        },
+    );
+    Ok(())
+}
+
+impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
+    /// Validates `desc` and chooses a kernel. Errors: element kinds other
+    /// than the type parameters → `Unsupported`; `group_size == 0`,
+    /// `axis_size` not a multiple of it, or a recipe with `q_max <= q_min`
+    /// → `InvalidProblem`; a preferred backend other than scalar →
+    /// `Unsupported` (the recipe plans have scalar kernels only).
+    pub fn select(
+        stream: &Stream,
+        desc: &ChooseQParamsPerGroupDescriptor,
+        pref: PlanPreference,
+    ) -> Result<Self> {
+        let _ = stream;
+        check_kind(PLAN, "input_element", desc.input_element, "TIn", TIn::KIND)?;
+        check_kind(
+            PLAN,
+            "scale_element",
+            desc.scale_element,
+            "TScale",
+            TScale::KIND,
+        )?;
+        let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
+        check_recipe(PLAN, &desc.recipe, None)?;
+        let op = QuantizeKind::ChooseQParamsPerGroup;
+        let (core, kernel) =
+            select_engine::<TIn, TScale>(PLAN, op, Some(TScale::KIND), layout, desc.recipe, pref)?;
+        Ok(ChooseQParamsPerGroupPlan {
+            core,
+            kernel,
+            types: PhantomData,
+        })
+    }
+
+    /// Checks `args` against the descriptor: shapes (`InvalidProblem`), slice
+    /// lengths (`BufferTooSmall`), last-axis strides of 1 and non-overlapping
+    /// output rows (`InvalidProblem`).
+    pub fn can_implement(&self, args: &ChooseQParamsPerGroupArgs<'_, TIn, TScale>) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[View::of("input", &args.input, l.data_shape())],
+            &[
+                View::of_mut("scale", &args.scale, l.param_shape()),
+                View::of_mut("zero_point", &args.zero_point, l.param_shape()),
+            ],
+        )
+    }
+
+    /// Scratch bytes `run` needs (always 0).
+    pub fn workspace_size(&self) -> usize {
+        self.core.workspace_size()
+    }
+
+    /// Identity of the selected kernel.
+    pub fn sku(&self) -> KernelSku {
+        self.core.sku
+    }
+
+    /// Numerics of the selected kernel.
+    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
+        self.core.sku.precision_guarantee
+    }
+
+    /// Writes every group's scale and zero point. Calls `can_implement`
+    /// first; on any error (including `NonFiniteInput`) nothing is written.
+    pub fn run(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: ChooseQParamsPerGroupArgs<'_, TIn, TScale>,
+    ) -> Result<()> {
+        let _ = workspace;
+        self.can_implement(&args)?;
+        let ChooseQParamsPerGroupArgs {
+            input,
+            scale,
+            zero_point,
+        } = args;
+        run_engine::<TIn, TScale, u8>(
+            &self.core,
+            &self.kernel,
+            stream,
+            input,
+            scale,
+            zero_point,
+            None,
+        )
+    }
+}

@@ -1,0 +1,196 @@
+//! `QuantizeDynamicPerGroupPlan`: scales, zero points and codes in one pass,
+//! by a [`Recipe`].
+
+use super::choose_qparams_per_group::{check_recipe, run_engine, select_engine};
+use super::common::{check_kind, Layout, PlanCore, View};
+use crate::element::{Element, ElementKind, IntElement};
+use crate::error::Result;
+use crate::kernels::recipe::RecipeKernel;
+use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::recipe::Recipe;
+use crate::stream::{Stream, Workspace};
+use crate::tensor::{TensorMut, TensorRef};
+use std::marker::PhantomData;
+
+const PLAN: &str = "QuantizeDynamicPerGroupPlan";
+
+/// The plan's element types, without owning any (so the plan is always
+/// `Send`, `Sync` and unwind-safe).
+type Types<TIn, TScale, TOut> = PhantomData<fn() -> (TIn, TScale, TOut)>;
+
+/// Describes a dynamic (data-driven) per-group quantization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QuantizeDynamicPerGroupDescriptor {
+    /// Number of rows.
+    pub outer_size: usize,
+    /// Length of the quantized (last) axis.
+    pub axis_size: usize,
+    /// Elements per group; must divide `axis_size`.
+    pub group_size: usize,
+    /// Every numerical choice; its `[q_min, q_max]` must fit `TOut`.
+    pub recipe: Recipe,
+    /// Must be `TIn::KIND`.
+    pub input_element: ElementKind,
+    /// Must be `TScale::KIND`.
+    pub scale_element: ElementKind,
+    /// Must be `TOut::KIND`.
+    pub output_element: ElementKind,
+}
+
+impl QuantizeDynamicPerGroupDescriptor {
+    /// `axis_size / group_size` (0 when `group_size` is 0).
+    pub fn num_groups(&self) -> usize {
+        self.axis_size.checked_div(self.group_size).unwrap_or(0)
+    }
+}
+
+/// The tensors of one dynamic quantization.
+#[derive(Debug)]
+pub struct QuantizeDynamicPerGroupArgs<'a, TIn, TScale, TOut> {
+    /// `[outer_size, axis_size]` values.
+    pub input: TensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` scales, written.
+    pub scale: TensorMut<'a, TScale, 2>,
+    /// `[outer_size, num_groups]` zero points, written.
+    pub zero_point: TensorMut<'a, i32, 2>,
+    /// `[outer_size, axis_size]` codes, written.
+    pub output: TensorMut<'a, TOut, 2>,
+}
+
+/// Chooses each group's scale and zero point and quantizes it, reading the
+/// group once: exactly [`ChooseQParamsPerGroupPlan`](crate::ChooseQParamsPerGroupPlan)
+/// followed by the recipe's quantize formula with the stored scale.
+///
+/// ```
+/// use groupq::*;
+/// use groupq::half::bf16;
+/// use groupq::recipe::Recipe;
+///
+/// // GPTQ, symmetric 4-bit: f32 scales for bf16 weights, unsigned codes.
+/// let w: Vec<bf16> = [0.1f32, -0.4, 0.3, 0.2].iter().map(|&v| bf16::from_f32(v)).collect();
+/// let (mut s, mut z, mut q) = ([0f32; 1], [0i32; 1], [0u8; 4]);
+/// let desc = QuantizeDynamicPerGroupDescriptor {
+///     outer_size: 1, axis_size: 4, group_size: 4, recipe: Recipe::gptq(true, 4),
+///     input_element: ElementKind::Bf16, scale_element: ElementKind::F32,
+///     output_element: ElementKind::U8,
+/// };
+/// let stream = Stream::cpu();
+/// let plan = QuantizeDynamicPerGroupPlan::<bf16, f32, u8>::select(&stream, &desc, Default::default())?;
+/// plan.run(&stream, Workspace::None, QuantizeDynamicPerGroupArgs {
+///     input: TensorRef::new(&w, [1, 4])?,
+///     scale: TensorMut::new(&mut s, [1, 1])?,
+///     zero_point: TensorMut::new(&mut z, [1, 1])?,
+///     output: TensorMut::new(&mut q, [1, 4])?,
+/// })?;
+/// assert_eq!(z, [8]);
+/// assert_eq!(q[1], 0); // -0.4 is -amax: code 8 - 7.5 rounded to even, clamped to 0
+/// # Ok::<(), groupq::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct QuantizeDynamicPerGroupPlan<TIn: Element, TScale: Element, TOut: IntElement> {
+    core: PlanCore,
+    kernel: RecipeKernel,
+    types: Types<TIn, TScale, TOut>,
+}
+
+impl<TIn: Element, TScale: Element, TOut: IntElement>
+    QuantizeDynamicPerGroupPlan<TIn, TScale, TOut>
+{
+    /// Validates `desc` and chooses a kernel. Errors as
+    /// [`ChooseQParamsPerGroupPlan::select`](crate::ChooseQParamsPerGroupPlan::select),
+    /// plus `output_element` (`Unsupported`) and a recipe range outside
+    /// `TOut` (`InvalidProblem`).
+    pub fn select(
+        stream: &Stream,
+        desc: &QuantizeDynamicPerGroupDescriptor,
+        pref: PlanPreference,
+    ) -> Result<Self> {
+        let _ = stream;
+        check_kind(PLAN, "input_element", desc.input_element, "TIn", TIn::KIND)?;
+        check_kind(
+            PLAN,
+            "scale_element",
+            desc.scale_element,
+            "TScale",
+            TScale::KIND,
+        )?;
+        check_kind(
+            PLAN,
+            "output_element",
+            desc.output_element,
+            "TOut",
+            TOut::KIND,
+        )?;
+        let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
+        check_recipe(PLAN, &desc.recipe, Some((TOut::KIND, TOut::MIN, TOut::MAX)))?;
+        let op = QuantizeKind::QuantizeDynamicPerGroup;
+        let (core, kernel) =
+            select_engine::<TIn, TScale>(PLAN, op, Some(TOut::KIND), layout, desc.recipe, pref)?;
+        Ok(QuantizeDynamicPerGroupPlan {
+            core,
+            kernel,
+            types: PhantomData,
+        })
+    }
+
+    /// Checks `args` against the descriptor: shapes (`InvalidProblem`), slice
+    /// lengths (`BufferTooSmall`), last-axis strides of 1 and non-overlapping
+    /// output rows (`InvalidProblem`).
+    pub fn can_implement(
+        &self,
+        args: &QuantizeDynamicPerGroupArgs<'_, TIn, TScale, TOut>,
+    ) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[View::of("input", &args.input, l.data_shape())],
+            &[
+                View::of_mut("scale", &args.scale, l.param_shape()),
+                View::of_mut("zero_point", &args.zero_point, l.param_shape()),
+                View::of_mut("output", &args.output, l.data_shape()),
+            ],
+        )
+    }
+
+    /// Scratch bytes `run` needs (always 0).
+    pub fn workspace_size(&self) -> usize {
+        self.core.workspace_size()
+    }
+
+    /// Identity of the selected kernel.
+    pub fn sku(&self) -> KernelSku {
+        self.core.sku
+    }
+
+    /// Numerics of the selected kernel.
+    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
+        self.core.sku.precision_guarantee
+    }
+
+    /// Writes scales, zero points and codes. Calls `can_implement` first; on
+    /// any error (including `NonFiniteInput`) nothing is written.
+    pub fn run(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: QuantizeDynamicPerGroupArgs<'_, TIn, TScale, TOut>,
+    ) -> Result<()> {
+        let _ = workspace;
+        self.can_implement(&args)?;
+        let QuantizeDynamicPerGroupArgs {
+            input,
+            scale,
+            zero_point,
+            output,
+        } = args;
+        let codes = Some(output);
+        run_engine(
+            &self.core,
+            &self.kernel,
+            stream,
+            input,
+            scale,
+            zero_point,
+            codes,
+        )
+    }
+}

@@ -1,0 +1,523 @@
+//! The golden cases of `tests/golden/` (produced by the peers themselves:
+//! PyTorch, torchao, compressed-tensors, AutoGPTQ, GPTQModel, AutoAWQ; see
+//! the README there) reproduced bit for bit by the recipe presets: scales,
+//! zero points, codes and dequantized values.
+
+use groupq::half::{bf16, f16};
+use groupq::recipe::{Recipe, TorchaoMapping};
+use groupq::*;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// One golden file.
+struct Case {
+    name: String,
+    peer: String,
+    variant: String,
+    dtype: String,
+    rows: usize,
+    cols: usize,
+    group: usize,
+    meta: HashMap<String, String>,
+    buf: Vec<u8>,
+}
+
+/// A tensor as f64 values (exact for every dtype in the files) and raw bits.
+struct Tensor {
+    dtype: Dtype,
+    values: Vec<f64>,
+    bits: Vec<u64>,
+}
+
+fn le<const N: usize>(b: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    b.chunks_exact(N).map(|c| c.try_into().unwrap())
+}
+
+impl Case {
+    fn tensor(&self, name: &str) -> Option<Tensor> {
+        let st = SafeTensors::deserialize(&self.buf).unwrap();
+        let t = st.tensor(name).ok()?;
+        let d = t.data();
+        let (values, bits): (Vec<f64>, Vec<u64>) = match t.dtype() {
+            Dtype::F32 => le::<4>(d)
+                .map(|b| (f64::from(f32::from_le_bytes(b)), u64::from(u32::from_le_bytes(b))))
+                .unzip(),
+            Dtype::F64 => le::<8>(d)
+                .map(|b| (f64::from_le_bytes(b), u64::from_le_bytes(b)))
+                .unzip(),
+            Dtype::F16 => le::<2>(d)
+                .map(|b| (f64::from(f16::from_le_bytes(b)), u64::from(u16::from_le_bytes(b))))
+                .unzip(),
+            Dtype::BF16 => le::<2>(d)
+                .map(|b| (f64::from(bf16::from_le_bytes(b)), u64::from(u16::from_le_bytes(b))))
+                .unzip(),
+            Dtype::I32 => le::<4>(d)
+                .map(|b| (f64::from(i32::from_le_bytes(b)), u64::from(u32::from_le_bytes(b))))
+                .unzip(),
+            Dtype::I64 => le::<8>(d)
+                .map(|b| (i64::from_le_bytes(b) as f64, u64::from_le_bytes(b)))
+                .unzip(),
+            Dtype::I8 => d
+                .iter()
+                .map(|&b| (f64::from(b as i8), u64::from(b)))
+                .unzip(),
+            Dtype::U8 => d.iter().map(|&b| (f64::from(b), u64::from(b))).unzip(),
+            other => panic!("{}: unexpected dtype {other:?} for {name}", self.name),
+        };
+        Some(Tensor {
+            dtype: t.dtype(),
+            values,
+            bits,
+        })
+    }
+
+    fn must(&self, name: &str) -> Tensor {
+        self.tensor(name)
+            .unwrap_or_else(|| panic!("{}: no tensor {name}", self.name))
+    }
+}
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn cases(prefix: &str) -> Vec<Case> {
+    let mut out: Vec<Case> = std::fs::read_dir(golden_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+        .map(|p| {
+            let buf = std::fs::read(&p).unwrap();
+            let (_, header) = SafeTensors::read_metadata(&buf).unwrap();
+            let meta = header.metadata().clone().unwrap_or_default();
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            let parts: Vec<&str> = name.trim_end_matches(".safetensors").split("__").collect();
+            let shape: Vec<usize> = serde_json::from_str(&meta["shape"]).unwrap();
+            Case {
+                peer: parts[0].into(),
+                variant: parts[1].into(),
+                dtype: parts[2].into(),
+                rows: shape[0],
+                cols: shape[1],
+                group: meta["group_size"].parse().unwrap(),
+                name,
+                meta,
+                buf,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    assert!(!out.is_empty(), "no golden files start with {prefix}");
+    out
+}
+
+/// Element types with a safetensors dtype.
+trait Golden: Element {
+    const DTYPE: Dtype;
+    fn bits(self) -> u64;
+}
+impl Golden for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    fn bits(self) -> u64 {
+        self.to_bits().into()
+    }
+}
+impl Golden for f16 {
+    const DTYPE: Dtype = Dtype::F16;
+    fn bits(self) -> u64 {
+        self.to_bits().into()
+    }
+}
+impl Golden for bf16 {
+    const DTYPE: Dtype = Dtype::BF16;
+    fn bits(self) -> u64 {
+        self.to_bits().into()
+    }
+}
+
+/// Where `ours` and the golden tensor differ: (count, first index).
+fn compare_bits(what: &str, case: &Case, ours: &[u64], golden: &Tensor) {
+    assert_eq!(
+        ours.len(),
+        golden.bits.len(),
+        "{}: {what} length",
+        case.name
+    );
+    let diffs: Vec<usize> = (0..ours.len())
+        .filter(|&i| ours[i] != golden.bits[i])
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{}: {what}: {} of {} differ, first at {} (ours {:#x}, golden {:#x})",
+        case.name,
+        diffs.len(),
+        ours.len(),
+        diffs[0],
+        ours[diffs[0]],
+        golden.bits[diffs[0]],
+    );
+}
+
+fn compare_values(what: &str, case: &Case, ours: &[f64], golden: &Tensor) {
+    assert_eq!(
+        ours.len(),
+        golden.values.len(),
+        "{}: {what} length",
+        case.name
+    );
+    let diffs: Vec<usize> = (0..ours.len())
+        .filter(|&i| ours[i] != golden.values[i])
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{}: {what}: {} of {} differ, first at {} (ours {}, golden {})",
+        case.name,
+        diffs.len(),
+        ours.len(),
+        diffs[0],
+        ours[diffs[0]],
+        golden.values[diffs[0]],
+    );
+}
+
+/// What a dynamic quantization produced.
+struct Quantized<S> {
+    scale: Vec<S>,
+    zero_point: Vec<i32>,
+    codes: Vec<i32>,
+}
+
+/// Runs the fused plan for `recipe` on the case's input, on 1 and 2
+/// threads (which must agree), and checks scale, zero point and codes.
+fn quantize_case<T: Golden, S: Golden, Q: IntElement + Into<i32>>(
+    case: &Case,
+    recipe: Recipe,
+) -> Quantized<S> {
+    let input = case.must("input");
+    assert_eq!(input.dtype, T::DTYPE, "{}: input dtype", case.name);
+    let x: Vec<T> = input.values.iter().map(|&v| T::from_f64(v)).collect();
+    let (m, k, g) = (case.rows, case.cols, case.group);
+    let desc = QuantizeDynamicPerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        recipe,
+        input_element: T::KIND,
+        scale_element: S::KIND,
+        output_element: Q::KIND,
+    };
+    let mut results = Vec::new();
+    for threads in [1, 2] {
+        let stream = Stream::cpu_with_threads(threads).unwrap();
+        let plan =
+            QuantizeDynamicPerGroupPlan::<T, S, Q>::select(&stream, &desc, Default::default())
+                .unwrap();
+        let (mut s, mut z, mut q) = (
+            vec![S::from_f64(0.0); m * k / g],
+            vec![0i32; m * k / g],
+            vec![Q::default(); m * k],
+        );
+        let args = QuantizeDynamicPerGroupArgs {
+            input: TensorRef::new(&x, [m, k]).unwrap(),
+            scale: TensorMut::new(&mut s, [m, k / g]).unwrap(),
+            zero_point: TensorMut::new(&mut z, [m, k / g]).unwrap(),
+            output: TensorMut::new(&mut q, [m, k]).unwrap(),
+        };
+        plan.run(&stream, Workspace::None, args).unwrap();
+        results.push((s, z, q));
+    }
+    let (s, z, q) = results.pop().unwrap();
+    let (s1, z1, q1) = results.pop().unwrap();
+    assert!(
+        s.iter().zip(&s1).all(|(a, b)| a.bits() == b.bits()) && z == z1 && q == q1,
+        "{}: thread counts disagree",
+        case.name
+    );
+
+    let scale = case.must("scale");
+    assert_eq!(scale.dtype, S::DTYPE, "{}: scale dtype", case.name);
+    compare_bits(
+        "scale",
+        case,
+        &s.iter().map(|v| v.bits()).collect::<Vec<_>>(),
+        &scale,
+    );
+    if let Some(zp) = case.tensor("zero_point") {
+        compare_values(
+            "zero_point",
+            case,
+            &z.iter().map(|&v| v.into()).collect::<Vec<_>>(),
+            &zp,
+        );
+    } else {
+        let midpoint = (recipe.q_max + recipe.q_min + 1) / 2;
+        assert!(
+            z.iter().all(|&v| v == midpoint),
+            "{}: symmetric zero points",
+            case.name
+        );
+    }
+    let codes: Vec<i32> = q.iter().map(|&c| c.into()).collect();
+    compare_values(
+        "q",
+        case,
+        &codes.iter().map(|&c| c.into()).collect::<Vec<_>>(),
+        &case.must("q"),
+    );
+    Quantized {
+        scale: s,
+        zero_point: z,
+        codes,
+    }
+}
+
+/// SPEC §3.2 dequantization of `codes` with `scale` (as `O`) and
+/// `zero_point`, compared bit for bit with the golden tensor `name`.
+fn check_dequant<Q: IntElement + TryFrom<i32>, O: Golden>(
+    case: &Case,
+    name: &str,
+    codes: &[i32],
+    scale: &[f64],
+    zero_point: &[i32],
+    ignore_negative_zero: bool,
+) where
+    <Q as TryFrom<i32>>::Error: std::fmt::Debug,
+{
+    let (m, k, g) = (case.rows, case.cols, case.group);
+    let q: Vec<Q> = codes.iter().map(|&c| Q::try_from(c).unwrap()).collect();
+    let s: Vec<O> = scale.iter().map(|&v| O::from_f64(v)).collect();
+    let mut y = vec![O::from_f64(0.0); m * k];
+    let desc = DequantizePerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        input_element: Q::KIND,
+        output_element: O::KIND,
+    };
+    let stream = Stream::cpu();
+    let plan = DequantizePerGroupPlan::<Q, O>::select(&stream, &desc, Default::default()).unwrap();
+    let args = DequantizePerGroupArgs {
+        input: TensorRef::new(&q, [m, k]).unwrap(),
+        scale: TensorRef::new(&s, [m, k / g]).unwrap(),
+        zero_point: TensorRef::new(zero_point, [m, k / g]).unwrap(),
+        output: TensorMut::new(&mut y, [m, k]).unwrap(),
+    };
+    plan.run(&stream, Workspace::None, args).unwrap();
+    let golden = case.must(name);
+    assert_eq!(golden.dtype, O::DTYPE, "{}: {name} dtype", case.name);
+    let mut ours: Vec<u64> = y.iter().map(|v| v.bits()).collect();
+    if ignore_negative_zero {
+        // The peer's fake-quant multiplies a -0.0 code by s; SPEC's integer
+        // difference gives +0.0 (the README's `dequant_negative_zeros`).
+        let neg_zero = O::from_f64(-0.0).bits();
+        for (o, &gb) in ours.iter_mut().zip(&golden.bits) {
+            if gb == neg_zero && *o == O::from_f64(0.0).bits() {
+                *o = neg_zero;
+            }
+        }
+    }
+    compare_bits(name, case, &ours, &golden);
+}
+
+fn f64s<S: Element>(v: &[S]) -> Vec<f64> {
+    v.iter().map(|s| s.to_f64()).collect()
+}
+
+macro_rules! by_dtype {
+    ($case:expr, $f:ident, $($arg:expr),*) => {
+        match $case.dtype.as_str() {
+            "f32" => $f::<f32>($case, $($arg),*),
+            "bf16" => $f::<bf16>($case, $($arg),*),
+            "f16" => $f::<f16>($case, $($arg),*),
+            other => panic!("{}: dtype {other}", $case.name),
+        }
+    };
+}
+
+fn torchao_case<T: Golden>(case: &Case, mapping: TorchaoMapping, lo: i32, hi: i32) {
+    let recipe = Recipe::torchao(mapping, lo, hi);
+    if lo < 0 {
+        let r = quantize_case::<T, T, i8>(case, recipe);
+        check_dequant::<i8, T>(
+            case,
+            "dequant",
+            &r.codes,
+            &f64s(&r.scale),
+            &r.zero_point,
+            false,
+        );
+        if T::KIND != ElementKind::F32 {
+            check_dequant::<i8, f32>(
+                case,
+                "dequant_f32",
+                &r.codes,
+                &f64s(&r.scale),
+                &r.zero_point,
+                false,
+            );
+        }
+    } else {
+        let r = quantize_case::<T, T, u8>(case, recipe);
+        check_dequant::<u8, T>(
+            case,
+            "dequant",
+            &r.codes,
+            &f64s(&r.scale),
+            &r.zero_point,
+            false,
+        );
+        if T::KIND != ElementKind::F32 {
+            check_dequant::<u8, f32>(
+                case,
+                "dequant_f32",
+                &r.codes,
+                &f64s(&r.scale),
+                &r.zero_point,
+                false,
+            );
+        }
+    }
+}
+
+#[test]
+fn torchao_choose_quantize_dequantize() {
+    for case in cases("torchao__") {
+        let mapping = if case.variant.starts_with("sym") {
+            TorchaoMapping::Symmetric
+        } else {
+            TorchaoMapping::Asymmetric
+        };
+        let (lo, hi) = match case.variant.split('_').nth(1).unwrap() {
+            "int4" => (-8, 7),
+            "uint4" => (0, 15),
+            "int8" => (-128, 127),
+            other => panic!("{other}"),
+        };
+        by_dtype!(&case, torchao_case, mapping, lo, hi);
+    }
+}
+
+#[test]
+fn torch_per_token_asymmetric() {
+    for case in cases("torchcore__per_token_asym_int8") {
+        let r = quantize_case::<f32, f32, i8>(&case, Recipe::torch_per_token_asymmetric_int8());
+        check_dequant::<i8, f32>(
+            &case,
+            "dequant",
+            &r.codes,
+            &f64s(&r.scale),
+            &r.zero_point,
+            false,
+        );
+    }
+}
+
+fn ct_case<T: Golden>(case: &Case, recipe: Recipe) {
+    let r = quantize_case::<T, T, i8>(case, recipe);
+    check_dequant::<i8, T>(
+        case,
+        "dequant",
+        &r.codes,
+        &f64s(&r.scale),
+        &r.zero_point,
+        false,
+    );
+}
+
+#[test]
+fn compressed_tensors_w4a16() {
+    for case in cases("ct__") {
+        let recipe = match case.variant.as_str() {
+            "w4a16" => Recipe::compressed_tensors_w4a16(),
+            "w4a16_asym" => Recipe::compressed_tensors_w4a16_asym(),
+            other => panic!("{other}"),
+        };
+        by_dtype!(&case, ct_case, recipe);
+    }
+}
+
+fn gptq_case<T: Golden>(case: &Case, symmetric: bool) {
+    let r = quantize_case::<T, f32, u8>(case, Recipe::gptq(symmetric, 4));
+    if case.peer == "gptqmodel" {
+        // dequantize_weight: float16 scales times (q - z).
+        check_dequant::<u8, f16>(
+            case,
+            "dequant",
+            &r.codes,
+            &f64s(&r.scale),
+            &r.zero_point,
+            false,
+        );
+    }
+}
+
+#[test]
+fn gptq_rtn() {
+    for prefix in ["autogptq__", "gptqmodel__"] {
+        for case in cases(prefix) {
+            let symmetric = case.variant == "rtn_sym";
+            by_dtype!(&case, gptq_case, symmetric);
+        }
+    }
+}
+
+fn awq_case<T: Golden>(case: &Case, variant: &str) {
+    match variant {
+        "asym_gemm" => {
+            let r = quantize_case::<T, T, u8>(case, Recipe::awq(true, 4));
+            check_dequant::<u8, f16>(
+                case,
+                "dequant",
+                &r.codes,
+                &f64s(&r.scale),
+                &r.zero_point,
+                false,
+            );
+        }
+        "asym_gemm_apply_quant" => {
+            let r = quantize_case::<T, f16, u8>(case, Recipe::awq_f16(true, 4));
+            check_dequant::<u8, f16>(
+                case,
+                "dequant",
+                &r.codes,
+                &f64s(&r.scale),
+                &r.zero_point,
+                false,
+            );
+        }
+        "sym_pseudo" => {
+            let r = quantize_case::<T, T, i8>(case, Recipe::awq(false, 4));
+            check_dequant::<i8, T>(
+                case,
+                "dequant",
+                &r.codes,
+                &f64s(&r.scale),
+                &r.zero_point,
+                true,
+            );
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn awq_rtn() {
+    for case in cases("autoawq__") {
+        let variant = case.variant.clone();
+        by_dtype!(&case, awq_case, &variant);
+    }
+}
+
+#[test]
+fn golden_files_are_the_peers() {
+    // The files carry the peer versions they were made with.
+    for case in cases("") {
+        assert!(
+            case.meta.contains_key("peer_version") || case.meta.contains_key("peer_versions"),
+            "{}",
+            case.name
+        );
+    }
+}
