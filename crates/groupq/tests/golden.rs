@@ -41,19 +41,39 @@ impl Case {
         let d = t.data();
         let (values, bits): (Vec<f64>, Vec<u64>) = match t.dtype() {
             Dtype::F32 => le::<4>(d)
-                .map(|b| (f64::from(f32::from_le_bytes(b)), u64::from(u32::from_le_bytes(b))))
+                .map(|b| {
+                    (
+                        f64::from(f32::from_le_bytes(b)),
+                        u64::from(u32::from_le_bytes(b)),
+                    )
+                })
                 .unzip(),
             Dtype::F64 => le::<8>(d)
                 .map(|b| (f64::from_le_bytes(b), u64::from_le_bytes(b)))
                 .unzip(),
             Dtype::F16 => le::<2>(d)
-                .map(|b| (f64::from(f16::from_le_bytes(b)), u64::from(u16::from_le_bytes(b))))
+                .map(|b| {
+                    (
+                        f64::from(f16::from_le_bytes(b)),
+                        u64::from(u16::from_le_bytes(b)),
+                    )
+                })
                 .unzip(),
             Dtype::BF16 => le::<2>(d)
-                .map(|b| (f64::from(bf16::from_le_bytes(b)), u64::from(u16::from_le_bytes(b))))
+                .map(|b| {
+                    (
+                        f64::from(bf16::from_le_bytes(b)),
+                        u64::from(u16::from_le_bytes(b)),
+                    )
+                })
                 .unzip(),
             Dtype::I32 => le::<4>(d)
-                .map(|b| (f64::from(i32::from_le_bytes(b)), u64::from(u32::from_le_bytes(b))))
+                .map(|b| {
+                    (
+                        f64::from(i32::from_le_bytes(b)),
+                        u64::from(u32::from_le_bytes(b)),
+                    )
+                })
                 .unzip(),
             Dtype::I64 => le::<8>(d)
                 .map(|b| (i64::from_le_bytes(b) as f64, u64::from_le_bytes(b)))
@@ -519,5 +539,68 @@ fn golden_files_are_the_peers() {
             "{}",
             case.name
         );
+    }
+}
+
+#[test]
+fn torch_quantize_per_channel_group_with_given_parameters() {
+    for case in cases("torchcore__explicit_") {
+        let (q_min, q_max): (i32, i32) = (
+            case.meta["qmin"].parse().unwrap(),
+            case.meta["qmax"].parse().unwrap(),
+        );
+        let (m, k, g) = (case.rows, case.cols, case.group);
+        let x: Vec<f32> = case
+            .must("input")
+            .values
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let s: Vec<f32> = case
+            .must("scale")
+            .values
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let z: Vec<i32> = case
+            .must("zero_point")
+            .values
+            .iter()
+            .map(|&v| v as i32)
+            .collect();
+        let desc = QuantizePerGroupDescriptor {
+            outer_size: m,
+            axis_size: k,
+            group_size: g,
+            q_min,
+            q_max,
+            input_element: ElementKind::F32,
+            output_element: ElementKind::S8,
+        };
+        let formula = Recipe::torch_per_channel_group(q_min, q_max).quantize;
+        let stream = Stream::cpu();
+        let plan = QuantizePerGroupPlan::<f32, i8>::select_with_formula(
+            &stream,
+            &desc,
+            formula,
+            Default::default(),
+        )
+        .unwrap();
+        let mut q = vec![0i8; m * k];
+        let args = QuantizePerGroupArgs {
+            input: TensorRef::new(&x, [m, k]).unwrap(),
+            scale: TensorRef::new(&s, [m, k / g]).unwrap(),
+            zero_point: TensorRef::new(&z, [m, k / g]).unwrap(),
+            output: TensorMut::new(&mut q, [m, k]).unwrap(),
+        };
+        plan.run(&stream, Workspace::None, args).unwrap();
+        let codes: Vec<i32> = q.iter().map(|&c| c.into()).collect();
+        compare_values(
+            "q",
+            &case,
+            &codes.iter().map(|&c| c.into()).collect::<Vec<_>>(),
+            &case.must("q"),
+        );
+        check_dequant::<i8, f32>(&case, "dequant", &codes, &f64s(&s), &z, false);
     }
 }

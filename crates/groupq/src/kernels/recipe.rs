@@ -242,12 +242,50 @@ mod tests {
     }
 }
 
+/// A quantize formula bound to its arithmetic dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FormulaKernel {
+    pub formula: QuantizeFormula,
+    pub arith: Arith,
+}
+
+impl FormulaKernel {
+    pub fn new(formula: QuantizeFormula, input: ElementKind) -> FormulaKernel {
+        FormulaKernel {
+            formula,
+            arith: Arith(Recipe::arithmetic_kind(formula.arithmetic, input)),
+        }
+    }
+
+    /// The codes of whole groups of one row, as the scalar forward kernels
+    /// take them: `scale.len()` groups of `gs` elements.
+    #[allow(clippy::too_many_arguments)]
+    pub fn quantize_groups<T: Element, Q: IntElement>(
+        &self,
+        x: &[T],
+        scale: &[f64],
+        zero_point: &[i32],
+        out: &mut [Q],
+        gs: usize,
+        q_min: i32,
+        q_max: i32,
+    ) {
+        let groups = x.chunks_exact(gs).zip(out.chunks_exact_mut(gs));
+        for ((xs, os), (&s, &z)) in groups.zip(scale.iter().zip(zero_point)) {
+            for (o, x) in os.iter_mut().zip(xs) {
+                let q = quantize(&self.formula, self.arith, x.to_f64(), s, z, q_min, q_max);
+                *o = Q::from_i32_in_range(q);
+            }
+        }
+    }
+}
+
 /// A recipe bound to its input and scale dtypes: what the recipe plans run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct RecipeKernel {
     pub recipe: Recipe,
     choose: Arith,
-    quant: Arith,
+    quant: FormulaKernel,
     eps_bits: u64,
 }
 
@@ -262,7 +300,7 @@ impl RecipeKernel {
         RecipeKernel {
             recipe,
             choose: Arith(Recipe::arithmetic_kind(recipe.choose_arithmetic, input)),
-            quant: Arith(Recipe::arithmetic_kind(recipe.quantize.arithmetic, input)),
+            quant: FormulaKernel::new(recipe.quantize, input),
             eps_bits: eps.to_bits(),
         }
     }
@@ -299,10 +337,8 @@ impl RecipeKernel {
         z: i32,
         out: &mut [Q],
     ) {
-        let (f, a) = (&self.recipe.quantize, self.quant);
         let (lo, hi) = (self.recipe.q_min, self.recipe.q_max);
-        for (o, x) in out.iter_mut().zip(xs) {
-            *o = Q::from_i32_in_range(quantize(f, a, x.to_f64(), s, z, lo, hi));
-        }
+        self.quant
+            .quantize_groups(xs, &[s], &[z], out, xs.len(), lo, hi);
     }
 }

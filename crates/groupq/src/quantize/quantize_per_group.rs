@@ -3,8 +3,11 @@
 use super::common::{check_code_range, check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
+use crate::kernels::recipe::FormulaKernel;
 use crate::kernels::{row_slice, QuantizeKernel};
+use crate::plan::BackendKind;
 use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::recipe::QuantizeFormula;
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 
@@ -85,7 +88,15 @@ pub struct QuantizePerGroupPlan<TIn: Element, TOut: IntElement> {
     core: PlanCore,
     q_min: i32,
     q_max: i32,
-    kernel: QuantizeKernel<TIn, TOut>,
+    kernel: Forward<TIn, TOut>,
+}
+
+/// The forward's arithmetic: SPEC §3.1 on any backend, or another formula
+/// on the scalar backend.
+#[derive(Debug, Clone, Copy)]
+enum Forward<TIn, TOut> {
+    Spec(QuantizeKernel<TIn, TOut>),
+    Formula(FormulaKernel),
 }
 
 impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
@@ -101,6 +112,36 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         desc: &QuantizePerGroupDescriptor,
         pref: PlanPreference,
     ) -> Result<Self> {
+        Self::select_with_formula(stream, desc, QuantizeFormula::SPEC, pref)
+    }
+
+    /// [`select`](Self::select) for another quantize formula than SPEC
+    /// §3.1's: a recipe's [`Recipe::quantize`](crate::recipe::Recipe) (for
+    /// example PyTorch's reciprocal multiply, or torchao's zero point after
+    /// rounding in the input dtype), applied to caller-given scales and zero
+    /// points. Formulas other than [`QuantizeFormula::SPEC`] run on the
+    /// scalar backend (another preferred backend is `Unsupported`).
+    ///
+    /// ```
+    /// use groupq::*;
+    /// use groupq::recipe::Recipe;
+    ///
+    /// let desc = QuantizePerGroupDescriptor {
+    ///     outer_size: 1, axis_size: 2, group_size: 2, q_min: -128, q_max: 127,
+    ///     input_element: ElementKind::F32, output_element: ElementKind::S8,
+    /// };
+    /// let torch = Recipe::torch_per_channel_group(-128, 127).quantize;
+    /// let plan = QuantizePerGroupPlan::<f32, i8>::select_with_formula(
+    ///     &Stream::cpu(), &desc, torch, Default::default())?;
+    /// assert_eq!(plan.sku().backend, BackendKind::Scalar);
+    /// # Ok::<(), groupq::Error>(())
+    /// ```
+    pub fn select_with_formula(
+        stream: &Stream,
+        desc: &QuantizePerGroupDescriptor,
+        formula: QuantizeFormula,
+        pref: PlanPreference,
+    ) -> Result<Self> {
         let _ = stream;
         check_kind(PLAN, "input_element", desc.input_element, "TIn", TIn::KIND)?;
         check_kind(
@@ -113,14 +154,13 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         check_code_range::<TOut>(PLAN, desc.q_min, desc.q_max)?;
         let op = QuantizeKind::QuantizePerGroup;
-        let (core, kernel) = PlanCore::new::<TIn, _>(
-            PLAN,
-            op,
-            Some(TOut::KIND),
-            layout,
-            pref,
-            TIn::quantize::<TOut>,
-        )?;
+        let formula_kernel = FormulaKernel::new(formula, TIn::KIND);
+        let lookup = |b: BackendKind| match formula == QuantizeFormula::SPEC {
+            true => TIn::quantize::<TOut>(b).map(Forward::Spec),
+            false => (b == BackendKind::Scalar).then_some(Forward::Formula(formula_kernel)),
+        };
+        let aux = Some(TOut::KIND);
+        let (core, kernel) = PlanCore::new::<TIn, _>(PLAN, op, aux, layout, pref, lookup)?;
         Ok(QuantizePerGroupPlan {
             core,
             q_min: desc.q_min,
@@ -183,15 +223,22 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         );
         self.core
             .run(stream, &workspace, output, |row, g0, g1, out| {
-                kernel(
-                    row_slice(&input, row, g0 * gs, g1 * gs),
+                let x = row_slice(&input, row, g0 * gs, g1 * gs);
+                let (s, z) = (
                     row_slice(&scale, row, g0, g1),
                     row_slice(&zero_point, row, g0, g1),
-                    out,
-                    gs,
-                    q_min,
-                    q_max,
-                )
+                );
+                match kernel {
+                    Forward::Spec(k) => k(x, s, z, out, gs, q_min, q_max),
+                    Forward::Formula(f) => {
+                        // At most `TASK_ELEMENTS / gs` groups: widen the scales
+                        // of one group at a time.
+                        for (g, (&s, &z)) in s.iter().zip(z).enumerate() {
+                            let (xs, os) = (&x[g * gs..][..gs], &mut out[g * gs..][..gs]);
+                            f.quantize_groups(xs, &[s.to_f64()], &[z], os, gs, q_min, q_max);
+                        }
+                    }
+                }
             })
     }
 }
