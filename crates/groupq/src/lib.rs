@@ -89,6 +89,7 @@ pub mod bench_support;
 mod element;
 mod error;
 mod kernels;
+pub mod pack;
 mod plan;
 pub mod quantize;
 pub mod recipe;

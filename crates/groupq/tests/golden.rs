@@ -444,6 +444,42 @@ fn ct_case<T: Golden>(case: &Case, recipe: Recipe) {
         &r.zero_point,
         false,
     );
+    let (n, k, g) = (case.rows, case.cols, case.cols / case.group);
+    let codes: Vec<i8> = r.codes.iter().map(|&c| c as i8).collect();
+    let packed = pack::compressed_tensors_weight(&codes, n, k, 4).unwrap();
+    compare_bits("packed", case, &words(&packed), &case.must("packed"));
+    assert_eq!(
+        pack::compressed_tensors_weight_unpack(&packed, n, k, 4).unwrap(),
+        codes
+    );
+    if let Some(golden) = case.tensor("packed_zero_point") {
+        let zp = pack::compressed_tensors_zero_point(&r.zero_point, n, g, 4).unwrap();
+        compare_bits("packed_zero_point", case, &words(&zp), &golden);
+        assert_eq!(
+            pack::compressed_tensors_zero_point_unpack(&zp, n, g, 4).unwrap(),
+            r.zero_point
+        );
+    }
+}
+
+/// Packed words as the golden files' `i32` bit patterns.
+fn words(w: &[i32]) -> Vec<u64> {
+    w.iter().map(|&v| u64::from(v as u32)).collect()
+}
+
+/// A `[rows, cols]` matrix transposed.
+fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    (0..rows * cols)
+        .map(|i| m[(i % rows) * cols + i / rows])
+        .collect()
+}
+
+/// Scales as stored in a checkpoint: `[G, N]` in dtype `O`.
+fn stored_scales<O: Golden>(scale: &[f64], n: usize, g: usize) -> Vec<u64> {
+    transpose(scale, n, g)
+        .iter()
+        .map(|&v| O::from_f64(v).bits())
+        .collect()
 }
 
 #[test]
@@ -520,6 +556,37 @@ fn awq_case<T: Golden>(case: &Case, variant: &str) {
         }
         other => panic!("{other}"),
     }
+}
+
+/// AWQ GEMM checkpoint tensors: interleaved qweight and qzeros, f16 scales.
+fn awq_packing(case: &Case, codes: &[i32], scale: &[f64], zero_point: &[i32]) {
+    let (n, k, g) = (case.rows, case.cols, case.cols / case.group);
+    let codes: Vec<u8> = codes.iter().map(|&c| c as u8).collect();
+    let qweight = pack::awq_qweight(&codes, n, k, 4).unwrap();
+    compare_bits(
+        "packed_qweight",
+        case,
+        &words(&qweight),
+        &case.must("packed_qweight"),
+    );
+    assert_eq!(pack::awq_qweight_unpack(&qweight, n, k, 4).unwrap(), codes);
+    let qzeros = pack::awq_qzeros(zero_point, n, g, 4).unwrap();
+    compare_bits(
+        "packed_qzeros",
+        case,
+        &words(&qzeros),
+        &case.must("packed_qzeros"),
+    );
+    assert_eq!(
+        pack::awq_qzeros_unpack(&qzeros, n, g, 4).unwrap(),
+        zero_point
+    );
+    compare_bits(
+        "packed_scales",
+        case,
+        &stored_scales::<f16>(scale, n, g),
+        &case.must("packed_scales"),
+    );
 }
 
 #[test]

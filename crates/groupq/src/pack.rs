@@ -1,0 +1,513 @@
+//! Packed storage of low-bit codes: the layouts checkpoints use, each with
+//! its inverse.
+//!
+//! All formats put `32 / bits` codes in a 32-bit word, code `t` of the word
+//! at bits `t·bits` (least significant first), and differ in which axis is
+//! packed, the order of the codes inside a word, and an offset:
+//!
+//! | format | codes | packed tensor |
+//! |---|---|---|
+//! | [`nibbles`] | any `[len]`, 4-bit | bytes, element `2i` in the low nibble of byte `i` (groupq's `S4`/`U4` storage) |
+//! | [`gptq_qweight`] | `[N, K]` | `[K·bits/32, N]`, packed along K |
+//! | [`gptq_qzeros`] | zero points `[N, G]` | `[G, ⌈N·bits/32⌉]`, packed along N; v1 stores `z − 1` ([`GptqZeros`]) |
+//! | [`awq_qweight`] | `[N, K]` | `[K, N·bits/32]`, packed along N in the order `[0, 2, 4, 6, 1, 3, 5, 7]` |
+//! | [`awq_qzeros`] | zero points `[N, G]` | `[G, N·bits/32]`, the same order |
+//! | [`compressed_tensors_weight`] | signed codes `[N, K]` | `[N, ⌈K·bits/32⌉]`, packed along K, stored as `q + 2^(bits−1)` |
+//! | [`compressed_tensors_zero_point`] | signed zero points `[N, G]` | `[⌈N·bits/32⌉, G]`, packed along N, `z + 2^(bits−1)` |
+//!
+//! Words are returned as `i32`, the dtype the checkpoints store. A code
+//! outside `0..2^bits` (after the format's offset) is an `InvalidProblem`,
+//! never silently truncated, except where a format's own quirk is being
+//! reproduced ([`GptqZeros::V1AutoGptq`]).
+//!
+//! ```
+//! use groupq::pack;
+//! // GPTQ: 2 output rows (N), 8 input columns (K), 4 bits: one word per column of N.
+//! let codes: Vec<u8> = (0..16).map(|i| i % 16).collect();
+//! let words = pack::gptq_qweight(&codes, 2, 8, 4)?;
+//! assert_eq!(words.len(), 2);
+//! assert_eq!(pack::gptq_qweight_unpack(&words, 2, 8, 4)?, codes);
+//! # Ok::<(), groupq::Error>(())
+//! ```
+
+use crate::error::{Error, Result};
+
+/// AWQ's order of the codes inside a 4-bit word: nibble `i` holds code `AWQ_ORDER[i]`.
+pub const AWQ_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+fn invalid(what: String) -> Error {
+    Error::InvalidProblem(what)
+}
+
+fn per_word(fmt: &str, bits: u32) -> Result<usize> {
+    match bits {
+        2 | 4 | 8 => Ok(32 / bits as usize),
+        _ => Err(invalid(format!(
+            "{fmt}: bits {bits} is not supported (2, 4 or 8)"
+        ))),
+    }
+}
+
+fn check_len(fmt: &str, what: &str, len: usize, rows: usize, cols: usize) -> Result<()> {
+    match rows.checked_mul(cols) {
+        Some(n) if n == len => Ok(()),
+        _ => Err(invalid(format!(
+            "{fmt}: {what} has {len} elements, the shape [{rows}, {cols}] needs {}",
+            rows.saturating_mul(cols)
+        ))),
+    }
+}
+
+/// The code at `(r, c)` of a `[rows, cols]` matrix viewed through `map`.
+type Get<'a> = &'a dyn Fn(usize, usize) -> i64;
+
+/// Packs a `[rows, cols]` matrix along its columns (`along_rows = false`:
+/// output `[rows, ⌈cols/pf⌉]`) or rows (`true`: `[⌈rows/pf⌉, cols]`); slot
+/// `t` of a word takes the element `order[t]` of its run of `pf`.
+fn pack(
+    fmt: &str,
+    get: Get<'_>,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    along_rows: bool,
+    order: Option<&[usize]>,
+) -> Result<Vec<i32>> {
+    let pf = per_word(fmt, bits)?;
+    let max = (1i64 << bits) - 1;
+    let (out_rows, out_cols) = if along_rows {
+        (rows.div_ceil(pf), cols)
+    } else {
+        (rows, cols.div_ceil(pf))
+    };
+    let mut words = vec![0i32; out_rows * out_cols];
+    for or in 0..out_rows {
+        for oc in 0..out_cols {
+            let mut word = 0u32;
+            for t in 0..pf {
+                let k = order.map_or(t, |o| o[t]);
+                let (r, c) = if along_rows {
+                    (or * pf + k, oc)
+                } else {
+                    (or, oc * pf + k)
+                };
+                if r >= rows || c >= cols {
+                    continue; // padding of a partial word stays 0
+                }
+                let v = get(r, c);
+                if !(0..=max).contains(&v) {
+                    return Err(invalid(format!(
+                        "{fmt}: value {v} at [{r}, {c}] does not fit {bits} bits (after the format's offset)"
+                    )));
+                }
+                word |= (v as u32) << (t as u32 * bits);
+            }
+            words[or * out_cols + oc] = word as i32;
+        }
+    }
+    Ok(words)
+}
+
+/// The inverse of [`pack`]: the `[rows, cols]` matrix of raw codes.
+fn unpack(
+    fmt: &str,
+    words: &[i32],
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    along_rows: bool,
+    order: Option<&[usize]>,
+) -> Result<Vec<u32>> {
+    let pf = per_word(fmt, bits)?;
+    let (out_rows, out_cols) = if along_rows {
+        (rows.div_ceil(pf), cols)
+    } else {
+        (rows, cols.div_ceil(pf))
+    };
+    check_len(fmt, "the packed tensor", words.len(), out_rows, out_cols)?;
+    let mask = (1u32 << bits) - 1;
+    let mut codes = vec![0u32; rows * cols];
+    for or in 0..out_rows {
+        for oc in 0..out_cols {
+            let word = words[or * out_cols + oc] as u32;
+            for t in 0..pf {
+                let k = order.map_or(t, |o| o[t]);
+                let (r, c) = if along_rows {
+                    (or * pf + k, oc)
+                } else {
+                    (or, oc * pf + k)
+                };
+                if r < rows && c < cols {
+                    codes[r * cols + c] = (word >> (t as u32 * bits)) & mask;
+                }
+            }
+        }
+    }
+    Ok(codes)
+}
+
+/// 4-bit codes two per byte, element `2i` in the low nibble of byte `i`
+/// (groupq's `S4`/`U4` storage; an odd length leaves the last high nibble 0).
+/// Signed codes are stored in two's complement.
+///
+/// ```
+/// use groupq::pack;
+/// assert_eq!(pack::nibbles(&[1, -2, 7])?, vec![0xe1, 0x07]);
+/// assert_eq!(pack::nibbles_unpack(&[0xe1, 0x07], 3, true), vec![1, -2, 7]);
+/// # Ok::<(), groupq::Error>(())
+/// ```
+pub fn nibbles(codes: &[i32]) -> Result<Vec<u8>> {
+    codes
+        .chunks(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            let mut byte = 0u8;
+            for (j, &c) in pair.iter().enumerate() {
+                if !(-8..=15).contains(&c) {
+                    return Err(invalid(format!(
+                        "nibbles: code {c} at {} does not fit 4 bits",
+                        2 * i + j
+                    )));
+                }
+                byte |= ((c & 0xf) as u8) << (4 * j);
+            }
+            Ok(byte)
+        })
+        .collect()
+}
+
+/// The inverse of [`nibbles`]: `len` codes, sign-extended when `signed`.
+pub fn nibbles_unpack(bytes: &[u8], len: usize, signed: bool) -> Vec<i32> {
+    (0..len.min(bytes.len() * 2))
+        .map(|i| {
+            let n = i32::from((bytes[i / 2] >> (4 * (i % 2))) & 0xf);
+            if signed && n >= 8 {
+                n - 16
+            } else {
+                n
+            }
+        })
+        .collect()
+}
+
+/// GPTQ `qweight`: codes `[n, k]` (`0..2^bits`, row-major, `n` output
+/// features) to words `[k·bits/32, n]`, word `[r, j]` holding
+/// `codes[j, r·32/bits + t]` at bits `t·bits`.
+pub fn gptq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i32>> {
+    let fmt = "gptq_qweight";
+    check_len(fmt, "codes", codes.len(), n, k)?;
+    if !k.is_multiple_of(per_word(fmt, bits)?) {
+        return Err(invalid(format!(
+            "{fmt}: in_features {k} is not a multiple of {}",
+            32 / bits
+        )));
+    }
+    // The transpose [k, n], packed along its rows.
+    pack(
+        fmt,
+        &|r, c| i64::from(codes[c * k + r]),
+        k,
+        n,
+        bits,
+        true,
+        None,
+    )
+}
+
+/// The inverse of [`gptq_qweight`]: codes `[n, k]`.
+pub fn gptq_qweight_unpack(words: &[i32], n: usize, k: usize, bits: u32) -> Result<Vec<u8>> {
+    let t = unpack("gptq_qweight", words, k, n, bits, true, None)?;
+    Ok((0..n * k).map(|i| t[(i % k) * n + i / k] as u8).collect())
+}
+
+/// How GPTQ's `qzeros` store a zero point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GptqZeros {
+    /// `gptq_v2` (GPTQModel): the zero point itself.
+    V2,
+    /// `gptq` v1 as per-nibble readers (AutoGPTQ, exllama, vLLM) read it:
+    /// `(z − 1) mod 2^bits`, read back as `(nibble + 1) mod 2^bits`. Exact
+    /// for every zero point.
+    V1,
+    /// `gptq` v1 as GPTQModel writes it: the v2 word minus `0x11111111`
+    /// (for 4 bits) as one wrapping 32-bit subtraction, so `z = 0` borrows
+    /// from the next nibble; read back by adding it again (exact), while a
+    /// per-nibble reader gets the borrowed nibbles wrong.
+    V1WholeWord,
+    /// `gptq` v1 as AutoGPTQ 0.7 writes it: `z − 1` cast to `u32` and ORed
+    /// in unmasked, so `z = 0` sets that nibble and every higher nibble of
+    /// its word to all ones. Lossy: reproduced for bit-exact comparison,
+    /// read back as AutoGPTQ does (per nibble).
+    V1AutoGptq,
+}
+
+fn ones(bits: u32) -> u32 {
+    // 0x11111111 for 4 bits: a 1 in the lowest bit of every slot.
+    let pf = 32 / bits;
+    (0..pf).fold(0u32, |w, t| w | (1 << (t * bits)))
+}
+
+/// GPTQ `qzeros`: zero points `[n, g]` (`0..2^bits`) to words
+/// `[g, ⌈n·bits/32⌉]`, packed along `n`, in the given encoding.
+pub fn gptq_qzeros(
+    zeros: &[i32],
+    n: usize,
+    g: usize,
+    bits: u32,
+    encoding: GptqZeros,
+) -> Result<Vec<i32>> {
+    let fmt = "gptq_qzeros";
+    check_len(fmt, "zero points", zeros.len(), n, g)?;
+    let pf = per_word(fmt, bits)?;
+    let max = (1i32 << bits) - 1;
+    if let Some((i, &z)) = zeros
+        .iter()
+        .enumerate()
+        .find(|(_, z)| !(0..=max).contains(*z))
+    {
+        return Err(invalid(format!(
+            "{fmt}: zero point {z} at [{}, {}] does not fit {bits} bits",
+            i / g,
+            i % g
+        )));
+    }
+    // Transpose to [g, n] and pack along n.
+    let raw = |r: usize, c: usize| i64::from(zeros[c * g + r]);
+    match encoding {
+        GptqZeros::V2 => pack(fmt, &raw, g, n, bits, false, None),
+        GptqZeros::V1 => pack(
+            fmt,
+            &|r, c| (raw(r, c) - 1).rem_euclid(1 << bits),
+            g,
+            n,
+            bits,
+            false,
+            None,
+        ),
+        GptqZeros::V1WholeWord => {
+            let v2 = pack(fmt, &raw, g, n, bits, false, None)?;
+            Ok(v2
+                .iter()
+                .map(|&w| (w as u32).wrapping_sub(ones(bits)) as i32)
+                .collect())
+        }
+        GptqZeros::V1AutoGptq => {
+            let cols = n.div_ceil(pf);
+            let mut words = vec![0u32; g * cols];
+            for r in 0..g {
+                for c in 0..n {
+                    let v = (raw(r, c) - 1) as i32 as u32; // -1 becomes 0xffffffff
+                    words[r * cols + c / pf] |= v << ((c % pf) as u32 * bits);
+                }
+            }
+            Ok(words.into_iter().map(|w| w as i32).collect())
+        }
+    }
+}
+
+/// The inverse of [`gptq_qzeros`]: zero points `[n, g]` as the encoding's
+/// reader gets them.
+pub fn gptq_qzeros_unpack(
+    words: &[i32],
+    n: usize,
+    g: usize,
+    bits: u32,
+    encoding: GptqZeros,
+) -> Result<Vec<i32>> {
+    let fmt = "gptq_qzeros";
+    let mask = (1u32 << bits) - 1;
+    let words: Vec<i32> = match encoding {
+        GptqZeros::V1WholeWord => words
+            .iter()
+            .map(|&w| (w as u32).wrapping_add(ones(bits)) as i32)
+            .collect(),
+        _ => words.to_vec(),
+    };
+    let t = unpack(fmt, &words, g, n, bits, false, None)?;
+    let read = |v: u32| match encoding {
+        GptqZeros::V1 | GptqZeros::V1AutoGptq => ((v + 1) & mask) as i32,
+        _ => v as i32,
+    };
+    Ok((0..n * g).map(|i| read(t[(i % g) * n + i / g])).collect())
+}
+
+/// AWQ GEMM `qweight`: codes `[n, k]` to words `[k, n·bits/32]`, packed along
+/// `n` in [`AWQ_ORDER`] (for 4 bits).
+pub fn awq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i32>> {
+    let fmt = "awq_qweight";
+    check_len(fmt, "codes", codes.len(), n, k)?;
+    let order = awq_order(fmt, n, bits)?;
+    pack(
+        fmt,
+        &|r, c| i64::from(codes[c * k + r]),
+        k,
+        n,
+        bits,
+        false,
+        order,
+    )
+}
+
+/// The inverse of [`awq_qweight`]: codes `[n, k]`.
+pub fn awq_qweight_unpack(words: &[i32], n: usize, k: usize, bits: u32) -> Result<Vec<u8>> {
+    let order = awq_order("awq_qweight", n, bits)?;
+    let t = unpack("awq_qweight", words, k, n, bits, false, order)?;
+    Ok((0..n * k).map(|i| t[(i % k) * n + i / k] as u8).collect())
+}
+
+/// AWQ GEMM `qzeros`: zero points `[n, g]` to words `[g, n·bits/32]`, raw,
+/// in [`AWQ_ORDER`].
+pub fn awq_qzeros(zeros: &[i32], n: usize, g: usize, bits: u32) -> Result<Vec<i32>> {
+    let fmt = "awq_qzeros";
+    check_len(fmt, "zero points", zeros.len(), n, g)?;
+    let order = awq_order(fmt, n, bits)?;
+    pack(
+        fmt,
+        &|r, c| i64::from(zeros[c * g + r]),
+        g,
+        n,
+        bits,
+        false,
+        order,
+    )
+}
+
+/// The inverse of [`awq_qzeros`]: zero points `[n, g]`.
+pub fn awq_qzeros_unpack(words: &[i32], n: usize, g: usize, bits: u32) -> Result<Vec<i32>> {
+    let order = awq_order("awq_qzeros", n, bits)?;
+    let t = unpack("awq_qzeros", words, g, n, bits, false, order)?;
+    Ok((0..n * g).map(|i| t[(i % g) * n + i / g] as i32).collect())
+}
+
+fn awq_order(fmt: &str, n: usize, bits: u32) -> Result<Option<&'static [usize]>> {
+    let pf = per_word(fmt, bits)?;
+    if !n.is_multiple_of(pf) {
+        return Err(invalid(format!(
+            "{fmt}: out_features {n} is not a multiple of {pf}"
+        )));
+    }
+    Ok((bits == 4).then_some(&AWQ_ORDER[..]))
+}
+
+/// compressed-tensors `weight_packed`: signed codes `[n, k]` to words
+/// `[n, ⌈k·bits/32⌉]`, each stored as `q + 2^(bits−1)`.
+pub fn compressed_tensors_weight(codes: &[i8], n: usize, k: usize, bits: u32) -> Result<Vec<i32>> {
+    let fmt = "compressed_tensors_weight";
+    check_len(fmt, "codes", codes.len(), n, k)?;
+    let offset = 1i64 << (bits - 1);
+    pack(
+        fmt,
+        &|r, c| i64::from(codes[r * k + c]) + offset,
+        n,
+        k,
+        bits,
+        false,
+        None,
+    )
+}
+
+/// The inverse of [`compressed_tensors_weight`]: signed codes `[n, k]`.
+pub fn compressed_tensors_weight_unpack(
+    words: &[i32],
+    n: usize,
+    k: usize,
+    bits: u32,
+) -> Result<Vec<i8>> {
+    let t = unpack("compressed_tensors_weight", words, n, k, bits, false, None)?;
+    let offset = 1i32 << (bits - 1);
+    Ok(t.into_iter().map(|v| (v as i32 - offset) as i8).collect())
+}
+
+/// compressed-tensors `weight_zero_point`: signed zero points `[n, g]` to
+/// words `[⌈n·bits/32⌉, g]`, packed along `n`, each `z + 2^(bits−1)`.
+pub fn compressed_tensors_zero_point(
+    zeros: &[i32],
+    n: usize,
+    g: usize,
+    bits: u32,
+) -> Result<Vec<i32>> {
+    let fmt = "compressed_tensors_zero_point";
+    check_len(fmt, "zero points", zeros.len(), n, g)?;
+    let offset = 1i64 << (bits - 1);
+    pack(
+        fmt,
+        &|r, c| i64::from(zeros[r * g + c]) + offset,
+        n,
+        g,
+        bits,
+        true,
+        None,
+    )
+}
+
+/// The inverse of [`compressed_tensors_zero_point`]: zero points `[n, g]`.
+pub fn compressed_tensors_zero_point_unpack(
+    words: &[i32],
+    n: usize,
+    g: usize,
+    bits: u32,
+) -> Result<Vec<i32>> {
+    let t = unpack(
+        "compressed_tensors_zero_point",
+        words,
+        n,
+        g,
+        bits,
+        true,
+        None,
+    )?;
+    let offset = 1i32 << (bits - 1);
+    Ok(t.into_iter().map(|v| v as i32 - offset).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_layouts() {
+        // GPTQ: codes of one output row along K, lowest nibble first.
+        let codes: Vec<u8> = (0..8).collect();
+        assert_eq!(gptq_qweight(&codes, 1, 8, 4).unwrap(), vec![0x7654_3210]);
+        // AWQ: nibble i holds column AWQ_ORDER[i].
+        let codes: Vec<u8> = (0..8).collect(); // n = 8, k = 1
+        assert_eq!(awq_qweight(&codes, 8, 1, 4).unwrap(), vec![0x7531_6420]);
+        // compressed-tensors: offset +8.
+        let codes: Vec<i8> = vec![-8, -7, 0, 7, 1, 2, 3, 4];
+        assert_eq!(
+            compressed_tensors_weight(&codes, 1, 8, 4).unwrap(),
+            vec![0xcba9_f810u32 as i32]
+        );
+    }
+
+    #[test]
+    fn gptq_v1_encodings() {
+        let zeros = [1, 0, 8, 15, 2, 3, 4, 5];
+        let v1 = gptq_qzeros(&zeros, 8, 1, 4, GptqZeros::V1).unwrap();
+        assert_eq!(v1, vec![0x4321_e7f0]);
+        let whole = gptq_qzeros(&zeros, 8, 1, 4, GptqZeros::V1WholeWord).unwrap();
+        assert_eq!(whole[0] as u32, 0x5432_f801u32.wrapping_sub(0x1111_1111));
+        for enc in [GptqZeros::V2, GptqZeros::V1, GptqZeros::V1WholeWord] {
+            let w = gptq_qzeros(&zeros, 8, 1, 4, enc).unwrap();
+            assert_eq!(
+                gptq_qzeros_unpack(&w, 8, 1, 4, enc).unwrap(),
+                zeros,
+                "{enc:?}"
+            );
+        }
+        // AutoGPTQ's unmasked OR: z = 0 at column 1 sets nibbles 1..8 to 15.
+        let auto = gptq_qzeros(&zeros, 8, 1, 4, GptqZeros::V1AutoGptq).unwrap();
+        assert_eq!(auto[0] as u32, 0xffff_fff0);
+    }
+
+    #[test]
+    fn out_of_range_codes_are_errors() {
+        assert!(gptq_qweight(&[16, 0, 0, 0, 0, 0, 0, 0], 1, 8, 4).is_err());
+        assert!(compressed_tensors_weight(&[8; 8], 1, 8, 4).is_err());
+        assert!(gptq_qzeros(&[16], 1, 1, 4, GptqZeros::V2).is_err());
+        assert!(gptq_qweight(&[0; 8], 1, 8, 3).is_err());
+        assert!(gptq_qweight(&[0; 7], 1, 7, 4).is_err());
+        assert!(nibbles(&[16]).is_err());
+    }
+}
