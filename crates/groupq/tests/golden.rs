@@ -496,16 +496,57 @@ fn compressed_tensors_w4a16() {
 
 fn gptq_case<T: Golden>(case: &Case, symmetric: bool) {
     let r = quantize_case::<T, f32, u8>(case, Recipe::gptq(symmetric, 4));
+    let (n, k, g) = (case.rows, case.cols, case.cols / case.group);
+    let codes: Vec<u8> = r.codes.iter().map(|&c| c as u8).collect();
+    let qweight = pack::gptq_qweight(&codes, n, k, 4).unwrap();
+    compare_bits(
+        "packed_qweight",
+        case,
+        &words(&qweight),
+        &case.must("packed_qweight"),
+    );
+    assert_eq!(pack::gptq_qweight_unpack(&qweight, n, k, 4).unwrap(), codes);
+    let g_idx: Vec<i32> = (0..k).map(|i| (i / case.group) as i32).collect();
+    compare_bits(
+        "packed_g_idx",
+        case,
+        &words(&g_idx),
+        &case.must("packed_g_idx"),
+    );
+    let scale = f64s(&r.scale);
     if case.peer == "gptqmodel" {
+        // v1 by whole-word subtraction, v2 raw; float16 scales.
+        for (name, enc) in [
+            ("packed_qzeros", pack::GptqZeros::V1WholeWord),
+            ("packed_qzeros_v2", pack::GptqZeros::V2),
+        ] {
+            let qz = pack::gptq_qzeros(&r.zero_point, n, g, 4, enc).unwrap();
+            compare_bits(name, case, &words(&qz), &case.must(name));
+            assert_eq!(
+                pack::gptq_qzeros_unpack(&qz, n, g, 4, enc).unwrap(),
+                r.zero_point
+            );
+        }
+        let stored = stored_scales::<f16>(&scale, n, g);
+        compare_bits("packed_scales", case, &stored, &case.must("packed_scales"));
         // dequantize_weight: float16 scales times (q - z).
-        check_dequant::<u8, f16>(
+        check_dequant::<u8, f16>(case, "dequant", &r.codes, &scale, &r.zero_point, false);
+    } else {
+        // AutoGPTQ: the unmasked v1 zero points, scales in the weight dtype,
+        // and its forward reading the zero points back per nibble.
+        let enc = pack::GptqZeros::V1AutoGptq;
+        let qz = pack::gptq_qzeros(&r.zero_point, n, g, 4, enc).unwrap();
+        compare_bits(
+            "packed_qzeros",
             case,
-            "dequant",
-            &r.codes,
-            &f64s(&r.scale),
-            &r.zero_point,
-            false,
+            &words(&qz),
+            &case.must("packed_qzeros"),
         );
+        let stored = stored_scales::<T>(&scale, n, g);
+        compare_bits("packed_scales", case, &stored, &case.must("packed_scales"));
+        let z_read = pack::gptq_qzeros_unpack(&qz, n, g, 4, enc).unwrap();
+        let in_dtype: Vec<f64> = scale.iter().map(|&v| T::from_f64(v).to_f64()).collect();
+        check_dequant::<u8, T>(case, "dequant", &r.codes, &in_dtype, &z_read, false);
     }
 }
 
@@ -521,27 +562,17 @@ fn gptq_rtn() {
 
 fn awq_case<T: Golden>(case: &Case, variant: &str) {
     match variant {
-        "asym_gemm" => {
-            let r = quantize_case::<T, T, u8>(case, Recipe::awq(true, 4));
-            check_dequant::<u8, f16>(
-                case,
-                "dequant",
-                &r.codes,
-                &f64s(&r.scale),
-                &r.zero_point,
-                false,
-            );
-        }
-        "asym_gemm_apply_quant" => {
-            let r = quantize_case::<T, f16, u8>(case, Recipe::awq_f16(true, 4));
-            check_dequant::<u8, f16>(
-                case,
-                "dequant",
-                &r.codes,
-                &f64s(&r.scale),
-                &r.zero_point,
-                false,
-            );
+        "asym_gemm" | "asym_gemm_apply_quant" => {
+            let r = if variant == "asym_gemm" {
+                let r = quantize_case::<T, T, u8>(case, Recipe::awq(true, 4));
+                (r.codes, f64s(&r.scale), r.zero_point)
+            } else {
+                let r = quantize_case::<T, f16, u8>(case, Recipe::awq_f16(true, 4));
+                (r.codes, f64s(&r.scale), r.zero_point)
+            };
+            // dequantize_gemm: float16 scales times (q - z).
+            check_dequant::<u8, f16>(case, "dequant", &r.0, &r.1, &r.2, false);
+            awq_packing(case, &r.0, &r.1, &r.2);
         }
         "sym_pseudo" => {
             let r = quantize_case::<T, T, i8>(case, Recipe::awq(false, 4));
