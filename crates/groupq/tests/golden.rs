@@ -121,7 +121,11 @@ fn cases(prefix: &str) -> Vec<Case> {
                 dtype: parts[2].into(),
                 rows: shape[0],
                 cols: shape[1],
-                group: meta["group_size"].parse().unwrap(),
+                // gguf files name a block size instead.
+                group: meta
+                    .get("group_size")
+                    .and_then(|g| g.parse().ok())
+                    .unwrap_or(32),
                 name,
                 meta,
                 buf,

@@ -1,0 +1,444 @@
+//! Property tests of the recipe plans and the packing codecs: the fused plan
+//! equals choose + quantize, results do not depend on thread count or on
+//! the sign of zeros, non-finite input is reported before anything is
+//! written, and every codec round-trips.
+
+use groupq::half::{bf16, f16};
+use groupq::pack::{self, GptqZeros};
+use groupq::recipe::{NonFinitePolicy, Recipe, TorchaoMapping};
+use groupq::*;
+use proptest::prelude::*;
+
+/// Presets whose codes fit signed (`i8`) or unsigned (`u8`) storage.
+fn presets(signed: bool) -> Vec<Recipe> {
+    if signed {
+        vec![
+            Recipe::torch_per_token_asymmetric_int8(),
+            Recipe::torchao(TorchaoMapping::Symmetric, -8, 7),
+            Recipe::torchao(TorchaoMapping::Asymmetric, -128, 127),
+            Recipe::compressed_tensors_w4a16(),
+            Recipe::compressed_tensors_w4a16_asym(),
+            Recipe::awq(false, 4),
+        ]
+    } else {
+        vec![
+            Recipe::torchao(TorchaoMapping::Asymmetric, 0, 15),
+            Recipe::torchao(TorchaoMapping::Symmetric, 0, 15),
+            Recipe::gptq(true, 4),
+            Recipe::gptq(false, 4),
+            Recipe::gptq(false, 8),
+            Recipe::awq(true, 4),
+            Recipe::awq_f16(true, 4),
+        ]
+    }
+}
+
+/// Weight-like values with exact zeros of both signs, ties and outliers.
+fn values<T: Element>(n: usize, seed: u64) -> Vec<T> {
+    let mut state = seed | 1;
+    (0..n)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            T::from_f64(match state % 11 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => (i % 16) as f64 * 0.125 - 1.0,
+                3 => u * 40.0,
+                _ => u * 0.1,
+            })
+        })
+        .collect()
+}
+
+struct Out<S, Q> {
+    scale: Vec<S>,
+    zero_point: Vec<i32>,
+    codes: Vec<Q>,
+}
+
+fn fused<T: Element, S: Element, Q: IntElement>(
+    x: &[T],
+    (m, k, g): (usize, usize, usize),
+    recipe: Recipe,
+    threads: usize,
+) -> Result<Out<S, Q>> {
+    let stream = Stream::cpu_with_threads(threads)?;
+    let desc = QuantizeDynamicPerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        recipe,
+        input_element: T::KIND,
+        scale_element: S::KIND,
+        output_element: Q::KIND,
+    };
+    let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(&stream, &desc, Default::default())?;
+    let ng = m * k / g;
+    let mut out = Out {
+        scale: vec![S::from_f64(-3.0); ng],
+        zero_point: vec![-3; ng],
+        codes: vec![Q::default(); m * k],
+    };
+    plan.run(
+        &stream,
+        Workspace::None,
+        QuantizeDynamicPerGroupArgs {
+            input: TensorRef::new(x, [m, k])?,
+            scale: TensorMut::new(&mut out.scale, [m, k / g])?,
+            zero_point: TensorMut::new(&mut out.zero_point, [m, k / g])?,
+            output: TensorMut::new(&mut out.codes, [m, k])?,
+        },
+    )?;
+    Ok(out)
+}
+
+fn choose_then_quantize<T: Element, Q: IntElement>(
+    x: &[T],
+    (m, k, g): (usize, usize, usize),
+    recipe: Recipe,
+) -> Out<T, Q> {
+    let stream = Stream::cpu_with_threads(2).unwrap();
+    let ng = m * k / g;
+    let (mut s, mut z) = (vec![T::from_f64(0.0); ng], vec![0i32; ng]);
+    let choose = ChooseQParamsPerGroupPlan::<T, T>::select(
+        &stream,
+        &ChooseQParamsPerGroupDescriptor {
+            outer_size: m,
+            axis_size: k,
+            group_size: g,
+            recipe,
+            input_element: T::KIND,
+            scale_element: T::KIND,
+        },
+        Default::default(),
+    )
+    .unwrap();
+    choose
+        .run(
+            &stream,
+            Workspace::None,
+            ChooseQParamsPerGroupArgs {
+                input: TensorRef::new(x, [m, k]).unwrap(),
+                scale: TensorMut::new(&mut s, [m, k / g]).unwrap(),
+                zero_point: TensorMut::new(&mut z, [m, k / g]).unwrap(),
+            },
+        )
+        .unwrap();
+    let desc = QuantizePerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        q_min: recipe.q_min,
+        q_max: recipe.q_max,
+        input_element: T::KIND,
+        output_element: Q::KIND,
+    };
+    let quantize = QuantizePerGroupPlan::<T, Q>::select_with_formula(
+        &stream,
+        &desc,
+        recipe.quantize,
+        Default::default(),
+    )
+    .unwrap();
+    let mut q = vec![Q::default(); m * k];
+    quantize
+        .run(
+            &stream,
+            Workspace::None,
+            QuantizePerGroupArgs {
+                input: TensorRef::new(x, [m, k]).unwrap(),
+                scale: TensorRef::new(&s, [m, k / g]).unwrap(),
+                zero_point: TensorRef::new(&z, [m, k / g]).unwrap(),
+                output: TensorMut::new(&mut q, [m, k]).unwrap(),
+            },
+        )
+        .unwrap();
+    Out {
+        scale: s,
+        zero_point: z,
+        codes: q,
+    }
+}
+
+fn bits<T: Element>(v: &[T]) -> Vec<u64> {
+    v.iter().map(|x| x.to_f64().to_bits()).collect()
+}
+
+fn check_recipe<T: Element, Q: IntElement + IntoI32>(
+    shape: (usize, usize, usize),
+    recipe: Recipe,
+    seed: u64,
+) {
+    let x: Vec<T> = values(shape.0 * shape.1, seed);
+    let a = fused::<T, T, Q>(&x, shape, recipe, 1).unwrap();
+    let b = choose_then_quantize::<T, Q>(&x, shape, recipe);
+    assert_eq!(bits(&a.scale), bits(&b.scale), "{recipe:?}: scales");
+    assert_eq!(a.zero_point, b.zero_point, "{recipe:?}: zero points");
+    assert_eq!(a.codes, b.codes, "{recipe:?}: codes");
+    assert!(a
+        .codes
+        .iter()
+        .all(|&q| (recipe.q_min..=recipe.q_max).contains(&q.into_i32())));
+    // Thread counts, and the sign of zeros, change nothing.
+    let c = fused::<T, T, Q>(&x, shape, recipe, 3).unwrap();
+    assert_eq!(
+        (bits(&a.scale), &a.zero_point, &a.codes),
+        (bits(&c.scale), &c.zero_point, &c.codes)
+    );
+    let flipped: Vec<T> = x
+        .iter()
+        .map(|&v| {
+            if v.to_f64() == 0.0 {
+                T::from_f64(-v.to_f64())
+            } else {
+                v
+            }
+        })
+        .collect();
+    let d = fused::<T, T, Q>(&flipped, shape, recipe, 2).unwrap();
+    assert_eq!(
+        (bits(&a.scale), &a.zero_point, &a.codes),
+        (bits(&d.scale), &d.zero_point, &d.codes)
+    );
+}
+
+trait IntoI32 {
+    fn into_i32(self) -> i32;
+}
+impl IntoI32 for i8 {
+    fn into_i32(self) -> i32 {
+        self.into()
+    }
+}
+impl IntoI32 for u8 {
+    fn into_i32(self) -> i32 {
+        self.into()
+    }
+}
+
+fn check_all_presets<T: Element>(shape: (usize, usize, usize), seed: u64) {
+    for recipe in presets(true) {
+        check_recipe::<T, i8>(shape, recipe, seed);
+    }
+    for recipe in presets(false) {
+        check_recipe::<T, u8>(shape, recipe, seed);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn fused_equals_choose_then_quantize(
+        m in 1usize..5,
+        groups in 1usize..4,
+        g in prop::sample::select(vec![1usize, 3, 8, 32, 128]),
+        seed in any::<u64>(),
+    ) {
+        let shape = (m, groups * g, g);
+        check_all_presets::<f32>(shape, seed);
+        check_all_presets::<bf16>(shape, seed);
+        check_all_presets::<f16>(shape, seed);
+    }
+}
+
+#[test]
+fn large_problems_are_thread_invariant() {
+    // 300 × 512: split over the pool's threads.
+    check_all_presets::<bf16>((300, 512, 128), 7);
+}
+
+#[test]
+fn non_finite_input_is_an_error_before_any_write() {
+    let (m, k, g) = (3, 64, 32);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut x: Vec<f32> = values(m * k, 3);
+        x[2 * k + 40] = bad; // row 2, group 1
+        x[2 * k + 50] = bad;
+        let err = fused::<f32, f32, i8>(&x, (m, k, g), Recipe::compressed_tensors_w4a16(), 2)
+            .err()
+            .expect("an error");
+        assert_eq!(err, Error::NonFiniteInput { row: 2, group: 1 });
+        assert!(err.to_string().contains("row 2, group 1"));
+
+        // Nothing written: run the plan directly on sentinel outputs.
+        let stream = Stream::cpu();
+        let desc = QuantizeDynamicPerGroupDescriptor {
+            outer_size: m,
+            axis_size: k,
+            group_size: g,
+            recipe: Recipe::gptq(false, 4),
+            input_element: ElementKind::F32,
+            scale_element: ElementKind::F32,
+            output_element: ElementKind::U8,
+        };
+        let plan =
+            QuantizeDynamicPerGroupPlan::<f32, f32, u8>::select(&stream, &desc, Default::default())
+                .unwrap();
+        let (mut s, mut z, mut q) = (vec![7.0f32; m * 2], vec![7i32; m * 2], vec![7u8; m * k]);
+        let args = QuantizeDynamicPerGroupArgs {
+            input: TensorRef::new(&x, [m, k]).unwrap(),
+            scale: TensorMut::new(&mut s, [m, 2]).unwrap(),
+            zero_point: TensorMut::new(&mut z, [m, 2]).unwrap(),
+            output: TensorMut::new(&mut q, [m, k]).unwrap(),
+        };
+        assert!(plan.run(&stream, Workspace::None, args).is_err());
+        assert!(
+            s.iter().all(|&v| v == 7.0) && z.iter().all(|&v| v == 7) && q.iter().all(|&v| v == 7)
+        );
+
+        // With the Propagate policy the same input runs.
+        let recipe = Recipe::gptq(false, 4).with_non_finite(NonFinitePolicy::Propagate);
+        assert!(fused::<f32, f32, u8>(&x, (m, k, g), recipe, 1).is_ok());
+    }
+}
+
+#[test]
+fn recipe_plans_validate() {
+    let stream = Stream::cpu();
+    let mut desc = QuantizeDynamicPerGroupDescriptor {
+        outer_size: 2,
+        axis_size: 64,
+        group_size: 32,
+        recipe: Recipe::gptq(false, 4),
+        input_element: ElementKind::F32,
+        scale_element: ElementKind::F32,
+        output_element: ElementKind::S8,
+    };
+    // GPTQ's 0..15 fits i8, but 8-bit GPTQ (0..255) does not.
+    assert!(QuantizeDynamicPerGroupPlan::<f32, f32, i8>::select(
+        &stream,
+        &desc,
+        Default::default()
+    )
+    .is_ok());
+    desc.recipe = Recipe::gptq(false, 8);
+    let e = QuantizeDynamicPerGroupPlan::<f32, f32, i8>::select(&stream, &desc, Default::default())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidProblem(_)) && e.to_string().contains("[0, 255]"),
+        "{e}"
+    );
+    desc.output_element = ElementKind::U8;
+    desc.recipe.q_max = desc.recipe.q_min;
+    let e = QuantizeDynamicPerGroupPlan::<f32, f32, u8>::select(&stream, &desc, Default::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("must be greater than q_min"), "{e}");
+    desc.recipe = Recipe::gptq(false, 4);
+    desc.scale_element = ElementKind::Bf16;
+    let e = QuantizeDynamicPerGroupPlan::<f32, f32, u8>::select(&stream, &desc, Default::default())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Unsupported(_)) && e.to_string().contains("scale_element"),
+        "{e}"
+    );
+    desc.scale_element = ElementKind::F32;
+    desc.group_size = 48;
+    let e = QuantizeDynamicPerGroupPlan::<f32, f32, u8>::select(&stream, &desc, Default::default())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("axis_size 64 is not a multiple of group_size 48"),
+        "{e}"
+    );
+    desc.group_size = 32;
+    let pref = PlanPreference {
+        prefer_backend: Some(BackendKind::Avx2),
+        ..Default::default()
+    };
+    let e = QuantizeDynamicPerGroupPlan::<f32, f32, u8>::select(&stream, &desc, pref).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+
+    // Views: a short scale buffer and a wrong shape.
+    let plan =
+        QuantizeDynamicPerGroupPlan::<f32, f32, u8>::select(&stream, &desc, Default::default())
+            .unwrap();
+    let x = vec![0.5f32; 128];
+    let (mut s, mut z, mut q) = (vec![0f32; 3], vec![0i32; 4], vec![0u8; 128]);
+    let args = QuantizeDynamicPerGroupArgs {
+        input: TensorRef::new(&x, [2, 64]).unwrap(),
+        scale: TensorMut {
+            data: &mut s,
+            shape: [2, 2],
+            stride: [2, 1],
+        },
+        zero_point: TensorMut::new(&mut z, [2, 2]).unwrap(),
+        output: TensorMut::new(&mut q, [2, 64]).unwrap(),
+    };
+    assert_eq!(
+        plan.run(&stream, Workspace::None, args).unwrap_err(),
+        Error::BufferTooSmall { needed: 4, got: 3 }
+    );
+    let mut s = vec![0f32; 4];
+    let args = QuantizeDynamicPerGroupArgs {
+        input: TensorRef::new(&x, [2, 64]).unwrap(),
+        scale: TensorMut::new(&mut s, [4, 1]).unwrap(),
+        zero_point: TensorMut::new(&mut z, [2, 2]).unwrap(),
+        output: TensorMut::new(&mut q, [2, 64]).unwrap(),
+    };
+    let e = plan.run(&stream, Workspace::None, args).unwrap_err();
+    assert!(e.to_string().contains("scale shape [4, 1]"), "{e}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn codecs_round_trip(
+        n8 in 1usize..5,
+        k8 in 1usize..5,
+        groups in 1usize..4,
+        bits in prop::sample::select(vec![2u32, 4, 8]),
+        seed in any::<u64>(),
+    ) {
+        let pf = 32 / bits as usize;
+        let (n, k) = (n8 * pf, k8 * pf);
+        let max = (1u64 << bits) - 1;
+        let mut state = seed | 1;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % (max + 1)
+        };
+        let codes: Vec<u8> = (0..n * k).map(|_| next() as u8).collect();
+        let zeros: Vec<i32> = (0..n * groups).map(|_| next() as i32).collect();
+        let w = pack::gptq_qweight(&codes, n, k, bits).unwrap();
+        prop_assert_eq!(w.len(), n * k * bits as usize / 32);
+        prop_assert_eq!(pack::gptq_qweight_unpack(&w, n, k, bits).unwrap(), codes.clone());
+        for enc in [GptqZeros::V2, GptqZeros::V1, GptqZeros::V1WholeWord] {
+            // Odd n too: the last word is partial.
+            for n in [n, n - 1] {
+                if n == 0 { continue; }
+                let z = &zeros[..n * groups];
+                let p = pack::gptq_qzeros(z, n, groups, bits, enc).unwrap();
+                prop_assert_eq!(pack::gptq_qzeros_unpack(&p, n, groups, bits, enc).unwrap(), z.to_vec());
+            }
+        }
+        let w = pack::awq_qweight(&codes, n, k, bits).unwrap();
+        prop_assert_eq!(pack::awq_qweight_unpack(&w, n, k, bits).unwrap(), codes.clone());
+        let p = pack::awq_qzeros(&zeros, n, groups, bits).unwrap();
+        prop_assert_eq!(pack::awq_qzeros_unpack(&p, n, groups, bits).unwrap(), zeros.clone());
+        let half = 1i32 << (bits - 1);
+        let signed: Vec<i8> = codes.iter().map(|&c| (i32::from(c) - half) as i8).collect();
+        let w = pack::compressed_tensors_weight(&signed, n, k, bits).unwrap();
+        prop_assert_eq!(pack::compressed_tensors_weight_unpack(&w, n, k, bits).unwrap(), signed);
+        let signed_z: Vec<i32> = zeros.iter().map(|&z| z - half).collect();
+        for n in [n, n - 1] {
+            if n == 0 { continue; }
+            let z = &signed_z[..n * groups];
+            let p = pack::compressed_tensors_zero_point(z, n, groups, bits).unwrap();
+            prop_assert_eq!(p.len(), n.div_ceil(pf) * groups);
+            prop_assert_eq!(pack::compressed_tensors_zero_point_unpack(&p, n, groups, bits).unwrap(), z.to_vec());
+        }
+        if bits == 4 {
+            let signed: Vec<i32> = codes.iter().map(|&c| i32::from(c) - 8).collect();
+            for len in [signed.len(), signed.len() - 1] {
+                let b = pack::nibbles(&signed[..len]).unwrap();
+                prop_assert_eq!(b.len(), len.div_ceil(2));
+                prop_assert_eq!(pack::nibbles_unpack(&b, len, true), signed[..len].to_vec());
+            }
+        }
+    }
+}
