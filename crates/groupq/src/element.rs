@@ -29,16 +29,29 @@ pub enum ElementKind {
     U8,
     /// Signed 32-bit integer (zero points).
     I32,
+    /// Signed 4-bit codes, two per byte ([`S4`]).
+    S4,
+    /// Unsigned 4-bit codes, two per byte ([`U4`]).
+    U4,
 }
 
 impl ElementKind {
-    /// Size of one element in bytes.
+    /// Size of one storage unit in bytes: one element, or for [`S4`] and
+    /// [`U4`] one byte holding two codes.
     pub const fn size_bytes(self) -> usize {
         match self {
             ElementKind::F64 => 8,
             ElementKind::F32 | ElementKind::I32 => 4,
             ElementKind::F16 | ElementKind::Bf16 => 2,
-            ElementKind::S8 | ElementKind::U8 => 1,
+            ElementKind::S8 | ElementKind::U8 | ElementKind::S4 | ElementKind::U4 => 1,
+        }
+    }
+
+    /// Bits per value (4 for the packed code types).
+    pub const fn bits(self) -> usize {
+        match self {
+            ElementKind::S4 | ElementKind::U4 => 4,
+            k => k.size_bytes() * 8,
         }
     }
 
@@ -60,6 +73,8 @@ impl ElementKind {
             ElementKind::S8 => "s8",
             ElementKind::U8 => "u8",
             ElementKind::I32 => "i32",
+            ElementKind::S4 => "s4",
+            ElementKind::U4 => "u4",
         }
     }
 }
@@ -143,10 +158,14 @@ pub(crate) mod sealed {
 
     /// Seals [`crate::IntElement`].
     pub trait IntSealed: Copy {
-        /// `v` is already inside the type's range.
+        /// `v` is already inside the type's range (one-code types only).
         fn from_i32_in_range(v: i32) -> Self;
-        /// Widening conversion.
+        /// Widening conversion (one-code types only).
         fn to_i32(self) -> i32;
+        /// Fills `out` with the codes `code(0), code(1), …`, `PACK` per unit.
+        fn write_codes(out: &mut [Self], code: impl FnMut(usize) -> i32);
+        /// Code `i` of a run of units.
+        fn read_code(units: &[Self], i: usize) -> i32;
     }
 }
 
@@ -204,6 +223,9 @@ pub trait IntElement:
     const MIN: i32;
     /// Largest representable code.
     const MAX: i32;
+    /// Codes per storage unit: 1, or 2 for [`S4`] and [`U4`]. Tensors of
+    /// codes have shape `[outer_size, axis_size / PACK]` in storage units.
+    const PACK: usize = 1;
 }
 
 impl sealed::FloatSealed for f32 {
@@ -325,6 +347,16 @@ macro_rules! int_element {
             fn to_i32(self) -> i32 {
                 self as i32
             }
+            #[inline(always)]
+            fn write_codes(out: &mut [Self], mut code: impl FnMut(usize) -> i32) {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = code(i) as $t;
+                }
+            }
+            #[inline(always)]
+            fn read_code(units: &[Self], i: usize) -> i32 {
+                units[i] as i32
+            }
         }
         impl IntElement for $t {
             const KIND: ElementKind = $kind;
@@ -335,6 +367,87 @@ macro_rules! int_element {
 }
 int_element!(i8, ElementKind::S8);
 int_element!(u8, ElementKind::U8);
+
+/// Two signed 4-bit codes in one byte: code `2i` in the low nibble, `2i + 1`
+/// in the high nibble, two's complement (the layout of
+/// [`pack::nibbles`](crate::pack::nibbles)).
+///
+/// ```
+/// use groupq::S4;
+/// let b = S4::from_codes(-3, 7);
+/// assert_eq!(b.0, 0x7d);
+/// assert_eq!(b.codes(), (-3, 7));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct S4(pub u8);
+
+/// Two unsigned 4-bit codes in one byte, code `2i` in the low nibble.
+///
+/// ```
+/// use groupq::U4;
+/// assert_eq!(U4::from_codes(15, 1).0, 0x1f);
+/// assert_eq!(U4(0x1f).codes(), (15, 1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct U4(pub u8);
+
+macro_rules! nibble_element {
+    ($t:ident, $kind:expr, $min:expr, $max:expr, $signed:expr) => {
+        impl $t {
+            /// The byte holding `low` (the even index) and `high`; each
+            /// must be inside the type's range.
+            pub const fn from_codes(low: i32, high: i32) -> $t {
+                $t(((low & 0xf) | ((high & 0xf) << 4)) as u8)
+            }
+            /// The two codes `(low, high)`.
+            pub const fn codes(self) -> (i32, i32) {
+                (Self::nibble(self.0 & 0xf), Self::nibble(self.0 >> 4))
+            }
+            const fn nibble(n: u8) -> i32 {
+                let n = n as i32;
+                if $signed && n >= 8 {
+                    n - 16
+                } else {
+                    n
+                }
+            }
+        }
+        impl sealed::IntSealed for $t {
+            fn from_i32_in_range(v: i32) -> Self {
+                $t::from_codes(v, 0)
+            }
+            fn to_i32(self) -> i32 {
+                self.codes().0
+            }
+            #[inline(always)]
+            fn write_codes(out: &mut [Self], mut code: impl FnMut(usize) -> i32) {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let low = code(2 * i);
+                    *o = $t::from_codes(low, code(2 * i + 1));
+                }
+            }
+            #[inline(always)]
+            fn read_code(units: &[Self], i: usize) -> i32 {
+                let (low, high) = units[i / 2].codes();
+                if i % 2 == 0 {
+                    low
+                } else {
+                    high
+                }
+            }
+        }
+        impl IntElement for $t {
+            const KIND: ElementKind = $kind;
+            const MIN: i32 = $min;
+            const MAX: i32 = $max;
+            const PACK: usize = 2;
+        }
+    };
+}
+nibble_element!(S4, ElementKind::S4, -8, 7, true);
+nibble_element!(U4, ElementKind::U4, 0, 15, false);
 
 #[cfg(test)]
 mod tests {

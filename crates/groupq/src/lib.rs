@@ -96,7 +96,7 @@ pub mod recipe;
 mod stream;
 mod tensor;
 
-pub use element::{Element, ElementKind, IntElement};
+pub use element::{Element, ElementKind, IntElement, S4, U4};
 pub use error::{Error, Result};
 pub use plan::{
     BackendKind, KernelSku, MathPrecision, OpCategory, PlanPreference, PrecisionGuarantee,

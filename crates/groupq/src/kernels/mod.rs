@@ -118,14 +118,14 @@ macro_rules! float_kernels {
             fn quantize<Q: IntElement>(b: BackendKind) -> Option<QuantizeKernel<Self, Q>> {
                 Some(match b {
                     BackendKind::Scalar => scalar::quantize_groups::<Self, Q>,
-                    $(BackendKind::$backend => $module::quantize::<Self, Q>,)*
+                    $(BackendKind::$backend if Q::PACK == 1 => $module::quantize::<Self, Q>,)*
                     _ => return None,
                 })
             }
             fn dequantize<Q: IntElement>(b: BackendKind) -> Option<DequantizeKernel<Q, Self>> {
                 Some(match b {
                     BackendKind::Scalar => scalar::dequantize_groups::<Q, Self>,
-                    $(BackendKind::$backend => $module::dequantize::<Q, Self>,)*
+                    $(BackendKind::$backend if Q::PACK == 1 => $module::dequantize::<Q, Self>,)*
                     _ => return None,
                 })
             }

@@ -270,12 +270,10 @@ impl FormulaKernel {
         q_min: i32,
         q_max: i32,
     ) {
-        let groups = x.chunks_exact(gs).zip(out.chunks_exact_mut(gs));
+        let groups = x.chunks_exact(gs).zip(out.chunks_exact_mut(gs / Q::PACK));
         for ((xs, os), (&s, &z)) in groups.zip(scale.iter().zip(zero_point)) {
-            for (o, x) in os.iter_mut().zip(xs) {
-                let q = quantize(&self.formula, self.arith, x.to_f64(), s, z, q_min, q_max);
-                *o = Q::from_i32_in_range(q);
-            }
+            let (f, a) = (&self.formula, self.arith);
+            Q::write_codes(os, |i| quantize(f, a, xs[i].to_f64(), s, z, q_min, q_max));
         }
     }
 }

@@ -69,8 +69,9 @@ pub(crate) fn dequantize_grad<M: MathFloat>(dy: M, s: M) -> M {
     dy * s
 }
 
-/// Forward over whole groups: `x` and `out` hold `scale.len()` groups of
-/// `group_size` elements of one row.
+/// Forward over whole groups: `x` holds `scale.len()` groups of
+/// `group_size` elements of one row, `out` their codes (`group_size /
+/// TOut::PACK` storage units a group).
 pub(crate) fn quantize_groups<TIn: Element, TOut: IntElement>(
     x: &[TIn],
     scale: &[TIn],
@@ -80,18 +81,16 @@ pub(crate) fn quantize_groups<TIn: Element, TOut: IntElement>(
     q_min: i32,
     q_max: i32,
 ) {
-    let groups = x
-        .chunks_exact(group_size)
-        .zip(out.chunks_exact_mut(group_size));
+    let units = group_size / TOut::PACK;
+    let groups = x.chunks_exact(group_size).zip(out.chunks_exact_mut(units));
     for ((xs, os), (&s, &z)) in groups.zip(scale.iter().zip(zero_point)) {
         let s = s.to_math();
-        for (o, &x) in os.iter_mut().zip(xs) {
-            *o = TOut::from_i32_in_range(quantize(x.to_math(), s, z, q_min, q_max));
-        }
+        TOut::write_codes(os, |i| quantize(xs[i].to_math(), s, z, q_min, q_max));
     }
 }
 
-/// Inverse over whole groups of one row.
+/// Inverse over whole groups of one row (`group_size / TQ::PACK` storage
+/// units of codes a group).
 pub(crate) fn dequantize_groups<TQ: IntElement, TOut: Element>(
     q: &[TQ],
     scale: &[TOut],
@@ -99,13 +98,12 @@ pub(crate) fn dequantize_groups<TQ: IntElement, TOut: Element>(
     out: &mut [TOut],
     group_size: usize,
 ) {
-    let groups = q
-        .chunks_exact(group_size)
-        .zip(out.chunks_exact_mut(group_size));
+    let units = group_size / TQ::PACK;
+    let groups = q.chunks_exact(units).zip(out.chunks_exact_mut(group_size));
     for ((qs, os), (&s, &z)) in groups.zip(scale.iter().zip(zero_point)) {
         let s = s.to_math();
-        for (o, &q) in os.iter_mut().zip(qs) {
-            *o = TOut::from_math(dequantize(q.to_i32(), z, s));
+        for (i, o) in os.iter_mut().enumerate() {
+            *o = TOut::from_math(dequantize(TQ::read_code(qs, i), z, s));
         }
     }
 }

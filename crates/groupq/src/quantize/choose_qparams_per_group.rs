@@ -180,7 +180,7 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
                 let xs = row_slice(&input, r0 + i, 0, l.axis);
                 let (s_row, z_row) = (s.row(i, l.num_groups), z.row(i, l.num_groups));
                 let mut q_row = if with_codes {
-                    Some(q.row(i, l.axis))
+                    Some(q.row(i, l.axis / TOut::PACK))
                 } else {
                     None
                 };
@@ -190,7 +190,8 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
                     s_row[g] = stored;
                     z_row[g] = zv;
                     if let Some(q_row) = q_row.as_deref_mut() {
-                        let out = &mut q_row[g * gs..(g + 1) * gs];
+                        let units = gs / TOut::PACK;
+                        let out = &mut q_row[g * units..(g + 1) * units];
                         kernel.quantize_group(group, stored.to_f64(), zv, out);
                     }
                 }

@@ -52,6 +52,26 @@ impl Layout {
         [self.outer, self.axis]
     }
 
+    /// Shape of a code tensor in storage units: `[outer_size, axis_size / pack]`.
+    pub fn codes_shape(&self, pack: usize) -> [usize; 2] {
+        [self.outer, self.axis / pack]
+    }
+
+    /// Packed codes (`pack` per storage unit) must not split a unit between
+    /// groups: `group_size` a multiple of `pack` (`InvalidProblem`).
+    pub fn check_pack(&self, plan: &str, codes: ElementKind, pack: usize) -> Result<()> {
+        if !self.group_size.is_multiple_of(pack) {
+            return Err(invalid(
+                plan,
+                format!(
+                    "group_size {} must be a multiple of {pack} for {codes} codes ({pack} per byte)",
+                    self.group_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Shape of `scale` and `zero_point`: `[outer_size, num_groups]`.
     pub fn param_shape(&self) -> [usize; 2] {
         [self.outer, self.num_groups]
@@ -227,11 +247,13 @@ impl PlanCore {
 
     /// Runs `segment(row, g0, g1, out)` over every group of a validated
     /// problem on the stream's threads; an empty problem touches nothing.
+    /// `pack` is the output's codes per storage unit (1 for floats).
     pub fn run<T, F>(
         &self,
         stream: &Stream,
         workspace: &Workspace<'_>,
         output: TensorMut<'_, T, 2>,
+        pack: usize,
         segment: F,
     ) -> Result<()>
     where
@@ -246,7 +268,8 @@ impl PlanCore {
             });
         }
         if !self.layout.is_empty() {
-            let grid = self.layout.grid();
+            let mut grid = self.layout.grid();
+            grid.group_size /= pack;
             kernels::for_each_segment(stream, grid, output.data, output.stride[0], &segment);
         }
         Ok(())

@@ -32,7 +32,9 @@ impl DequantizePerGroupDescriptor {
     }
 }
 
-/// The tensors of one dequantize call. `scale` has the output's type.
+/// The tensors of one dequantize call. `scale` has the output's type. With
+/// packed codes ([`S4`](crate::S4), [`U4`](crate::U4)) `input` is
+/// `[outer_size, axis_size / 2]` bytes.
 #[derive(Debug)]
 pub struct DequantizePerGroupArgs<'a, TQ, TOut> {
     /// `[outer_size, axis_size]` codes.
@@ -97,6 +99,7 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
             TOut::KIND,
         )?;
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
+        layout.check_pack(PLAN, TQ::KIND, TQ::PACK)?;
         let op = QuantizeKind::DequantizePerGroup;
         let (core, kernel) = PlanCore::new::<TOut, _>(
             PLAN,
@@ -116,7 +119,7 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
         let l = &self.core.layout;
         self.core.check_views(
             &[
-                View::of("input", &args.input, l.data_shape()),
+                View::of("input", &args.input, l.codes_shape(TQ::PACK)),
                 View::of("scale", &args.scale, l.param_shape()),
                 View::of("zero_point", &args.zero_point, l.param_shape()),
             ],
@@ -156,9 +159,9 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
         } = args;
         let (gs, kernel) = (self.core.layout.group_size, self.kernel);
         self.core
-            .run(stream, &workspace, output, |row, g0, g1, out| {
+            .run(stream, &workspace, output, 1, |row, g0, g1, out| {
                 kernel(
-                    row_slice(&input, row, g0 * gs, g1 * gs),
+                    row_slice(&input, row, g0 * gs / TQ::PACK, g1 * gs / TQ::PACK),
                     row_slice(&scale, row, g0, g1),
                     row_slice(&zero_point, row, g0, g1),
                     out,

@@ -141,7 +141,7 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
         } = args;
         let (gs, kernel) = (self.core.layout.group_size, self.kernel);
         self.core
-            .run(stream, &workspace, grad_input, |row, g0, g1, out| {
+            .run(stream, &workspace, grad_input, 1, |row, g0, g1, out| {
                 kernel(
                     row_slice(&grad_output, row, g0 * gs, g1 * gs),
                     row_slice(&scale, row, g0, g1),

@@ -123,6 +123,7 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
         )?;
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         check_recipe(PLAN, &desc.recipe, Some((TOut::KIND, TOut::MIN, TOut::MAX)))?;
+        layout.check_pack(PLAN, TOut::KIND, TOut::PACK)?;
         let op = QuantizeKind::QuantizeDynamicPerGroup;
         let (core, kernel) =
             select_engine::<TIn, TScale>(PLAN, op, Some(TOut::KIND), layout, desc.recipe, pref)?;
@@ -146,7 +147,7 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
             &[
                 View::of_mut("scale", &args.scale, l.param_shape()),
                 View::of_mut("zero_point", &args.zero_point, l.param_shape()),
-                View::of_mut("output", &args.output, l.data_shape()),
+                View::of_mut("output", &args.output, l.codes_shape(TOut::PACK)),
             ],
         )
     }

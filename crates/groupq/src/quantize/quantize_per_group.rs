@@ -153,6 +153,7 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         )?;
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         check_code_range::<TOut>(PLAN, desc.q_min, desc.q_max)?;
+        layout.check_pack(PLAN, TOut::KIND, TOut::PACK)?;
         let op = QuantizeKind::QuantizePerGroup;
         let formula_kernel = FormulaKernel::new(formula, TIn::KIND);
         let lookup = |b: BackendKind| match formula == QuantizeFormula::SPEC {
@@ -180,7 +181,11 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
                 View::of("scale", &args.scale, l.param_shape()),
                 View::of("zero_point", &args.zero_point, l.param_shape()),
             ],
-            &[View::of_mut("output", &args.output, l.data_shape())],
+            &[View::of_mut(
+                "output",
+                &args.output,
+                l.codes_shape(TOut::PACK),
+            )],
         )
     }
 
@@ -221,8 +226,12 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
             self.q_max,
             self.kernel,
         );
-        self.core
-            .run(stream, &workspace, output, |row, g0, g1, out| {
+        self.core.run(
+            stream,
+            &workspace,
+            output,
+            TOut::PACK,
+            |row, g0, g1, out| {
                 let x = row_slice(&input, row, g0 * gs, g1 * gs);
                 let (s, z) = (
                     row_slice(&scale, row, g0, g1),
@@ -234,11 +243,13 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
                         // At most `TASK_ELEMENTS / gs` groups: widen the scales
                         // of one group at a time.
                         for (g, (&s, &z)) in s.iter().zip(z).enumerate() {
-                            let (xs, os) = (&x[g * gs..][..gs], &mut out[g * gs..][..gs]);
+                            let units = gs / TOut::PACK;
+                            let (xs, os) = (&x[g * gs..][..gs], &mut out[g * units..][..units]);
                             f.quantize_groups(xs, &[s.to_f64()], &[z], os, gs, q_min, q_max);
                         }
                     }
                 }
-            })
+            },
+        )
     }
 }

@@ -176,7 +176,7 @@ impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
         let gs = self.core.layout.group_size;
         let (q_min, q_max, boundary, kernel) = (self.q_min, self.q_max, self.boundary, self.kernel);
         self.core
-            .run(stream, &workspace, grad_input, |row, g0, g1, out| {
+            .run(stream, &workspace, grad_input, 1, |row, g0, g1, out| {
                 kernel(
                     row_slice(&grad_output, row, g0 * gs, g1 * gs),
                     row_slice(&input, row, g0 * gs, g1 * gs),
