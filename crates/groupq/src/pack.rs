@@ -15,6 +15,10 @@
 //! | [`compressed_tensors_weight`] | signed codes `[N, K]` | `[N, ⌈K·bits/32⌉]`, packed along K, stored as `q + 2^(bits−1)` |
 //! | [`compressed_tensors_zero_point`] | signed zero points `[N, G]` | `[⌈N·bits/32⌉, G]`, packed along N, `z + 2^(bits−1)` |
 //!
+//! torchao's `PlainLayout` stores codes unpacked, one per byte, row-major
+//! `[M, K]` beside `scale` and `zero_point` `[M, G]`: that is groupq's own
+//! `i8`/`u8` code tensor, so it needs no codec.
+//!
 //! Words are returned as `i32`, the dtype the checkpoints store. A code
 //! outside `0..2^bits` (after the format's offset) is an `InvalidProblem`,
 //! never silently truncated, except where a format's own quirk is being
