@@ -311,6 +311,52 @@ impl Bench {
         )
     }
 
+    /// The fused recipe plan (scalar for now): GPTQ 4-bit on bf16 weights.
+    fn dynamic(
+        &mut self,
+        (rows, cols): (usize, usize),
+        group: usize,
+        stream: &Stream,
+    ) -> Result<()> {
+        let dtypes = "bf16->u8".to_string();
+        if !self.wanted("quantize_dynamic gptq bf16->u8") {
+            return Ok(());
+        }
+        let (n, ng) = (rows * cols, rows * cols / group);
+        let x = synthetic_weights::<bf16>(n, 5);
+        let (mut s, mut z, mut q) = (vec![0f32; ng], vec![0i32; ng], vec![0u8; n]);
+        let desc = QuantizeDynamicPerGroupDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+            recipe: groupq::recipe::Recipe::gptq(false, 4),
+            input_element: ElementKind::Bf16,
+            scale_element: ElementKind::F32,
+            output_element: ElementKind::U8,
+        };
+        let bytes = 2 * n + n + ng * 8;
+        let p = [rows, cols / group];
+        self.measure(
+            "quantize_dynamic gptq",
+            dtypes,
+            (rows, cols),
+            group,
+            stream,
+            bytes,
+            |pref| QuantizeDynamicPerGroupPlan::<bf16, f32, u8>::select(stream, &desc, pref),
+            |plan| plan.sku(),
+            |plan| {
+                let args = QuantizeDynamicPerGroupArgs {
+                    input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                    scale: TensorMut::new(&mut s, p).unwrap(),
+                    zero_point: TensorMut::new(&mut z, p).unwrap(),
+                    output: TensorMut::new(&mut q, [rows, cols]).unwrap(),
+                };
+                plan.run(stream, Workspace::None, args).unwrap()
+            },
+        )
+    }
+
     /// Every plan and dtype on every shape, group size and thread count.
     fn run_all(&mut self) -> Result<()> {
         let shapes: &[(usize, usize)] = if self.o.quick {
@@ -344,6 +390,7 @@ impl Bench {
                 self.dequantize_backward::<bf16>(shape, g, &stream)?;
                 self.dequantize_backward::<f16>(shape, g, &stream)?;
                 self.dequantize_backward::<f64>(shape, g, &stream)?;
+                self.dynamic(shape, g, &stream)?;
             }
         }
         Ok(())

@@ -305,7 +305,7 @@ impl Element for f16 {
     }
     #[inline]
     fn to_f64(self) -> f64 {
-        f64::from(self)
+        f64::from(self.to_f32())
     }
 }
 
@@ -332,7 +332,8 @@ impl Element for bf16 {
     }
     #[inline]
     fn to_f64(self) -> f64 {
-        f64::from(self)
+        // Exact: a bf16 is the high half of an f32.
+        f64::from(f32::from_bits(u32::from(self.to_bits()) << 16))
     }
 }
 

@@ -20,29 +20,33 @@ use half::{bf16, f16};
 pub(crate) struct Arith(pub ElementKind);
 
 impl Arith {
-    /// `v` rounded to nearest-even in the dtype (NaN stays NaN).
-    #[inline]
+    /// `v` rounded to nearest-even in the dtype (NaN stays NaN). f16 and
+    /// bf16 go through f32, as PyTorch's ops do (its "opmath" type): for
+    /// results of an operation on values of the dtype this is the correctly
+    /// rounded result either way, and for a constant (an eps) it is what
+    /// PyTorch computes.
+    #[inline(always)]
     pub fn r(self, v: f64) -> f64 {
         match self.0 {
             ElementKind::F32 => f64::from(v as f32),
-            ElementKind::F16 => f64::from(f16::from_f64(v)),
-            ElementKind::Bf16 => f64::from(bf16::from_f64(v)),
+            ElementKind::F16 => f64::from(f16::from_f32(v as f32)),
+            ElementKind::Bf16 => f64::from(bf16::from_f32(v as f32)),
             _ => v,
         }
     }
-    #[inline]
+    #[inline(always)]
     fn add(self, a: f64, b: f64) -> f64 {
         self.r(a + b)
     }
-    #[inline]
+    #[inline(always)]
     fn sub(self, a: f64, b: f64) -> f64 {
         self.r(a - b)
     }
-    #[inline]
+    #[inline(always)]
     fn mul(self, a: f64, b: f64) -> f64 {
         self.r(a * b)
     }
-    #[inline]
+    #[inline(always)]
     fn div(self, a: f64, b: f64) -> f64 {
         self.r(a / b)
     }
@@ -69,11 +73,25 @@ pub(crate) fn eps_value(eps: Eps, input: ElementKind, scale: ElementKind) -> f64
     }
 }
 
-/// Rounds to an integer-valued float.
+/// Round half to even without a library call: adding 2^52 to a magnitude
+/// below 2^52 rounds it to an integer in the FPU's round-to-nearest-even
+/// mode (which Rust requires); larger magnitudes, infinities and NaN are
+/// already integral or pass through.
 #[inline]
+fn rne(v: f64) -> f64 {
+    const TWO_52: f64 = 4503599627370496.0;
+    if v.abs() < TWO_52 {
+        ((v.abs() + TWO_52) - TWO_52).copysign(v)
+    } else {
+        v
+    }
+}
+
+/// Rounds to an integer-valued float.
+#[inline(always)]
 fn round(rounding: Rounding, a: Arith, v: f64) -> f64 {
     match rounding {
-        Rounding::TiesEven => v.round_ties_even(),
+        Rounding::TiesEven => rne(v),
         Rounding::TiesAway => v.round(),
         Rounding::HalfUp => a.add(v, 0.5).trunc(),
     }
@@ -81,7 +99,7 @@ fn round(rounding: Rounding, a: Arith, v: f64) -> f64 {
 
 /// An integral float (or NaN) to `i32`: NaN → 0 (what an x86 float → int
 /// cast gives, and SPEC §3.1's rule), clamped to `[lo, hi]`.
-#[inline]
+#[inline(always)]
 fn to_code(v: f64, lo: i32, hi: i32) -> i32 {
     let v = if v.is_nan() { 0.0 } else { v };
     v.clamp(f64::from(lo), f64::from(hi)) as i32
@@ -130,7 +148,7 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, min: f64, max: f64) ->
     let zero_point = match recipe.zero_point {
         ZeroPointRule::Midpoint => (recipe.q_max + recipe.q_min + 1) / 2,
         ZeroPointRule::QMinMinusRoundedMin => {
-            let z = a.sub(q_min, a.div(lo, scale).round_ties_even());
+            let z = a.sub(q_min, rne(a.div(lo, scale)));
             to_code(z, recipe.q_min, recipe.q_max)
         }
         ZeroPointRule::RoundedClampedQMinMinusMin => {
@@ -138,11 +156,9 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, min: f64, max: f64) ->
             // casts to 0, as the peer's int8 cast does on x86.
             let z = a.sub(q_min, a.div(lo, scale));
             let z = if z.is_nan() { z } else { z.clamp(q_min, q_max) };
-            to_code(z.round_ties_even(), i32::MIN, i32::MAX)
+            to_code(rne(z), i32::MIN, i32::MAX)
         }
-        ZeroPointRule::RoundedNegatedMin => {
-            to_code(a.div(-lo, scale).round_ties_even(), i32::MIN, i32::MAX)
-        }
+        ZeroPointRule::RoundedNegatedMin => to_code(rne(a.div(-lo, scale)), i32::MIN, i32::MAX),
         ZeroPointRule::PerTokenAsymmetric => {
             let (dmin, dmax) = (a.div(lo, scale), a.div(hi, scale));
             let error = a.add(a.add(q_min, dmin), a.add(q_max, dmax));
@@ -152,7 +168,7 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, min: f64, max: f64) ->
                 a.sub(q_max, dmax)
             };
             let z = if z.is_nan() { z } else { z.clamp(q_min, q_max) };
-            to_code(z.round_ties_even(), i32::MIN, i32::MAX)
+            to_code(rne(z), i32::MIN, i32::MAX)
         }
     };
     let scale = match recipe.eps {
@@ -165,7 +181,7 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, min: f64, max: f64) ->
 /// One code under `formula`: `clamp(round(apply(x, s) ⊕ z))`, every
 /// operation rounded by `a`; a zero scale gives `v = 0` (SPEC §3.1) and a
 /// NaN becomes 0 before the clamp.
-#[inline]
+#[inline(always)]
 pub(crate) fn quantize(
     f: &QuantizeFormula,
     a: Arith,
@@ -195,6 +211,27 @@ pub(crate) fn quantize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_round_half_even() {
+        for v in [
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -2.5,
+            0.49999999999999994,
+            3.7,
+            -3.2,
+            4503599627370495.5,
+            1e300,
+        ] {
+            assert_eq!(rne(v).to_bits(), v.round_ties_even().to_bits(), "{v}");
+        }
+        assert!(rne(f64::NAN).is_nan());
+        assert_eq!(rne(-0.3).to_bits(), (-0.0f64).to_bits());
+        assert_eq!(rne(f64::NEG_INFINITY), f64::NEG_INFINITY);
+    }
 
     #[test]
     fn arithmetic_rounds_per_dtype() {
