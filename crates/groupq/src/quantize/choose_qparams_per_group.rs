@@ -6,7 +6,7 @@ use crate::element::{Element, ElementKind, IntElement};
 use crate::error::{Error, Result};
 use crate::kernels::recipe::RecipeKernel;
 use crate::kernels::{self, row_slice, Rows};
-use crate::plan::{BackendKind, KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::plan::{BackendKind, PlanPreference, QuantizeKind};
 use crate::recipe::{NonFinitePolicy, Recipe};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
@@ -247,20 +247,7 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
         )
     }
 
-    /// Scratch bytes `run` needs (always 0).
-    pub fn workspace_size(&self) -> usize {
-        self.core.workspace_size()
-    }
-
-    /// Identity of the selected kernel.
-    pub fn sku(&self) -> KernelSku {
-        self.core.sku
-    }
-
-    /// Numerics of the selected kernel.
-    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
-        self.core.sku.precision_guarantee
-    }
+    plan_info_methods!();
 
     /// Writes every group's scale and zero point. Calls `can_implement`
     /// first; on any error (including `NonFiniteInput`) nothing is written.

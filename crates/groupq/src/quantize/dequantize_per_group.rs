@@ -4,7 +4,7 @@ use super::common::{check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
 use crate::kernels::{row_slice, DequantizeKernel};
-use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::plan::{PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 
@@ -127,20 +127,7 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
         )
     }
 
-    /// Scratch bytes `run` needs (always 0).
-    pub fn workspace_size(&self) -> usize {
-        self.core.workspace_size()
-    }
-
-    /// Identity of the selected kernel.
-    pub fn sku(&self) -> KernelSku {
-        self.core.sku
-    }
-
-    /// Numerics of the selected kernel.
-    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
-        self.core.sku.precision_guarantee
-    }
+    plan_info_methods!();
 
     /// Dequantizes `args.input` into `args.output`. Calls `can_implement`
     /// first; on error nothing is written.

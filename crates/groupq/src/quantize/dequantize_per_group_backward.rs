@@ -5,7 +5,7 @@ use super::common::{Layout, PlanCore, View};
 use crate::element::{Element, IntElement};
 use crate::error::Result;
 use crate::kernels::{row_slice, DequantizeBackwardKernel};
-use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::plan::{PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 use std::marker::PhantomData;
@@ -110,20 +110,7 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
         )
     }
 
-    /// Scratch bytes `run` needs (always 0).
-    pub fn workspace_size(&self) -> usize {
-        self.core.workspace_size()
-    }
-
-    /// Identity of the selected kernel.
-    pub fn sku(&self) -> KernelSku {
-        self.core.sku
-    }
-
-    /// Numerics of the selected kernel.
-    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
-        self.core.sku.precision_guarantee
-    }
+    plan_info_methods!();
 
     /// Writes the gradient into `args.grad_input`. Calls `can_implement`
     /// first; on error nothing is written.

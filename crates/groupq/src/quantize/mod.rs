@@ -15,6 +15,28 @@
 //! `zero_point[i, j / group_size]`; `M` is `f64` for `f64` tensors and `f32`
 //! otherwise.
 
+/// The three informational methods every plan has (SPEC §2), read from its
+/// `core: PlanCore`.
+macro_rules! plan_info_methods {
+    () => {
+        /// Scratch bytes `run` needs (always 0: `Workspace::None` will do).
+        pub fn workspace_size(&self) -> usize {
+            self.core.workspace_size()
+        }
+
+        /// Identity of the selected kernel: op, element types, backend.
+        pub fn sku(&self) -> crate::plan::KernelSku {
+            self.core.sku
+        }
+
+        /// Numerics of the selected kernel: the math type (`f64` for `f64`
+        /// tensors, else `f32`), deterministic and bit-stable.
+        pub fn precision_guarantee(&self) -> crate::plan::PrecisionGuarantee {
+            self.core.sku.precision_guarantee
+        }
+    };
+}
+
 mod choose_qparams_per_group;
 mod common;
 mod dequantize_per_group;

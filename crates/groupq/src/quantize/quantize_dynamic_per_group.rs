@@ -6,7 +6,7 @@ use super::common::{check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
 use crate::kernels::recipe::RecipeKernel;
-use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::plan::{PlanPreference, QuantizeKind};
 use crate::recipe::Recipe;
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
@@ -152,20 +152,7 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
         )
     }
 
-    /// Scratch bytes `run` needs (always 0).
-    pub fn workspace_size(&self) -> usize {
-        self.core.workspace_size()
-    }
-
-    /// Identity of the selected kernel.
-    pub fn sku(&self) -> KernelSku {
-        self.core.sku
-    }
-
-    /// Numerics of the selected kernel.
-    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
-        self.core.sku.precision_guarantee
-    }
+    plan_info_methods!();
 
     /// Writes scales, zero points and codes. Calls `can_implement` first; on
     /// any error (including `NonFiniteInput`) nothing is written.

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::kernels::recipe::FormulaKernel;
 use crate::kernels::{row_slice, QuantizeKernel};
 use crate::plan::BackendKind;
-use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::plan::{PlanPreference, QuantizeKind};
 use crate::recipe::QuantizeFormula;
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
@@ -189,21 +189,7 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         )
     }
 
-    /// Scratch bytes `run` needs (always 0).
-    pub fn workspace_size(&self) -> usize {
-        self.core.workspace_size()
-    }
-
-    /// Identity of the selected kernel.
-    pub fn sku(&self) -> KernelSku {
-        self.core.sku
-    }
-
-    /// Numerics of the selected kernel: math in `f64` for `f64` input, else
-    /// `f32`; deterministic and bit-stable.
-    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
-        self.core.sku.precision_guarantee
-    }
+    plan_info_methods!();
 
     /// Quantizes `args.input` into `args.output`. Calls `can_implement`
     /// first; on error nothing is written.

@@ -5,7 +5,7 @@ use super::common::{check_code_order, check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind};
 use crate::error::Result;
 use crate::kernels::{row_slice, QuantizeBackwardKernel};
-use crate::plan::{KernelSku, PlanPreference, PrecisionGuarantee, QuantizeKind};
+use crate::plan::{PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 
@@ -142,20 +142,7 @@ impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
         )
     }
 
-    /// Scratch bytes `run` needs (always 0).
-    pub fn workspace_size(&self) -> usize {
-        self.core.workspace_size()
-    }
-
-    /// Identity of the selected kernel.
-    pub fn sku(&self) -> KernelSku {
-        self.core.sku
-    }
-
-    /// Numerics of the selected kernel.
-    pub fn precision_guarantee(&self) -> PrecisionGuarantee {
-        self.core.sku.precision_guarantee
-    }
+    plan_info_methods!();
 
     /// Writes the straight-through gradient into `args.grad_input`. Calls
     /// `can_implement` first; on error nothing is written.
