@@ -1,0 +1,275 @@
+//! Reading model checkpoints (a directory of safetensors shards, or one
+//! file) through memory maps, and writing safetensors files one tensor at a
+//! time.
+
+use anyhow::{anyhow, bail, Context, Result};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// One tensor of a shard.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range inside the file.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// One safetensors file, memory-mapped.
+pub struct Shard {
+    pub path: PathBuf,
+    pub file_name: String,
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// In file order.
+    pub tensors: Vec<TensorInfo>,
+    mmap: Mmap,
+}
+
+impl Shard {
+    /// Maps and validates one file: a truncated or corrupt header, or data
+    /// that does not fit the file, is an error naming the file.
+    pub fn open(path: &Path) -> Result<Shard> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: a map is undefined behaviour only if the file is changed
+        // while mapped. groupq never writes its inputs (outputs go to a new
+        // directory, and IN == OUT is refused); another process truncating
+        // the checkpoint mid-run is outside what any mmap reader can guard.
+        let mmap = unsafe { Mmap::map(&file) }
+            .with_context(|| format!("cannot map {}", path.display()))?;
+        SafeTensors::deserialize(&mmap)
+            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let (header_len, meta) = SafeTensors::read_metadata(&mmap)
+            .map_err(|e| anyhow!("{}: invalid safetensors header: {e}", path.display()))?;
+        let base = 8 + header_len;
+        let mut tensors: Vec<TensorInfo> = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| TensorInfo {
+                name,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start: base + info.data_offsets.0,
+                end: base + info.data_offsets.1,
+            })
+            .collect();
+        tensors.sort_by_key(|t| t.start);
+        let metadata = meta
+            .metadata()
+            .clone()
+            .map(|m| m.into_iter().collect::<BTreeMap<_, _>>());
+        Ok(Shard {
+            file_name: path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            path: path.to_path_buf(),
+            metadata,
+            tensors,
+            mmap,
+        })
+    }
+
+    /// The raw little-endian bytes of a tensor.
+    pub fn data(&self, t: &TensorInfo) -> &[u8] {
+        &self.mmap[t.start..t.end]
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+/// A model: `config.json` (optional), the shards, the other files.
+pub struct Checkpoint {
+    /// The model directory (`None` when the input is a single file).
+    pub dir: Option<PathBuf>,
+    pub config: Option<Value>,
+    pub shards: Vec<Shard>,
+    /// Whether the input had `model.safetensors.index.json`.
+    pub indexed: bool,
+}
+
+pub const INDEX: &str = "model.safetensors.index.json";
+
+impl Checkpoint {
+    /// Opens a model directory or a single `.safetensors` file.
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        if path.is_file() {
+            return Ok(Checkpoint {
+                dir: None,
+                config: None,
+                shards: vec![Shard::open(path)?],
+                indexed: false,
+            });
+        }
+        if !path.is_dir() {
+            bail!("{}: no such file or directory", path.display());
+        }
+        let config =
+            match std::fs::read_to_string(path.join("config.json")) {
+                Ok(s) => Some(serde_json::from_str(&s).with_context(|| {
+                    format!("{}: config.json is not valid JSON", path.display())
+                })?),
+                Err(_) => None,
+            };
+        let index_path = path.join(INDEX);
+        let indexed = index_path.is_file();
+        let names: Vec<String> = if indexed {
+            let index: Value = serde_json::from_str(&std::fs::read_to_string(&index_path)?)
+                .with_context(|| format!("{}: not valid JSON", index_path.display()))?;
+            let map = index["weight_map"]
+                .as_object()
+                .ok_or_else(|| anyhow!("{}: no weight_map", index_path.display()))?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            files.sort();
+            files.dedup();
+            files
+        } else {
+            let mut files: Vec<String> = std::fs::read_dir(path)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".safetensors"))
+                .collect();
+            files.sort();
+            files
+        };
+        if names.is_empty() {
+            bail!("{}: no .safetensors files", path.display());
+        }
+        let shards = names
+            .iter()
+            .map(|n| Shard::open(&path.join(n)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Checkpoint {
+            dir: Some(path.to_path_buf()),
+            config,
+            shards,
+            indexed,
+        })
+    }
+
+    /// Every tensor, with its shard.
+    pub fn tensors(&self) -> impl Iterator<Item = (&Shard, &TensorInfo)> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.tensors.iter().map(move |t| (s, t)))
+    }
+
+    /// The `quantization_config` of `config.json`, if any.
+    pub fn quantization_config(&self) -> Option<&Value> {
+        self.config
+            .as_ref()
+            .and_then(|c| c.get("quantization_config"))
+    }
+}
+
+/// A tensor to be written: its name, dtype, shape and size in bytes.
+#[derive(Debug, Clone)]
+pub struct OutTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+}
+
+impl OutTensor {
+    pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<usize>) -> OutTensor {
+        OutTensor {
+            name: name.into(),
+            dtype,
+            shape,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * dtype_size(self.dtype)
+    }
+}
+
+pub fn dtype_size(d: Dtype) -> usize {
+    match d {
+        Dtype::F64 | Dtype::I64 | Dtype::U64 => 8,
+        Dtype::F32 | Dtype::I32 | Dtype::U32 => 4,
+        Dtype::F16 | Dtype::BF16 | Dtype::I16 | Dtype::U16 => 2,
+        _ => 1,
+    }
+}
+
+pub fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}")
+}
+
+/// Writes a safetensors file whose tensors are known up front: the header
+/// first, then each tensor's bytes from `data(i, out)`, in order. The bytes
+/// written for each tensor must be exactly `tensors[i].bytes()`.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[OutTensor],
+    metadata: Option<&BTreeMap<String, String>>,
+    mut data: impl FnMut(usize, &mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__".into(), serde_json::to_value(m)?);
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        let end = offset + t.bytes();
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": dtype_name(t.dtype), "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut header = serde_json::to_string(&Value::Object(header))?.into_bytes();
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(&header)?;
+    for (i, t) in tensors.iter().enumerate() {
+        let mut counter = Counting {
+            inner: &mut out,
+            written: 0,
+        };
+        data(i, &mut counter)?;
+        if counter.written != t.bytes() {
+            bail!(
+                "internal error: {} wrote {} bytes, expected {}",
+                t.name,
+                counter.written,
+                t.bytes()
+            );
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    written: usize,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

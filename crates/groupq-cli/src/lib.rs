@@ -1,0 +1,9 @@
+//! The `groupq` command line: quantize model checkpoints to GPTQ, AWQ or
+//! compressed-tensors, dequantize them back, and inspect them. The binary
+//! is a thin `clap` layer over this library, which the tests and the
+//! example-model generator share.
+
+pub mod checkpoint;
+pub mod commands;
+pub mod formats;
+pub mod tiny;

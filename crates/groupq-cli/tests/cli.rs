@@ -1,0 +1,568 @@
+//! End-to-end tests of the `groupq` command on generated LLaMA-shaped
+//! models: every format re-reads into exactly the codes, scales and zero
+//! points the library computes, the config has what loaders need,
+//! everything else is copied bit for bit, `dequantize` round-trips, and bad
+//! input is an error that writes nothing.
+
+use groupq::half::{bf16, f16};
+use groupq::pack::{self, GptqZeros};
+use groupq::recipe::Recipe;
+use groupq::*;
+use groupq_cli::checkpoint::{Checkpoint, Shard};
+use groupq_cli::formats::{Format, Spec};
+use groupq_cli::tiny::{write_model, TinyConfig};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SMALL: TinyConfig = TinyConfig {
+    hidden: 64,
+    intermediate: 128,
+    layers: 2,
+    heads: 2,
+    kv_heads: 1,
+    vocab: 96,
+    shards: 2,
+};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn groupq(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_groupq"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn model(dir: &Path) -> PathBuf {
+    let m = dir.join("model");
+    write_model(&m, &SMALL).unwrap();
+    std::fs::write(m.join("tokenizer.json"), "{\"version\": \"1.0\"}").unwrap();
+    m
+}
+
+fn read<T: Copy>(bytes: &[u8], f: impl Fn(&[u8]) -> T, n: usize) -> Vec<T> {
+    bytes.chunks_exact(n).map(f).collect()
+}
+fn i32s(b: &[u8]) -> Vec<i32> {
+    read(b, |c| i32::from_le_bytes(c.try_into().unwrap()), 4)
+}
+fn bf16s(b: &[u8]) -> Vec<bf16> {
+    read(b, |c| bf16::from_le_bytes(c.try_into().unwrap()), 2)
+}
+fn f16s(b: &[u8]) -> Vec<f16> {
+    read(b, |c| f16::from_le_bytes(c.try_into().unwrap()), 2)
+}
+
+/// The library's own codes, scales and zero points for a weight.
+fn library<S: Element, Q: IntElement>(
+    w: &[bf16],
+    n: usize,
+    k: usize,
+    gs: usize,
+    recipe: Recipe,
+) -> (Vec<Q>, Vec<S>, Vec<i32>) {
+    let stream = Stream::cpu();
+    let g = k / gs;
+    let desc = QuantizeDynamicPerGroupDescriptor {
+        outer_size: n,
+        axis_size: k,
+        group_size: gs,
+        recipe,
+        input_element: ElementKind::Bf16,
+        scale_element: S::KIND,
+        output_element: Q::KIND,
+    };
+    let plan =
+        QuantizeDynamicPerGroupPlan::<bf16, S, Q>::select(&stream, &desc, Default::default())
+            .unwrap();
+    let (mut q, mut s, mut z) = (
+        vec![Q::default(); n * k],
+        vec![S::from_f64(0.0); n * g],
+        vec![0; n * g],
+    );
+    plan.run(
+        &stream,
+        Workspace::None,
+        QuantizeDynamicPerGroupArgs {
+            input: TensorRef::new(w, [n, k]).unwrap(),
+            scale: TensorMut::new(&mut s, [n, g]).unwrap(),
+            zero_point: TensorMut::new(&mut z, [n, g]).unwrap(),
+            output: TensorMut::new(&mut q, [n, k]).unwrap(),
+        },
+    )
+    .unwrap();
+    (q, s, z)
+}
+
+fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    (0..rows * cols)
+        .map(|i| m[(i % rows) * cols + i / rows])
+        .collect()
+}
+
+fn find<'a>(
+    ckpt: &'a Checkpoint,
+    name: &str,
+) -> (&'a Shard, &'a groupq_cli::checkpoint::TensorInfo) {
+    ckpt.tensors()
+        .find(|(_, t)| t.name == name)
+        .unwrap_or_else(|| panic!("no tensor {name}"))
+}
+
+fn check_format(format: &str, sym: bool) {
+    let dir = scratch(&format!("{format}-{sym}"));
+    let input = model(&dir);
+    let output = dir.join("out");
+    let report = dir.join("report.json");
+    let mode = if sym { "--sym" } else { "--asym" };
+    let (ok, stdout, stderr) = groupq(&[
+        "quantize",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--format",
+        format,
+        mode,
+        "--group-size",
+        "32",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("SQNR dB"), "{stdout}");
+    let spec = Spec {
+        format: match format {
+            "gptq" => Format::Gptq,
+            "awq" => Format::Awq,
+            _ => Format::CompressedTensors,
+        },
+        bits: 4,
+        group_size: 32,
+        symmetric: sym,
+    };
+    let src = Checkpoint::open(&input).unwrap();
+    let out = Checkpoint::open(&output).unwrap();
+
+    // Every other file copied, the config extended.
+    assert_eq!(
+        std::fs::read(input.join("tokenizer.json")).unwrap(),
+        std::fs::read(output.join("tokenizer.json")).unwrap()
+    );
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["model_type"], "llama");
+    let q = &config["quantization_config"];
+    match spec.format {
+        Format::Gptq => {
+            assert_eq!(
+                (
+                    q["quant_method"].as_str(),
+                    q["bits"].as_u64(),
+                    q["group_size"].as_u64()
+                ),
+                (Some("gptq"), Some(4), Some(32))
+            );
+            assert_eq!(
+                (q["sym"].as_bool(), q["desc_act"].as_bool()),
+                (Some(sym), Some(false))
+            );
+            assert_eq!(q["checkpoint_format"], "gptq");
+        }
+        Format::Awq => {
+            assert_eq!(
+                (
+                    q["quant_method"].as_str(),
+                    q["bits"].as_u64(),
+                    q["version"].as_str()
+                ),
+                (Some("awq"), Some(4), Some("gemm"))
+            );
+            assert_eq!(
+                (q["zero_point"].as_bool(), q["group_size"].as_u64()),
+                (Some(true), Some(32))
+            );
+        }
+        Format::CompressedTensors => {
+            assert_eq!(
+                (q["quant_method"].as_str(), q["format"].as_str()),
+                (Some("compressed-tensors"), Some("pack-quantized"))
+            );
+            let w = &q["config_groups"]["group_0"]["weights"];
+            assert_eq!(
+                (
+                    w["num_bits"].as_u64(),
+                    w["symmetric"].as_bool(),
+                    w["strategy"].as_str()
+                ),
+                (Some(4), Some(sym), Some("group"))
+            );
+            assert_eq!(w["group_size"].as_u64(), Some(32));
+            assert_eq!(q["config_groups"]["group_0"]["targets"][0], "Linear");
+            assert!(q["ignore"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == "lm_head"));
+        }
+    }
+    // The index maps every tensor to the shard that holds it.
+    let index: Value = serde_json::from_str(
+        &std::fs::read_to_string(output.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    for (shard, t) in out.tensors() {
+        assert_eq!(
+            index["weight_map"][&t.name],
+            shard.file_name.as_str(),
+            "{}",
+            t.name
+        );
+    }
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let reported = report["tensors"].as_array().unwrap();
+    assert_eq!(reported.len(), 7 * SMALL.layers);
+    let mut checked = 0;
+    for (shard, t) in src.tensors() {
+        let linear = t.name.contains("_proj.");
+        if !linear {
+            // Copied bit for bit.
+            let (s2, t2) = find(&out, &t.name);
+            assert_eq!(shard.data(t), s2.data(t2), "{} copied", t.name);
+            continue;
+        }
+        let (n, k, gs) = (t.shape[0], t.shape[1], 32);
+        let g = k / gs;
+        let w = bf16s(shard.data(t));
+        let p = t.name.trim_end_matches(".weight");
+        let part = |s: &str| {
+            let (sh, tt) = find(&out, &format!("{p}.{s}"));
+            sh.data(tt).to_vec()
+        };
+        assert!(
+            out.tensors().all(|(_, x)| x.name != t.name),
+            "{} replaced",
+            t.name
+        );
+        match spec.format {
+            Format::Gptq => {
+                let (codes, scale, zero) = library::<f32, u8>(&w, n, k, gs, spec.recipe());
+                assert_eq!(
+                    pack::gptq_qweight_unpack(&i32s(&part("qweight")), n, k, 4).unwrap(),
+                    codes
+                );
+                assert_eq!(
+                    pack::gptq_qzeros_unpack(&i32s(&part("qzeros")), n, g, 4, GptqZeros::V1)
+                        .unwrap(),
+                    zero
+                );
+                let s16: Vec<f16> = scale.iter().map(|&v| f16::from_f32(v)).collect();
+                assert_eq!(f16s(&part("scales")), transpose(&s16, n, g));
+                assert_eq!(
+                    i32s(&part("g_idx")),
+                    (0..k).map(|i| (i / gs) as i32).collect::<Vec<_>>()
+                );
+            }
+            Format::Awq => {
+                let (codes, scale, zero) = library::<f16, u8>(&w, n, k, gs, spec.recipe());
+                assert_eq!(
+                    pack::awq_qweight_unpack(&i32s(&part("qweight")), n, k, 4).unwrap(),
+                    codes
+                );
+                assert_eq!(
+                    pack::awq_qzeros_unpack(&i32s(&part("qzeros")), n, g, 4).unwrap(),
+                    zero
+                );
+                assert_eq!(f16s(&part("scales")), transpose(&scale, n, g));
+            }
+            Format::CompressedTensors => {
+                let (codes, scale, zero) = library::<bf16, i8>(&w, n, k, gs, spec.recipe());
+                assert_eq!(
+                    pack::compressed_tensors_weight_unpack(&i32s(&part("weight_packed")), n, k, 4)
+                        .unwrap(),
+                    codes
+                );
+                assert_eq!(bf16s(&part("weight_scale")), scale);
+                let shape: Vec<i64> = read(
+                    &part("weight_shape"),
+                    |c| i64::from_le_bytes(c.try_into().unwrap()),
+                    8,
+                );
+                assert_eq!(shape, vec![n as i64, k as i64]);
+                if sym {
+                    assert!(out
+                        .tensors()
+                        .all(|(_, x)| x.name != format!("{p}.weight_zero_point")));
+                } else {
+                    let zp = pack::compressed_tensors_zero_point_unpack(
+                        &i32s(&part("weight_zero_point")),
+                        n,
+                        g,
+                        4,
+                    )
+                    .unwrap();
+                    assert_eq!(zp, zero);
+                }
+            }
+        }
+        let r = reported
+            .iter()
+            .find(|r| r["name"] == t.name.as_str())
+            .unwrap();
+        assert!(r["sqnr_db"].as_f64().unwrap() > 10.0, "{r}");
+        checked += 1;
+    }
+    assert_eq!(checked, 7 * SMALL.layers);
+
+    // dequantize: back to float weights, equal to the library's dequantization.
+    let back = dir.join("back");
+    let (ok, _, stderr) = groupq(&[
+        "dequantize",
+        output.to_str().unwrap(),
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let back_ckpt = Checkpoint::open(&back).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(back.join("config.json")).unwrap()).unwrap();
+    assert!(config.get("quantization_config").is_none());
+    assert_eq!(back_ckpt.tensors().count(), src.tensors().count());
+    for (shard, t) in src.tensors() {
+        let (s2, t2) = find(&back_ckpt, &t.name);
+        assert_eq!(t.shape, t2.shape, "{}", t.name);
+        if !t.name.contains("_proj.") {
+            assert_eq!(shard.data(t), s2.data(t2));
+        }
+    }
+    let (ok, stdout, _) = groupq(&["inspect", back.to_str().unwrap()]);
+    assert!(ok && stdout.contains("none (float checkpoint)"), "{stdout}");
+    let (ok, stdout, _) = groupq(&["inspect", output.to_str().unwrap()]);
+    assert!(
+        ok && stdout.contains(&format!("({} quantized modules)", 7 * SMALL.layers)),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn gptq_symmetric() {
+    check_format("gptq", true);
+}
+
+#[test]
+fn gptq_asymmetric() {
+    check_format("gptq", false);
+}
+
+#[test]
+fn awq() {
+    check_format("awq", false);
+}
+
+#[test]
+fn compressed_tensors_symmetric() {
+    check_format("compressed-tensors", true);
+}
+
+#[test]
+fn compressed_tensors_asymmetric() {
+    check_format("compressed-tensors", false);
+}
+
+fn fingerprint(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A bad-input case: `groupq` fails, says `expect`, and writes nothing.
+fn refused(input: &Path, output: &Path, extra: &[&str], expect: &str) {
+    let before = input.is_dir().then(|| fingerprint(input));
+    let existing = output.is_dir().then(|| fingerprint(output));
+    let mut args = vec![
+        "quantize",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--format",
+        "gptq",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, _, stderr) = groupq(&args);
+    assert!(!ok, "{args:?} succeeded");
+    assert!(stderr.contains(expect), "expected '{expect}' in: {stderr}");
+    match existing {
+        Some(before) => assert_eq!(
+            fingerprint(output),
+            before,
+            "{} was modified",
+            output.display()
+        ),
+        None => assert!(!output.exists(), "{} was written", output.display()),
+    }
+    let parent = output.parent().unwrap();
+    assert!(
+        std::fs::read_dir(parent).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("groupq-tmp")),
+        "a temporary directory was left behind"
+    );
+    if let Some(before) = before {
+        assert_eq!(fingerprint(input), before, "the input was modified");
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_that_writes_nothing() {
+    let dir = scratch("bad");
+    let input = model(&dir);
+    let out = dir.join("out");
+    let shard = input.join("model-00002-of-00002.safetensors");
+    let good = std::fs::read(&shard).unwrap();
+
+    // Truncated data.
+    std::fs::write(&shard, &good[..good.len() - 100]).unwrap();
+    refused(&input, &out, &[], "model-00002-of-00002.safetensors");
+    // A corrupt header.
+    let mut corrupt = good.clone();
+    corrupt[8..20].copy_from_slice(b"not json!!!!");
+    std::fs::write(&shard, &corrupt).unwrap();
+    refused(&input, &out, &[], "model-00002-of-00002.safetensors");
+    // A header length beyond the file.
+    let mut huge = good.clone();
+    huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&shard, &huge).unwrap();
+    refused(&input, &out, &[], "model-00002-of-00002.safetensors");
+    // An unknown dtype.
+    let text = String::from_utf8_lossy(&good[..200]).into_owned();
+    let at = text.find("\"BF16\"").unwrap();
+    let mut unknown = good.clone();
+    unknown[at..at + 6].copy_from_slice(b"\"BX16\"");
+    std::fs::write(&shard, &unknown).unwrap();
+    refused(&input, &out, &[], "model-00002-of-00002.safetensors");
+    std::fs::write(&shard, &good).unwrap();
+
+    // Shapes the group size does not divide: named, or kept with --skip-indivisible.
+    refused(
+        &input,
+        &out,
+        &["--group-size", "48"],
+        "q_proj.weight [64, 64]",
+    );
+    let (ok, _, stderr) = groupq(&[
+        "quantize",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--format",
+        "gptq",
+        "--group-size",
+        "48",
+        "--skip-indivisible",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("kept in"),
+        "{stderr}"
+    );
+    let ckpt = Checkpoint::open(&out).unwrap();
+    // down_proj has in_features 128, not a multiple of 48 either: all kept.
+    assert!(ckpt.tensors().all(|(_, t)| !t.name.ends_with(".qweight")));
+
+    // An existing output without --force; the input as output.
+    refused(&input, &out, &[], "already exists");
+    refused(&input, &input, &[], "is the input");
+    // --force replaces it.
+    let (ok, _, stderr) = groupq(&[
+        "quantize",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--format",
+        "gptq",
+        "--force",
+        "-q",
+        "--group-size",
+        "32",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(Checkpoint::open(&out)
+        .unwrap()
+        .tensors()
+        .any(|(_, t)| t.name.ends_with(".qweight")));
+    // A quantized input is refused.
+    refused(&out, &dir.join("twice"), &[], "already quantized");
+    // A missing input.
+    refused(&dir.join("nope"), &dir.join("out2"), &[], "no such file");
+}
+
+#[test]
+fn single_file_input_and_ignore_patterns() {
+    let dir = scratch("single");
+    let input = model(&dir);
+    let file = input.join("model-00001-of-00002.safetensors");
+    let out = dir.join("out");
+    let report = dir.join("r.json");
+    let (ok, _, stderr) = groupq(&[
+        "quantize",
+        file.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--format",
+        "compressed-tensors",
+        "--group-size",
+        "32",
+        "--ignore",
+        "*.mlp.down_proj",
+        "-q",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let ckpt = Checkpoint::open(&out).unwrap();
+    assert!(ckpt
+        .tensors()
+        .any(|(_, t)| t.name == "model.layers.0.mlp.down_proj.weight"));
+    assert!(ckpt
+        .tensors()
+        .any(|(_, t)| t.name == "model.layers.0.mlp.up_proj.weight_packed"));
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let ignore = config["quantization_config"]["ignore"].as_array().unwrap();
+    assert!(
+        ignore.iter().any(|v| v == "model.layers.0.mlp.down_proj"),
+        "{ignore:?}"
+    );
+}
+
+#[test]
+fn help_for_every_subcommand() {
+    for sub in ["quantize", "dequantize", "inspect", "example-model"] {
+        let (ok, stdout, _) = groupq(&[sub, "--help"]);
+        assert!(ok && stdout.contains("Usage"), "{sub}: {stdout}");
+    }
+}
