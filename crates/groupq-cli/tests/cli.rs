@@ -566,3 +566,15 @@ fn help_for_every_subcommand() {
         assert!(ok && stdout.contains("Usage"), "{sub}: {stdout}");
     }
 }
+
+/// The model the README's main job quantizes is exactly what
+/// `groupq example-model` writes.
+#[test]
+fn shipped_example_model_is_reproducible() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-llama");
+    let dir = scratch("example");
+    let fresh = dir.join("tiny-llama");
+    let (ok, _, stderr) = groupq(&["example-model", fresh.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert_eq!(fingerprint(&fresh), fingerprint(&shipped));
+}
