@@ -73,27 +73,28 @@ fn is_float(d: Dtype) -> bool {
     matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16)
 }
 
-/// Whether a tensor is the weight of a Linear layer that should be quantized.
-fn is_linear(o: &QuantizeOptions, t: &TensorInfo) -> bool {
-    let name = t.name.as_str();
-    if !name.ends_with(".weight") || t.shape.len() != 2 || !is_float(t.dtype) {
+/// Whether a tensor is the weight of a Linear layer: a rank-2 float
+/// `*.weight` that is not an embedding or a norm.
+fn is_linear_weight(t: &TensorInfo) -> bool {
+    let lower = t.name.to_lowercase();
+    t.name.ends_with(".weight")
+        && t.shape.len() == 2
+        && is_float(t.dtype)
+        && !["embed", "norm", "wte", "wpe"]
+            .iter()
+            .any(|s| lower.contains(s))
+}
+
+/// Whether the options quantize this Linear weight (`lm_head` only when
+/// asked, nothing matching `--ignore`).
+fn selected(o: &QuantizeOptions, t: &TensorInfo) -> bool {
+    let module = t.name.trim_end_matches(".weight");
+    if t.name.to_lowercase().contains("lm_head") && !o.quantize_lm_head {
         return false;
     }
-    let lower = name.to_lowercase();
-    if lower.contains("embed")
-        || lower.contains("norm")
-        || lower.contains("wte")
-        || lower.contains("wpe")
-    {
-        return false;
-    }
-    if lower.contains("lm_head") && !o.quantize_lm_head {
-        return false;
-    }
-    let module = name.trim_end_matches(".weight");
     !o.ignore
         .iter()
-        .any(|p| matches_pattern(p, name) || matches_pattern(p, module))
+        .any(|p| matches_pattern(p, &t.name) || matches_pattern(p, module))
 }
 
 /// Refuses an output path that is the input, or exists without `--force`.
@@ -289,15 +290,8 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
         let mut list = Vec::new();
         for t in &shard.tensors {
             summary.bytes_in += t.end - t.start;
-            if !is_linear(o, t) {
-                if is_linear(
-                    &QuantizeOptions {
-                        ignore: Vec::new(),
-                        quantize_lm_head: true,
-                        ..o.clone()
-                    },
-                    t,
-                ) {
+            if !is_linear_weight(t) || !selected(o, t) {
+                if is_linear_weight(t) {
                     // A Linear left in float (lm_head, --ignore): loaders must know.
                     ignored_modules.push(t.name.trim_end_matches(".weight").to_string());
                 }
