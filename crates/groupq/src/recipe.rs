@@ -18,6 +18,7 @@
 //! | [`Recipe::compressed_tensors_w4a16`], [`Recipe::compressed_tensors_w4a16_asym`] | compressed-tensors `W4A16` / `W4A16_ASYM` |
 //! | [`Recipe::gptq`] | AutoGPTQ / GPTQModel `Quantizer.find_params` + `quantize` (RTN) |
 //! | [`Recipe::awq`], [`Recipe::awq_f16`] | AutoAWQ `pseudo_quantize_tensor` (zero point and symmetric) |
+//! | [`Recipe::gguf_q8_0`], [`Recipe::gguf_q4_0`], [`Recipe::gguf_q5_0`] | gguf-py 0.19 `quantize` (codes and `d` of each 32-element block) |
 //!
 //! [`ChooseQParamsPerGroupPlan`]: crate::ChooseQParamsPerGroupPlan
 //! [`QuantizeDynamicPerGroupPlan`]: crate::QuantizeDynamicPerGroupPlan
@@ -42,6 +43,10 @@ pub enum Mapping {
     AsymmetricWithZero,
     /// `s = (max - min) / (q_max - q_min)` over the raw range (AWQ).
     Asymmetric,
+    /// ggml's Q4_0/Q5_0 rule: `s = m / divisor`, where `m` is the signed
+    /// value of the first element with the largest magnitude and the divisor
+    /// is negative (−8, −16), so that `m` maps to the lowest code.
+    SignedAbsMax(Constant),
     /// GPTQ's symmetric rule: `xmin = min(min, 0)`, `xmax = max(|xmin|,
     /// max(max, 0))`, and `xmin = -xmax` **only where `xmin < 0`**, then
     /// `s = (xmax - xmin) / (q_max - q_min)`. An all-non-negative group keeps
@@ -147,7 +152,9 @@ pub enum Rounding {
     TiesEven,
     /// Round half away from zero (C `roundf`).
     TiesAway,
-    /// `trunc(v + 0.5)` (ggml's reference quantizers).
+    /// `trunc(v + 0.5)` (ggml's reference quantizers). With the zero point
+    /// added before rounding, `z + 0.5` is one constant: `trunc(v + (z + 0.5))`,
+    /// as ggml's `x * id + 8.5`.
     HalfUp,
 }
 
@@ -399,6 +406,57 @@ impl Recipe {
         let mut r = Recipe::awq(zero_point, bits);
         r.choose_arithmetic = Arithmetic::F16;
         r.quantize.arithmetic = Arithmetic::F16;
+        r
+    }
+
+    /// gguf-py's Q8_0 (blocks of 32): `d = amax / 127`, codes
+    /// `round_half_away(x * (1 / d))`, in f32. Store `d` as f16, as the
+    /// format does; the codes use the f32 `d`, so choose with f32 scales.
+    pub const fn gguf_q8_0() -> Recipe {
+        Recipe {
+            q_min: -127,
+            q_max: 127,
+            mapping: Mapping::Symmetric(SymmetricDivisor::QMax),
+            eps: EpsPolicy::None,
+            zero_point: ZeroPointRule::Midpoint,
+            choose_arithmetic: Arithmetic::Math,
+            quantize: QuantizeFormula {
+                scale_application: ScaleApplication::ReciprocalMultiply,
+                zero_point_stage: ZeroPointStage::BeforeRounding,
+                rounding: Rounding::TiesAway,
+                arithmetic: Arithmetic::Math,
+            },
+            non_finite: NonFinitePolicy::Error,
+        }
+    }
+
+    /// gguf-py 0.19's Q4_0: `d = m / −8` (`m` the signed value of the
+    /// largest magnitude), codes `min(15, trunc(x * (1 / d) + 8.5))` as two
+    /// f32 operations (unfused), unsigned with zero point 8.
+    pub const fn gguf_q4_0() -> Recipe {
+        Recipe {
+            q_min: 0,
+            q_max: 15,
+            mapping: Mapping::SignedAbsMax(Constant(-8.0)),
+            eps: EpsPolicy::None,
+            zero_point: ZeroPointRule::Midpoint,
+            choose_arithmetic: Arithmetic::Math,
+            quantize: QuantizeFormula {
+                scale_application: ScaleApplication::ReciprocalMultiply,
+                zero_point_stage: ZeroPointStage::BeforeRounding,
+                rounding: Rounding::HalfUp,
+                arithmetic: Arithmetic::Math,
+            },
+            non_finite: NonFinitePolicy::Error,
+        }
+    }
+
+    /// gguf-py 0.19's Q5_0: as Q4_0 with `d = m / −16` and codes `0..=31`
+    /// around 16.
+    pub const fn gguf_q5_0() -> Recipe {
+        let mut r = Recipe::gguf_q4_0();
+        r.q_max = 31;
+        r.mapping = Mapping::SignedAbsMax(Constant(-16.0));
         r
     }
 

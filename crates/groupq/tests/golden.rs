@@ -706,3 +706,94 @@ fn torch_quantize_per_channel_group_with_given_parameters() {
         check_dequant::<i8, f32>(&case, "dequant", &codes, &f64s(&s), &z, false);
     }
 }
+
+/// gguf-py's Q8_0, Q4_0 and Q5_0 (0.19, unfused): codes and block scales.
+/// The codes use the f32 `d`; the format stores `d` as f16.
+#[test]
+fn gguf_q8_0_q4_0_q5_0() {
+    for case in cases("gguf__") {
+        let (m, k, g) = (case.rows, case.cols, case.group);
+        let x: Vec<f32> = case
+            .must("input")
+            .values
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let stream = Stream::cpu();
+        let run = |recipe: Recipe, out: ElementKind| -> (Vec<f32>, Vec<i32>, Vec<i32>) {
+            let desc = QuantizeDynamicPerGroupDescriptor {
+                outer_size: m,
+                axis_size: k,
+                group_size: g,
+                recipe,
+                input_element: ElementKind::F32,
+                scale_element: ElementKind::F32,
+                output_element: out,
+            };
+            let (mut s, mut z) = (vec![0f32; m * k / g], vec![0i32; m * k / g]);
+            let codes: Vec<i32> = if out == ElementKind::S8 {
+                let plan = QuantizeDynamicPerGroupPlan::<f32, f32, i8>::select(
+                    &stream,
+                    &desc,
+                    Default::default(),
+                )
+                .unwrap();
+                let mut q = vec![0i8; m * k];
+                let args = QuantizeDynamicPerGroupArgs {
+                    input: TensorRef::new(&x, [m, k]).unwrap(),
+                    scale: TensorMut::new(&mut s, [m, k / g]).unwrap(),
+                    zero_point: TensorMut::new(&mut z, [m, k / g]).unwrap(),
+                    output: TensorMut::new(&mut q, [m, k]).unwrap(),
+                };
+                plan.run(&stream, Workspace::None, args).unwrap();
+                q.iter().map(|&c| c.into()).collect()
+            } else {
+                let plan = QuantizeDynamicPerGroupPlan::<f32, f32, u8>::select(
+                    &stream,
+                    &desc,
+                    Default::default(),
+                )
+                .unwrap();
+                let mut q = vec![0u8; m * k];
+                let args = QuantizeDynamicPerGroupArgs {
+                    input: TensorRef::new(&x, [m, k]).unwrap(),
+                    scale: TensorMut::new(&mut s, [m, k / g]).unwrap(),
+                    zero_point: TensorMut::new(&mut z, [m, k / g]).unwrap(),
+                    output: TensorMut::new(&mut q, [m, k]).unwrap(),
+                };
+                plan.run(&stream, Workspace::None, args).unwrap();
+                q.iter().map(|&c| c.into()).collect()
+            };
+            (s, z, codes)
+        };
+        let (recipe, out) = match case.variant.as_str() {
+            "q8_0" => (Recipe::gguf_q8_0(), ElementKind::S8),
+            "q4_0" => (Recipe::gguf_q4_0(), ElementKind::U8),
+            "q5_0" => (Recipe::gguf_q5_0(), ElementKind::U8),
+            other => {
+                // Q4_1 / Q5_1 store a float offset per block, which recipes
+                // do not model yet.
+                eprintln!("skipped {}: gguf {other} is not supported", case.name);
+                continue;
+            }
+        };
+        let (s, z, codes) = run(recipe, out);
+        compare_values(
+            "q",
+            &case,
+            &codes.iter().map(|&c| c.into()).collect::<Vec<_>>(),
+            &case.must("q"),
+        );
+        let stored: Vec<f64> = s.iter().map(|&v| f64::from(f16::from_f32(v))).collect();
+        let stored_bits: Vec<u64> = s
+            .iter()
+            .map(|&v| u64::from(f16::from_f32(v).to_bits()))
+            .collect();
+        compare_bits("scale", &case, &stored_bits, &case.must("scale"));
+        if out == ElementKind::S8 {
+            check_dequant::<i8, f32>(&case, "dequant", &codes, &stored, &z, false);
+        } else {
+            check_dequant::<u8, f32>(&case, "dequant", &codes, &stored, &z, false);
+        }
+    }
+}

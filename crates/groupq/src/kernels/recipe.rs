@@ -105,10 +105,19 @@ fn to_code(v: f64, lo: i32, hi: i32) -> i32 {
     v.clamp(f64::from(lo), f64::from(hi)) as i32
 }
 
-/// A group's `(scale, zero_point)` under `recipe`, from its extremes `min`
-/// and `max` (already in the arithmetic dtype; `±0` equal). The scale is a
-/// value of the arithmetic dtype.
-pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, min: f64, max: f64) -> (f64, i32) {
+/// A group's extremes in the arithmetic dtype: `min`, `max` (`±0` equal),
+/// and the signed value of the first element with the largest magnitude.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Extremes {
+    pub min: f64,
+    pub max: f64,
+    pub signed_absmax: f64,
+}
+
+/// A group's `(scale, zero_point)` under `recipe`. The scale is a value of
+/// the arithmetic dtype.
+pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, i32) {
+    let (min, max) = (e.min, e.max);
     let (q_min, q_max) = (f64::from(recipe.q_min), f64::from(recipe.q_max));
     let levels = q_max - q_min;
     let clamp_range = |v: f64| match recipe.eps {
@@ -140,6 +149,10 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, min: f64, max: f64) ->
             (lo, hi, a.div(clamp_range(a.sub(hi, lo)), levels))
         }
         Mapping::Asymmetric => (min, max, a.div(clamp_range(a.sub(max, min)), levels)),
+        Mapping::SignedAbsMax(divisor) => {
+            let (lo, hi) = (min.min(0.0), max.max(0.0));
+            (lo, hi, a.div(e.signed_absmax, divisor.0))
+        }
     };
     let scale = match recipe.eps {
         EpsPolicy::ClampScale(_) => a.r(scale.max(eps)),
@@ -201,9 +214,11 @@ pub(crate) fn quantize(
         }
     };
     let z = f64::from(z);
-    let r = match f.zero_point_stage {
-        ZeroPointStage::BeforeRounding => round(f.rounding, a, a.add(v, z)),
-        ZeroPointStage::AfterRounding => a.add(round(f.rounding, a, v), z),
+    let r = match (f.zero_point_stage, f.rounding) {
+        // ggml's `x * id + 8.5`: the half and the zero point are one constant.
+        (ZeroPointStage::BeforeRounding, Rounding::HalfUp) => a.add(v, z + 0.5).trunc(),
+        (ZeroPointStage::BeforeRounding, _) => round(f.rounding, a, a.add(v, z)),
+        (ZeroPointStage::AfterRounding, _) => a.add(round(f.rounding, a, v), z),
     };
     to_code(r, q_min, q_max)
 }
@@ -260,20 +275,29 @@ mod tests {
         assert_eq!(quantize(&spec, f32a, 2.5, 1.0, 0, -8, 7), 2);
     }
 
+    fn ext(min: f64, max: f64) -> Extremes {
+        let signed_absmax = if -min > max { min } else { max };
+        Extremes {
+            min,
+            max,
+            signed_absmax,
+        }
+    }
+
     #[test]
     fn gptq_symmetric_keeps_non_negative_groups_one_sided() {
         let r = Recipe::gptq(true, 4);
         let f32a = Arith(ElementKind::F32);
         assert_eq!(
-            choose(&r, f32a, 0.0, 0.0, 1.5),
+            choose(&r, f32a, 0.0, ext(0.0, 1.5)),
             (f64::from(1.5f32 / 15.0), 8)
         );
         assert_eq!(
-            choose(&r, f32a, 0.0, -1.5, 1.0),
+            choose(&r, f32a, 0.0, ext(-1.5, 1.0)),
             (f64::from(3.0f32 / 15.0), 8)
         );
         assert_eq!(
-            choose(&r, f32a, 0.0, 0.0, 0.0),
+            choose(&r, f32a, 0.0, ext(0.0, 0.0)),
             (f64::from(2.0f32 / 15.0), 8)
         );
     }
@@ -351,17 +375,28 @@ impl RecipeKernel {
     /// choose arithmetic's dtype. NaN extremes propagate.
     pub fn params<T: Element>(&self, xs: &[T]) -> (f64, i32) {
         let a = self.choose;
-        let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+        let mut e = Extremes {
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            signed_absmax: 0.0,
+        };
         for x in xs {
             let v = a.r(x.to_f64());
             if v.is_nan() {
-                (min, max) = (v, v);
+                e = Extremes {
+                    min: v,
+                    max: v,
+                    signed_absmax: v,
+                };
                 break;
             }
-            min = min.min(v);
-            max = max.max(v);
+            e.min = e.min.min(v);
+            e.max = e.max.max(v);
+            if v.abs() > e.signed_absmax.abs() {
+                e.signed_absmax = v;
+            }
         }
-        choose(&self.recipe, a, f64::from_bits(self.eps_bits), min, max)
+        choose(&self.recipe, a, f64::from_bits(self.eps_bits), e)
     }
 
     /// The codes of one group with scale `s` and zero point `z`.
