@@ -18,7 +18,7 @@
 //! | [`Recipe::compressed_tensors_w4a16`], [`Recipe::compressed_tensors_w4a16_asym`] | compressed-tensors `W4A16` / `W4A16_ASYM` |
 //! | [`Recipe::gptq`] | AutoGPTQ / GPTQModel `Quantizer.find_params` + `quantize` (RTN) |
 //! | [`Recipe::awq`], [`Recipe::awq_f16`] | AutoAWQ `pseudo_quantize_tensor` (zero point and symmetric) |
-//! | [`Recipe::gguf_q8_0`], [`Recipe::gguf_q4_0`], [`Recipe::gguf_q5_0`] | gguf-py 0.19 `quantize` (codes and `d` of each 32-element block) |
+//! | [`Recipe::gguf_q8_0`], [`Recipe::gguf_q4_0`], [`Recipe::gguf_q5_0`], [`Recipe::gguf_q4_1`], [`Recipe::gguf_q5_1`] | gguf-py 0.19 `quantize` (codes, `d` and `m` of each 32-element block); [`Recipe::fused`] for gguf-py 0.17's Q4_0/Q5_0 |
 //!
 //! [`ChooseQParamsPerGroupPlan`]: crate::ChooseQParamsPerGroupPlan
 //! [`QuantizeDynamicPerGroupPlan`]: crate::QuantizeDynamicPerGroupPlan
@@ -122,6 +122,11 @@ pub enum ZeroPointRule {
     RoundedClampedQMinMinusMin,
     /// `z = round(-min / s)` with no clamp (GPTQ).
     RoundedNegatedMin,
+    /// No integer zero point (`z = 0`) but a float offset per group, the
+    /// mapping's minimum, subtracted before scaling: `q = round((x − m) / s)`,
+    /// `x ≈ q·s + m` (gguf's Q4_1/Q5_1). The plans write `m` with
+    /// `run_with_offset`.
+    FloatOffset,
     /// PyTorch's per-token asymmetric rule (after XNNPACK): `z = q_min - min/s`
     /// or `q_max - max/s`, whichever side has the smaller error, clamped, then rounded.
     PerTokenAsymmetric,
@@ -134,6 +139,10 @@ pub enum ScaleApplication {
     Divide,
     /// `x * (1 / s)`, the reciprocal rounded first.
     ReciprocalMultiply,
+    /// `x * (1 / s) + c` with the product and the added constant (zero
+    /// point, and the half of `HalfUp`) rounded once, as an FMA computes it
+    /// (ggml built with FMA contraction; gguf-py up to 0.17).
+    ReciprocalMultiplyFused,
 }
 
 /// When the zero point is added.
@@ -458,6 +467,41 @@ impl Recipe {
         r.q_max = 31;
         r.mapping = Mapping::SignedAbsMax(Constant(-16.0));
         r
+    }
+
+    /// gguf-py's Q4_1: `d = (max − min) / 15` over the raw block range, a
+    /// float offset `m = min`, codes `min(15, trunc((x − m) * (1 / d) + 0.5))`
+    /// in f32; `x ≈ q·d + m`.
+    pub const fn gguf_q4_1() -> Recipe {
+        Recipe {
+            q_min: 0,
+            q_max: 15,
+            mapping: Mapping::Asymmetric,
+            eps: EpsPolicy::None,
+            zero_point: ZeroPointRule::FloatOffset,
+            choose_arithmetic: Arithmetic::Math,
+            quantize: QuantizeFormula {
+                scale_application: ScaleApplication::ReciprocalMultiply,
+                zero_point_stage: ZeroPointStage::BeforeRounding,
+                rounding: Rounding::HalfUp,
+                arithmetic: Arithmetic::Math,
+            },
+            non_finite: NonFinitePolicy::Error,
+        }
+    }
+
+    /// gguf-py's Q5_1: as Q4_1 with codes `0..=31`.
+    pub const fn gguf_q5_1() -> Recipe {
+        let mut r = Recipe::gguf_q4_1();
+        r.q_max = 31;
+        r
+    }
+
+    /// The recipe with its multiply-add fused (one rounding): Q4_0/Q5_0 as
+    /// gguf-py 0.17 and FMA-contracting ggml builds compute them.
+    pub const fn fused(mut self) -> Recipe {
+        self.quantize.scale_application = ScaleApplication::ReciprocalMultiplyFused;
+        self
     }
 
     /// The same recipe with another NaN/infinity policy.

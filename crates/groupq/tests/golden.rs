@@ -707,93 +707,120 @@ fn torch_quantize_per_channel_group_with_given_parameters() {
     }
 }
 
-/// gguf-py's Q8_0, Q4_0 and Q5_0 (0.19, unfused): codes and block scales.
-/// The codes use the f32 `d`; the format stores `d` as f16.
+/// gguf-py's block formats: Q8_0, Q4_0, Q5_0, Q4_1 and Q5_1 (0.19,
+/// unfused), and Q4_0/Q5_0 as gguf-py 0.17 computes them (fused): codes,
+/// block scales `d` and minimums `m` (stored as f16; the codes use the f32
+/// values) and the dequantized values.
 #[test]
-fn gguf_q8_0_q4_0_q5_0() {
-    for case in cases("gguf__") {
+fn gguf_block_formats() {
+    for case in cases("gguf") {
         let (m, k, g) = (case.rows, case.cols, case.group);
+        let ng = m * k / g;
         let x: Vec<f32> = case
             .must("input")
             .values
             .iter()
             .map(|&v| v as f32)
             .collect();
+        let legacy = case.peer == "gguf0171";
+        let recipe = match case.variant.as_str() {
+            "q8_0" => Recipe::gguf_q8_0(),
+            "q4_0" if legacy => Recipe::gguf_q4_0().fused(),
+            "q5_0" if legacy => Recipe::gguf_q5_0().fused(),
+            "q4_0" => Recipe::gguf_q4_0(),
+            "q5_0" => Recipe::gguf_q5_0(),
+            "q4_1" => Recipe::gguf_q4_1(),
+            "q5_1" => Recipe::gguf_q5_1(),
+            other => panic!("{}: gguf {other} is not supported", case.name),
+        };
         let stream = Stream::cpu();
-        let run = |recipe: Recipe, out: ElementKind| -> (Vec<f32>, Vec<i32>, Vec<i32>) {
-            let desc = QuantizeDynamicPerGroupDescriptor {
-                outer_size: m,
-                axis_size: k,
-                group_size: g,
+        let (mut s, mut z, mut off) = (vec![0f32; ng], vec![0i32; ng], vec![0f32; ng]);
+        let codes: Vec<i32> = if case.variant == "q8_0" {
+            let mut q = vec![0i8; m * k];
+            dynamic_with_offset::<i8>(
+                &stream,
+                &x,
+                (m, k, g),
                 recipe,
-                input_element: ElementKind::F32,
-                scale_element: ElementKind::F32,
-                output_element: out,
-            };
-            let (mut s, mut z) = (vec![0f32; m * k / g], vec![0i32; m * k / g]);
-            let codes: Vec<i32> = if out == ElementKind::S8 {
-                let plan = QuantizeDynamicPerGroupPlan::<f32, f32, i8>::select(
-                    &stream,
-                    &desc,
-                    Default::default(),
-                )
-                .unwrap();
-                let mut q = vec![0i8; m * k];
-                let args = QuantizeDynamicPerGroupArgs {
-                    input: TensorRef::new(&x, [m, k]).unwrap(),
-                    scale: TensorMut::new(&mut s, [m, k / g]).unwrap(),
-                    zero_point: TensorMut::new(&mut z, [m, k / g]).unwrap(),
-                    output: TensorMut::new(&mut q, [m, k]).unwrap(),
-                };
-                plan.run(&stream, Workspace::None, args).unwrap();
-                q.iter().map(|&c| c.into()).collect()
-            } else {
-                let plan = QuantizeDynamicPerGroupPlan::<f32, f32, u8>::select(
-                    &stream,
-                    &desc,
-                    Default::default(),
-                )
-                .unwrap();
-                let mut q = vec![0u8; m * k];
-                let args = QuantizeDynamicPerGroupArgs {
-                    input: TensorRef::new(&x, [m, k]).unwrap(),
-                    scale: TensorMut::new(&mut s, [m, k / g]).unwrap(),
-                    zero_point: TensorMut::new(&mut z, [m, k / g]).unwrap(),
-                    output: TensorMut::new(&mut q, [m, k]).unwrap(),
-                };
-                plan.run(&stream, Workspace::None, args).unwrap();
-                q.iter().map(|&c| c.into()).collect()
-            };
-            (s, z, codes)
+                (&mut s, &mut z, &mut q, &mut off),
+            );
+            q.iter().map(|&c| c.into()).collect()
+        } else {
+            let mut q = vec![0u8; m * k];
+            dynamic_with_offset::<u8>(
+                &stream,
+                &x,
+                (m, k, g),
+                recipe,
+                (&mut s, &mut z, &mut q, &mut off),
+            );
+            q.iter().map(|&c| c.into()).collect()
         };
-        let (recipe, out) = match case.variant.as_str() {
-            "q8_0" => (Recipe::gguf_q8_0(), ElementKind::S8),
-            "q4_0" => (Recipe::gguf_q4_0(), ElementKind::U8),
-            "q5_0" => (Recipe::gguf_q5_0(), ElementKind::U8),
-            other => {
-                // Q4_1 / Q5_1 store a float offset per block, which recipes
-                // do not model yet.
-                eprintln!("skipped {}: gguf {other} is not supported", case.name);
-                continue;
-            }
-        };
-        let (s, z, codes) = run(recipe, out);
         compare_values(
             "q",
             &case,
             &codes.iter().map(|&c| c.into()).collect::<Vec<_>>(),
             &case.must("q"),
         );
-        let stored: Vec<f64> = s.iter().map(|&v| f64::from(f16::from_f32(v))).collect();
-        let stored_bits: Vec<u64> = s
-            .iter()
-            .map(|&v| u64::from(f16::from_f32(v).to_bits()))
-            .collect();
-        compare_bits("scale", &case, &stored_bits, &case.must("scale"));
-        if out == ElementKind::S8 {
-            check_dequant::<i8, f32>(&case, "dequant", &codes, &stored, &z, false);
+        let d16: Vec<f16> = s.iter().map(|&v| f16::from_f32(v)).collect();
+        let bits16 = |v: &[f16]| v.iter().map(|h| u64::from(h.to_bits())).collect::<Vec<_>>();
+        compare_bits("scale", &case, &bits16(&d16), &case.must("scale"));
+        if let Some(golden_min) = case.tensor("min") {
+            let m16: Vec<f16> = off.iter().map(|&v| f16::from_f32(v)).collect();
+            compare_bits("min", &case, &bits16(&m16), &golden_min);
+            // gguf's dequantize: d * q + m in f32.
+            let y: Vec<u64> = codes
+                .iter()
+                .enumerate()
+                .map(|(i, &q)| {
+                    let (d, mm) = (d16[i / g].to_f32(), m16[i / g].to_f32());
+                    u64::from((d * q as f32 + mm).to_bits())
+                })
+                .collect();
+            compare_bits("dequant", &case, &y, &case.must("dequant"));
         } else {
-            check_dequant::<u8, f32>(&case, "dequant", &codes, &stored, &z, false);
+            assert!(off.iter().all(|&v| v == 0.0));
+            let stored: Vec<f64> = d16.iter().map(|&v| f64::from(v)).collect();
+            if case.variant == "q8_0" {
+                check_dequant::<i8, f32>(&case, "dequant", &codes, &stored, &z, false);
+            } else {
+                check_dequant::<u8, f32>(&case, "dequant", &codes, &stored, &z, false);
+            }
         }
     }
+}
+
+/// The fused plan with f32 scales, writing the float offsets too.
+fn dynamic_with_offset<Q: IntElement>(
+    stream: &Stream,
+    x: &[f32],
+    (m, k, g): (usize, usize, usize),
+    recipe: Recipe,
+    (s, z, q, off): (&mut [f32], &mut [i32], &mut [Q], &mut [f32]),
+) {
+    let desc = QuantizeDynamicPerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        recipe,
+        input_element: ElementKind::F32,
+        scale_element: ElementKind::F32,
+        output_element: Q::KIND,
+    };
+    let plan =
+        QuantizeDynamicPerGroupPlan::<f32, f32, Q>::select(stream, &desc, Default::default())
+            .unwrap();
+    let args = QuantizeDynamicPerGroupArgs {
+        input: TensorRef::new(x, [m, k]).unwrap(),
+        scale: TensorMut::new(s, [m, k / g]).unwrap(),
+        zero_point: TensorMut::new(z, [m, k / g]).unwrap(),
+        output: TensorMut::new(q, [m, k]).unwrap(),
+    };
+    plan.run_with_offset(
+        stream,
+        Workspace::None,
+        args,
+        TensorMut::new(off, [m, k / g]).unwrap(),
+    )
+    .unwrap();
 }

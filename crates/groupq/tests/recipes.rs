@@ -19,6 +19,7 @@ fn presets(signed: bool) -> Vec<Recipe> {
             Recipe::compressed_tensors_w4a16(),
             Recipe::compressed_tensors_w4a16_asym(),
             Recipe::awq(false, 4),
+            Recipe::gguf_q8_0(),
         ]
     } else {
         vec![
@@ -29,6 +30,8 @@ fn presets(signed: bool) -> Vec<Recipe> {
             Recipe::gptq(false, 8),
             Recipe::awq(true, 4),
             Recipe::awq_f16(true, 4),
+            Recipe::gguf_q4_0(),
+            Recipe::gguf_q5_0().fused(),
         ]
     }
 }

@@ -309,22 +309,26 @@ impl<'a, T> Rows<'a, T> {
     }
 }
 
-/// Calls `f(first_row, rows, a, b, c)` for disjoint blocks of whole rows
+/// Four blocks of rows, split together.
+pub(crate) type RowOutputs<'a, A, B, C, D> = (Rows<'a, A>, Rows<'a, B>, Rows<'a, C>, Rows<'a, D>);
+
+/// Calls `f(first_row, rows, outputs)` for disjoint blocks of whole rows
 /// covering `0..outer`, over the stream's threads when the problem is large
-/// (`row_elements` elements of work per row). Outputs `a`, `b`, `c` are
-/// split at the same rows; the caller has validated that their rows fit
-/// and do not overlap.
-pub(crate) fn for_each_row_block<A, B, C, F>(
+/// (`row_elements` elements of work per row). The four outputs are split at
+/// the same rows; the caller has validated that their rows fit and do not
+/// overlap.
+pub(crate) fn for_each_row_block<A, B, C, D, F>(
     stream: &Stream,
     outer: usize,
     row_elements: usize,
-    outputs: (Rows<'_, A>, Rows<'_, B>, Rows<'_, C>),
+    outputs: RowOutputs<'_, A, B, C, D>,
     f: &F,
 ) where
     A: Send,
     B: Send,
     C: Send,
-    F: Fn(usize, usize, Rows<'_, A>, Rows<'_, B>, Rows<'_, C>) + Sync,
+    D: Send,
+    F: Fn(usize, usize, RowOutputs<'_, A, B, C, D>) + Sync,
 {
     let elements = outer * row_elements.max(1);
     match stream.pool() {
@@ -333,33 +337,32 @@ pub(crate) fn for_each_row_block<A, B, C, F>(
             let task_rows = (TASK_ELEMENTS / row_elements.max(1)).max(per_thread).max(1);
             pool.install(|| split_rows(0, outer, task_rows, outputs, f));
         }
-        _ => {
-            let (a, b, c) = outputs;
-            f(0, outer, a, b, c)
-        }
+        _ => f(0, outer, outputs),
     }
 }
 
-fn split_rows<A, B, C, F>(
+fn split_rows<A, B, C, D, F>(
     r0: usize,
     rows: usize,
     task_rows: usize,
-    (a, b, c): (Rows<'_, A>, Rows<'_, B>, Rows<'_, C>),
+    (a, b, c, d): RowOutputs<'_, A, B, C, D>,
     f: &F,
 ) where
     A: Send,
     B: Send,
     C: Send,
-    F: Fn(usize, usize, Rows<'_, A>, Rows<'_, B>, Rows<'_, C>) + Sync,
+    D: Send,
+    F: Fn(usize, usize, RowOutputs<'_, A, B, C, D>) + Sync,
 {
     if rows <= task_rows {
-        return f(r0, rows, a, b, c);
+        return f(r0, rows, (a, b, c, d));
     }
     let half = rows / 2;
-    let ((a0, a1), (b0, b1), (c0, c1)) = (a.split(half), b.split(half), c.split(half));
+    let ((a0, a1), (b0, b1)) = (a.split(half), b.split(half));
+    let ((c0, c1), (d0, d1)) = (c.split(half), d.split(half));
     rayon::join(
-        || split_rows(r0, half, task_rows, (a0, b0, c0), f),
-        || split_rows(r0 + half, rows - half, task_rows, (a1, b1, c1), f),
+        || split_rows(r0, half, task_rows, (a0, b0, c0, d0), f),
+        || split_rows(r0 + half, rows - half, task_rows, (a1, b1, c1, d1), f),
     );
 }
 

@@ -114,9 +114,10 @@ pub(crate) struct Extremes {
     pub signed_absmax: f64,
 }
 
-/// A group's `(scale, zero_point)` under `recipe`. The scale is a value of
-/// the arithmetic dtype.
-pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, i32) {
+/// A group's `(scale, zero_point, offset)` under `recipe`. The scale and the
+/// float offset (0 unless the recipe has one) are values of the arithmetic
+/// dtype.
+pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, i32, f64) {
     let (min, max) = (e.min, e.max);
     let (q_min, q_max) = (f64::from(recipe.q_min), f64::from(recipe.q_max));
     let levels = q_max - q_min;
@@ -172,6 +173,7 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, 
             to_code(rne(z), i32::MIN, i32::MAX)
         }
         ZeroPointRule::RoundedNegatedMin => to_code(rne(a.div(-lo, scale)), i32::MIN, i32::MAX),
+        ZeroPointRule::FloatOffset => 0,
         ZeroPointRule::PerTokenAsymmetric => {
             let (dmin, dmax) = (a.div(lo, scale), a.div(hi, scale));
             let error = a.add(a.add(q_min, dmin), a.add(q_max, dmax));
@@ -188,37 +190,61 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, 
         EpsPolicy::ReplaceZeroScale(_) if scale == 0.0 => a.r(eps),
         _ => scale,
     };
-    (scale, zero_point)
+    let offset = match recipe.zero_point {
+        ZeroPointRule::FloatOffset => lo,
+        _ => 0.0,
+    };
+    (scale, zero_point, offset)
 }
 
 /// One code under `formula`: `clamp(round(apply(x, s) ⊕ z))`, every
 /// operation rounded by `a`; a zero scale gives `v = 0` (SPEC §3.1) and a
 /// NaN becomes 0 before the clamp.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn quantize(
     f: &QuantizeFormula,
     a: Arith,
     x: f64,
     s: f64,
     z: i32,
+    offset: f64,
     q_min: i32,
     q_max: i32,
 ) -> i32 {
     let x = a.r(x);
+    // A float offset (gguf's block minimum) is subtracted first.
+    let x = if offset != 0.0 { a.sub(x, offset) } else { x };
+    let z = f64::from(z);
+    // ggml's `x * id + 8.5`: the half and the zero point are one constant.
+    let half_up =
+        f.rounding == Rounding::HalfUp && f.zero_point_stage == ZeroPointStage::BeforeRounding;
+    let c = if half_up { z + 0.5 } else { z };
+    if f.scale_application == ScaleApplication::ReciprocalMultiplyFused && s != 0.0 {
+        // x * (1/s) + c with one rounding of the sum: the product of two
+        // f32 values is exact in f64; the f64 sum is then rounded to the
+        // dtype (what an FMA-contracting ggml build, and gguf-py 0.17,
+        // compute).
+        let t = a.r(x * a.div(1.0, s) + c);
+        let r = if half_up {
+            t.trunc()
+        } else {
+            round(f.rounding, a, t)
+        };
+        return to_code(r, q_min, q_max);
+    }
     let v = if s == 0.0 {
         0.0
     } else {
         match f.scale_application {
             ScaleApplication::Divide => a.div(x, s),
-            ScaleApplication::ReciprocalMultiply => a.mul(x, a.div(1.0, s)),
+            _ => a.mul(x, a.div(1.0, s)),
         }
     };
-    let z = f64::from(z);
-    let r = match (f.zero_point_stage, f.rounding) {
-        // ggml's `x * id + 8.5`: the half and the zero point are one constant.
-        (ZeroPointStage::BeforeRounding, Rounding::HalfUp) => a.add(v, z + 0.5).trunc(),
-        (ZeroPointStage::BeforeRounding, _) => round(f.rounding, a, a.add(v, z)),
-        (ZeroPointStage::AfterRounding, _) => a.add(round(f.rounding, a, v), z),
+    let r = match f.zero_point_stage {
+        ZeroPointStage::BeforeRounding if half_up => a.add(v, c).trunc(),
+        ZeroPointStage::BeforeRounding => round(f.rounding, a, a.add(v, z)),
+        ZeroPointStage::AfterRounding => a.add(round(f.rounding, a, v), z),
     };
     to_code(r, q_min, q_max)
 }
@@ -265,14 +291,14 @@ mod tests {
         };
         let f32a = Arith(ElementKind::F32);
         // x/s = 0.5 exactly, z = 7: round(0.5 + 7) = 8, round(0.5) + 7 = 7.
-        assert_eq!(quantize(&spec, f32a, 0.5, 1.0, 7, 0, 15), 8);
-        assert_eq!(quantize(&after, f32a, 0.5, 1.0, 7, 0, 15), 7);
+        assert_eq!(quantize(&spec, f32a, 0.5, 1.0, 7, 0.0, 0, 15), 8);
+        assert_eq!(quantize(&after, f32a, 0.5, 1.0, 7, 0.0, 0, 15), 7);
         let away = QuantizeFormula {
             rounding: Rounding::TiesAway,
             ..spec
         };
-        assert_eq!(quantize(&away, f32a, 2.5, 1.0, 0, -8, 7), 3);
-        assert_eq!(quantize(&spec, f32a, 2.5, 1.0, 0, -8, 7), 2);
+        assert_eq!(quantize(&away, f32a, 2.5, 1.0, 0, 0.0, -8, 7), 3);
+        assert_eq!(quantize(&spec, f32a, 2.5, 1.0, 0, 0.0, -8, 7), 2);
     }
 
     fn ext(min: f64, max: f64) -> Extremes {
@@ -290,15 +316,15 @@ mod tests {
         let f32a = Arith(ElementKind::F32);
         assert_eq!(
             choose(&r, f32a, 0.0, ext(0.0, 1.5)),
-            (f64::from(1.5f32 / 15.0), 8)
+            (f64::from(1.5f32 / 15.0), 8, 0.0)
         );
         assert_eq!(
             choose(&r, f32a, 0.0, ext(-1.5, 1.0)),
-            (f64::from(3.0f32 / 15.0), 8)
+            (f64::from(3.0f32 / 15.0), 8, 0.0)
         );
         assert_eq!(
             choose(&r, f32a, 0.0, ext(0.0, 0.0)),
-            (f64::from(2.0f32 / 15.0), 8)
+            (f64::from(2.0f32 / 15.0), 8, 0.0)
         );
     }
 }
@@ -333,9 +359,27 @@ impl FormulaKernel {
     ) {
         let groups = x.chunks_exact(gs).zip(out.chunks_exact_mut(gs / Q::PACK));
         for ((xs, os), (&s, &z)) in groups.zip(scale.iter().zip(zero_point)) {
-            let (f, a) = (&self.formula, self.arith);
-            Q::write_codes(os, |i| quantize(f, a, xs[i].to_f64(), s, z, q_min, q_max));
+            self.quantize_group(xs, s, z, 0.0, os, q_min, q_max);
         }
+    }
+
+    /// The codes of one group with scale `s`, zero point `z` and float offset.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn quantize_group<T: Element, Q: IntElement>(
+        &self,
+        xs: &[T],
+        s: f64,
+        z: i32,
+        offset: f64,
+        out: &mut [Q],
+        q_min: i32,
+        q_max: i32,
+    ) {
+        let (f, a) = (&self.formula, self.arith);
+        Q::write_codes(out, |i| {
+            quantize(f, a, xs[i].to_f64(), s, z, offset, q_min, q_max)
+        });
     }
 }
 
@@ -371,9 +415,9 @@ impl RecipeKernel {
             .position(|g| g.iter().any(|x| !x.to_f64().is_finite()))
     }
 
-    /// `(scale, zero_point)` of one group; the scale is a value of the
-    /// choose arithmetic's dtype. NaN extremes propagate.
-    pub fn params<T: Element>(&self, xs: &[T]) -> (f64, i32) {
+    /// `(scale, zero_point, offset)` of one group; the scale and offset are
+    /// values of the choose arithmetic's dtype. NaN extremes propagate.
+    pub fn params<T: Element>(&self, xs: &[T]) -> (f64, i32, f64) {
         let a = self.choose;
         let mut e = Extremes {
             min: f64::INFINITY,
@@ -399,16 +443,14 @@ impl RecipeKernel {
         choose(&self.recipe, a, f64::from_bits(self.eps_bits), e)
     }
 
-    /// The codes of one group with scale `s` and zero point `z`.
+    /// The codes of one group with scale `s`, zero point `z` and float offset.
     pub fn quantize_group<T: Element, Q: IntElement>(
         &self,
         xs: &[T],
-        s: f64,
-        z: i32,
+        (s, z, offset): (f64, i32, f64),
         out: &mut [Q],
     ) {
         let (lo, hi) = (self.recipe.q_min, self.recipe.q_max);
-        self.quant
-            .quantize_groups(xs, &[s], &[z], out, xs.len(), lo, hi);
+        self.quant.quantize_group(xs, s, z, offset, out, lo, hi);
     }
 }

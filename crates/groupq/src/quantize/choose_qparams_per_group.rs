@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::kernels::recipe::RecipeKernel;
 use crate::kernels::{self, row_slice, Rows};
 use crate::plan::{BackendKind, PlanPreference, QuantizeKind};
-use crate::recipe::{NonFinitePolicy, Recipe};
+use crate::recipe::{NonFinitePolicy, Recipe, ZeroPointRule};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 use std::marker::PhantomData;
@@ -127,7 +127,9 @@ pub(super) fn select_engine<TIn: Element, TScale: Element>(
 /// Runs a recipe over a validated problem: checks the input for non-finite
 /// values first when the recipe says so, then per group computes the
 /// parameters, stores them, and (when `codes` is given) quantizes the group
-/// with the stored scale. Each group is read once by the second pass.
+/// with the stored scale and offset. Each group is read once by the second
+/// pass. `offset` receives the float offsets of a `FloatOffset` recipe.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
     core: &PlanCore,
     kernel: &RecipeKernel,
@@ -136,6 +138,7 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
     scale: TensorMut<'_, TScale, 2>,
     zero_point: TensorMut<'_, i32, 2>,
     codes: Option<TensorMut<'_, TOut, 2>>,
+    offset: Option<TensorMut<'_, TScale, 2>>,
 ) -> Result<()> {
     let l = core.layout;
     if l.outer == 0 || l.axis == 0 {
@@ -151,8 +154,12 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
             }
         }
     }
-    let with_codes = codes.is_some();
+    let (with_codes, with_offset) = (codes.is_some(), offset.is_some());
     let (code_data, code_stride) = match codes {
+        Some(t) => (t.data, t.stride[0]),
+        None => (&mut [][..], 0),
+    };
+    let (offset_data, offset_stride) = match offset {
         Some(t) => (t.data, t.stride[0]),
         None => (&mut [][..], 0),
     };
@@ -169,35 +176,40 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
             data: code_data,
             stride: code_stride,
         },
-    );
-    kernels::for_each_row_block(
-        stream,
-        l.outer,
-        l.axis,
-        outputs,
-        &|r0, rows, mut s, mut z, mut q| {
-            for i in 0..rows {
-                let xs = row_slice(&input, r0 + i, 0, l.axis);
-                let (s_row, z_row) = (s.row(i, l.num_groups), z.row(i, l.num_groups));
-                let mut q_row = if with_codes {
-                    Some(q.row(i, l.axis / TOut::PACK))
-                } else {
-                    None
-                };
-                for (g, group) in xs.chunks_exact(gs).enumerate() {
-                    let (sv, zv) = kernel.params(group);
-                    let stored = TScale::from_f64(sv);
-                    s_row[g] = stored;
-                    z_row[g] = zv;
-                    if let Some(q_row) = q_row.as_deref_mut() {
-                        let units = gs / TOut::PACK;
-                        let out = &mut q_row[g * units..(g + 1) * units];
-                        kernel.quantize_group(group, stored.to_f64(), zv, out);
-                    }
-                }
-            }
+        Rows {
+            data: offset_data,
+            stride: offset_stride,
         },
     );
+    let units = gs / TOut::PACK;
+    kernels::for_each_row_block(stream, l.outer, l.axis, outputs, &|r0,
+                                                                    rows,
+                                                                    (
+        mut s,
+        mut z,
+        mut q,
+        mut m,
+    )| {
+        for i in 0..rows {
+            let xs = row_slice(&input, r0 + i, 0, l.axis);
+            let (s_row, z_row) = (s.row(i, l.num_groups), z.row(i, l.num_groups));
+            let mut q_row = with_codes.then(|| q.row(i, l.axis / TOut::PACK));
+            let mut m_row = with_offset.then(|| m.row(i, l.num_groups));
+            for (g, group) in xs.chunks_exact(gs).enumerate() {
+                let (sv, zv, mv) = kernel.params(group);
+                let (stored, stored_m) = (TScale::from_f64(sv), TScale::from_f64(mv));
+                s_row[g] = stored;
+                z_row[g] = zv;
+                if let Some(m_row) = m_row.as_deref_mut() {
+                    m_row[g] = stored_m;
+                }
+                if let Some(q_row) = q_row.as_deref_mut() {
+                    let out = &mut q_row[g * units..(g + 1) * units];
+                    kernel.quantize_group(group, (stored.to_f64(), zv, stored_m.to_f64()), out);
+                }
+            }
+        }
+    });
     Ok(())
 }
 
@@ -251,6 +263,7 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
 
     /// Writes every group's scale and zero point. Calls `can_implement`
     /// first; on any error (including `NonFiniteInput`) nothing is written.
+    /// A recipe with a float offset needs [`run_with_offset`](Self::run_with_offset).
     pub fn run(
         &self,
         stream: &Stream,
@@ -259,19 +272,51 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
     ) -> Result<()> {
         let _ = workspace;
         self.can_implement(&args)?;
+        check_offset::<TScale>(PLAN, &self.kernel.recipe, None, &self.core)?;
         let ChooseQParamsPerGroupArgs {
             input,
             scale,
             zero_point,
         } = args;
-        run_engine::<TIn, TScale, u8>(
-            &self.core,
-            &self.kernel,
-            stream,
+        let (core, kernel) = (&self.core, &self.kernel);
+        run_engine::<TIn, TScale, u8>(core, kernel, stream, input, scale, zero_point, None, None)
+    }
+
+    /// [`run`](Self::run) that also writes each group's float offset
+    /// (`[outer_size, num_groups]`; zeros for recipes without one).
+    pub fn run_with_offset(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: ChooseQParamsPerGroupArgs<'_, TIn, TScale>,
+        offset: TensorMut<'_, TScale, 2>,
+    ) -> Result<()> {
+        let _ = workspace;
+        self.can_implement(&args)?;
+        check_offset(PLAN, &self.kernel.recipe, Some(&offset), &self.core)?;
+        let ChooseQParamsPerGroupArgs {
             input,
             scale,
             zero_point,
-            None,
-        )
+        } = args;
+        let (core, kernel, m) = (&self.core, &self.kernel, Some(offset));
+        run_engine::<TIn, TScale, u8>(core, kernel, stream, input, scale, zero_point, None, m)
+    }
+}
+
+/// A `FloatOffset` recipe needs an offset tensor (`InvalidProblem`
+/// otherwise), and a given one must fit `[outer_size, num_groups]`.
+pub(super) fn check_offset<T>(
+    plan: &str,
+    recipe: &Recipe,
+    offset: Option<&TensorMut<'_, T, 2>>,
+    core: &PlanCore,
+) -> Result<()> {
+    match offset {
+        None if recipe.zero_point == ZeroPointRule::FloatOffset => Err(Error::InvalidProblem(
+            format!("{plan}: the recipe writes a float offset per group: call run_with_offset"),
+        )),
+        None => Ok(()),
+        Some(t) => core.check_views(&[], &[View::of_mut("offset", t, core.layout.param_shape())]),
     }
 }

@@ -1,7 +1,7 @@
 //! `QuantizeDynamicPerGroupPlan`: scales, zero points and codes in one pass,
 //! by a [`Recipe`].
 
-use super::choose_qparams_per_group::{check_recipe, run_engine, select_engine};
+use super::choose_qparams_per_group::{check_offset, check_recipe, run_engine, select_engine};
 use super::common::{check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
@@ -155,30 +155,56 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
     plan_info_methods!();
 
     /// Writes scales, zero points and codes. Calls `can_implement` first; on
-    /// any error (including `NonFiniteInput`) nothing is written.
+    /// any error (including `NonFiniteInput`) nothing is written. A recipe
+    /// with a float offset needs [`run_with_offset`](Self::run_with_offset).
     pub fn run(
         &self,
         stream: &Stream,
         workspace: Workspace<'_>,
         args: QuantizeDynamicPerGroupArgs<'_, TIn, TScale, TOut>,
     ) -> Result<()> {
+        self.run_inner(stream, workspace, args, None)
+    }
+
+    /// [`run`](Self::run) that also writes each group's float offset
+    /// (`[outer_size, num_groups]`; zeros for recipes without one), for
+    /// recipes such as [`Recipe::gguf_q4_1`] where `x ≈ q·s + m`.
+    pub fn run_with_offset(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: QuantizeDynamicPerGroupArgs<'_, TIn, TScale, TOut>,
+        offset: TensorMut<'_, TScale, 2>,
+    ) -> Result<()> {
+        self.run_inner(stream, workspace, args, Some(offset))
+    }
+
+    fn run_inner(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: QuantizeDynamicPerGroupArgs<'_, TIn, TScale, TOut>,
+        offset: Option<TensorMut<'_, TScale, 2>>,
+    ) -> Result<()> {
         let _ = workspace;
         self.can_implement(&args)?;
+        check_offset(PLAN, &self.kernel.recipe, offset.as_ref(), &self.core)?;
         let QuantizeDynamicPerGroupArgs {
             input,
             scale,
             zero_point,
             output,
         } = args;
-        let codes = Some(output);
+        let (core, kernel) = (&self.core, &self.kernel);
         run_engine(
-            &self.core,
-            &self.kernel,
+            core,
+            kernel,
             stream,
             input,
             scale,
             zero_point,
-            codes,
+            Some(output),
+            offset,
         )
     }
 }
