@@ -14,6 +14,7 @@
 //! | [`awq_qzeros`] | zero points `[N, G]` | `[G, N·bits/32]`, the same order |
 //! | [`compressed_tensors_weight`] | signed codes `[N, K]` | `[N, ⌈K·bits/32⌉]`, packed along K, stored as `q + 2^(bits−1)` |
 //! | [`compressed_tensors_zero_point`] | signed zero points `[N, G]` | `[⌈N·bits/32⌉, G]`, packed along N, `z + 2^(bits−1)` |
+//! | [`gguf_blocks`] | codes, `d` (and `m`) per 32-element block | ggml's Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 block bytes |
 //!
 //! torchao's `PlainLayout` stores codes unpacked, one per byte, row-major
 //! `[M, K]` beside `scale` and `zero_point` `[M, G]`: that is groupq's own
@@ -514,4 +515,153 @@ mod tests {
         assert!(gptq_qweight(&[0; 7], 1, 7, 4).is_err());
         assert!(nibbles(&[16]).is_err());
     }
+}
+
+/// The ggml block types of [`gguf_blocks`]: 32 codes a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GgufBlock {
+    /// `d: f16, qs: [i8; 32]` (34 bytes).
+    Q8_0,
+    /// `d: f16, qs: [u8; 16]` (18 bytes): 4-bit codes, element `j` in the low
+    /// nibble of `qs[j]`, element `j + 16` in its high nibble.
+    Q4_0,
+    /// `d: f16, m: f16, qs: [u8; 16]` (20 bytes).
+    Q4_1,
+    /// `d: f16, qh: u32, qs: [u8; 16]` (22 bytes): 5-bit codes, bit 4 of
+    /// element `j` in bit `j` of `qh` (little-endian), the low 4 bits as Q4_0.
+    Q5_0,
+    /// `d: f16, m: f16, qh: u32, qs: [u8; 16]` (24 bytes).
+    Q5_1,
+}
+
+impl GgufBlock {
+    /// Codes per block.
+    pub const SIZE: usize = 32;
+
+    /// Bytes per block.
+    pub const fn bytes(self) -> usize {
+        match self {
+            GgufBlock::Q8_0 => 34,
+            GgufBlock::Q4_0 => 18,
+            GgufBlock::Q4_1 => 20,
+            GgufBlock::Q5_0 => 22,
+            GgufBlock::Q5_1 => 24,
+        }
+    }
+
+    fn has_min(self) -> bool {
+        matches!(self, GgufBlock::Q4_1 | GgufBlock::Q5_1)
+    }
+
+    fn code_range(self) -> (i32, i32) {
+        match self {
+            GgufBlock::Q8_0 => (-128, 127),
+            GgufBlock::Q4_0 | GgufBlock::Q4_1 => (0, 15),
+            GgufBlock::Q5_0 | GgufBlock::Q5_1 => (0, 31),
+        }
+    }
+}
+
+/// ggml blocks: `codes` (a multiple of 32, in element order), one `d` (and,
+/// for Q4_1/Q5_1, one `m`) per block as f16 bits, to the raw bytes gguf
+/// stores.
+///
+/// ```
+/// use groupq::pack::{gguf_blocks, gguf_blocks_unpack, GgufBlock};
+/// let codes: Vec<i32> = (0..32).map(|i| i % 16).collect();
+/// let bytes = gguf_blocks(GgufBlock::Q4_0, &codes, &[0x3c00], None)?;
+/// assert_eq!(bytes.len(), 18);
+/// assert_eq!(gguf_blocks_unpack(GgufBlock::Q4_0, &bytes)?, (codes, vec![0x3c00], None));
+/// # Ok::<(), groupq::Error>(())
+/// ```
+pub fn gguf_blocks(
+    kind: GgufBlock,
+    codes: &[i32],
+    d: &[u16],
+    m: Option<&[u16]>,
+) -> Result<Vec<u8>> {
+    let fmt = "gguf_blocks";
+    let blocks = codes.len() / GgufBlock::SIZE;
+    if !codes.len().is_multiple_of(GgufBlock::SIZE) || d.len() != blocks {
+        return Err(invalid(format!(
+            "{fmt}: {} codes and {} scales do not make whole blocks of 32",
+            codes.len(),
+            d.len()
+        )));
+    }
+    if kind.has_min() != m.is_some() || m.is_some_and(|m| m.len() != blocks) {
+        return Err(invalid(format!(
+            "{fmt}: {kind:?} needs one minimum per block exactly when it has minimums"
+        )));
+    }
+    let (lo, hi) = kind.code_range();
+    if let Some((i, &c)) = codes
+        .iter()
+        .enumerate()
+        .find(|(_, c)| !(lo..=hi).contains(*c))
+    {
+        return Err(invalid(format!(
+            "{fmt}: code {c} at {i} is outside {kind:?}'s [{lo}, {hi}]"
+        )));
+    }
+    let mut out = Vec::with_capacity(blocks * kind.bytes());
+    for (b, q) in codes.chunks_exact(GgufBlock::SIZE).enumerate() {
+        out.extend_from_slice(&d[b].to_le_bytes());
+        if let Some(m) = m {
+            out.extend_from_slice(&m[b].to_le_bytes());
+        }
+        if kind == GgufBlock::Q8_0 {
+            out.extend(q.iter().map(|&c| c as i8 as u8));
+            continue;
+        }
+        if matches!(kind, GgufBlock::Q5_0 | GgufBlock::Q5_1) {
+            let qh = q
+                .iter()
+                .enumerate()
+                .fold(0u32, |h, (j, &c)| h | (((c as u32 >> 4) & 1) << j));
+            out.extend_from_slice(&qh.to_le_bytes());
+        }
+        out.extend((0..16).map(|j| ((q[j] & 0xf) | ((q[j + 16] & 0xf) << 4)) as u8));
+    }
+    Ok(out)
+}
+
+/// The inverse of [`gguf_blocks`]: `(codes, d, m)`.
+pub type GgufUnpacked = (Vec<i32>, Vec<u16>, Option<Vec<u16>>);
+
+/// The inverse of [`gguf_blocks`].
+pub fn gguf_blocks_unpack(kind: GgufBlock, bytes: &[u8]) -> Result<GgufUnpacked> {
+    if !bytes.len().is_multiple_of(kind.bytes()) {
+        return Err(invalid(format!(
+            "gguf_blocks_unpack: {} bytes are not whole {kind:?} blocks of {}",
+            bytes.len(),
+            kind.bytes()
+        )));
+    }
+    let (mut codes, mut d, mut m) = (Vec::new(), Vec::new(), kind.has_min().then(Vec::new));
+    let half = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+    for block in bytes.chunks_exact(kind.bytes()) {
+        d.push(half(block));
+        let mut rest = &block[2..];
+        if let Some(m) = m.as_mut() {
+            m.push(half(rest));
+            rest = &rest[2..];
+        }
+        if kind == GgufBlock::Q8_0 {
+            codes.extend(rest.iter().map(|&b| i32::from(b as i8)));
+            continue;
+        }
+        let qh = if matches!(kind, GgufBlock::Q5_0 | GgufBlock::Q5_1) {
+            let h = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+            rest = &rest[4..];
+            h
+        } else {
+            0
+        };
+        let high = |j: usize| (((qh >> j) & 1) << 4) as i32;
+        codes.extend((0..16).map(|j| i32::from(rest[j] & 0xf) | high(j)));
+        codes.extend((0..16).map(|j| i32::from(rest[j] >> 4) | high(j + 16)));
+    }
+    Ok((codes, d, m))
 }

@@ -765,6 +765,29 @@ fn gguf_block_formats() {
         let d16: Vec<f16> = s.iter().map(|&v| f16::from_f32(v)).collect();
         let bits16 = |v: &[f16]| v.iter().map(|h| u64::from(h.to_bits())).collect::<Vec<_>>();
         compare_bits("scale", &case, &bits16(&d16), &case.must("scale"));
+        // The raw ggml blocks, and back.
+        let kind = match case.variant.as_str() {
+            "q8_0" => pack::GgufBlock::Q8_0,
+            "q4_0" => pack::GgufBlock::Q4_0,
+            "q5_0" => pack::GgufBlock::Q5_0,
+            "q4_1" => pack::GgufBlock::Q4_1,
+            _ => pack::GgufBlock::Q5_1,
+        };
+        let d_bits: Vec<u16> = d16.iter().map(|h| h.to_bits()).collect();
+        let m_bits: Option<Vec<u16>> = case
+            .tensor("min")
+            .map(|_| off.iter().map(|&v| f16::from_f32(v).to_bits()).collect());
+        let blocks = pack::gguf_blocks(kind, &codes, &d_bits, m_bits.as_deref()).unwrap();
+        compare_bits(
+            "packed",
+            &case,
+            &blocks.iter().map(|&b| u64::from(b)).collect::<Vec<_>>(),
+            &case.must("packed"),
+        );
+        assert_eq!(
+            pack::gguf_blocks_unpack(kind, &blocks).unwrap(),
+            (codes.clone(), d_bits, m_bits)
+        );
         if let Some(golden_min) = case.tensor("min") {
             let m16: Vec<f16> = off.iter().map(|&v| f16::from_f32(v)).collect();
             compare_bits("min", &case, &bits16(&m16), &golden_min);

@@ -435,6 +435,21 @@ proptest! {
             prop_assert_eq!(p.len(), n.div_ceil(pf) * groups);
             prop_assert_eq!(pack::compressed_tensors_zero_point_unpack(&p, n, groups, bits).unwrap(), z.to_vec());
         }
+        for (kind, lo, span) in [
+            (pack::GgufBlock::Q8_0, -128i32, 256u64),
+            (pack::GgufBlock::Q4_0, 0, 16),
+            (pack::GgufBlock::Q4_1, 0, 16),
+            (pack::GgufBlock::Q5_0, 0, 32),
+            (pack::GgufBlock::Q5_1, 0, 32),
+        ] {
+            let blocks = n8 * k8;
+            let q: Vec<i32> = (0..blocks * 32).map(|_| lo + ((next() * 7919) % span) as i32).collect();
+            let d: Vec<u16> = (0..blocks).map(|i| (seed as u16).wrapping_add(i as u16)).collect();
+            let m = matches!(kind, pack::GgufBlock::Q4_1 | pack::GgufBlock::Q5_1).then(|| d.iter().map(|v| v ^ 0x5555).collect::<Vec<u16>>());
+            let b = pack::gguf_blocks(kind, &q, &d, m.as_deref()).unwrap();
+            prop_assert_eq!(b.len(), blocks * kind.bytes());
+            prop_assert_eq!(pack::gguf_blocks_unpack(kind, &b).unwrap(), (q, d, m));
+        }
         if bits == 4 {
             let signed: Vec<i32> = codes.iter().map(|&c| i32::from(c) - 8).collect();
             for len in [signed.len(), signed.len() - 1] {
