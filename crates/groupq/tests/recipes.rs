@@ -300,6 +300,27 @@ fn non_finite_input_is_an_error_before_any_write() {
 }
 
 #[test]
+fn the_first_non_finite_group_is_reported_at_every_thread_count() {
+    // Large enough for the check pass to run on the pool.
+    let (m, k, g) = (600, 256, 32);
+    let mut x: Vec<bf16> = values(m * k, 11);
+    for &(row, col) in &[(599, 3), (417, 200), (417, 70), (500, 0)] {
+        x[row * k + col] = bf16::NAN;
+    }
+    for threads in 1..=3 {
+        let recipe = Recipe::torchao(TorchaoMapping::Symmetric, -8, 7);
+        let e = fused::<bf16, bf16, i8>(&x, (m, k, g), recipe, threads)
+            .err()
+            .expect("an error");
+        assert_eq!(
+            e,
+            Error::NonFiniteInput { row: 417, group: 2 },
+            "{threads} threads"
+        );
+    }
+}
+
+#[test]
 fn recipe_plans_validate() {
     let stream = Stream::cpu();
     let mut desc = QuantizeDynamicPerGroupDescriptor {

@@ -10,6 +10,7 @@ use crate::plan::{BackendKind, PlanPreference, QuantizeKind};
 use crate::recipe::{NonFinitePolicy, Recipe, ZeroPointRule};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
+use rayon::prelude::*;
 use std::marker::PhantomData;
 
 const PLAN: &str = "ChooseQParamsPerGroupPlan";
@@ -146,12 +147,19 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
     }
     let gs = l.group_size;
     if kernel.recipe.non_finite == NonFinitePolicy::Error {
-        for row in 0..l.outer {
-            if let Some(group) =
-                RecipeKernel::first_non_finite(row_slice(&input, row, 0, l.axis), gs)
-            {
-                return Err(Error::NonFiniteInput { row, group });
+        let bad = |row: usize| {
+            RecipeKernel::first_non_finite(row_slice(&input, row, 0, l.axis), gs).map(|g| (row, g))
+        };
+        // The first offending group in row-major order, however the rows
+        // are split over threads.
+        let first = match stream.pool() {
+            Some(pool) if l.outer > 1 && l.outer * l.axis >= 1 << 16 => {
+                pool.install(|| (0..l.outer).into_par_iter().find_map_first(bad))
             }
+            _ => (0..l.outer).find_map(bad),
+        };
+        if let Some((row, group)) = first {
+            return Err(Error::NonFiniteInput { row, group });
         }
     }
     let (with_codes, with_offset) = (codes.is_some(), offset.is_some());
