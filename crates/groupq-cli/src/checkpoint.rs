@@ -166,11 +166,12 @@ impl Checkpoint {
             .flat_map(|s| s.tensors.iter().map(move |t| (s, t)))
     }
 
-    /// The `quantization_config` of `config.json`, if any.
+    /// The `quantization_config` of `config.json`, if any (`null` is none).
     pub fn quantization_config(&self) -> Option<&Value> {
         self.config
             .as_ref()
             .and_then(|c| c.get("quantization_config"))
+            .filter(|q| !q.is_null())
     }
 }
 

@@ -560,6 +560,33 @@ fn single_file_input_and_ignore_patterns() {
 }
 
 #[test]
+fn a_null_quantization_config_is_no_quantization() {
+    let dir = scratch("null-config");
+    let input = model(&dir);
+    let config_path = input.join("config.json");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    let mut config: Value = serde_json::from_str(&text).unwrap();
+    config["quantization_config"] = Value::Null;
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let out = dir.join("out");
+    let (ok, _, stderr) = groupq(&[
+        "quantize",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--format",
+        "awq",
+        "--group-size",
+        "32",
+        "-q",
+    ]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(out.join("config.json")).unwrap();
+    let config: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(config["quantization_config"]["quant_method"], "awq");
+}
+
+#[test]
 fn help_for_every_subcommand() {
     for sub in ["quantize", "dequantize", "inspect", "example-model"] {
         let (ok, stdout, _) = groupq(&[sub, "--help"]);
