@@ -312,38 +312,44 @@ impl Bench {
     }
 
     /// The fused recipe plan (scalar for now): GPTQ 4-bit on bf16 weights.
-    fn dynamic(
+    fn dynamic<S: Element, Q: IntElement>(
         &mut self,
+        name: &'static str,
+        recipe: groupq::recipe::Recipe,
         (rows, cols): (usize, usize),
         group: usize,
         stream: &Stream,
     ) -> Result<()> {
-        let dtypes = "bf16->u8".to_string();
-        if !self.wanted("quantize_dynamic gptq bf16->u8") {
+        let dtypes = format!("bf16->{}", Q::KIND);
+        if !self.wanted(&format!("{name} {dtypes}")) {
             return Ok(());
         }
         let (n, ng) = (rows * cols, rows * cols / group);
         let x = synthetic_weights::<bf16>(n, 5);
-        let (mut s, mut z, mut q) = (vec![0f32; ng], vec![0i32; ng], vec![0u8; n]);
+        let (mut s, mut z, mut q) = (
+            vec![S::from_f64(0.0); ng],
+            vec![0i32; ng],
+            vec![Q::default(); n],
+        );
         let desc = QuantizeDynamicPerGroupDescriptor {
             outer_size: rows,
             axis_size: cols,
             group_size: group,
-            recipe: groupq::recipe::Recipe::gptq(false, 4),
+            recipe,
             input_element: ElementKind::Bf16,
-            scale_element: ElementKind::F32,
-            output_element: ElementKind::U8,
+            scale_element: S::KIND,
+            output_element: Q::KIND,
         };
-        let bytes = 2 * n + n + ng * 8;
+        let bytes = 2 * n + n + ng * (S::KIND.size_bytes() + 4);
         let p = [rows, cols / group];
         self.measure(
-            "quantize_dynamic gptq",
+            name,
             dtypes,
             (rows, cols),
             group,
             stream,
             bytes,
-            |pref| QuantizeDynamicPerGroupPlan::<bf16, f32, u8>::select(stream, &desc, pref),
+            |pref| QuantizeDynamicPerGroupPlan::<bf16, S, Q>::select(stream, &desc, pref),
             |plan| plan.sku(),
             |plan| {
                 let args = QuantizeDynamicPerGroupArgs {
@@ -390,7 +396,24 @@ impl Bench {
                 self.dequantize_backward::<bf16>(shape, g, &stream)?;
                 self.dequantize_backward::<f16>(shape, g, &stream)?;
                 self.dequantize_backward::<f64>(shape, g, &stream)?;
-                self.dynamic(shape, g, &stream)?;
+                use groupq::recipe::{Recipe, TorchaoMapping};
+                let torchao = Recipe::torchao(TorchaoMapping::Asymmetric, -8, 7);
+                self.dynamic::<f32, u8>("dynamic gptq", Recipe::gptq(false, 4), shape, g, &stream)?;
+                self.dynamic::<bf16, i8>(
+                    "dynamic ct w4a16",
+                    Recipe::compressed_tensors_w4a16(),
+                    shape,
+                    g,
+                    &stream,
+                )?;
+                self.dynamic::<f16, u8>(
+                    "dynamic awq",
+                    Recipe::awq_f16(true, 4),
+                    shape,
+                    g,
+                    &stream,
+                )?;
+                self.dynamic::<bf16, i8>("dynamic torchao", torchao, shape, g, &stream)?;
             }
         }
         Ok(())

@@ -327,24 +327,26 @@ mod tests {
                         rounding: Rounding::TiesEven,
                         arithmetic: crate::recipe::Arithmetic::Math,
                     };
-                    let mut fast = vec![0i8; 64];
-                    quantize_group_f32(&xs, s, z, divide, before, &mut fast, -128, 127);
-                    for (i, &x) in xs.iter().enumerate() {
-                        let general = quantize(
-                            &f,
-                            Arith(ElementKind::F32),
-                            f64::from(x),
-                            f64::from(s),
-                            z,
-                            0.0,
-                            -128,
-                            127,
-                        );
-                        assert_eq!(
-                            i32::from(fast[i]),
-                            general,
-                            "x {x:e} s {s:e} z {z} {app:?} {stage:?}"
-                        );
+                    let g = (s, z, divide, before);
+                    let mut fast = [vec![0i8; 64], vec![0i8; 64], vec![0i8; 64]];
+                    quantize_group_f32(&xs, g, |v| v, &mut fast[0], -128, 127);
+                    let to_bf16 = |v: f32| bf16::from_f32(v).to_f32();
+                    quantize_group_f32(&xs, g, to_bf16, &mut fast[1], -128, 127);
+                    let to_f16 = |v: f32| f16::from_f32(v).to_f32();
+                    quantize_group_f32(&xs, g, to_f16, &mut fast[2], -128, 127);
+                    let kinds = [ElementKind::F32, ElementKind::Bf16, ElementKind::F16];
+                    for (k, kind) in kinds.into_iter().enumerate() {
+                        let a = Arith(kind);
+                        // Scales are values of the dtype where it is used.
+                        if a.r(f64::from(s)) != f64::from(s) {
+                            continue;
+                        }
+                        for (i, &x) in xs.iter().enumerate() {
+                            let general =
+                                quantize(&f, a, f64::from(x), f64::from(s), z, 0.0, -128, 127);
+                            let what = format!("{kind:?}: x {x:e} s {s:e} z {z} {app:?} {stage:?}");
+                            assert_eq!(i32::from(fast[k][i]), general, "{what}");
+                        }
                     }
                 }
             }
@@ -456,15 +458,27 @@ impl FormulaKernel {
         let (f, a) = (&self.formula, self.arith);
         let exact_in_f32 =
             f64::from(s as f32).to_bits() == s.to_bits() && z.unsigned_abs() <= 1 << 24;
-        if a.0 == ElementKind::F32 && offset == 0.0 && exact_in_f32 {
-            let direct = match f.scale_application {
-                ScaleApplication::Divide => Some(true),
-                ScaleApplication::ReciprocalMultiply => Some(false),
-                ScaleApplication::ReciprocalMultiplyFused => None,
-            };
-            if let (Some(divide), Rounding::TiesEven) = (direct, f.rounding) {
-                let before = f.zero_point_stage == ZeroPointStage::BeforeRounding;
-                return quantize_group_f32(xs, s as f32, z, divide, before, out, q_min, q_max);
+        let direct = match f.scale_application {
+            ScaleApplication::Divide => Some(true),
+            ScaleApplication::ReciprocalMultiply => Some(false),
+            ScaleApplication::ReciprocalMultiplyFused => None,
+        };
+        if let (true, Some(divide), Rounding::TiesEven) =
+            (exact_in_f32 && offset == 0.0, direct, f.rounding)
+        {
+            let before = f.zero_point_stage == ZeroPointStage::BeforeRounding;
+            let g = (s as f32, z, divide, before);
+            match a.0 {
+                ElementKind::F32 => return quantize_group_f32(xs, g, |v| v, out, q_min, q_max),
+                ElementKind::Bf16 => {
+                    let rd = |v: f32| bf16::from_f32(v).to_f32();
+                    return quantize_group_f32(xs, g, rd, out, q_min, q_max);
+                }
+                ElementKind::F16 => {
+                    let rd = |v: f32| f16::from_f32(v).to_f32();
+                    return quantize_group_f32(xs, g, rd, out, q_min, q_max);
+                }
+                _ => {}
             }
         }
         Q::write_codes(out, |i| {
@@ -484,33 +498,36 @@ fn rne32(v: f32) -> f32 {
     }
 }
 
-/// [`quantize`] for f32 arithmetic, ties-to-even rounding, no offset and a
-/// zero point exact in f32, computed in f32 directly: each f32 operation is
-/// the correctly rounded one, which is what the f64-then-round path yields.
-#[allow(clippy::too_many_arguments)]
+/// [`quantize`] for f32, f16 or bf16 arithmetic (`rd` rounds an f32 to the
+/// dtype), ties-to-even rounding, no offset and a scale and zero point exact
+/// in f32, computed in f32: an operation on values of the dtype computed in
+/// f32 and rounded by `rd` is the correctly rounded one, which is what the
+/// f64-then-round path yields.
 #[inline(always)]
 fn quantize_group_f32<T: Element, Q: IntElement>(
     xs: &[T],
-    s: f32,
-    z: i32,
-    divide: bool,
-    before: bool,
+    (s, z, divide, before): (f32, i32, bool, bool),
+    rd: impl Fn(f32) -> f32 + Copy,
     out: &mut [Q],
     q_min: i32,
     q_max: i32,
 ) {
-    let (zf, inv) = (z as f32, 1.0 / s);
+    let (zf, inv) = (z as f32, rd(1.0 / s));
     let (lo, hi) = (q_min as f32, q_max as f32);
     Q::write_codes(out, |i| {
-        let x = xs[i].to_f64() as f32;
+        let x = rd(xs[i].to_f64() as f32);
         let v = if s == 0.0 {
             0.0
         } else if divide {
-            x / s
+            rd(x / s)
         } else {
-            x * inv
+            rd(x * inv)
         };
-        let r = if before { rne32(v + zf) } else { rne32(v) + zf };
+        let r = if before {
+            rne32(rd(v + zf))
+        } else {
+            rd(rne32(v) + zf)
+        };
         let r = if r.is_nan() { 0.0 } else { r };
         r.clamp(lo, hi) as i32
     });
