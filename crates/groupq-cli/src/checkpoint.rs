@@ -81,10 +81,6 @@ impl Shard {
     pub fn data(&self, t: &TensorInfo) -> &[u8] {
         &self.mmap[t.start..t.end]
     }
-
-    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
-    }
 }
 
 /// A model: `config.json` (optional), the shards, the other files.

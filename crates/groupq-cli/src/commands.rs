@@ -1,7 +1,7 @@
 //! The subcommands: `quantize`, `dequantize`, `inspect`.
 
 use crate::checkpoint::{write_safetensors, Checkpoint, OutTensor, Shard, TensorInfo, INDEX};
-use crate::formats::{dequantize_module, Detected, Format, ModuleTensors, Spec, Stats, Storage};
+use crate::formats::{dequantize_module, Detected, Spec, Stats, Storage};
 use anyhow::{anyhow, bail, Context, Result};
 use groupq::half::{bf16, f16};
 use groupq::Stream;
@@ -511,8 +511,12 @@ pub fn dequantize(input: &Path, output: &Path, force: bool, quiet: bool) -> Resu
     let (mut weight_map, mut total_size, mut modules) = (BTreeMap::new(), 0usize, 0usize);
     for shard in &ckpt.shards {
         let mut outs = Vec::new();
-        let mut plan: Vec<Result<usize, String>> = Vec::new(); // Ok(tensor) copies, Err(prefix) rebuilds
-        let mut built: Vec<(Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        // Per output tensor: an input tensor copied, or a module rebuilt.
+        enum Source {
+            Copy(usize),
+            Rebuilt(Vec<u8>),
+        }
+        let mut sources = Vec::new();
         for (ti, t) in shard.tensors.iter().enumerate() {
             if let Some(prefix) = t.name.strip_suffix(&marker) {
                 let lookup = |part: &str| {
@@ -520,37 +524,29 @@ pub fn dequantize(input: &Path, output: &Path, force: bool, quiet: bool) -> Resu
                     let (s, t) = (&ckpt.shards[si], &ckpt.shards[si].tensors[ti]);
                     Some((t.dtype, t.shape.clone(), s.data(t)))
                 };
-                let m = ModuleTensors { get: &lookup };
                 let (dtype, shape, bytes) =
-                    dequantize_module(detected, bits, group_size, &m, &stream)
+                    dequantize_module(detected, bits, group_size, &lookup, &stream)
                         .with_context(|| format!("dequantizing {prefix}"))?;
-                let out = OutTensor::new(format!("{prefix}.weight"), dtype, shape.clone());
-                plan.push(Err(prefix.to_string()));
-                built.push((dtype, shape, bytes));
-                outs.push(out);
+                outs.push(OutTensor::new(format!("{prefix}.weight"), dtype, shape));
+                sources.push(Source::Rebuilt(bytes));
                 modules += 1;
-            } else if is_part(&t.name) {
-                continue;
-            } else {
-                plan.push(Ok(ti));
+            } else if !is_part(&t.name) {
                 outs.push(OutTensor::new(t.name.clone(), t.dtype, t.shape.clone()));
+                sources.push(Source::Copy(ti));
             }
         }
         for out in &outs {
             weight_map.insert(out.name.clone(), shard.file_name.clone());
             total_size += out.bytes();
         }
-        let mut next_built = built.into_iter();
         write_safetensors(
             &staging.tmp.join(&shard.file_name),
             &outs,
             shard.metadata.as_ref(),
             |j, w: &mut dyn Write| {
-                match &plan[j] {
-                    Ok(ti) => w.write_all(shard.data(&shard.tensors[*ti]))?,
-                    Err(_) => {
-                        w.write_all(&next_built.next().expect("one rebuilt tensor per module").2)?
-                    }
+                match &sources[j] {
+                    Source::Copy(ti) => w.write_all(shard.data(&shard.tensors[*ti]))?,
+                    Source::Rebuilt(bytes) => w.write_all(bytes)?,
                 }
                 Ok(())
             },
@@ -612,12 +608,4 @@ pub fn inspect(path: &Path) -> Result<String> {
         None => "quantization: none (float checkpoint)\n".to_string(),
     };
     Ok(out)
-}
-
-/// Formats accepted by `--format`, for messages.
-pub fn format_names() -> Vec<&'static str> {
-    [Format::CompressedTensors, Format::Gptq, Format::Awq]
-        .iter()
-        .map(|f| f.name())
-        .collect()
 }

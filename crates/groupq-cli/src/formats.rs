@@ -469,19 +469,17 @@ impl Detected {
 pub type Stored<'a> = (Dtype, Vec<usize>, &'a [u8]);
 
 /// One quantized module's tensors, by part name (`"qweight"`, …).
-pub struct ModuleTensors<'a> {
-    pub get: &'a dyn Fn(&str) -> Option<Stored<'a>>,
-}
+pub type ModuleTensors<'a> = dyn Fn(&str) -> Option<Stored<'a>> + 'a;
 
 /// Float weights back from a quantized module: `(dtype, [n, k], bytes)`.
 pub fn dequantize_module(
     detected: Detected,
     bits: u32,
     group_size: Option<usize>,
-    m: &ModuleTensors<'_>,
+    get: &ModuleTensors<'_>,
     stream: &Stream,
 ) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
-    let need = |part: &str| (m.get)(part).ok_or_else(|| anyhow!("missing tensor .{part}"));
+    let need = |part: &str| get(part).ok_or_else(|| anyhow!("missing tensor .{part}"));
     match detected {
         Detected::CompressedTensors => {
             let (_, _, shape) = need("weight_shape")?;
@@ -499,7 +497,7 @@ pub fn dequantize_module(
                 k,
                 bits,
             )?;
-            let zero = match (m.get)("weight_zero_point") {
+            let zero = match get("weight_zero_point") {
                 Some((_, _, b)) => {
                     pack::compressed_tensors_zero_point_unpack(&read_i32(b), n, g, bits)?
                 }
@@ -544,7 +542,7 @@ pub fn dequantize_module(
             let (_, sshape, sbytes) = need("scales")?;
             let g = sshape[0];
             let gs = group_size.unwrap_or(k / g);
-            if let Some((_, _, gb)) = (m.get)("g_idx") {
+            if let Some((_, _, gb)) = get("g_idx") {
                 let g_idx = read_i32(gb);
                 if g_idx.iter().enumerate().any(|(i, &v)| v as usize != i / gs) {
                     bail!("g_idx is not k / group_size (act-order checkpoints are not supported)");
