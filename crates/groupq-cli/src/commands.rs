@@ -1,9 +1,12 @@
 //! The subcommands: `quantize`, `dequantize`, `inspect`.
 
-use crate::checkpoint::{write_safetensors, Checkpoint, OutTensor, Shard, TensorInfo, INDEX};
-use crate::formats::{dequantize_module, Detected, Spec, Stats, Storage};
+use crate::checkpoint::{write_safetensors, Checkpoint, OutTensor, TensorInfo, INDEX};
+use crate::formats::{
+    dtype_config_name, dtype_from_config, restored_bytes, transpose, Format, ModulePlan, Scope,
+    Spec, Stats, Weights,
+};
+use crate::layout::{is_linear_weight, is_lm_head, stack_of, Layout};
 use anyhow::{anyhow, bail, Context, Result};
-use groupq::half::{bf16, f16};
 use groupq::Stream;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use safetensors::Dtype;
@@ -66,35 +69,149 @@ pub fn matches_pattern(pattern: &str, name: &str) -> bool {
 /// What happens to one input tensor.
 enum Action {
     Copy,
-    Quantize { prefix: String, n: usize, k: usize },
+    /// `transposed`: a `Conv1D` weight, stored `[k, n]`.
+    Quantize {
+        prefix: String,
+        n: usize,
+        k: usize,
+        transposed: bool,
+    },
 }
 
-fn is_float(d: Dtype) -> bool {
-    matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16)
-}
-
-/// Whether a tensor is the weight of a Linear layer: a rank-2 float
-/// `*.weight` that is not an embedding or a norm.
-fn is_linear_weight(t: &TensorInfo) -> bool {
-    let lower = t.name.to_lowercase();
-    t.name.ends_with(".weight")
-        && t.shape.len() == 2
-        && is_float(t.dtype)
-        && !["embed", "norm", "wte", "wpe"]
+/// Decides every Linear layer's fate: quantized, or kept in float with the
+/// reason. Fails on a weight the format cannot store (unless
+/// `--skip-indivisible`) and when nothing would be quantized.
+fn plan_modules(
+    o: &QuantizeOptions,
+    ckpt: &Checkpoint,
+    layout: &Layout,
+    summary: &mut Summary,
+) -> Result<ModulePlan> {
+    let fmt = o.spec.format.imp();
+    let scope = fmt.scope(layout)?;
+    let mut plan = ModulePlan {
+        block: match &scope {
+            Scope::Prefix(p) => Some(p.clone()),
+            _ => None,
+        },
+        ..ModulePlan::default()
+    };
+    let mut used_patterns = vec![false; o.ignore.len()];
+    for (_, t) in ckpt.tensors() {
+        if !is_linear_weight(t) {
+            continue;
+        }
+        let module = t.name.trim_end_matches(".weight");
+        let conv1d = layout.is_conv1d(module);
+        let ignored = o
+            .ignore
             .iter()
-            .any(|s| lower.contains(s))
+            .position(|p| matches_pattern(p, &t.name) || matches_pattern(p, module));
+        if let Some(i) = ignored {
+            used_patterns[i] = true;
+        }
+        let in_scope = match &scope {
+            Scope::AllLinear => true,
+            Scope::Blocks => layout.stacks.is_empty() || stack_of(module).is_some(),
+            Scope::Prefix(p) => module.starts_with(p.as_str()),
+        };
+        let reason = if conv1d && !fmt.reads_conv1d() {
+            Some(format!(
+                "a Conv1D layer ({} model); {} loaders quantize nn.Linear only",
+                layout.model_type.as_deref().unwrap_or("this"),
+                fmt.name()
+            ))
+        } else if is_lm_head(module) {
+            (!o.quantize_lm_head).then(|| "lm_head (--quantize-lm-head quantizes it)".to_string())
+        } else if !in_scope {
+            Some(match &scope {
+                Scope::Prefix(p) => format!(
+                    "outside the repeated blocks {p}.N: {} loaders quantize only those",
+                    fmt.name()
+                ),
+                _ => format!(
+                    "outside the repeated blocks: {} quantizes only those",
+                    fmt.name()
+                ),
+            })
+        } else {
+            ignored.map(|i| format!("--ignore {}", o.ignore[i]))
+        };
+        if let Some(why) = reason {
+            plan.float.insert(module.to_string(), why);
+            continue;
+        }
+        let (n, k) = if conv1d {
+            (t.shape[1], t.shape[0])
+        } else {
+            (t.shape[0], t.shape[1])
+        };
+        match o.spec.shape_problem(n, k) {
+            None => {
+                plan.quantized.insert(module.to_string());
+            }
+            Some(why) if o.skip_indivisible => {
+                if !o.quiet {
+                    eprintln!("warning: {} [{n}, {k}] kept in {:?}: {why}", t.name, t.dtype);
+                }
+                plan.float.insert(module.to_string(), why);
+            }
+            Some(why) => bail!(
+                "{} [{n}, {k}] cannot be stored as {}: {why} (--skip-indivisible keeps such tensors in float)",
+                t.name,
+                fmt.name()
+            ),
+        }
+    }
+    if !o.quiet {
+        for (p, used) in o.ignore.iter().zip(&used_patterns) {
+            if !used {
+                eprintln!("warning: --ignore {p} matches no Linear layer");
+            }
+        }
+    }
+    if plan.quantized.is_empty() {
+        let why: BTreeMap<&str, usize> = plan.float.values().fold(BTreeMap::new(), |mut m, r| {
+            *m.entry(r.as_str()).or_default() += 1;
+            m
+        });
+        let why: Vec<String> = why.iter().map(|(r, c)| format!("{c} × {r}")).collect();
+        bail!(
+            "nothing to quantize in {} as {}: {} Linear layers found{}{}",
+            o.input.display(),
+            fmt.name(),
+            layout.linears.len(),
+            if why.is_empty() {
+                ""
+            } else {
+                ", kept in float: "
+            },
+            why.join("; ")
+        );
+    }
+    summary.kept = plan
+        .float
+        .iter()
+        .map(|(m, why)| (format!("{m}.weight"), why.clone()))
+        .collect();
+    Ok(plan)
 }
 
-/// Whether the options quantize this Linear weight (`lm_head` only when
-/// asked, nothing matching `--ignore`).
-fn selected(o: &QuantizeOptions, t: &TensorInfo) -> bool {
-    let module = t.name.trim_end_matches(".weight");
-    if t.name.to_lowercase().contains("lm_head") && !o.quantize_lm_head {
-        return false;
+/// The config to write, checked against the format's model of its loader:
+/// the loader must quantize exactly the modules that are quantized.
+fn checked_config(o: &QuantizeOptions, layout: &Layout, plan: &ModulePlan) -> Result<Value> {
+    let fmt = o.spec.format.imp();
+    let config = fmt.quantization_config(&o.spec, layout, plan)?;
+    let loaded = fmt.loader_quantizes(&config, layout)?;
+    if loaded != plan.quantized {
+        let extra: Vec<&String> = loaded.difference(&plan.quantized).take(5).collect();
+        let missing: Vec<&String> = plan.quantized.difference(&loaded).take(5).collect();
+        bail!(
+            "{} cannot express this selection: its loader would also quantize {extra:?} and would not quantize {missing:?}",
+            fmt.name()
+        );
     }
-    !o.ignore
-        .iter()
-        .any(|p| matches_pattern(p, &t.name) || matches_pattern(p, module))
+    Ok(config)
 }
 
 /// Refuses an output path that is the input, or exists without `--force`.
@@ -212,50 +329,76 @@ fn progress(total: usize, quiet: bool, what: &str) -> ProgressBar {
     bar
 }
 
-/// Copies every top-level file of the model directory that groupq does not
-/// rewrite (tokenizer, generation config, …).
-fn copy_other_files(ckpt: &Checkpoint, dest: &Path) -> Result<()> {
+/// Copies every file of the model directory that groupq does not rewrite
+/// (tokenizer, generation config, …) and every sub-folder (a
+/// sentence-transformers `1_Pooling/`, …), recursively and bit for bit.
+/// Symbolic links are followed (a Hugging Face cache snapshot is made of
+/// them); `.git`, `.cache` and groupq's own staging folders are skipped.
+fn copy_other_files(ckpt: &Checkpoint, dest: &Path, output: &Path) -> Result<()> {
     let Some(dir) = &ckpt.dir else { return Ok(()) };
-    for entry in std::fs::read_dir(dir)? {
+    let skip_top =
+        |name: &str| name.ends_with(".safetensors") || name == INDEX || name == "config.json";
+    // OUT may lie inside IN: never copy it (or the staging folder) into itself.
+    let exclude: Vec<PathBuf> = [dest, output]
+        .iter()
+        .filter_map(|p| p.canonicalize().ok())
+        .collect();
+    copy_tree(dir, dest, &skip_top, &exclude)
+}
+
+fn copy_tree(
+    src: &Path,
+    dest: &Path,
+    skip: &dyn Fn(&str) -> bool,
+    exclude: &[PathBuf],
+) -> Result<()> {
+    let entries =
+        std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))?;
+    for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !entry.file_type()?.is_file()
-            || name.ends_with(".safetensors")
-            || name == INDEX
-            || name == "config.json"
-        {
+        if skip(&name) || name == ".git" || name == ".cache" || name.contains(".groupq-tmp-") {
             continue;
         }
-        std::fs::copy(entry.path(), dest.join(&name))
-            .with_context(|| format!("cannot copy {name}"))?;
+        let path = entry.path();
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let target = dest.join(&name);
+        if meta.is_dir() {
+            if path.canonicalize().is_ok_and(|c| exclude.contains(&c)) {
+                continue;
+            }
+            std::fs::create_dir_all(&target)
+                .with_context(|| format!("cannot create {}", target.display()))?;
+            copy_tree(&path, &target, &|_| false, exclude)?;
+        } else if meta.is_file() {
+            std::fs::copy(&path, &target).with_context(|| {
+                format!("cannot copy {} to {}", path.display(), target.display())
+            })?;
+        }
     }
     Ok(())
 }
 
-/// Writes `config.json` (the input's, or an empty object, with
-/// `quantization_config` set or removed) and the index when there is one.
+/// `config.json` of the input (an empty object when there is none).
+fn input_config(ckpt: &Checkpoint) -> Result<serde_json::Map<String, Value>> {
+    match ckpt.config.clone().unwrap_or_else(|| json!({})) {
+        Value::Object(m) => Ok(m),
+        _ => bail!("config.json is not an object"),
+    }
+}
+
+/// Writes `config.json` and the index when the input has one.
 fn write_metadata(
     ckpt: &Checkpoint,
     dest: &Path,
-    quantization_config: Option<Value>,
+    config: serde_json::Map<String, Value>,
     weight_map: &BTreeMap<String, String>,
     total_size: usize,
 ) -> Result<()> {
-    let mut config = ckpt.config.clone().unwrap_or_else(|| json!({}));
-    let obj = config
-        .as_object_mut()
-        .ok_or_else(|| anyhow!("config.json is not an object"))?;
-    match quantization_config {
-        Some(q) => {
-            obj.insert("quantization_config".into(), q);
-        }
-        None => {
-            obj.remove("quantization_config");
-        }
-    }
     std::fs::write(
         dest.join("config.json"),
-        serde_json::to_string_pretty(&config)? + "\n",
+        serde_json::to_string_pretty(&Value::Object(config))? + "\n",
     )?;
     if ckpt.indexed || ckpt.shards.len() > 1 {
         let index = json!({"metadata": {"total_size": total_size}, "weight_map": weight_map});
@@ -270,6 +413,16 @@ fn write_metadata(
 /// `groupq quantize`.
 pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
     o.spec.validate()?;
+    let fmt = o.spec.format.imp();
+    if o.quantize_lm_head {
+        if let Some(why) = fmt.lm_head_problem() {
+            bail!(
+                "--quantize-lm-head cannot be used with --format {}: {why}. Drop --quantize-lm-head \
+                 (lm_head stays in float) or use --format compressed-tensors",
+                fmt.name()
+            );
+        }
+    }
     check_output(&o.input, &o.output, o.force)?;
     let ckpt = Checkpoint::open(&o.input)?;
     if let Some(q) = ckpt.quantization_config() {
@@ -282,44 +435,36 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
     let start = Instant::now();
     let stream = Stream::cpu();
 
-    // Decide every tensor's fate before writing anything.
+    // Decide every tensor's fate, and the config, before writing anything.
+    let layout = Layout::of(&ckpt);
     let mut summary = Summary::default();
+    let plan = plan_modules(o, &ckpt, &layout, &mut summary)?;
+    let quantization_config = checked_config(o, &layout, &plan)?;
     let mut actions: Vec<Vec<Action>> = Vec::new();
-    let mut ignored_modules = Vec::new();
     for shard in &ckpt.shards {
-        let mut list = Vec::new();
-        for t in &shard.tensors {
-            summary.bytes_in += t.end - t.start;
-            if !is_linear_weight(t) || !selected(o, t) {
-                if is_linear_weight(t) {
-                    // A Linear left in float (lm_head, --ignore): loaders must know.
-                    ignored_modules.push(t.name.trim_end_matches(".weight").to_string());
+        let list = shard
+            .tensors
+            .iter()
+            .map(|t| {
+                summary.bytes_in += t.end - t.start;
+                let module = t.name.trim_end_matches(".weight");
+                if !is_linear_weight(t) || !plan.quantized.contains(module) {
+                    return Action::Copy;
                 }
-                list.push(Action::Copy);
-                continue;
-            }
-            let (n, k) = (t.shape[0], t.shape[1]);
-            match o.spec.shape_problem(n, k) {
-                None => list.push(Action::Quantize {
-                    prefix: t.name.trim_end_matches(".weight").to_string(),
+                let transposed = layout.is_conv1d(module);
+                let (n, k) = if transposed {
+                    (t.shape[1], t.shape[0])
+                } else {
+                    (t.shape[0], t.shape[1])
+                };
+                Action::Quantize {
+                    prefix: module.to_string(),
                     n,
                     k,
-                }),
-                Some(why) if o.skip_indivisible => {
-                    if !o.quiet {
-                        eprintln!("warning: {} [{n}, {k}] kept in {:?}: {why}", t.name, t.dtype);
-                    }
-                    summary.kept.push((t.name.clone(), why));
-                    ignored_modules.push(t.name.trim_end_matches(".weight").to_string());
-                    list.push(Action::Copy);
+                    transposed,
                 }
-                Some(why) => bail!(
-                    "{} [{n}, {k}] cannot be stored as {}: {why} (--skip-indivisible keeps such tensors in float)",
-                    t.name,
-                    o.spec.format.name()
-                ),
-            }
-        }
+            })
+            .collect();
         actions.push(list);
     }
 
@@ -334,7 +479,7 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
         for (i, (t, a)) in shard.tensors.iter().zip(list).enumerate() {
             let produced = match a {
                 Action::Copy => vec![OutTensor::new(t.name.clone(), t.dtype, t.shape.clone())],
-                Action::Quantize { prefix, n, k } => o.spec.outputs(prefix, t.dtype, *n, *k),
+                Action::Quantize { prefix, n, k, .. } => o.spec.outputs(prefix, t.dtype, *n, *k),
             };
             for (p, out) in produced.into_iter().enumerate() {
                 weight_map.insert(out.name.clone(), shard.file_name.clone());
@@ -357,11 +502,20 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
                         w.write_all(shard.data(t))?;
                         bar.inc((t.end - t.start) as u64);
                     }
-                    Action::Quantize { n, k, .. } => {
+                    Action::Quantize {
+                        n, k, transposed, ..
+                    } => {
                         if part == 0 {
-                            let (bytes, stats) =
-                                quantize_tensor(&o.spec, &stream, shard, t, *n, *k)
-                                    .with_context(|| format!("quantizing {}", t.name))?;
+                            let (bytes, stats) = quantize_tensor(
+                                &o.spec,
+                                &stream,
+                                shard.data(t),
+                                t,
+                                *n,
+                                *k,
+                                *transposed,
+                            )
+                            .with_context(|| format!("quantizing {}", t.name))?;
                             pending = bytes;
                             summary.quantized.push(TensorReport {
                                 name: t.name.clone(),
@@ -379,9 +533,10 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
     }
     bar.finish_and_clear();
     summary.bytes_out = total_size;
-    let config = o.spec.quantization_config(&ignored_modules);
-    write_metadata(&ckpt, &staging.tmp, Some(config), &weight_map, total_size)?;
-    copy_other_files(&ckpt, &staging.tmp)?;
+    let mut config = input_config(&ckpt)?;
+    config.insert("quantization_config".into(), quantization_config);
+    write_metadata(&ckpt, &staging.tmp, config, &weight_map, total_size)?;
+    copy_other_files(&ckpt, &staging.tmp, &o.output)?;
     if let Some(report) = &o.report {
         std::fs::write(
             report,
@@ -397,18 +552,18 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
 fn quantize_tensor(
     spec: &Spec,
     stream: &Stream,
-    shard: &Shard,
+    bytes: &[u8],
     t: &TensorInfo,
     n: usize,
     k: usize,
+    transposed: bool,
 ) -> Result<(Vec<Vec<u8>>, Stats)> {
-    let bytes = shard.data(t);
-    match t.dtype {
-        Dtype::BF16 => spec.quantize::<bf16>(stream, &bf16::read(bytes), n, k),
-        Dtype::F16 => spec.quantize::<f16>(stream, &f16::read(bytes), n, k),
-        Dtype::F32 => spec.quantize::<f32>(stream, &f32::read(bytes), n, k),
-        d => bail!("unsupported weight dtype {d:?}"),
+    let mut w = Weights::read(t.dtype, bytes)?;
+    if transposed {
+        // A Conv1D weight is stored [in_features, out_features].
+        w = w.transposed(k, n);
     }
+    spec.quantize(stream, &w, n, k)
 }
 
 /// The `--report` JSON.
@@ -472,23 +627,48 @@ pub fn print_summary(o: &QuantizeOptions, s: &Summary) {
 }
 
 /// `groupq dequantize`: float weights back, `quantization_config` removed.
-pub fn dequantize(input: &Path, output: &Path, force: bool, quiet: bool) -> Result<usize> {
+pub fn dequantize(
+    input: &Path,
+    output: &Path,
+    dtype: Option<Dtype>,
+    force: bool,
+    quiet: bool,
+) -> Result<usize> {
     check_output(input, output, force)?;
     let ckpt = Checkpoint::open(input)?;
     let names: Vec<&str> = ckpt.tensors().map(|(_, t)| t.name.as_str()).collect();
-    let detected = Detected::detect(ckpt.quantization_config(), &names)
+    let format = Format::detect(ckpt.quantization_config(), &names)
         .ok_or_else(|| anyhow!("{}: no quantized tensors found", input.display()))?;
+    let detected = format.imp();
     let qc = ckpt.quantization_config();
-    let bits = qc
-        .and_then(|c| {
-            c["bits"]
-                .as_u64()
-                .or_else(|| c["config_groups"]["group_0"]["weights"]["num_bits"].as_u64())
-        })
-        .unwrap_or(4) as u32;
-    let group_size = qc
-        .and_then(|c| c["group_size"].as_u64())
-        .map(|g| g as usize);
+    let mut config = input_config(&ckpt)?;
+    config.remove("quantization_config");
+    // The weights are written in the dtype the model loads in: --dtype, else
+    // the config's, else that of the checkpoint's other float tensors.
+    let config_dtype = ["torch_dtype", "dtype"].iter().find_map(|key| {
+        config
+            .get(*key)
+            .and_then(|v| v.as_str())
+            .and_then(dtype_from_config)
+    });
+    let others = ckpt
+        .tensors()
+        .map(|(_, t)| t.dtype)
+        .find(|d| matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16));
+    let target = dtype.or(config_dtype).or(others);
+    if let Some(d) = target {
+        let mut keyed = false;
+        for key in ["torch_dtype", "dtype"] {
+            if config.get(key).is_some_and(|v| v.is_string()) {
+                config.insert(key.into(), json!(dtype_config_name(d)));
+                keyed = true;
+            }
+        }
+        if !keyed && d != Dtype::F32 {
+            config.insert("torch_dtype".into(), json!(dtype_config_name(d)));
+        }
+    }
+    let layout = Layout::of(&ckpt);
     let stream = Stream::cpu();
     // Module prefixes, and where each part lives.
     let mut parts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -524,10 +704,18 @@ pub fn dequantize(input: &Path, output: &Path, force: bool, quiet: bool) -> Resu
                     let (s, t) = (&ckpt.shards[si], &ckpt.shards[si].tensors[ti]);
                     Some((t.dtype, t.shape.clone(), s.data(t)))
                 };
-                let (dtype, shape, bytes) =
-                    dequantize_module(detected, bits, group_size, &lookup, &stream)
-                        .with_context(|| format!("dequantizing {prefix}"))?;
-                outs.push(OutTensor::new(format!("{prefix}.weight"), dtype, shape));
+                let r = detected
+                    .dequantize_module(qc, &lookup, &stream)
+                    .with_context(|| format!("dequantizing {prefix}"))?;
+                let out_dtype = target.unwrap_or(r.native);
+                let (values, shape) = if layout.is_conv1d(prefix) {
+                    // A Conv1D weight is stored [in_features, out_features].
+                    (transpose(&r.values, r.n, r.k), vec![r.k, r.n])
+                } else {
+                    (r.values, vec![r.n, r.k])
+                };
+                let bytes = restored_bytes(&values, out_dtype)?;
+                outs.push(OutTensor::new(format!("{prefix}.weight"), out_dtype, shape));
                 sources.push(Source::Rebuilt(bytes));
                 modules += 1;
             } else if !is_part(&t.name) {
@@ -554,8 +742,8 @@ pub fn dequantize(input: &Path, output: &Path, force: bool, quiet: bool) -> Resu
         bar.inc(shard.tensors.iter().map(|t| (t.end - t.start) as u64).sum());
     }
     bar.finish_and_clear();
-    write_metadata(&ckpt, &staging.tmp, None, &weight_map, total_size)?;
-    copy_other_files(&ckpt, &staging.tmp)?;
+    write_metadata(&ckpt, &staging.tmp, config, &weight_map, total_size)?;
+    copy_other_files(&ckpt, &staging.tmp, output)?;
     staging.commit()?;
     Ok(modules)
 }
@@ -565,7 +753,7 @@ pub fn inspect(path: &Path) -> Result<String> {
     let ckpt = Checkpoint::open(path)?;
     let mut out = String::new();
     let names: Vec<&str> = ckpt.tensors().map(|(_, t)| t.name.as_str()).collect();
-    let detected = Detected::detect(ckpt.quantization_config(), &names);
+    let detected = Format::detect(ckpt.quantization_config(), &names).map(Format::imp);
     let width = names.iter().map(|n| n.len()).max().unwrap_or(6).max(6);
     for shard in &ckpt.shards {
         out += &format!("{} ({} tensors)\n", shard.file_name, shard.tensors.len());
@@ -591,15 +779,13 @@ pub fn inspect(path: &Path) -> Result<String> {
                 .iter()
                 .filter(|n| n.ends_with(&format!(".{}", d.marker())))
                 .count();
-            let mut line = format!("quantization: {} ({modules} quantized modules)", d.name());
-            if let Some(q) = ckpt.quantization_config() {
-                let bits = q["bits"]
-                    .as_u64()
-                    .or_else(|| q["config_groups"]["group_0"]["weights"]["num_bits"].as_u64());
-                let gs = q["group_size"]
-                    .as_u64()
-                    .or_else(|| q["config_groups"]["group_0"]["weights"]["group_size"].as_u64());
-                if let (Some(b), Some(g)) = (bits, gs) {
+            let qc = ckpt.quantization_config();
+            let mut line = format!(
+                "quantization: {} ({modules} quantized modules)",
+                d.describe(qc)
+            );
+            if let Some(q) = qc {
+                if let (Some(b), Some(g)) = d.bits_and_group(q) {
                     line += &format!(", {b}-bit, group {g}");
                 }
             }

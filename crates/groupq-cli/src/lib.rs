@@ -6,4 +6,5 @@
 pub mod checkpoint;
 pub mod commands;
 pub mod formats;
+pub mod layout;
 pub mod tiny;

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use groupq_cli::commands::{self, QuantizeOptions};
 use groupq_cli::formats::{Format, Spec};
+use safetensors::Dtype;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,6 +16,14 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Float dtypes of restored weights.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FloatDtype {
+    Float16,
+    Bfloat16,
+    Float32,
 }
 
 #[derive(Subcommand)]
@@ -44,7 +53,7 @@ enum Command {
         /// Leave matching Linear weights in float (`*` and `?` wildcards, else a substring).
         #[arg(long, value_name = "PATTERN")]
         ignore: Vec<String>,
-        /// Quantize lm_head too.
+        /// Quantize lm_head too (compressed-tensors only: the gptq and awq loaders of transformers keep it in float).
         #[arg(long)]
         quantize_lm_head: bool,
         /// Keep weights whose shape the format cannot store in float, with a warning, instead of failing.
@@ -67,6 +76,10 @@ enum Command {
         /// The output directory.
         #[arg(short, long)]
         output: PathBuf,
+        /// The dtype of the restored weights (default: the config's `torch_dtype`, else the
+        /// dtype of the checkpoint's other float tensors); `config.json` is updated to match.
+        #[arg(long, value_enum)]
+        dtype: Option<FloatDtype>,
         /// Replace an existing output.
         #[arg(long)]
         force: bool,
@@ -130,15 +143,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = commands::quantize(&o)?;
             if !o.quiet {
                 commands::print_summary(&o, &summary);
+                for note in o.spec.format.imp().notes(&o.spec) {
+                    eprintln!("note: {note}");
+                }
             }
         }
         Command::Dequantize {
             input,
             output,
+            dtype,
             force,
             quiet,
         } => {
-            let modules = commands::dequantize(&input, &output, force, quiet)?;
+            let dtype = dtype.map(|d| match d {
+                FloatDtype::Float16 => Dtype::F16,
+                FloatDtype::Bfloat16 => Dtype::BF16,
+                FloatDtype::Float32 => Dtype::F32,
+            });
+            let modules = commands::dequantize(&input, &output, dtype, force, quiet)?;
             if !quiet {
                 println!("dequantized {modules} modules; wrote {}", output.display());
             }

@@ -473,6 +473,14 @@ fn bad_input_is_an_error_that_writes_nothing() {
         &["--group-size", "48"],
         "q_proj.weight [64, 64]",
     );
+    // down_proj has in_features 128, not a multiple of 48 either: with
+    // every weight kept in float there is nothing to quantize.
+    refused(
+        &input,
+        &out,
+        &["--group-size", "48", "--skip-indivisible"],
+        "nothing to quantize",
+    );
     let (ok, _, stderr) = groupq(&[
         "quantize",
         input.to_str().unwrap(),
@@ -481,17 +489,24 @@ fn bad_input_is_an_error_that_writes_nothing() {
         "--format",
         "gptq",
         "--group-size",
-        "48",
+        "128",
         "--skip-indivisible",
     ]);
     assert!(ok, "{stderr}");
     assert!(
-        stderr.contains("warning") && stderr.contains("kept in"),
+        stderr.contains("warning") && stderr.contains("q_proj.weight [64, 64] kept in"),
         "{stderr}"
     );
     let ckpt = Checkpoint::open(&out).unwrap();
-    // down_proj has in_features 128, not a multiple of 48 either: all kept.
-    assert!(ckpt.tensors().all(|(_, t)| !t.name.ends_with(".qweight")));
+    assert!(ckpt.tensors().all(|(_, t)| !t.name.ends_with("q_proj.qweight")));
+    assert!(ckpt.tensors().any(|(_, t)| t.name.ends_with("down_proj.qweight")));
+    // The loader is told: only down_proj is quantized in the blocks.
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["quantization_config"]["modules_in_block_to_quantize"],
+        serde_json::json!([["mlp.down_proj"]])
+    );
 
     // An existing output without --force; the input as output.
     refused(&input, &out, &[], "already exists");

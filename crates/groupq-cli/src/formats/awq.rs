@@ -1,0 +1,230 @@
+//! AWQ GEMM: 4-bit codes packed along the output features in AutoAWQ's
+//! interleaved order, packed zero points, float16 scales, computed with
+//! AutoAWQ's float16 numerics. transformers converts every `nn.Linear`
+//! except `modules_to_not_convert` and its default skips (the output
+//! embeddings, tied weights, the module of the last parameter).
+
+use super::*;
+use groupq::pack;
+use serde_json::json;
+
+pub struct Awq;
+
+/// transformers' `should_convert_module` for one literal module name: the
+/// key matches from the start up to a module boundary (`.` in the key is a
+/// regex wildcard), or as a suffix.
+fn skipped_by(key: &str, module: &str) -> bool {
+    let (k, m) = (key.as_bytes(), module.as_bytes());
+    let prefix = m.len() >= k.len()
+        && k.iter().zip(m).all(|(a, b)| *a == b'.' || a == b)
+        && (m.len() == k.len() || m[k.len()] == b'.' || k.last() == Some(&b'.'));
+    prefix || module.ends_with(key)
+}
+
+impl QuantFormat for Awq {
+    fn name(&self) -> &'static str {
+        "awq"
+    }
+
+    fn quant_method(&self) -> &'static str {
+        "awq"
+    }
+
+    fn check_spec(&self, spec: &Spec) -> Result<()> {
+        if spec.bits != 4 || spec.symmetric {
+            bail!("awq stores 4-bit codes with zero points only: use --bits 4 --asym");
+        }
+        Ok(())
+    }
+
+    fn recipe(&self, spec: &Spec) -> Recipe {
+        // AutoAWQ casts each layer to float16 before quantizing it.
+        Recipe::awq_f16(true, spec.bits)
+    }
+
+    fn shape_problem(&self, spec: &Spec, n: usize, _k: usize) -> Option<String> {
+        let pf = 32 / spec.bits as usize;
+        (!n.is_multiple_of(pf)).then(|| format!("out_features {n} is not a multiple of {pf}"))
+    }
+
+    fn scope(&self, _layout: &Layout) -> Result<Scope> {
+        Ok(Scope::Blocks)
+    }
+
+    fn lm_head_problem(&self) -> Option<&'static str> {
+        Some("transformers' awq loader always keeps the output embeddings (lm_head) in float")
+    }
+
+    fn reads_conv1d(&self) -> bool {
+        false
+    }
+
+    fn outputs(
+        &self,
+        spec: &Spec,
+        prefix: &str,
+        _dtype: Dtype,
+        n: usize,
+        k: usize,
+    ) -> Vec<OutTensor> {
+        let (g, per_word) = (k / spec.group_size, 32 / spec.bits as usize);
+        let t =
+            |suffix: &str, dtype, shape| OutTensor::new(format!("{prefix}.{suffix}"), dtype, shape);
+        vec![
+            t("qweight", Dtype::I32, vec![k, n / per_word]),
+            t("qzeros", Dtype::I32, vec![g, n / per_word]),
+            t("scales", Dtype::F16, vec![g, n]),
+        ]
+    }
+
+    fn quantize(
+        &self,
+        spec: &Spec,
+        stream: &Stream,
+        w: &Weights,
+        n: usize,
+        k: usize,
+    ) -> Result<(Vec<Vec<u8>>, Stats)> {
+        with_weights!(w, w => quantize_typed(spec, stream, w, n, k))
+    }
+
+    fn quantization_config(
+        &self,
+        spec: &Spec,
+        _layout: &Layout,
+        plan: &ModulePlan,
+    ) -> Result<Value> {
+        let skip = float_list(plan);
+        Ok(json!({
+            "quant_method": "awq",
+            "bits": spec.bits,
+            "group_size": spec.group_size,
+            "zero_point": true,
+            "version": "gemm",
+            "modules_to_not_convert": if skip.is_empty() { Value::Null } else { json!(skip) },
+            "quantized_by": "groupq",
+        }))
+    }
+
+    /// transformers' `replace_with_awq_linear`: every `nn.Linear` that no
+    /// key of `modules_to_not_convert` (plus the output embeddings) skips.
+    fn loader_quantizes(&self, config: &Value, layout: &Layout) -> Result<BTreeSet<String>> {
+        let mut keys: Vec<String> = config["modules_to_not_convert"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.extend(
+            layout
+                .linears
+                .iter()
+                .filter(|m| crate::layout::is_lm_head(m))
+                .cloned(),
+        );
+        Ok(nn_linears(layout)
+            .filter(|m| !keys.iter().any(|k| skipped_by(k, m)))
+            .cloned()
+            .collect())
+    }
+
+    fn identifying_part(&self) -> &'static str {
+        "qweight"
+    }
+
+    fn marker(&self) -> &'static str {
+        "qweight"
+    }
+
+    fn parts(&self) -> &'static [&'static str] {
+        &["qweight", "qzeros", "scales"]
+    }
+
+    fn describe(&self, _config: Option<&Value>) -> String {
+        "awq (gemm)".into()
+    }
+
+    fn bits_and_group(&self, config: &Value) -> (Option<u64>, Option<u64>) {
+        (config["bits"].as_u64(), config["group_size"].as_u64())
+    }
+
+    fn dequantize_module(
+        &self,
+        config: Option<&Value>,
+        get: &ModuleTensors<'_>,
+        stream: &Stream,
+    ) -> Result<Restored> {
+        let bits = config.and_then(|c| c["bits"].as_u64()).unwrap_or(4) as u32;
+        let (_, qshape, qbytes) = need(get, "qweight")?;
+        let per_word = 32 / bits as usize;
+        let (k, n) = (
+            dim(&qshape, 0, "qweight")?,
+            dim(&qshape, 1, "qweight")? * per_word,
+        );
+        let (_, sshape, sbytes) = need(get, "scales")?;
+        let g = dim(&sshape, 0, "scales")?;
+        if !k.is_multiple_of(g) {
+            bail!("scales has {g} groups, which do not divide in_features {k}");
+        }
+        let gs = k / g;
+        let codes = pack::awq_qweight_unpack(&read_i32(qbytes), n, k, bits)?;
+        let zero = pack::awq_qzeros_unpack(&read_i32(need(get, "qzeros")?.2), n, g, bits)?;
+        // float16 scales times small integers: exact in f32.
+        let scale: Vec<f32> = transpose(&f16::read(sbytes), g, n)
+            .iter()
+            .map(|s| s.to_f32())
+            .collect();
+        let values = dequantize::<u8, f32>(stream, &codes, &scale, &zero, n, k, gs)?;
+        Ok(Restored {
+            n,
+            k,
+            values,
+            native: Dtype::F16,
+        })
+    }
+}
+
+fn quantize_typed<T: Storage>(
+    spec: &Spec,
+    stream: &Stream,
+    w: &[T],
+    n: usize,
+    k: usize,
+) -> Result<(Vec<Vec<u8>>, Stats)> {
+    let (gs, g, bits) = (spec.group_size, k / spec.group_size, spec.bits);
+    let (codes, scale, zero) = dynamic::<T, f16, u8>(stream, w, n, k, gs, spec.recipe())?;
+    let restored = dequantize::<u8, f16>(stream, &codes, &scale, &zero, n, k, gs)?;
+    let out = vec![
+        i32_bytes(&pack::awq_qweight(&codes, n, k, bits)?),
+        i32_bytes(&pack::awq_qzeros(&zero, n, g, bits)?),
+        f16::write(&transpose(&scale, n, g)),
+    ];
+    Ok((out, stats_of(w, &restored)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skipped_by;
+
+    #[test]
+    fn should_convert_module_rules() {
+        assert!(skipped_by("lm_head", "lm_head"));
+        assert!(skipped_by("model.layers.1", "model.layers.1.mlp.down_proj"));
+        assert!(!skipped_by(
+            "model.layers.1",
+            "model.layers.11.mlp.down_proj"
+        ));
+        assert!(skipped_by("down_proj", "model.layers.3.mlp.down_proj"));
+        assert!(!skipped_by("mlp.gate", "model.layers.0.mlp.gate_proj"));
+        assert!(skipped_by(
+            "model.layers.0.mlp.down_proj",
+            "model.layers.0.mlp.down_proj"
+        ));
+        assert!(!skipped_by(
+            "model.layers.1.mlp.down_proj",
+            "model.layers.11.mlp.down_proj"
+        ));
+    }
+}

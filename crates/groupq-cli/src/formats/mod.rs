@@ -1,0 +1,480 @@
+//! The checkpoint formats. Each is one file implementing [`QuantFormat`]:
+//! which recipe it uses, which Linear layers its loaders read back as
+//! quantized, the tensors a quantized Linear becomes, the
+//! `quantization_config` the loaders read (checked against a model of the
+//! loader before anything is written), and the way back to float weights.
+//! Adding a format is a new file, a [`Format`] variant and an entry in
+//! [`ALL`].
+
+mod awq;
+mod compressed_tensors;
+mod gptq;
+
+use crate::checkpoint::OutTensor;
+use crate::layout::Layout;
+use anyhow::{anyhow, bail, Result};
+use groupq::half::{bf16, f16};
+use groupq::recipe::Recipe;
+use groupq::*;
+use safetensors::Dtype;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A checkpoint format that inference engines load (the CLI's `--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Format {
+    /// compressed-tensors `pack-quantized` (vLLM, SGLang, transformers).
+    CompressedTensors,
+    /// GPTQ, `checkpoint_format: gptq` (v1 zero points): GPTQModel,
+    /// AutoGPTQ, vLLM, exllama, transformers.
+    Gptq,
+    /// AWQ GEMM (transformers, AutoAWQ, vLLM): 4-bit with zero points.
+    Awq,
+}
+
+/// Every format, in the order `dequantize` tries them on tensor names.
+pub const ALL: [Format; 3] = [Format::CompressedTensors, Format::Gptq, Format::Awq];
+
+impl Format {
+    /// The implementation.
+    pub fn imp(self) -> &'static dyn QuantFormat {
+        match self {
+            Format::CompressedTensors => &compressed_tensors::CompressedTensors,
+            Format::Gptq => &gptq::Gptq,
+            Format::Awq => &awq::Awq,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.imp().name()
+    }
+
+    /// The format of a quantized checkpoint: from `quantization_config`'s
+    /// `quant_method`, else from the tensor names.
+    pub fn detect(config: Option<&Value>, names: &[&str]) -> Option<Format> {
+        if let Some(method) = config.and_then(|c| c["quant_method"].as_str()) {
+            if let Some(f) = ALL.into_iter().find(|f| f.imp().quant_method() == method) {
+                return Some(f);
+            }
+        }
+        ALL.into_iter().find(|f| {
+            let marker = format!(".{}", f.imp().identifying_part());
+            names.iter().any(|n| n.ends_with(&marker))
+        })
+    }
+}
+
+/// Which Linear layers a format's loaders can read back as quantized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every Linear layer (`lm_head` on request).
+    AllLinear,
+    /// The Linear layers of the repeated blocks (all of them when the model
+    /// has no blocks).
+    Blocks,
+    /// The Linear layers whose name starts with this block prefix.
+    Prefix(String),
+}
+
+/// Which Linear layers are quantized and which stay in float, and why.
+#[derive(Debug, Clone, Default)]
+pub struct ModulePlan {
+    pub quantized: BTreeSet<String>,
+    /// Linear modules kept in float, with the reason.
+    pub float: BTreeMap<String, String>,
+    /// The block prefix the scope is limited to ([`Scope::Prefix`]).
+    pub block: Option<String>,
+}
+
+/// What to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    pub format: Format,
+    pub bits: u32,
+    pub group_size: usize,
+    pub symmetric: bool,
+}
+
+impl Spec {
+    /// Refuses combinations the format cannot store.
+    pub fn validate(&self) -> Result<()> {
+        if !matches!(self.bits, 4 | 8) {
+            bail!("--bits {} is not supported: use 4 or 8", self.bits);
+        }
+        if self.group_size == 0 {
+            bail!("--group-size must be at least 1");
+        }
+        self.format.imp().check_spec(self)
+    }
+
+    /// The recipe reproducing the format's reference quantizer.
+    pub fn recipe(&self) -> Recipe {
+        self.format.imp().recipe(self)
+    }
+
+    /// Why a `[n, k]` weight cannot be stored in this format, if it cannot.
+    pub fn shape_problem(&self, n: usize, k: usize) -> Option<String> {
+        if !k.is_multiple_of(self.group_size) {
+            return Some(format!(
+                "in_features {k} is not a multiple of --group-size {}",
+                self.group_size
+            ));
+        }
+        self.format.imp().shape_problem(self, n, k)
+    }
+
+    /// The tensors that replace `<prefix>.weight` (`[n, k]`, dtype `dtype`).
+    pub fn outputs(&self, prefix: &str, dtype: Dtype, n: usize, k: usize) -> Vec<OutTensor> {
+        self.format.imp().outputs(self, prefix, dtype, n, k)
+    }
+
+    /// Quantizes a `[n, k]` weight: the bytes of each tensor of
+    /// [`outputs`](Self::outputs), in order, and how much was lost.
+    pub fn quantize(
+        &self,
+        stream: &Stream,
+        w: &Weights,
+        n: usize,
+        k: usize,
+    ) -> Result<(Vec<Vec<u8>>, Stats)> {
+        self.format.imp().quantize(self, stream, w, n, k)
+    }
+}
+
+/// One format: how to write it and how to read it back.
+pub trait QuantFormat: Sync {
+    /// The `--format` name.
+    fn name(&self) -> &'static str;
+    /// `quantization_config.quant_method`.
+    fn quant_method(&self) -> &'static str;
+    /// Refuses bit widths and modes the format cannot store.
+    fn check_spec(&self, spec: &Spec) -> Result<()>;
+    /// The recipe of the format's reference quantizer.
+    fn recipe(&self, spec: &Spec) -> Recipe;
+    /// A format-specific reason a `[n, k]` weight cannot be stored.
+    fn shape_problem(&self, spec: &Spec, n: usize, k: usize) -> Option<String>;
+    /// Which Linear layers the loaders read as quantized.
+    fn scope(&self, layout: &Layout) -> Result<Scope>;
+    /// Why the loaders cannot read a quantized `lm_head`, if they cannot.
+    fn lm_head_problem(&self) -> Option<&'static str>;
+    /// Whether the loaders quantize `Conv1D` layers (GPT-2).
+    fn reads_conv1d(&self) -> bool;
+    /// The tensors that replace `<prefix>.weight`.
+    fn outputs(
+        &self,
+        spec: &Spec,
+        prefix: &str,
+        dtype: Dtype,
+        n: usize,
+        k: usize,
+    ) -> Vec<OutTensor>;
+    /// The bytes of each tensor of `outputs`, and the error statistics.
+    fn quantize(
+        &self,
+        spec: &Spec,
+        stream: &Stream,
+        w: &Weights,
+        n: usize,
+        k: usize,
+    ) -> Result<(Vec<Vec<u8>>, Stats)>;
+    /// The `quantization_config` that makes the loaders quantize exactly
+    /// `plan.quantized`.
+    fn quantization_config(&self, spec: &Spec, layout: &Layout, plan: &ModulePlan)
+        -> Result<Value>;
+    /// The modules transformers' loader replaces with quantized layers for
+    /// this config: a model of the loader, to check the config against.
+    fn loader_quantizes(&self, config: &Value, layout: &Layout) -> Result<BTreeSet<String>>;
+    /// What the user should know about loading the result.
+    fn notes(&self, _spec: &Spec) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The tensor whose presence marks a quantized module (by name alone).
+    fn identifying_part(&self) -> &'static str;
+    /// The tensor of every quantized module, present in each.
+    fn marker(&self) -> &'static str;
+    /// All the tensors a quantized module may have.
+    fn parts(&self) -> &'static [&'static str];
+    /// A description for `inspect`.
+    fn describe(&self, config: Option<&Value>) -> String;
+    /// Bits and group size from the config.
+    fn bits_and_group(&self, config: &Value) -> (Option<u64>, Option<u64>);
+    /// The float weight of one quantized module.
+    fn dequantize_module(
+        &self,
+        config: Option<&Value>,
+        get: &ModuleTensors<'_>,
+        stream: &Stream,
+    ) -> Result<Restored>;
+}
+
+/// A tensor as stored: dtype, shape and little-endian bytes.
+pub type Stored<'a> = (Dtype, Vec<usize>, &'a [u8]);
+
+/// One quantized module's tensors, by part name (`"qweight"`, …).
+pub type ModuleTensors<'a> = dyn Fn(&str) -> Option<Stored<'a>> + 'a;
+
+/// A module's weight back from its codes: `[n, k]` values as the loader
+/// computes them before any final rounding (exact in f32), and the dtype
+/// the loader computes in by default.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub n: usize,
+    pub k: usize,
+    pub values: Vec<f32>,
+    pub native: Dtype,
+}
+
+/// How well a tensor survived: signal-to-quantization-noise ratio and the
+/// largest absolute error, from the values a loader dequantizes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    pub sqnr_db: f64,
+    pub max_abs_error: f64,
+}
+
+impl Stats {
+    fn of(original: impl Iterator<Item = f64>, restored: impl Iterator<Item = f64>) -> Stats {
+        let (mut signal, mut noise, mut max) = (0.0f64, 0.0f64, 0.0f64);
+        for (a, b) in original.zip(restored) {
+            signal += a * a;
+            noise += (a - b) * (a - b);
+            max = max.max((a - b).abs());
+        }
+        let sqnr_db = if noise == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (signal / noise).log10()
+        };
+        Stats {
+            sqnr_db,
+            max_abs_error: max,
+        }
+    }
+}
+
+/// Float weight dtypes of a checkpoint.
+pub trait Storage: Element {
+    const DTYPE: Dtype;
+    fn read(bytes: &[u8]) -> Vec<Self>;
+    fn write(values: &[Self]) -> Vec<u8>;
+    fn from_f32(v: f32) -> Self;
+}
+
+macro_rules! storage {
+    ($t:ty, $d:expr, $n:literal, $from:expr) => {
+        impl Storage for $t {
+            const DTYPE: Dtype = $d;
+            fn read(bytes: &[u8]) -> Vec<Self> {
+                bytes
+                    .chunks_exact($n)
+                    .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            }
+            fn write(values: &[Self]) -> Vec<u8> {
+                values.iter().flat_map(|v| v.to_le_bytes()).collect()
+            }
+            fn from_f32(v: f32) -> Self {
+                $from(v)
+            }
+        }
+    };
+}
+storage!(f32, Dtype::F32, 4, |v| v);
+storage!(f16, Dtype::F16, 2, f16::from_f32);
+storage!(bf16, Dtype::BF16, 2, bf16::from_f32);
+
+/// A float weight matrix in its checkpoint dtype.
+#[derive(Debug, Clone)]
+pub enum Weights {
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+/// Runs a generic body on the typed values of a [`Weights`].
+macro_rules! with_weights {
+    ($w:expr, $v:ident => $body:expr) => {
+        match $w {
+            $crate::formats::Weights::Bf16($v) => $body,
+            $crate::formats::Weights::F16($v) => $body,
+            $crate::formats::Weights::F32($v) => $body,
+        }
+    };
+}
+pub(crate) use with_weights;
+
+impl Weights {
+    pub fn read(dtype: Dtype, bytes: &[u8]) -> Result<Weights> {
+        Ok(match dtype {
+            Dtype::BF16 => Weights::Bf16(bf16::read(bytes)),
+            Dtype::F16 => Weights::F16(f16::read(bytes)),
+            Dtype::F32 => Weights::F32(f32::read(bytes)),
+            d => bail!("unsupported weight dtype {d:?}"),
+        })
+    }
+
+    /// The `[cols, rows]` transpose of a `[rows, cols]` matrix.
+    pub fn transposed(&self, rows: usize, cols: usize) -> Weights {
+        match self {
+            Weights::Bf16(v) => Weights::Bf16(transpose(v, rows, cols)),
+            Weights::F16(v) => Weights::F16(transpose(v, rows, cols)),
+            Weights::F32(v) => Weights::F32(transpose(v, rows, cols)),
+        }
+    }
+}
+
+/// A dtype name as `config.json` writes it (`torch_dtype` / `dtype`).
+pub fn dtype_from_config(name: &str) -> Option<Dtype> {
+    match name.trim_start_matches("torch.") {
+        "float16" | "half" => Some(Dtype::F16),
+        "bfloat16" => Some(Dtype::BF16),
+        "float32" | "float" => Some(Dtype::F32),
+        _ => None,
+    }
+}
+
+/// The `config.json` name of a float dtype.
+pub fn dtype_config_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F16 => "float16",
+        Dtype::BF16 => "bfloat16",
+        _ => "float32",
+    }
+}
+
+/// Rounds restored values (once, to nearest even) to a checkpoint dtype.
+pub fn restored_bytes(values: &[f32], dtype: Dtype) -> Result<Vec<u8>> {
+    Ok(match dtype {
+        Dtype::F32 => f32::write(values),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        d => bail!("cannot write float weights as {d:?}"),
+    })
+}
+
+pub(crate) fn i32_bytes(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub(crate) fn read_i32(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// The `[cols, rows]` transpose of a row-major `[rows, cols]` matrix.
+pub fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    (0..rows * cols)
+        .map(|i| m[(i % rows) * cols + i / rows])
+        .collect()
+}
+
+/// The error statistics of a weight against its restored values.
+pub(crate) fn stats_of<T: Element, R: Element>(w: &[T], restored: &[R]) -> Stats {
+    Stats::of(
+        w.iter().map(|v| v.to_f64()),
+        restored.iter().map(|v| v.to_f64()),
+    )
+}
+
+/// The fused recipe plan on one weight: codes, scales and zero points.
+pub(crate) fn dynamic<T: Element, S: Element, Q: IntElement>(
+    stream: &Stream,
+    w: &[T],
+    n: usize,
+    k: usize,
+    gs: usize,
+    recipe: Recipe,
+) -> Result<(Vec<Q>, Vec<S>, Vec<i32>)> {
+    let g = k / gs;
+    let desc = QuantizeDynamicPerGroupDescriptor {
+        outer_size: n,
+        axis_size: k,
+        group_size: gs,
+        recipe,
+        input_element: T::KIND,
+        scale_element: S::KIND,
+        output_element: Q::KIND,
+    };
+    let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(stream, &desc, Default::default())?;
+    let (mut q, mut s, mut z) = (
+        vec![Q::default(); n * k],
+        vec![S::from_f64(0.0); n * g],
+        vec![0i32; n * g],
+    );
+    plan.run(
+        stream,
+        Workspace::None,
+        QuantizeDynamicPerGroupArgs {
+            input: TensorRef::new(w, [n, k])?,
+            scale: TensorMut::new(&mut s, [n, g])?,
+            zero_point: TensorMut::new(&mut z, [n, g])?,
+            output: TensorMut::new(&mut q, [n, k])?,
+        },
+    )?;
+    Ok((q, s, z))
+}
+
+/// SPEC §3.2 dequantization of a `[n, k]` weight.
+pub(crate) fn dequantize<Q: IntElement, O: Element>(
+    stream: &Stream,
+    codes: &[Q],
+    scale: &[O],
+    zero: &[i32],
+    n: usize,
+    k: usize,
+    gs: usize,
+) -> Result<Vec<O>> {
+    let desc = DequantizePerGroupDescriptor {
+        outer_size: n,
+        axis_size: k,
+        group_size: gs,
+        input_element: Q::KIND,
+        output_element: O::KIND,
+    };
+    let plan = DequantizePerGroupPlan::<Q, O>::select(stream, &desc, Default::default())?;
+    let mut y = vec![O::from_f64(0.0); n * k];
+    plan.run(
+        stream,
+        Workspace::None,
+        DequantizePerGroupArgs {
+            input: TensorRef::new(codes, [n, k])?,
+            scale: TensorRef::new(scale, [n, k / gs])?,
+            zero_point: TensorRef::new(zero, [n, k / gs])?,
+            output: TensorMut::new(&mut y, [n, k])?,
+        },
+    )?;
+    Ok(y)
+}
+
+/// A module part that must be present.
+pub(crate) fn need<'a>(get: &ModuleTensors<'a>, part: &str) -> Result<Stored<'a>> {
+    get(part).ok_or_else(|| anyhow!("missing tensor .{part}"))
+}
+
+/// A shape's dimension, or an error naming the tensor.
+pub(crate) fn dim(shape: &[usize], i: usize, what: &str) -> Result<usize> {
+    match shape.get(i) {
+        Some(&d) if d > 0 => Ok(d),
+        _ => bail!("{what} has shape {shape:?}: expected rank 2 with non-zero dimensions"),
+    }
+}
+
+/// The Linear modules of `layout` that a loader converting `nn.Linear` only
+/// (not `Conv1D`) sees.
+pub(crate) fn nn_linears(layout: &Layout) -> impl Iterator<Item = &String> {
+    layout.linears.iter().filter(|m| !layout.is_conv1d(m))
+}
+
+/// The names kept in float, as a JSON list (sorted).
+pub(crate) fn float_list(plan: &ModulePlan) -> Vec<String> {
+    plan.float.keys().cloned().collect()
+}
