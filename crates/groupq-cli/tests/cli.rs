@@ -470,15 +470,17 @@ fn bad_input_is_an_error_that_writes_nothing() {
     refused(
         &input,
         &out,
-        &["--group-size", "48"],
+        &["--group-size", "128"],
         "q_proj.weight [64, 64]",
     );
-    // down_proj has in_features 128, not a multiple of 48 either: with
+    // Group sizes the gptq loaders cannot load are refused up front.
+    refused(&input, &out, &["--group-size", "48"], "--group-size 48");
+    // down_proj has in_features 128, not a multiple of 256 either: with
     // every weight kept in float there is nothing to quantize.
     refused(
         &input,
         &out,
-        &["--group-size", "48", "--skip-indivisible"],
+        &["--group-size", "256", "--skip-indivisible"],
         "nothing to quantize",
     );
     let (ok, _, stderr) = groupq(&[
@@ -498,8 +500,12 @@ fn bad_input_is_an_error_that_writes_nothing() {
         "{stderr}"
     );
     let ckpt = Checkpoint::open(&out).unwrap();
-    assert!(ckpt.tensors().all(|(_, t)| !t.name.ends_with("q_proj.qweight")));
-    assert!(ckpt.tensors().any(|(_, t)| t.name.ends_with("down_proj.qweight")));
+    assert!(ckpt
+        .tensors()
+        .all(|(_, t)| !t.name.ends_with("q_proj.qweight")));
+    assert!(ckpt
+        .tensors()
+        .any(|(_, t)| t.name.ends_with("down_proj.qweight")));
     // The loader is told: only down_proj is quantized in the blocks.
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();

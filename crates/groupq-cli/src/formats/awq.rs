@@ -10,6 +10,9 @@ use serde_json::json;
 
 pub struct Awq;
 
+/// The group sizes the AWQ GEMM kernels accept.
+const GROUP_SIZES: [usize; 4] = [16, 32, 64, 128];
+
 /// transformers' `should_convert_module` for one literal module name: the
 /// key matches from the start up to a module boundary (`.` in the key is a
 /// regex wildcard), or as a suffix.
@@ -33,6 +36,12 @@ impl QuantFormat for Awq {
     fn check_spec(&self, spec: &Spec) -> Result<()> {
         if spec.bits != 4 || spec.symmetric {
             bail!("awq stores 4-bit codes with zero points only: use --bits 4 --asym");
+        }
+        if !GROUP_SIZES.contains(&spec.group_size) {
+            bail!(
+                "awq loaders (the GEMM kernels of AutoAWQ and GPTQModel) accept group sizes {GROUP_SIZES:?}, not --group-size {}",
+                spec.group_size
+            );
         }
         Ok(())
     }
@@ -171,12 +180,12 @@ impl QuantFormat for Awq {
         let gs = k / g;
         let codes = pack::awq_qweight_unpack(&read_i32(qbytes), n, k, bits)?;
         let zero = pack::awq_qzeros_unpack(&read_i32(need(get, "qzeros")?.2), n, g, bits)?;
-        // float16 scales times small integers: exact in f32.
-        let scale: Vec<f32> = transpose(&f16::read(sbytes), g, n)
+        // The loaders compute `s * (q - z)` in float16, the scales' dtype.
+        let scale = transpose(&f16::read(sbytes), g, n);
+        let values: Vec<f32> = dequantize::<u8, f16>(stream, &codes, &scale, &zero, n, k, gs)?
             .iter()
-            .map(|s| s.to_f32())
+            .map(|v| v.to_f32())
             .collect();
-        let values = dequantize::<u8, f32>(stream, &codes, &scale, &zero, n, k, gs)?;
         Ok(Restored {
             n,
             k,

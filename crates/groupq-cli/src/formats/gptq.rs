@@ -12,6 +12,10 @@ use serde_json::json;
 
 pub struct Gptq;
 
+/// The group sizes GPTQModel's torch kernel (the one every device has)
+/// accepts.
+const GROUP_SIZES: [usize; 7] = [16, 32, 64, 128, 256, 512, 1024];
+
 /// optimum's `BLOCK_PATTERNS`, tried in order on every module name.
 const BLOCK_PATTERNS: [&str; 8] = [
     "transformer.h",
@@ -64,7 +68,13 @@ impl QuantFormat for Gptq {
         "gptq"
     }
 
-    fn check_spec(&self, _spec: &Spec) -> Result<()> {
+    fn check_spec(&self, spec: &Spec) -> Result<()> {
+        if !GROUP_SIZES.contains(&spec.group_size) {
+            bail!(
+                "gptq loaders (GPTQModel's kernels, behind transformers) accept group sizes {GROUP_SIZES:?}, not --group-size {}",
+                spec.group_size
+            );
+        }
         Ok(())
     }
 
@@ -270,12 +280,12 @@ impl QuantFormat for Gptq {
             GptqZeros::V1
         };
         let zero = pack::gptq_qzeros_unpack(&read_i32(need(get, "qzeros")?.2), n, g, bits, enc)?;
-        // float16 scales times small integers: exact in f32.
-        let scale: Vec<f32> = transpose(&f16::read(sbytes), g, n)
+        // The loaders compute `s * (q - z)` in float16, the scales' dtype.
+        let scale = transpose(&f16::read(sbytes), g, n);
+        let values: Vec<f32> = dequantize::<u8, f16>(stream, &codes, &scale, &zero, n, k, gs)?
             .iter()
-            .map(|s| s.to_f32())
+            .map(|v| v.to_f32())
             .collect();
-        let values = dequantize::<u8, f32>(stream, &codes, &scale, &zero, n, k, gs)?;
         Ok(Restored {
             n,
             k,

@@ -214,9 +214,9 @@ pub type Stored<'a> = (Dtype, Vec<usize>, &'a [u8]);
 /// One quantized module's tensors, by part name (`"qweight"`, …).
 pub type ModuleTensors<'a> = dyn Fn(&str) -> Option<Stored<'a>> + 'a;
 
-/// A module's weight back from its codes: `[n, k]` values as the loader
-/// computes them before any final rounding (exact in f32), and the dtype
-/// the loader computes in by default.
+/// A module's weight back from its codes: `[n, k]` values as the format's
+/// loader computes them in its own dtype (`native`: the scales' dtype), held
+/// exactly in f32.
 #[derive(Debug, Clone)]
 pub struct Restored {
     pub n: usize,
