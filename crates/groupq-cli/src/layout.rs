@@ -44,6 +44,22 @@ pub fn is_lm_head(module: &str) -> bool {
     module.to_lowercase().contains("lm_head")
 }
 
+/// Output heads that a checkpoint with tied word embeddings omits (their
+/// weight is the embedding's), though the loaded model has them as Linear
+/// layers: `lm_head`, and BERT's masked-LM decoder when its head is there.
+pub fn absent_output_heads(layout: &Layout) -> Vec<&'static str> {
+    let mut heads = Vec::new();
+    if !layout.linears.contains("lm_head") {
+        heads.push("lm_head");
+    }
+    if layout.modules.contains("cls.predictions")
+        && !layout.linears.contains("cls.predictions.decoder")
+    {
+        heads.push("cls.predictions.decoder");
+    }
+    heads
+}
+
 /// The repeated-block stack a module belongs to: the name before its first
 /// numeric component (`model.layers` for `model.layers.3.mlp.up_proj`), when
 /// a named module follows the index.

@@ -10,6 +10,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
+/// A byte-level BPE tokenizer of 1024 tokens (`<unk>`, `<s>`, `</s>`, the
+/// 256 bytes, merges learned from the README by `scripts/make_tokenizer.py`):
+/// it encodes any text into the model's vocabulary.
+pub const TOKENIZER: &str = include_str!("tiny_tokenizer.json");
+
 /// The model's dimensions.
 #[derive(Debug, Clone, Copy)]
 pub struct TinyConfig {
@@ -95,8 +100,8 @@ fn layout(c: &TinyConfig) -> Vec<Vec<(String, Vec<usize>, bool)>> {
     shards
 }
 
-/// Writes the model to `dir`: `config.json`, `generation_config.json`, a
-/// tokenizer config, the shards and `model.safetensors.index.json`.
+/// Writes the model to `dir`: `config.json`, `generation_config.json`, the
+/// tokenizer, the shards and `model.safetensors.index.json`.
 pub fn write_model(dir: &Path, c: &TinyConfig) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let config = json!({
@@ -127,10 +132,17 @@ pub fn write_model(dir: &Path, c: &TinyConfig) -> Result<()> {
     )?;
     std::fs::write(
         dir.join("tokenizer_config.json"),
-        serde_json::to_string_pretty(
-            &json!({"model_max_length": 2048, "tokenizer_class": "LlamaTokenizer"}),
-        )? + "\n",
+        serde_json::to_string_pretty(&json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": 2048,
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": "<unk>",
+            "clean_up_tokenization_spaces": false,
+        }))? + "\n",
     )?;
+    std::fs::write(dir.join("tokenizer.json"), TOKENIZER)?;
     let mut values = Values(0x6772_6f75_7071);
     let shards = layout(c);
     let count = shards.len();

@@ -5,6 +5,7 @@
 //! `ignore`.
 
 use super::*;
+use crate::layout::absent_output_heads;
 use groupq::pack;
 
 pub struct CompressedTensors;
@@ -89,9 +90,15 @@ impl QuantFormat for CompressedTensors {
     fn quantization_config(
         &self,
         spec: &Spec,
-        _layout: &Layout,
+        layout: &Layout,
         plan: &ModulePlan,
     ) -> Result<Value> {
+        // A tied output head is a Linear of the loaded model with no tensor
+        // of its own in the checkpoint: it must not be targeted.
+        let mut ignored = float_list(plan);
+        ignored.extend(absent_output_heads(layout).into_iter().map(String::from));
+        ignored.sort();
+        ignored.dedup();
         Ok(serde_json::json!({
             "quant_method": "compressed-tensors",
             "format": "pack-quantized",
@@ -114,7 +121,7 @@ impl QuantFormat for CompressedTensors {
                     "output_activations": null,
                 }
             },
-            "ignore": float_list(plan),
+            "ignore": ignored,
             "kv_cache_scheme": null,
             "global_compression_ratio": null,
             "quantized_by": "groupq",

@@ -224,6 +224,20 @@ impl QuantFormat for Gptq {
             .collect())
     }
 
+    /// transformers' GPT-2 weight init (run on every load) reads
+    /// `c_proj.weight`, which a quantized layer does not have.
+    fn plan_problem(&self, layout: &Layout, plan: &ModulePlan) -> Option<String> {
+        let gpt2 = matches!(layout.model_type.as_deref(), Some("gpt2" | "clvp"));
+        let c_proj = plan.quantized.iter().find(|m| m.ends_with(".c_proj"))?;
+        gpt2.then(|| {
+            format!(
+                "transformers cannot load a {} GPTQ checkpoint whose c_proj layers are quantized \
+                 (its weight init reads {c_proj}.weight); add --ignore '*.c_proj' to keep them in float",
+                layout.model_type.as_deref().unwrap_or_default()
+            )
+        })
+    }
+
     fn identifying_part(&self) -> &'static str {
         "g_idx"
     }

@@ -184,6 +184,11 @@ pub trait QuantFormat: Sync {
     /// The modules transformers' loader replaces with quantized layers for
     /// this config: a model of the loader, to check the config against.
     fn loader_quantizes(&self, config: &Value, layout: &Layout) -> Result<BTreeSet<String>>;
+    /// Why the loaders cannot load this selection of this model, if they
+    /// cannot.
+    fn plan_problem(&self, _layout: &Layout, _plan: &ModulePlan) -> Option<String> {
+        None
+    }
     /// What the user should know about loading the result.
     fn notes(&self, _spec: &Spec) -> Vec<String> {
         Vec::new()
