@@ -11,6 +11,7 @@ use groupq::*;
 use groupq_cli::checkpoint::{Checkpoint, Shard};
 use groupq_cli::formats::{Format, Spec};
 use groupq_cli::tiny::{write_model, TinyConfig};
+use safetensors::Dtype;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -625,4 +626,503 @@ fn shipped_example_model_is_reproducible() {
     let (ok, _, stderr) = groupq(&["example-model", fresh.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     assert_eq!(fingerprint(&fresh), fingerprint(&shipped));
+}
+
+/// Writes a one-shard checkpoint with these tensors (deterministic values)
+/// and this config.
+fn write_checkpoint(dir: &Path, config: Value, tensors: &[(&str, &[usize])], dtype: Dtype) {
+    use groupq_cli::checkpoint::{write_safetensors, OutTensor};
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let outs: Vec<OutTensor> = tensors
+        .iter()
+        .map(|(n, s)| OutTensor::new(*n, dtype, s.to_vec()))
+        .collect();
+    let mut seed = 1u32;
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        &outs,
+        None,
+        |j, w: &mut dyn std::io::Write| {
+            let n: usize = outs[j].shape.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect();
+            let bytes: Vec<u8> = match dtype {
+                Dtype::BF16 => values
+                    .iter()
+                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            w.write_all(&bytes)?;
+            Ok(())
+        },
+    )
+    .unwrap();
+}
+
+fn quantize_to(input: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "quantize",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--force",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout, stderr) = groupq(&args);
+    (ok, stdout + &stderr)
+}
+
+fn quantization_config(out: &Path) -> Value {
+    let c: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    c["quantization_config"].clone()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    Checkpoint::open(dir)
+        .unwrap()
+        .tensors()
+        .map(|(_, t)| t.name.clone())
+        .collect()
+}
+
+/// A BERT encoder (`encoder.layer.N`, a pooler outside the blocks, no
+/// `model.layers`), with a sentence-transformers sub-folder.
+fn bert(dir: &Path) -> PathBuf {
+    let m = dir.join("bert");
+    let mut tensors: Vec<(String, Vec<usize>)> = vec![
+        ("embeddings.word_embeddings.weight".into(), vec![64, 32]),
+        ("embeddings.LayerNorm.weight".into(), vec![32]),
+        ("pooler.dense.weight".into(), vec![32, 32]),
+        ("pooler.dense.bias".into(), vec![32]),
+    ];
+    for l in 0..2 {
+        for (name, shape) in [
+            ("attention.self.query.weight", vec![32, 32]),
+            ("attention.self.key.weight", vec![32, 32]),
+            ("attention.output.dense.weight", vec![32, 32]),
+            ("intermediate.dense.weight", vec![64, 32]),
+            ("output.dense.weight", vec![32, 64]),
+            ("output.LayerNorm.weight", vec![32]),
+        ] {
+            tensors.push((format!("encoder.layer.{l}.{name}"), shape));
+        }
+    }
+    let refs: Vec<(&str, &[usize])> = tensors
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_slice()))
+        .collect();
+    write_checkpoint(
+        &m,
+        serde_json::json!({"architectures": ["BertModel"], "model_type": "bert"}),
+        &refs,
+        Dtype::F32,
+    );
+    std::fs::create_dir_all(m.join("1_Pooling")).unwrap();
+    std::fs::write(
+        m.join("1_Pooling/config.json"),
+        "{\"word_embedding_dimension\": 32}",
+    )
+    .unwrap();
+    std::fs::write(m.join("modules.json"), "[]").unwrap();
+    m
+}
+
+#[test]
+fn gptq_names_the_blocks_of_a_bert_and_keeps_the_pooler_in_float() {
+    let dir = scratch("bert-gptq");
+    let input = bert(&dir);
+    let out = dir.join("out");
+    let (ok, text) = quantize_to(&input, &out, &["--format", "gptq", "--group-size", "32"]);
+    assert!(ok, "{text}");
+    let q = quantization_config(&out);
+    // optimum's block patterns do not match BERT: the prefix is written.
+    assert_eq!(q["block_name_to_quantize"], "encoder.layer");
+    assert_eq!(q["modules_in_block_to_quantize"], Value::Null);
+    assert_eq!(q["lm_head"], false);
+    let n = names(&out);
+    assert!(n.contains(&"pooler.dense.weight".to_string()), "{n:?}");
+    assert!(n.contains(&"encoder.layer.1.output.dense.qweight".to_string()));
+    assert_eq!(n.iter().filter(|t| t.ends_with(".qweight")).count(), 10);
+    // The sub-folder travels, bit for bit.
+    assert_eq!(
+        std::fs::read(out.join("1_Pooling/config.json")).unwrap(),
+        std::fs::read(input.join("1_Pooling/config.json")).unwrap()
+    );
+
+    // awq: the pooler stays in float too, and the loader is told.
+    let (ok, text) = quantize_to(&input, &out, &["--format", "awq", "--group-size", "32"]);
+    assert!(ok, "{text}");
+    let q = quantization_config(&out);
+    assert_eq!(
+        q["modules_to_not_convert"],
+        serde_json::json!(["pooler.dense"])
+    );
+    // compressed-tensors quantizes every Linear (as llm-compressor does).
+    let (ok, text) = quantize_to(
+        &input,
+        &out,
+        &["--format", "compressed-tensors", "--group-size", "32"],
+    );
+    assert!(ok, "{text}");
+    assert!(names(&out).contains(&"pooler.dense.weight_packed".to_string()));
+    // A LLaMA keeps the default block pattern: nothing written.
+    let llama = model(&dir);
+    let (ok, text) = quantize_to(&llama, &out, &["--format", "gptq", "--group-size", "32"]);
+    assert!(ok, "{text}");
+    assert_eq!(
+        quantization_config(&out)["block_name_to_quantize"],
+        Value::Null
+    );
+}
+
+#[test]
+fn ignored_layers_are_declared_to_every_loader() {
+    let dir = scratch("ignore-loaders");
+    let input = model(&dir);
+    let out = dir.join("out");
+    let gs = ["--group-size", "32"];
+    // The same layer in every block: named inside the block.
+    let (ok, text) = quantize_to(
+        &input,
+        &out,
+        &[&["--format", "gptq", "--ignore", "*down_proj*"][..], &gs].concat(),
+    );
+    assert!(ok, "{text}");
+    let q = quantization_config(&out);
+    assert_eq!(
+        q["modules_in_block_to_quantize"],
+        serde_json::json!([[
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "self_attn.k_proj",
+            "self_attn.o_proj",
+            "self_attn.q_proj",
+            "self_attn.v_proj"
+        ]])
+    );
+    assert!(q["dynamic"]
+        .as_object()
+        .unwrap()
+        .contains_key(r"-:^model\.layers\.1\.mlp\.down_proj$"));
+    // Only some blocks: full names.
+    let (ok, text) = quantize_to(
+        &input,
+        &out,
+        &[
+            &["--format", "gptq", "--ignore", "model.layers.0.*"][..],
+            &gs,
+        ]
+        .concat(),
+    );
+    assert!(ok, "{text}");
+    let list = quantization_config(&out)["modules_in_block_to_quantize"][0].clone();
+    let list: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(list.len(), 7);
+    assert!(
+        list.iter().all(|m| m.starts_with("model.layers.1.")),
+        "{list:?}"
+    );
+    // awq and compressed-tensors list every Linear kept in float.
+    for (format, key) in [
+        ("awq", "modules_to_not_convert"),
+        ("compressed-tensors", "ignore"),
+    ] {
+        let (ok, text) = quantize_to(
+            &input,
+            &out,
+            &[&["--format", format, "--ignore", "*.1.mlp.*"][..], &gs].concat(),
+        );
+        assert!(ok, "{text}");
+        assert_eq!(
+            quantization_config(&out)[key],
+            serde_json::json!([
+                "lm_head",
+                "model.layers.1.mlp.down_proj",
+                "model.layers.1.mlp.gate_proj",
+                "model.layers.1.mlp.up_proj"
+            ]),
+            "{format}"
+        );
+    }
+    // A pattern matching nothing is worth a warning.
+    let (ok, text) = quantize_to(
+        &input,
+        &out,
+        &[&["--format", "awq", "--ignore", "nothing.here"][..], &gs].concat(),
+    );
+    assert!(
+        ok && text.contains("--ignore nothing.here matches no Linear layer"),
+        "{text}"
+    );
+}
+
+#[test]
+fn lm_head_is_quantized_only_where_the_loaders_read_it() {
+    let dir = scratch("lm-head");
+    let input = model(&dir);
+    let out = dir.join("out");
+    for format in ["gptq", "awq"] {
+        let extra = [
+            "--format",
+            format,
+            "--quantize-lm-head",
+            "--group-size",
+            "32",
+        ];
+        refused(
+            &input,
+            &out,
+            &extra[2..],
+            "--quantize-lm-head cannot be used",
+        );
+    }
+    let (ok, text) = quantize_to(
+        &input,
+        &out,
+        &[
+            "--format",
+            "compressed-tensors",
+            "--quantize-lm-head",
+            "--group-size",
+            "32",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(names(&out).contains(&"lm_head.weight_packed".to_string()));
+    assert_eq!(quantization_config(&out)["ignore"], serde_json::json!([]));
+}
+
+#[test]
+fn tied_output_heads_are_never_targeted() {
+    let dir = scratch("tied");
+    let m = dir.join("tied");
+    write_checkpoint(
+        &m,
+        serde_json::json!({"architectures": ["MistralForCausalLM"], "model_type": "mistral", "tie_word_embeddings": true}),
+        &[
+            ("model.embed_tokens.weight", &[64, 32]),
+            ("model.layers.0.mlp.up_proj.weight", &[64, 32]),
+            ("model.layers.0.mlp.down_proj.weight", &[32, 64]),
+        ],
+        Dtype::BF16,
+    );
+    let out = dir.join("out");
+    let (ok, text) = quantize_to(
+        &m,
+        &out,
+        &[
+            "--format",
+            "compressed-tensors",
+            "--group-size",
+            "32",
+            "--quantize-lm-head",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("no lm_head weight"), "{text}");
+    assert_eq!(
+        quantization_config(&out)["ignore"],
+        serde_json::json!(["lm_head"])
+    );
+}
+
+#[test]
+fn gpt2_conv1d_layers() {
+    let dir = scratch("gpt2");
+    let m = dir.join("gpt2");
+    write_checkpoint(
+        &m,
+        serde_json::json!({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}),
+        &[
+            ("transformer.wte.weight", &[64, 32]),
+            ("transformer.h.0.attn.c_attn.weight", &[32, 96]),
+            ("transformer.h.0.attn.c_proj.weight", &[32, 32]),
+            ("transformer.h.0.mlp.c_fc.weight", &[32, 128]),
+            ("transformer.h.0.mlp.c_proj.weight", &[128, 32]),
+        ],
+        Dtype::BF16,
+    );
+    let out = dir.join("out");
+    let gs = ["--group-size", "32"];
+    // Conv1D is not nn.Linear: nothing for compressed-tensors or awq.
+    for format in ["compressed-tensors", "awq"] {
+        let (ok, text) = quantize_to(&m, &out, &[&["--format", format][..], &gs].concat());
+        assert!(
+            !ok && text.contains("nothing to quantize") && text.contains("Conv1D"),
+            "{text}"
+        );
+    }
+    // gptq: transformers' GPT-2 init reads c_proj.weight.
+    let (ok, text) = quantize_to(&m, &out, &[&["--format", "gptq"][..], &gs].concat());
+    assert!(!ok && text.contains("--ignore '*.c_proj'"), "{text}");
+    let (ok, text) = quantize_to(
+        &m,
+        &out,
+        &[&["--format", "gptq", "--ignore", "*.c_proj"][..], &gs].concat(),
+    );
+    assert!(ok, "{text}");
+    // The [in, out] weight is quantized as the [out, in] Linear it computes.
+    let ckpt = Checkpoint::open(&out).unwrap();
+    let (_, t) = find(&ckpt, "transformer.h.0.attn.c_attn.qweight");
+    assert_eq!(t.shape, vec![32 / 8, 96]);
+    let src = Checkpoint::open(&m).unwrap();
+    let (s, t) = find(&src, "transformer.h.0.attn.c_attn.weight");
+    let w = transpose(&bf16s(s.data(t)), 32, 96);
+    let (codes, _, _) = library::<f32, u8>(&w, 96, 32, 32, Recipe::gptq(true, 4));
+    let (s, t) = find(&ckpt, "transformer.h.0.attn.c_attn.qweight");
+    assert_eq!(
+        pack::gptq_qweight_unpack(&i32s(s.data(t)), 96, 32, 4).unwrap(),
+        codes
+    );
+    // dequantize restores the Conv1D layout.
+    let back = dir.join("back");
+    let (ok, _, stderr) = groupq(&[
+        "dequantize",
+        out.to_str().unwrap(),
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let ckpt = Checkpoint::open(&back).unwrap();
+    assert_eq!(
+        find(&ckpt, "transformer.h.0.attn.c_attn.weight").1.shape,
+        vec![32, 96]
+    );
+}
+
+#[test]
+fn dequantize_writes_the_dtype_the_config_names() {
+    let dir = scratch("dq-dtype");
+    let input = model(&dir);
+    let out = dir.join("out");
+    let (ok, text) = quantize_to(&input, &out, &["--format", "gptq", "--group-size", "32"]);
+    assert!(ok, "{text}");
+    let q = Checkpoint::open(&out).unwrap();
+    let p = "model.layers.0.mlp.up_proj";
+    let part = |s: &str| {
+        let (sh, t) = find(&q, &format!("{p}.{s}"));
+        sh.data(t).to_vec()
+    };
+    let (n, k) = (SMALL.intermediate, SMALL.hidden);
+    let codes = pack::gptq_qweight_unpack(&i32s(&part("qweight")), n, k, 4).unwrap();
+    let zero =
+        pack::gptq_qzeros_unpack(&i32s(&part("qzeros")), n, k / 32, 4, GptqZeros::V1).unwrap();
+    let scale = transpose(&f16s(&part("scales")), k / 32, n);
+    // What GPTQ loaders compute: s * (q - z) in float16.
+    let loader: Vec<f16> = (0..n * k)
+        .map(|i| {
+            let (r, c) = (i / k, i % k);
+            let g = r * (k / 32) + c / 32;
+            f16::from_f32(scale[g].to_f32() * (codes[i] as i32 - zero[g]) as f32)
+        })
+        .collect();
+    for (dtype, expect, name) in [
+        (None, Dtype::BF16, "bfloat16"),
+        (Some("float16"), Dtype::F16, "float16"),
+        (Some("float32"), Dtype::F32, "float32"),
+    ] {
+        let back = dir.join(format!("back-{name}"));
+        let mut args = vec![
+            "dequantize",
+            out.to_str().unwrap(),
+            "-o",
+            back.to_str().unwrap(),
+        ];
+        if let Some(d) = dtype {
+            args.extend(["--dtype", d]);
+        }
+        let (ok, _, stderr) = groupq(&args);
+        assert!(ok, "{stderr}");
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(back.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["torch_dtype"], name);
+        let ckpt = Checkpoint::open(&back).unwrap();
+        let (s, t) = find(&ckpt, &format!("{p}.weight"));
+        assert_eq!(t.dtype, expect);
+        let got: Vec<f32> = match expect {
+            Dtype::BF16 => bf16s(s.data(t)).iter().map(|v| v.to_f32()).collect(),
+            Dtype::F16 => f16s(s.data(t)).iter().map(|v| v.to_f32()).collect(),
+            _ => read(s.data(t), |c| f32::from_le_bytes(c.try_into().unwrap()), 4),
+        };
+        let want: Vec<f32> = loader
+            .iter()
+            .map(|v| match expect {
+                Dtype::BF16 => bf16::from_f32(v.to_f32()).to_f32(),
+                _ => v.to_f32(),
+            })
+            .collect();
+        assert_eq!(got, want, "{name}");
+        // Unquantized tensors are copied as they are.
+        let (s2, t2) = find(&ckpt, "model.norm.weight");
+        assert_eq!(t2.dtype, Dtype::BF16);
+        let src = Checkpoint::open(&input).unwrap();
+        let (s1, t1) = find(&src, "model.norm.weight");
+        assert_eq!(s1.data(t1), s2.data(t2));
+    }
+}
+
+#[test]
+fn sub_folders_and_links_are_copied_and_asym_compressed_tensors_says_how_to_load() {
+    let dir = scratch("subfolders");
+    let input = model(&dir);
+    std::fs::create_dir_all(input.join("2_Dense/deeper")).unwrap();
+    std::fs::write(input.join("2_Dense/deeper/notes.txt"), "hello").unwrap();
+    std::fs::create_dir_all(input.join(".git")).unwrap();
+    std::fs::write(input.join(".git/HEAD"), "ref").unwrap();
+    let target = dir.join("elsewhere.json");
+    std::fs::write(&target, "{\"linked\": true}").unwrap();
+    std::os::unix::fs::symlink(&target, input.join("special_tokens_map.json")).unwrap();
+    // OUT inside IN: copied once, not into itself.
+    let out = input.join("quantized");
+    let (ok, text) = quantize_to(
+        &input,
+        &out,
+        &[
+            "--format",
+            "compressed-tensors",
+            "--asym",
+            "--group-size",
+            "32",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("CompressedTensorsConfig(dequantize=True)"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("2_Dense/deeper/notes.txt")).unwrap(),
+        "hello"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("special_tokens_map.json")).unwrap(),
+        "{\"linked\": true}"
+    );
+    assert!(!out.join(".git").exists());
+    assert!(!out.join("quantized").exists());
+    // Again with --force: the old OUT is not copied into the new one.
+    let (ok, text) = quantize_to(
+        &input,
+        &out,
+        &["--format", "gptq", "--group-size", "32", "-q"],
+    );
+    assert!(ok, "{text}");
+    assert!(!out.join("quantized").exists());
+    assert_eq!(
+        std::fs::read_to_string(out.join("2_Dense/deeper/notes.txt")).unwrap(),
+        "hello"
+    );
 }
