@@ -155,10 +155,6 @@ impl QuantFormat for Awq {
         "awq (gemm)".into()
     }
 
-    fn bits_and_group(&self, config: &Value) -> (Option<u64>, Option<u64>) {
-        (config["bits"].as_u64(), config["group_size"].as_u64())
-    }
-
     fn dequantize_module(
         &self,
         config: Option<&Value>,
@@ -180,18 +176,7 @@ impl QuantFormat for Awq {
         let gs = k / g;
         let codes = pack::awq_qweight_unpack(&read_i32(qbytes), n, k, bits)?;
         let zero = pack::awq_qzeros_unpack(&read_i32(need(get, "qzeros")?.2), n, g, bits)?;
-        // The loaders compute `s * (q - z)` in float16, the scales' dtype.
-        let scale = transpose(&f16::read(sbytes), g, n);
-        let values: Vec<f32> = dequantize::<u8, f16>(stream, &codes, &scale, &zero, n, k, gs)?
-            .iter()
-            .map(|v| v.to_f32())
-            .collect();
-        Ok(Restored {
-            n,
-            k,
-            values,
-            native: Dtype::F16,
-        })
+        f16_scaled(stream, &codes, sbytes, &zero, n, k, gs)
     }
 }
 

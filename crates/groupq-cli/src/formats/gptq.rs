@@ -258,10 +258,6 @@ impl QuantFormat for Gptq {
         }
     }
 
-    fn bits_and_group(&self, config: &Value) -> (Option<u64>, Option<u64>) {
-        (config["bits"].as_u64(), config["group_size"].as_u64())
-    }
-
     fn dequantize_module(
         &self,
         config: Option<&Value>,
@@ -281,6 +277,9 @@ impl QuantFormat for Gptq {
             Some(gs) if gs > 0 => gs as usize,
             _ => k / g,
         };
+        if gs == 0 || g.checked_mul(gs) != Some(k) {
+            bail!("scales has {g} groups, which do not cover in_features {k} in groups of {gs}");
+        }
         if let Some((_, _, gb)) = get("g_idx") {
             let g_idx = read_i32(gb);
             if g_idx.iter().enumerate().any(|(i, &v)| v as usize != i / gs) {
@@ -294,18 +293,7 @@ impl QuantFormat for Gptq {
             GptqZeros::V1
         };
         let zero = pack::gptq_qzeros_unpack(&read_i32(need(get, "qzeros")?.2), n, g, bits, enc)?;
-        // The loaders compute `s * (q - z)` in float16, the scales' dtype.
-        let scale = transpose(&f16::read(sbytes), g, n);
-        let values: Vec<f32> = dequantize::<u8, f16>(stream, &codes, &scale, &zero, n, k, gs)?
-            .iter()
-            .map(|v| v.to_f32())
-            .collect();
-        Ok(Restored {
-            n,
-            k,
-            values,
-            native: Dtype::F16,
-        })
+        f16_scaled(stream, &codes, sbytes, &zero, n, k, gs)
     }
 }
 

@@ -203,7 +203,9 @@ pub trait QuantFormat: Sync {
     /// A description for `inspect`.
     fn describe(&self, config: Option<&Value>) -> String;
     /// Bits and group size from the config.
-    fn bits_and_group(&self, config: &Value) -> (Option<u64>, Option<u64>);
+    fn bits_and_group(&self, config: &Value) -> (Option<u64>, Option<u64>) {
+        (config["bits"].as_u64(), config["group_size"].as_u64())
+    }
     /// The float weight of one quantized module.
     fn dequantize_module(
         &self,
@@ -458,6 +460,37 @@ pub(crate) fn dequantize<Q: IntElement, O: Element>(
         },
     )?;
     Ok(y)
+}
+
+/// GPTQ and AWQ weights back from codes and `[groups, n]` float16 scales:
+/// their loaders compute `s * (q - z)` in float16.
+pub(crate) fn f16_scaled(
+    stream: &Stream,
+    codes: &[u8],
+    scale_bytes: &[u8],
+    zero: &[i32],
+    n: usize,
+    k: usize,
+    gs: usize,
+) -> Result<Restored> {
+    if gs == 0 || !k.is_multiple_of(gs) || scale_bytes.len() != k / gs * n * 2 {
+        bail!(
+            "scales hold {} float16 values, expected [{} groups, {n}] for in_features {k} in groups of {gs}",
+            scale_bytes.len() / 2,
+            k / gs.max(1)
+        );
+    }
+    let scale = transpose(&f16::read(scale_bytes), k / gs, n);
+    let values = dequantize::<u8, f16>(stream, codes, &scale, zero, n, k, gs)?
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    Ok(Restored {
+        n,
+        k,
+        values,
+        native: Dtype::F16,
+    })
 }
 
 /// A module part that must be present.
