@@ -95,6 +95,7 @@ def make_models(work):
     from transformers import (
         BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM,
         OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM, PreTrainedTokenizerFast,
+        GPTNeoXConfig, GPTNeoXForCausalLM, RobertaConfig, RobertaForMaskedLM,
     )
 
     torch.manual_seed(0)
@@ -105,13 +106,15 @@ def make_models(work):
         "opt": OPTForCausalLM(OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64, **small)),
         "gpt2": GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, **small)),
         "bert-mlm": BertForMaskedLM(BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, **small)),
+        "gpt-neox": GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, tie_word_embeddings=False, **small)),
+        "roberta-mlm": RobertaForMaskedLM(RobertaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64, **small)),
     }
     tok = PreTrainedTokenizerFast(tokenizer_file=str(ROOT / "models/tiny-llama/tokenizer.json"), bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>")
     dirs = []
     for name, model in made.items():
         d = work / "models" / name
         shutil.rmtree(d, ignore_errors=True)
-        model.to(torch.bfloat16 if name != "bert-mlm" else torch.float32).save_pretrained(d)
+        model.to(torch.float32 if name.endswith("-mlm") else torch.bfloat16).save_pretrained(d)
         tok.save_pretrained(d)
         dirs.append(d)
     return dirs
@@ -322,7 +325,7 @@ def main():
     ap.add_argument("--model", action="append", help="model directories (default: tiny-llama and MiniLM)")
     ap.add_argument("--work", default=str(ROOT / "target/peer-check"))
     ap.add_argument("--only", default="")
-    ap.add_argument("--make-models", action="store_true", help="also check small random qwen2, mistral (tied), opt, gpt2 and BertForMaskedLM models")
+    ap.add_argument("--make-models", action="store_true", help="also check small random qwen2, mistral (tied), opt, gpt2, BertForMaskedLM, gpt-neox and RobertaForMaskedLM models")
     o = ap.parse_args()
     work = Path(o.work)
     work.mkdir(parents=True, exist_ok=True)

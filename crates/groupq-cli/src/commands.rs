@@ -476,25 +476,44 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
         actions.push(list);
     }
 
+    let existing: std::collections::BTreeSet<&str> =
+        ckpt.tensors().map(|(_, t)| t.name.as_str()).collect();
     let staging = Staging::new(&o.output)?;
     let bar = progress(summary.bytes_in, o.quiet, "quantizing");
     let mut weight_map = BTreeMap::new();
     let mut total_size = 0usize;
     for (shard, list) in ckpt.shards.iter().zip(&actions) {
         let mut outs: Vec<OutTensor> = Vec::new();
-        // For each output tensor: (input tensor index, part index).
+        // For each output tensor: (input tensor index, part index), or the
+        // bytes of a tensor the format's loader needs beside a layer.
         let mut source: Vec<(usize, usize)> = Vec::new();
+        let mut companions: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
         for (i, (t, a)) in shard.tensors.iter().zip(list).enumerate() {
             let produced = match a {
                 Action::Copy => vec![OutTensor::new(t.name.clone(), t.dtype, t.shape.clone())],
                 Action::Quantize { prefix, n, k, .. } => o.spec.outputs(prefix, t.dtype, *n, *k),
             };
+            let extra = match t.name.strip_suffix(".weight") {
+                Some(module) if layout.matrices.contains(module) => fmt
+                    .companions(&layout, module, t.shape[0], t.dtype)
+                    .into_iter()
+                    .filter(|(c, _)| !existing.contains(c.name.as_str()))
+                    .collect(),
+                _ => Vec::new(),
+            };
             for (p, out) in produced.into_iter().enumerate() {
-                weight_map.insert(out.name.clone(), shard.file_name.clone());
-                total_size += out.bytes();
                 source.push((i, p));
                 outs.push(out);
             }
+            for (out, bytes) in extra {
+                companions.insert(outs.len(), bytes);
+                source.push((i, usize::MAX));
+                outs.push(out);
+            }
+        }
+        for out in &outs {
+            weight_map.insert(out.name.clone(), shard.file_name.clone());
+            total_size += out.bytes();
         }
         let mut pending: Vec<Vec<u8>> = Vec::new();
         let path = staging.tmp.join(&shard.file_name);
@@ -503,6 +522,10 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
             &outs,
             shard.metadata.as_ref(),
             |j, w: &mut dyn Write| {
+                if let Some(bytes) = companions.get(&j) {
+                    w.write_all(bytes)?;
+                    return Ok(());
+                }
                 let (i, part) = source[j];
                 let t = &shard.tensors[i];
                 match &list[i] {
@@ -726,7 +749,7 @@ pub fn dequantize(
                 outs.push(OutTensor::new(format!("{prefix}.weight"), out_dtype, shape));
                 sources.push(Source::Rebuilt(bytes));
                 modules += 1;
-            } else if !is_part(&t.name) {
+            } else if !is_part(&t.name) && !detected.is_companion(&layout, &t.name) {
                 outs.push(OutTensor::new(t.name.clone(), t.dtype, t.shape.clone()));
                 sources.push(Source::Copy(ti));
             }

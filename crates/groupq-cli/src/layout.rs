@@ -49,13 +49,20 @@ pub fn is_lm_head(module: &str) -> bool {
 /// layers: `lm_head`, and BERT's masked-LM decoder when its head is there.
 pub fn absent_output_heads(layout: &Layout) -> Vec<&'static str> {
     let mut heads = Vec::new();
-    if !layout.linears.contains("lm_head") {
+    if !layout.matrices.contains("lm_head") {
         heads.push("lm_head");
     }
-    if layout.modules.contains("cls.predictions")
-        && !layout.linears.contains("cls.predictions.decoder")
-    {
-        heads.push("cls.predictions.decoder");
+    // RoBERTa-style `lm_head.decoder`, BERT's `cls.predictions.decoder`.
+    for (parent, head) in [
+        ("lm_head", "lm_head.decoder"),
+        ("cls.predictions", "cls.predictions.decoder"),
+    ] {
+        if layout.modules.contains(parent)
+            && !layout.matrices.contains(parent)
+            && !layout.matrices.contains(head)
+        {
+            heads.push(head);
+        }
     }
     heads
 }
@@ -91,6 +98,10 @@ pub struct Layout {
     pub modules: BTreeSet<String>,
     /// Modules whose weight is a Linear (or `Conv1D`) layer's.
     pub linears: BTreeSet<String>,
+    /// Modules with a rank-2 float weight: the Linear layers and whatever
+    /// else might be one to a loader (`embed_out`, embeddings). Everything
+    /// here that is not quantized is declared to the loaders as float.
+    pub matrices: BTreeSet<String>,
     /// The block stacks, in the order of their first Linear layer.
     pub stacks: Vec<String>,
     /// The model's blocks use `Conv1D` (GPT-2 and relatives).
@@ -124,6 +135,11 @@ impl Layout {
                 layout.modules.insert(t.name[..end].to_string());
                 end += 1;
             }
+            if t.shape.len() == 2 && is_float(t.dtype) {
+                if let Some(m) = t.name.strip_suffix(".weight") {
+                    layout.matrices.insert(m.to_string());
+                }
+            }
             if is_linear_weight(t) {
                 let module = t.name.trim_end_matches(".weight").to_string();
                 if let Some(stack) = stack_of(&module) {
@@ -145,6 +161,10 @@ impl Layout {
 
     /// The Linear layers inside a block stack (`stack` itself is a prefix,
     /// as the loaders match it: `name.startswith(stack)`).
+    pub fn matrices_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.matrices.iter().filter(move |m| m.starts_with(prefix))
+    }
+
     pub fn linears_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a String> + 'a {
         self.linears.iter().filter(move |m| m.starts_with(prefix))
     }

@@ -760,9 +760,10 @@ fn gptq_names_the_blocks_of_a_bert_and_keeps_the_pooler_in_float() {
     let (ok, text) = quantize_to(&input, &out, &["--format", "awq", "--group-size", "32"]);
     assert!(ok, "{text}");
     let q = quantization_config(&out);
+    // (Embeddings are declared too: harmless, and safe where a name misleads.)
     assert_eq!(
         q["modules_to_not_convert"],
-        serde_json::json!(["pooler.dense"])
+        serde_json::json!(["embeddings.word_embeddings", "pooler.dense"])
     );
     // compressed-tensors quantizes every Linear (as llm-compressor does).
     let (ok, text) = quantize_to(
@@ -849,6 +850,7 @@ fn ignored_layers_are_declared_to_every_loader() {
             quantization_config(&out)[key],
             serde_json::json!([
                 "lm_head",
+                "model.embed_tokens",
                 "model.layers.1.mlp.down_proj",
                 "model.layers.1.mlp.gate_proj",
                 "model.layers.1.mlp.up_proj"
@@ -901,7 +903,10 @@ fn lm_head_is_quantized_only_where_the_loaders_read_it() {
     );
     assert!(ok, "{text}");
     assert!(names(&out).contains(&"lm_head.weight_packed".to_string()));
-    assert_eq!(quantization_config(&out)["ignore"], serde_json::json!([]));
+    assert_eq!(
+        quantization_config(&out)["ignore"],
+        serde_json::json!(["model.embed_tokens"])
+    );
 }
 
 #[test]
@@ -934,7 +939,7 @@ fn tied_output_heads_are_never_targeted() {
     assert!(text.contains("no lm_head weight"), "{text}");
     assert_eq!(
         quantization_config(&out)["ignore"],
-        serde_json::json!(["lm_head"])
+        serde_json::json!(["lm_head", "model.embed_tokens"])
     );
 }
 
@@ -1125,4 +1130,52 @@ fn sub_folders_and_links_are_copied_and_asym_compressed_tensors_says_how_to_load
         std::fs::read_to_string(out.join("2_Dense/deeper/notes.txt")).unwrap(),
         "hello"
     );
+}
+
+#[test]
+fn awq_writes_the_activation_scales_its_loader_expects() {
+    let dir = scratch("awq-act");
+    let m = dir.join("neox");
+    write_checkpoint(
+        &m,
+        serde_json::json!({"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox"}),
+        &[
+            ("gpt_neox.embed_in.weight", &[64, 32]),
+            ("gpt_neox.layers.0.mlp.dense_h_to_4h.weight", &[64, 32]),
+            ("gpt_neox.layers.0.mlp.dense_4h_to_h.weight", &[32, 64]),
+            ("embed_out.weight", &[64, 32]),
+        ],
+        Dtype::BF16,
+    );
+    let out = dir.join("out");
+    let (ok, text) = quantize_to(&m, &out, &["--format", "awq", "--group-size", "32"]);
+    assert!(ok, "{text}");
+    let ckpt = Checkpoint::open(&out).unwrap();
+    let (s, t) = find(&ckpt, "gpt_neox.layers.0.mlp.act.scales");
+    assert_eq!((t.dtype, t.shape.clone()), (Dtype::BF16, vec![64]));
+    assert!(bf16s(s.data(t)).iter().all(|v| *v == bf16::ONE));
+    // `embed_out` (GPT-NeoX's head) is declared float to every loader.
+    assert!(quantization_config(&out)["modules_to_not_convert"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "embed_out"));
+    // Not a weight of the float model: dequantize drops it.
+    let back = dir.join("back");
+    let (ok, _, stderr) = groupq(&[
+        "dequantize",
+        out.to_str().unwrap(),
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let mut got = names(&back);
+    got.sort();
+    let mut want = names(&m);
+    want.sort();
+    assert_eq!(got, want);
+    // Other formats need no such tensor.
+    let (ok, text) = quantize_to(&m, &out, &["--format", "gptq", "--group-size", "32"]);
+    assert!(ok, "{text}");
+    assert!(!names(&out).iter().any(|n| n.ends_with("act.scales")));
 }

@@ -13,6 +13,30 @@ pub struct Awq;
 /// The group sizes the AWQ GEMM kernels accept.
 const GROUP_SIZES: [usize; 4] = [16, 32, 64, 128];
 
+/// transformers' `AWQ_SCALES_MAPPINGS`: for these model types the loader
+/// wraps the MLP activation (`act`, a sibling of `layer_before_act`) in a
+/// `ScaledActivation` whose `scales` (one per output feature of that layer)
+/// the checkpoint must hold. Round to nearest has no activation scaling:
+/// ones, which divide exactly.
+const SCALED_ACTIVATIONS: [(&str, &str, &str); 8] = [
+    ("starcoder2", "act", "c_fc"),
+    ("RefinedWebModel", "act", "dense_h_to_4h"),
+    ("falcon", "act", "dense_h_to_4h"),
+    ("mpt", "act", "up_proj"),
+    ("gptj", "act", "fc_in"),
+    ("gpt_neox", "act", "dense_h_to_4h"),
+    ("gpt_bigcode", "act", "c_fc"),
+    ("bloom", "gelu_impl", "dense_h_to_4h"),
+];
+
+fn scaled_activation(layout: &Layout) -> Option<(&'static str, &'static str)> {
+    let model_type = layout.model_type.as_deref()?;
+    SCALED_ACTIVATIONS
+        .iter()
+        .find(|(m, _, _)| *m == model_type)
+        .map(|&(_, act, before)| (act, before))
+}
+
 /// transformers' `should_convert_module` for one literal module name: the
 /// key matches from the start up to a module boundary (`.` in the key is a
 /// regex wildcard), or as a suffix.
@@ -100,10 +124,10 @@ impl QuantFormat for Awq {
     fn quantization_config(
         &self,
         spec: &Spec,
-        _layout: &Layout,
+        layout: &Layout,
         plan: &ModulePlan,
     ) -> Result<Value> {
-        let skip = float_list(plan);
+        let skip = float_list(layout, plan);
         Ok(json!({
             "quant_method": "awq",
             "bits": spec.bits,
@@ -137,6 +161,44 @@ impl QuantFormat for Awq {
             .filter(|m| !keys.iter().any(|k| skipped_by(k, m)))
             .cloned()
             .collect())
+    }
+
+    fn companions(
+        &self,
+        layout: &Layout,
+        module: &str,
+        out_features: usize,
+        dtype: Dtype,
+    ) -> Vec<(OutTensor, Vec<u8>)> {
+        let Some((act, before)) = scaled_activation(layout) else {
+            return Vec::new();
+        };
+        let (parent, last) = module.rsplit_once('.').unwrap_or(("", module));
+        if last != before {
+            return Vec::new();
+        }
+        let name = if parent.is_empty() {
+            format!("{act}.scales")
+        } else {
+            format!("{parent}.{act}.scales")
+        };
+        let bytes = restored_bytes(&vec![1.0; out_features], dtype).unwrap_or_default();
+        vec![(OutTensor::new(name, dtype, vec![out_features]), bytes)]
+    }
+
+    fn is_companion(&self, layout: &Layout, name: &str) -> bool {
+        let Some((act, before)) = scaled_activation(layout) else {
+            return false;
+        };
+        let Some(module) = name.strip_suffix(".scales") else {
+            return false;
+        };
+        let sibling = match module.rsplit_once('.') {
+            Some((parent, last)) if last == act => format!("{parent}.{before}"),
+            None if module == act => before.to_string(),
+            _ => return false,
+        };
+        layout.modules.contains(&sibling)
     }
 
     fn identifying_part(&self) -> &'static str {

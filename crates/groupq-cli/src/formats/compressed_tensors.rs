@@ -95,7 +95,7 @@ impl QuantFormat for CompressedTensors {
     ) -> Result<Value> {
         // A tied output head is a Linear of the loaded model with no tensor
         // of its own in the checkpoint: it must not be targeted.
-        let mut ignored = float_list(plan);
+        let mut ignored = float_list(layout, plan);
         ignored.extend(absent_output_heads(layout).into_iter().map(String::from));
         ignored.sort();
         ignored.dedup();

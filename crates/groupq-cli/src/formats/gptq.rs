@@ -148,7 +148,9 @@ impl QuantFormat for Gptq {
             .block
             .clone()
             .ok_or_else(|| anyhow!("internal error: gptq without a block prefix"))?;
-        let in_block: Vec<&String> = layout.linears_under(&block).collect();
+        // Every matrix under the prefix, in case a loader sees a Linear
+        // where the names did not say so.
+        let in_block: Vec<&String> = layout.matrices_under(&block).collect();
         let quantized = |m: &str| plan.quantized.contains(m);
         // Which layers of the blocks: all (null), the same ones in every
         // block (names inside the block), or an explicit list.

@@ -189,6 +189,21 @@ pub trait QuantFormat: Sync {
     fn plan_problem(&self, _layout: &Layout, _plan: &ModulePlan) -> Option<String> {
         None
     }
+    /// Tensors the loaders need beside a layer (`module`, with this many
+    /// output features), quantized or not: AWQ's activation scales.
+    fn companions(
+        &self,
+        _layout: &Layout,
+        _module: &str,
+        _out_features: usize,
+        _dtype: Dtype,
+    ) -> Vec<(OutTensor, Vec<u8>)> {
+        Vec::new()
+    }
+    /// Whether a tensor is a companion (dropped when dequantizing).
+    fn is_companion(&self, _layout: &Layout, _name: &str) -> bool {
+        false
+    }
     /// What the user should know about loading the result.
     fn notes(&self, _spec: &Spec) -> Vec<String> {
         Vec::new()
@@ -512,7 +527,15 @@ pub(crate) fn nn_linears(layout: &Layout) -> impl Iterator<Item = &String> {
     layout.linears.iter().filter(|m| !layout.is_conv1d(m))
 }
 
-/// The names kept in float, as a JSON list (sorted).
-pub(crate) fn float_list(plan: &ModulePlan) -> Vec<String> {
-    plan.float.keys().cloned().collect()
+/// Every module that might be a Linear layer to a loader and is not
+/// quantized (sorted): the Linear layers kept in float, and the other
+/// matrices (embeddings, `embed_out`), declared too since a loader matching
+/// `nn.Linear` may see one where the names did not say so.
+pub(crate) fn float_list(layout: &Layout, plan: &ModulePlan) -> Vec<String> {
+    layout
+        .matrices
+        .iter()
+        .filter(|m| !plan.quantized.contains(*m))
+        .cloned()
+        .collect()
 }
