@@ -373,8 +373,14 @@ fn recipe_plans_validate() {
         prefer_backend: Some(BackendKind::Avx2),
         ..Default::default()
     };
-    let e = QuantizeDynamicPerGroupPlan::<f32, f32, u8>::select(&stream, &desc, pref).unwrap_err();
-    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    // A preferred vector backend is used where the CPU has it.
+    match QuantizeDynamicPerGroupPlan::<f32, f32, u8>::select(&stream, &desc, pref) {
+        Ok(plan) => assert_eq!(plan.sku().backend, BackendKind::Avx2),
+        Err(e) => assert!(
+            matches!(e, Error::Unsupported(_)) && e.to_string().contains("not available"),
+            "{e}"
+        ),
+    }
 
     // Views: a short scale buffer and a wrong shape.
     let plan =
@@ -479,5 +485,206 @@ proptest! {
                 prop_assert_eq!(pack::nibbles_unpack(&b, len, true), signed[..len].to_vec());
             }
         }
+    }
+}
+
+/// Values with every special a group can hold: NaN, ±inf, ±0, subnormals,
+/// ties, the dtype's extremes, and groups of one repeated value.
+fn special_values<T: Element>(n: usize, seed: u64) -> Vec<T> {
+    let base: Vec<T> = values(n, seed);
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let max = match T::KIND {
+        ElementKind::F16 => 65504.0,
+        ElementKind::Bf16 => 3.389_531_389_251_535_5e38,
+        _ => f64::from(f32::MAX),
+    };
+    let tiny = match T::KIND {
+        ElementKind::F16 => 2f64.powi(-24),
+        ElementKind::Bf16 => 2f64.powi(-133),
+        _ => 2f64.powi(-149),
+    };
+    let constant = seed.is_multiple_of(5);
+    base.into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if constant {
+                return T::from_f64(0.75);
+            }
+            match state % 97 {
+                0 => T::from_f64(f64::NAN),
+                1 => T::from_f64(f64::INFINITY),
+                2 => T::from_f64(f64::NEG_INFINITY),
+                3 => T::from_f64(max),
+                4 => T::from_f64(-max),
+                5 | 6 => T::from_f64(tiny * (i % 7) as f64),
+                7 => T::from_f64(-tiny),
+                8..=11 => T::from_f64((i % 9) as f64 * 0.5 - 2.0),
+                _ => v,
+            }
+        })
+        .collect()
+}
+
+/// Runs the fused and the choose plan pinned to `backend`; `None` when the
+/// CPU lacks it.
+#[allow(clippy::type_complexity)]
+fn on_backend<T: Element, S: Element, Q: IntElement>(
+    x: &[T],
+    (m, k, g): (usize, usize, usize),
+    recipe: Recipe,
+    backend: BackendKind,
+    threads: usize,
+) -> Option<(Vec<u64>, Vec<i32>, Vec<Q>, Vec<u64>, Vec<i32>)> {
+    let stream = Stream::cpu_with_threads(threads).unwrap();
+    let pref = PlanPreference {
+        prefer_backend: Some(backend),
+        ..Default::default()
+    };
+    let desc = QuantizeDynamicPerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        recipe,
+        input_element: T::KIND,
+        scale_element: S::KIND,
+        output_element: Q::KIND,
+    };
+    let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(&stream, &desc, pref).ok()?;
+    assert_eq!(plan.sku().backend, backend);
+    let ng = m * k / g;
+    let (mut s, mut z, mut q) = (
+        vec![S::from_f64(0.0); ng],
+        vec![0i32; ng],
+        vec![Q::default(); m * k / Q::PACK],
+    );
+    plan.run(
+        &stream,
+        Workspace::None,
+        QuantizeDynamicPerGroupArgs {
+            input: TensorRef::new(x, [m, k]).unwrap(),
+            scale: TensorMut::new(&mut s, [m, k / g]).unwrap(),
+            zero_point: TensorMut::new(&mut z, [m, k / g]).unwrap(),
+            output: TensorMut::new(&mut q, [m, k / Q::PACK]).unwrap(),
+        },
+    )
+    .unwrap();
+    let choose = ChooseQParamsPerGroupPlan::<T, S>::select(
+        &stream,
+        &ChooseQParamsPerGroupDescriptor {
+            outer_size: m,
+            axis_size: k,
+            group_size: g,
+            recipe,
+            input_element: T::KIND,
+            scale_element: S::KIND,
+        },
+        pref,
+    )
+    .ok()?;
+    let (mut s2, mut z2) = (vec![S::from_f64(0.0); ng], vec![0i32; ng]);
+    choose
+        .run(
+            &stream,
+            Workspace::None,
+            ChooseQParamsPerGroupArgs {
+                input: TensorRef::new(x, [m, k]).unwrap(),
+                scale: TensorMut::new(&mut s2, [m, k / g]).unwrap(),
+                zero_point: TensorMut::new(&mut z2, [m, k / g]).unwrap(),
+            },
+        )
+        .unwrap();
+    Some((bits(&s), z, q, bits(&s2), z2))
+}
+
+const VECTOR_BACKENDS: [BackendKind; 3] =
+    [BackendKind::Sse41, BackendKind::Avx2, BackendKind::Avx512];
+
+/// Every vector backend this CPU has equals the scalar engine, bit for bit,
+/// for one recipe and dtype triple; the scalar engine is the oracle.
+fn vector_equals_scalar<T: Element, S: Element, Q: IntElement>(
+    shape: (usize, usize, usize),
+    recipe: Recipe,
+    seed: u64,
+) {
+    let recipe = Recipe {
+        non_finite: NonFinitePolicy::Propagate,
+        ..recipe
+    };
+    let x: Vec<T> = special_values(shape.0 * shape.1, seed);
+    let want = on_backend::<T, S, Q>(&x, shape, recipe, BackendKind::Scalar, 1).unwrap();
+    for backend in VECTOR_BACKENDS {
+        for threads in [1, 3] {
+            if let Some(got) = on_backend::<T, S, Q>(&x, shape, recipe, backend, threads) {
+                let what = format!(
+                    "{backend:?} {threads} threads {}→{}/{} {recipe:?}",
+                    T::KIND,
+                    S::KIND,
+                    Q::KIND
+                );
+                assert_eq!(got.0, want.0, "scales: {what}");
+                assert_eq!(got.1, want.1, "zero points: {what}");
+                assert!(got.2 == want.2, "codes: {what}");
+                assert_eq!(got.3, want.3, "choose scales: {what}");
+                assert_eq!(got.4, want.4, "choose zero points: {what}");
+            }
+        }
+    }
+}
+
+fn vector_all_presets<T: Element>(shape: (usize, usize, usize), seed: u64) {
+    for recipe in presets(true) {
+        vector_equals_scalar::<T, T, i8>(shape, recipe, seed);
+        vector_equals_scalar::<T, f32, i8>(shape, recipe, seed);
+        vector_equals_scalar::<T, f16, i8>(shape, recipe, seed);
+        if shape.2.is_multiple_of(2) && recipe.q_min >= -8 && recipe.q_max <= 7 {
+            vector_equals_scalar::<T, T, S4>(shape, recipe, seed);
+        }
+    }
+    for recipe in presets(false) {
+        vector_equals_scalar::<T, T, u8>(shape, recipe, seed);
+        vector_equals_scalar::<T, f32, u8>(shape, recipe, seed);
+        vector_equals_scalar::<T, bf16, u8>(shape, recipe, seed);
+        if shape.2.is_multiple_of(2) && recipe.q_min >= 0 && recipe.q_max <= 15 {
+            vector_equals_scalar::<T, f16, U4>(shape, recipe, seed);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn vector_backends_equal_the_scalar_engine(
+        m in 1usize..4,
+        groups in 1usize..4,
+        g in prop::sample::select(vec![1usize, 3, 8, 17, 32, 64, 128]),
+        seed in any::<u64>(),
+    ) {
+        let shape = (m, groups * g, g);
+        vector_all_presets::<f32>(shape, seed);
+        vector_all_presets::<bf16>(shape, seed);
+        vector_all_presets::<f16>(shape, seed);
+    }
+}
+
+/// Large enough to split over threads, with every backend.
+#[test]
+fn vector_backends_on_large_problems() {
+    for seed in [1u64, 7] {
+        vector_equals_scalar::<bf16, bf16, i8>(
+            (96, 1024, 128),
+            Recipe::compressed_tensors_w4a16(),
+            seed,
+        );
+        vector_equals_scalar::<bf16, f32, u8>((96, 1024, 128), Recipe::gptq(false, 4), seed);
+        vector_equals_scalar::<f32, f16, u8>((64, 2048, 64), Recipe::awq_f16(true, 4), seed);
+        vector_equals_scalar::<f16, f16, i8>(
+            (64, 1024, 32),
+            Recipe::torchao(TorchaoMapping::Symmetric, -8, 7),
+            seed,
+        );
     }
 }

@@ -158,6 +158,30 @@ impl Isa for Avx2 {
     }
 
     #[inline(always)]
+    unsafe fn min_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_min_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_max_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn round_bf16_f(a: __m256) -> __m256 {
+        // Round to nearest even on the bits (as the bf16 store); NaN lanes
+        // are kept as they are, since the carry could turn one into inf.
+        let bits = _mm256_castps_si256(a);
+        let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+        let rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), odd);
+        let kept = _mm256_and_si256(rounded, _mm256_set1_epi32(-65536));
+        let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a);
+        _mm256_blendv_ps(_mm256_castsi256_ps(kept), a, nan)
+    }
+    #[inline(always)]
+    unsafe fn round_f16_f(a: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(a))
+    }
+
+    #[inline(always)]
     unsafe fn load_codes<Q: crate::IntElement>(p: *const Q) -> __m256i {
         let bytes = _mm_loadl_epi64(p.cast());
         if Q::MIN < 0 {

@@ -147,6 +147,29 @@ impl Isa for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn min_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_min_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_max_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn round_bf16_f(a: __m512) -> __m512 {
+        // As the bf16 store; NaN lanes are kept as they are.
+        let bits = _mm512_castps_si512(a);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd);
+        let kept = _mm512_and_si512(rounded, _mm512_set1_epi32(-65536));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, a);
+        _mm512_mask_blend_ps(nan, _mm512_castsi512_ps(kept), a)
+    }
+    #[inline(always)]
+    unsafe fn round_f16_f(a: __m512) -> __m512 {
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(a))
+    }
+
+    #[inline(always)]
     unsafe fn load_codes<Q: crate::IntElement>(p: *const Q) -> __m512i {
         let bytes = _mm_loadu_si128(p.cast());
         if Q::MIN < 0 {

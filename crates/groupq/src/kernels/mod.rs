@@ -27,7 +27,7 @@ mod avx512;
 #[allow(unsafe_code)]
 mod sse41;
 
-use crate::element::IntElement;
+use crate::element::{ElementKind, IntElement};
 use crate::plan::BackendKind;
 use crate::quantize::SteBoundary;
 use crate::stream::Stream;
@@ -108,13 +108,48 @@ pub trait FloatKernels: Sized + 'static {
     fn quantize_backward(b: BackendKind) -> Option<QuantizeBackwardKernel<Self>>;
     /// Dequantize-backward kernel.
     fn dequantize_backward(b: BackendKind) -> Option<DequantizeBackwardKernel<Self>>;
+    /// A recipe's group extremes with the choose arithmetic of kind `round`.
+    fn recipe_extremes(b: BackendKind, round: ElementKind) -> Option<RecipeExtremesKernel<Self>> {
+        let _ = (b, round);
+        None
+    }
+    /// A recipe's quantize formula (`divide`, zero point `before` rounding,
+    /// ties to even, no offset) in the arithmetic of kind `round`.
+    fn recipe_quantize<Q: IntElement>(
+        b: BackendKind,
+        round: ElementKind,
+        divide: bool,
+        before: bool,
+    ) -> Option<RecipeQuantizeKernel<Self, Q>> {
+        let _ = (b, round, divide, before);
+        None
+    }
 }
 
 /// Implements [`FloatKernels`] for a type: the scalar kernels, and the
 /// entry points of each listed instruction-set module.
 macro_rules! float_kernels {
-    ($t:ty, [$($backend:ident => $module:ident),*]) => {
+    ($t:ty, [$($backend:ident => $module:ident),*] $(, recipe [$($rb:ident => $rm:ident),*])?) => {
         impl FloatKernels for $t {
+            $(
+            fn recipe_extremes(b: BackendKind, round: ElementKind) -> Option<RecipeExtremesKernel<Self>> {
+                match b {
+                    $(BackendKind::$rb => $rm::recipe_extremes_for::<Self>(round),)*
+                    _ => None,
+                }
+            }
+            fn recipe_quantize<Q: IntElement>(
+                b: BackendKind,
+                round: ElementKind,
+                divide: bool,
+                before: bool,
+            ) -> Option<RecipeQuantizeKernel<Self, Q>> {
+                match b {
+                    $(BackendKind::$rb => $rm::recipe_quantize_for::<Self, Q>(round, divide, before),)*
+                    _ => None,
+                }
+            }
+            )?
             fn quantize<Q: IntElement>(b: BackendKind) -> Option<QuantizeKernel<Self, Q>> {
                 Some(match b {
                     BackendKind::Scalar => scalar::quantize_groups::<Self, Q>,
@@ -152,11 +187,23 @@ mod x86_tables {
     use super::*;
     use half::{bf16, f16};
 
-    float_kernels!(f32, [Avx512 => avx512, Avx2 => avx2, Sse41 => sse41]);
+    float_kernels!(
+        f32,
+        [Avx512 => avx512, Avx2 => avx2, Sse41 => sse41],
+        recipe [Avx512 => avx512, Avx2 => avx2, Sse41 => sse41]
+    );
     float_kernels!(f64, [Avx512 => avx512, Avx2 => avx2, Sse41 => sse41]);
-    float_kernels!(bf16, [Avx512 => avx512, Avx2 => avx2, Sse41 => sse41]);
+    float_kernels!(
+        bf16,
+        [Avx512 => avx512, Avx2 => avx2, Sse41 => sse41],
+        recipe [Avx512 => avx512, Avx2 => avx2, Sse41 => sse41]
+    );
     // f16 needs F16C, which SSE4.1-only CPUs lack.
-    float_kernels!(f16, [Avx512 => avx512, Avx2 => avx2]);
+    float_kernels!(
+        f16,
+        [Avx512 => avx512, Avx2 => avx2],
+        recipe [Avx512 => avx512, Avx2 => avx2]
+    );
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -180,6 +227,12 @@ pub(crate) type DequantizeKernel<TQ, TOut> = fn(&[TQ], &[TOut], &[i32], &mut [TO
 /// zero_point, grad_input, group_size, q_min, q_max, boundary)`.
 pub(crate) type QuantizeBackwardKernel<T> =
     fn(&[T], &[T], &[T], &[i32], &mut [T], usize, i32, i32, SteBoundary);
+/// A recipe's group extremes: `(min, max)` after rounding to the choose
+/// arithmetic, or `None` (a NaN or infinite value: the scalar path).
+pub(crate) type RecipeExtremesKernel<T> = fn(&[T]) -> Option<(f32, f32)>;
+/// A recipe's codes for one group: `(input, scale, zero_point, output,
+/// q_min, q_max)`, scale non-zero and exact in f32, `|zero_point| <= 2^24`.
+pub(crate) type RecipeQuantizeKernel<T, Q> = fn(&[T], f32, i32, &mut [Q], i32, i32);
 /// A dequantize-backward kernel: `(grad_output, scale, grad_input, group_size)`.
 pub(crate) type DequantizeBackwardKernel<T> = fn(&[T], &[T], &mut [T], usize);
 

@@ -565,6 +565,43 @@ impl RecipeKernel {
             .position(|g| g.iter().any(|x| !x.to_f64().is_finite()))
     }
 
+    /// The dtype the recipe chooses its parameters in.
+    pub fn choose_kind(&self) -> ElementKind {
+        self.choose.0
+    }
+
+    /// Whether a vector kernel may find the extremes: the recipe needs only
+    /// `min` and `max` (not the first largest magnitude), and the sign of a
+    /// zero extreme cannot reach a result (no float offset).
+    pub fn vector_extremes(&self) -> bool {
+        !matches!(self.recipe.mapping, Mapping::SignedAbsMax(_))
+            && self.recipe.zero_point != ZeroPointRule::FloatOffset
+    }
+
+    /// The vector quantize formula this recipe can use: `(arithmetic kind,
+    /// divide, zero point before rounding)`, when its formula is one of
+    /// those (ties to even, division or reciprocal multiply).
+    pub fn vector_formula(&self) -> Option<(ElementKind, bool, bool)> {
+        let f = &self.quant.formula;
+        let divide = match f.scale_application {
+            ScaleApplication::Divide => true,
+            ScaleApplication::ReciprocalMultiply => false,
+            ScaleApplication::ReciprocalMultiplyFused => return None,
+        };
+        let before = f.zero_point_stage == ZeroPointStage::BeforeRounding;
+        (f.rounding == Rounding::TiesEven).then_some((self.quant.arith.0, divide, before))
+    }
+
+    /// [`params`](Self::params) from the extremes of the rounded values.
+    pub fn params_from(&self, min: f32, max: f32) -> (f64, i32, f64) {
+        let e = Extremes {
+            min: f64::from(min),
+            max: f64::from(max),
+            signed_absmax: 0.0,
+        };
+        choose(&self.recipe, self.choose, f64::from_bits(self.eps_bits), e)
+    }
+
     /// `(scale, zero_point, offset)` of one group; the scale and offset are
     /// values of the choose arithmetic's dtype. NaN extremes propagate.
     pub fn params<T: Element>(&self, xs: &[T]) -> (f64, i32, f64) {

@@ -91,6 +91,16 @@ pub(crate) trait Isa {
     unsafe fn load_d(p: *const f64) -> Self::D;
     unsafe fn store_d(p: *mut f64, v: Self::D);
 
+    /// Lane-wise minimum and maximum of non-NaN lanes.
+    unsafe fn min_f(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn max_f(a: Self::F, b: Self::F) -> Self::F;
+    /// Each lane rounded to the nearest bf16 (ties to even) and widened
+    /// back; NaN stays NaN, overflow gives ±inf.
+    unsafe fn round_bf16_f(a: Self::F) -> Self::F;
+    /// Each lane rounded to the nearest f16 (ties to even, subnormals and
+    /// overflow as IEEE says) and widened back; NaN stays NaN.
+    unsafe fn round_f16_f(a: Self::F) -> Self::F;
+
     /// `LANES` codes, sign- or zero-extended.
     unsafe fn load_codes<Q: IntElement>(p: *const Q) -> Self::I;
     /// `LANES` values already inside `Q`'s range.
@@ -510,6 +520,172 @@ impl<S: Isa> SimdElement<S> for f64 {
     }
 }
 
+/// Rounding of f32 lanes to a recipe's arithmetic dtype: the vector form
+/// and the one-lane form of the same operation.
+pub(crate) trait LaneRound<S: Isa> {
+    unsafe fn rd(v: S::F) -> S::F;
+    fn rd1(v: f32) -> f32;
+}
+
+/// f32 arithmetic: no rounding.
+pub(crate) struct KeepF32;
+/// bf16 arithmetic: every result rounded to bf16.
+pub(crate) struct ToBf16;
+/// f16 arithmetic: every result rounded to f16.
+pub(crate) struct ToF16;
+
+impl<S: Isa> LaneRound<S> for KeepF32 {
+    #[inline(always)]
+    unsafe fn rd(v: S::F) -> S::F {
+        v
+    }
+    #[inline(always)]
+    fn rd1(v: f32) -> f32 {
+        v
+    }
+}
+impl<S: Isa> LaneRound<S> for ToBf16 {
+    #[inline(always)]
+    unsafe fn rd(v: S::F) -> S::F {
+        S::round_bf16_f(v)
+    }
+    #[inline(always)]
+    fn rd1(v: f32) -> f32 {
+        half::bf16::from_f32(v).to_f32()
+    }
+}
+impl<S: Isa> LaneRound<S> for ToF16 {
+    #[inline(always)]
+    unsafe fn rd(v: S::F) -> S::F {
+        S::round_f16_f(v)
+    }
+    #[inline(always)]
+    fn rd1(v: f32) -> f32 {
+        half::f16::from_f32(v).to_f32()
+    }
+}
+
+/// A group's minimum and maximum after rounding each value by `R` (the
+/// recipe's choose arithmetic), or `None` when a value is NaN or infinite:
+/// such groups take the scalar path. Which zero a `±0` extreme carries is
+/// left open, as in the scalar engine, whose results do not depend on it.
+#[inline(always)]
+pub(crate) unsafe fn recipe_extremes<S: Isa, T: F32Lanes<S>, R: LaneRound<S>>(
+    xs: &[T],
+) -> Option<(f32, f32)>
+where
+    f32: F32Lanes<S>,
+{
+    let full = xs.len() - xs.len() % S::LANES;
+    let mut mn = S::splat_f(f32::INFINITY);
+    let mut mx = S::splat_f(f32::NEG_INFINITY);
+    // `v * 0` is NaN exactly for NaN and ±inf: one sum flags them all.
+    let (mut flag, zero) = (S::splat_f(0.0), S::splat_f(0.0));
+    let mut k = 0;
+    while k < full {
+        let v = R::rd(T::load(xs.as_ptr().add(k)));
+        mn = S::min_f(mn, v);
+        mx = S::max_f(mx, v);
+        flag = S::add_f(flag, S::mul_f(v, zero));
+        k += S::LANES;
+    }
+    let mut lanes = [[0f32; 16]; 3];
+    <f32 as F32Lanes<S>>::store(lanes[0].as_mut_ptr(), mn);
+    <f32 as F32Lanes<S>>::store(lanes[1].as_mut_ptr(), mx);
+    <f32 as F32Lanes<S>>::store(lanes[2].as_mut_ptr(), flag);
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    let [mins, maxs, flags] = &lanes;
+    for ((&a, &b), &f) in mins.iter().zip(maxs).zip(flags).take(S::LANES) {
+        if f.is_nan() {
+            return None;
+        }
+        lo = lo.min(a);
+        hi = hi.max(b);
+    }
+    for x in &xs[full..] {
+        let v = R::rd1(x.to_math());
+        if !v.is_finite() {
+            return None;
+        }
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    Some((lo, hi))
+}
+
+/// One code of a recipe formula in f32-math arithmetic rounded by `R`, ties
+/// to even, no offset: the one-lane form of [`recipe_quantize`] (and of the
+/// scalar engine's f32 path). `DIVIDE`: `x / s`, else `x * rd(1 / s)`;
+/// `BEFORE`: the zero point is added before rounding, else after.
+#[inline(always)]
+pub(crate) fn recipe_code<S: Isa, R: LaneRound<S>, const DIVIDE: bool, const BEFORE: bool>(
+    x: f32,
+    (s, inv, zf): (f32, f32, f32),
+    (lo, hi): (f32, f32),
+) -> i32 {
+    let x = R::rd1(x);
+    let v = if DIVIDE {
+        R::rd1(x / s)
+    } else {
+        R::rd1(x * inv)
+    };
+    let r = if BEFORE {
+        R::rd1(v + zf).round_ties_even()
+    } else {
+        R::rd1(v.round_ties_even() + zf)
+    };
+    let r = if r.is_nan() { 0.0 } else { r };
+    r.clamp(lo, hi) as i32
+}
+
+/// The codes of one group (one code per byte) under a recipe formula in
+/// f32-math arithmetic: scale `s` (non-zero, a value of f32), zero point
+/// `z` (`|z| <= 2^24`). Bit-identical to the scalar engine.
+#[inline(always)]
+pub(crate) unsafe fn recipe_quantize<
+    S: Isa,
+    T: F32Lanes<S>,
+    Q: IntElement,
+    R: LaneRound<S>,
+    const DIVIDE: bool,
+    const BEFORE: bool,
+>(
+    xs: &[T],
+    s: f32,
+    z: i32,
+    out: &mut [Q],
+    q_min: i32,
+    q_max: i32,
+) {
+    let params = (s, R::rd1(1.0 / s), z as f32);
+    let bounds = (q_min as f32, q_max as f32);
+    let (vs, vinv, vz) = (S::splat_f(s), S::splat_f(params.1), S::splat_f(params.2));
+    let (lo, hi) = (S::splat_f(bounds.0), S::splat_f(bounds.1));
+    let full = xs.len() - xs.len() % S::LANES;
+    let mut k = 0;
+    while k < full {
+        let x = R::rd(T::load(xs.as_ptr().add(k)));
+        let v = if DIVIDE {
+            R::rd(S::div_f(x, vs))
+        } else {
+            R::rd(S::mul_f(x, vinv))
+        };
+        let r = if BEFORE {
+            S::round_f(R::rd(S::add_f(v, vz)))
+        } else {
+            R::rd(S::add_f(S::round_f(v), vz))
+        };
+        // Integral (or ±inf) already: the conversion only saturates.
+        let codes = S::round_to_i(S::clamp_f(S::nan_to_zero_f(r), lo, hi));
+        S::store_codes(out.as_mut_ptr().add(k), codes);
+        k += S::LANES;
+    }
+    for (x, o) in xs[full..].iter().zip(&mut out[full..]) {
+        let c = recipe_code::<S, R, DIVIDE, BEFORE>(x.to_math(), params, bounds);
+        *o = Q::from_i32_in_range(c);
+    }
+}
+
 /// Defines, in an instruction-set module, the safe entry points of the four
 /// kernels: each checks the CPU features (a cached atomic load), runs the
 /// generic kernel inside a `#[target_feature]` function when they are
@@ -521,6 +697,131 @@ macro_rules! simd_entry_points {
         use crate::kernels::scalar;
         use crate::kernels::simd::SimdElement;
         use crate::quantize::SteBoundary;
+
+        #[target_feature(enable = $features)]
+        unsafe fn recipe_extremes_tf<T, R>(xs: &[T]) -> Option<(f32, f32)>
+        where
+            T: crate::kernels::simd::F32Lanes<$isa>,
+            R: crate::kernels::simd::LaneRound<$isa>,
+        {
+            crate::kernels::simd::recipe_extremes::<$isa, T, R>(xs)
+        }
+
+        /// A group's extremes under a recipe's choose arithmetic (`None`:
+        /// the scalar engine takes the group).
+        pub(crate) fn recipe_extremes<T, R>(xs: &[T]) -> Option<(f32, f32)>
+        where
+            T: crate::kernels::simd::F32Lanes<$isa>,
+            R: crate::kernels::simd::LaneRound<$isa>,
+        {
+            if !available() {
+                return None;
+            }
+            // SAFETY: the CPU has the features (checked above), and the
+            // kernel reads only inside the slice it is given.
+            unsafe { recipe_extremes_tf::<T, R>(xs) }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn recipe_quantize_tf<T, Q, R, const D: bool, const B: bool>(
+            xs: &[T],
+            s: f32,
+            z: i32,
+            o: &mut [Q],
+            lo: i32,
+            hi: i32,
+        ) where
+            T: crate::kernels::simd::F32Lanes<$isa>,
+            Q: IntElement,
+            R: crate::kernels::simd::LaneRound<$isa>,
+        {
+            crate::kernels::simd::recipe_quantize::<$isa, T, Q, R, D, B>(xs, s, z, o, lo, hi)
+        }
+
+        /// One group's codes under a recipe formula (see
+        /// [`recipe_quantize`](crate::kernels::simd::recipe_quantize)).
+        pub(crate) fn recipe_quantize<T, Q, R, const D: bool, const B: bool>(
+            xs: &[T],
+            s: f32,
+            z: i32,
+            o: &mut [Q],
+            lo: i32,
+            hi: i32,
+        ) where
+            T: crate::kernels::simd::F32Lanes<$isa>,
+            Q: IntElement,
+            R: crate::kernels::simd::LaneRound<$isa>,
+        {
+            if !available() {
+                let p = (s, R::rd1(1.0 / s), z as f32);
+                for (x, c) in xs.iter().zip(o.iter_mut()) {
+                    let v = crate::kernels::simd::recipe_code::<$isa, R, D, B>(
+                        x.to_math(),
+                        p,
+                        (lo as f32, hi as f32),
+                    );
+                    *c = Q::from_i32_in_range(v);
+                }
+                return;
+            }
+            // SAFETY: as in `recipe_extremes`; `o` holds one code per
+            // element of `xs` (the lookup refuses packed codes).
+            unsafe { recipe_quantize_tf::<T, Q, R, D, B>(xs, s, z, o, lo, hi) }
+        }
+
+        fn recipe_by_formula<T, Q, R>(
+            divide: bool,
+            before: bool,
+        ) -> crate::kernels::RecipeQuantizeKernel<T, Q>
+        where
+            T: crate::kernels::simd::F32Lanes<$isa>,
+            Q: IntElement,
+            R: crate::kernels::simd::LaneRound<$isa>,
+        {
+            match (divide, before) {
+                (true, true) => recipe_quantize::<T, Q, R, true, true>,
+                (true, false) => recipe_quantize::<T, Q, R, true, false>,
+                (false, true) => recipe_quantize::<T, Q, R, false, true>,
+                (false, false) => recipe_quantize::<T, Q, R, false, false>,
+            }
+        }
+
+        /// The extremes kernel for a choose arithmetic of kind `round`.
+        pub(crate) fn recipe_extremes_for<T: crate::kernels::simd::F32Lanes<$isa>>(
+            round: crate::element::ElementKind,
+        ) -> Option<crate::kernels::RecipeExtremesKernel<T>> {
+            use crate::element::ElementKind as K;
+            use crate::kernels::simd::{KeepF32, ToBf16, ToF16};
+            Some(match round {
+                K::F32 => recipe_extremes::<T, KeepF32>,
+                K::Bf16 => recipe_extremes::<T, ToBf16>,
+                K::F16 => recipe_extremes::<T, ToF16>,
+                _ => return None,
+            })
+        }
+
+        /// The quantize kernel for a formula (`divide`, zero point `before`
+        /// rounding) in an arithmetic of kind `round`; one code per byte.
+        pub(crate) fn recipe_quantize_for<
+            T: crate::kernels::simd::F32Lanes<$isa>,
+            Q: IntElement,
+        >(
+            round: crate::element::ElementKind,
+            divide: bool,
+            before: bool,
+        ) -> Option<crate::kernels::RecipeQuantizeKernel<T, Q>> {
+            use crate::element::ElementKind as K;
+            use crate::kernels::simd::{KeepF32, ToBf16, ToF16};
+            if Q::PACK != 1 {
+                return None;
+            }
+            Some(match round {
+                K::F32 => recipe_by_formula::<T, Q, KeepF32>(divide, before),
+                K::Bf16 => recipe_by_formula::<T, Q, ToBf16>(divide, before),
+                K::F16 => recipe_by_formula::<T, Q, ToF16>(divide, before),
+                _ => return None,
+            })
+        }
 
         /// Whether this CPU can run the instruction set.
         #[inline]

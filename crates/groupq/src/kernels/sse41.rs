@@ -141,6 +141,35 @@ impl Isa for Sse41 {
     }
 
     #[inline(always)]
+    unsafe fn min_f(a: __m128, b: __m128) -> __m128 {
+        _mm_min_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max_f(a: __m128, b: __m128) -> __m128 {
+        _mm_max_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn round_bf16_f(a: __m128) -> __m128 {
+        // As the bf16 store; NaN lanes are kept as they are.
+        let bits = _mm_castps_si128(a);
+        let odd = _mm_and_si128(_mm_srli_epi32::<16>(bits), _mm_set1_epi32(1));
+        let rounded = _mm_add_epi32(_mm_add_epi32(bits, _mm_set1_epi32(0x7fff)), odd);
+        let kept = _mm_and_si128(rounded, _mm_set1_epi32(-65536));
+        let nan = _mm_cmpunord_ps(a, a);
+        _mm_blendv_ps(_mm_castsi128_ps(kept), a, nan)
+    }
+    #[inline(always)]
+    unsafe fn round_f16_f(a: __m128) -> __m128 {
+        // No F16C here: lane by lane, with the same rounding.
+        let mut lanes = [0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), a);
+        for v in &mut lanes {
+            *v = half::f16::from_f32(*v).to_f32();
+        }
+        _mm_loadu_ps(lanes.as_ptr())
+    }
+
+    #[inline(always)]
     unsafe fn load_codes<Q: crate::IntElement>(p: *const Q) -> __m128i {
         let bytes = _mm_cvtsi32_si128(p.cast::<i32>().read_unaligned());
         if Q::MIN < 0 {

@@ -5,7 +5,7 @@ use super::common::{check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::{Error, Result};
 use crate::kernels::recipe::RecipeKernel;
-use crate::kernels::{self, row_slice, Rows};
+use crate::kernels::{self, row_slice, RecipeExtremesKernel, RecipeQuantizeKernel, Rows};
 use crate::plan::{BackendKind, PlanPreference, QuantizeKind};
 use crate::recipe::{NonFinitePolicy, Recipe, ZeroPointRule};
 use crate::stream::{Stream, Workspace};
@@ -111,8 +111,10 @@ pub(super) fn check_recipe(
     Ok(())
 }
 
-/// Selects the recipe engine for a plan (scalar only, for now).
-pub(super) fn select_engine<TIn: Element, TScale: Element>(
+/// Selects the recipe engine for a plan: a vector backend where it has a
+/// kernel for the recipe's extremes or formula (with codes `TOut`), else
+/// the scalar engine.
+pub(super) fn select_engine<TIn: Element, TScale: Element, TOut: IntElement>(
     plan: &'static str,
     op: QuantizeKind,
     aux: Option<ElementKind>,
@@ -121,8 +123,33 @@ pub(super) fn select_engine<TIn: Element, TScale: Element>(
     pref: PlanPreference,
 ) -> Result<(PlanCore, RecipeKernel)> {
     let kernel = RecipeKernel::new(recipe, TIn::KIND, TScale::KIND);
-    let lookup = |b: BackendKind| (b == BackendKind::Scalar).then_some(kernel);
+    let with_codes = op == QuantizeKind::QuantizeDynamicPerGroup;
+    let lookup = |b: BackendKind| {
+        let (extremes, quantize) = vector_kernels::<TIn, TOut>(&kernel, b, with_codes);
+        (b == BackendKind::Scalar || extremes.is_some() || quantize.is_some()).then_some(kernel)
+    };
     PlanCore::new::<TIn, _>(plan, op, aux, layout, pref, lookup)
+}
+
+/// The vector kernels backend `b` has for this recipe and element types.
+#[allow(clippy::type_complexity)]
+fn vector_kernels<TIn: Element, TOut: IntElement>(
+    kernel: &RecipeKernel,
+    b: BackendKind,
+    with_codes: bool,
+) -> (
+    Option<RecipeExtremesKernel<TIn>>,
+    Option<RecipeQuantizeKernel<TIn, TOut>>,
+) {
+    let extremes = kernel
+        .vector_extremes()
+        .then(|| TIn::recipe_extremes(b, kernel.choose_kind()))
+        .flatten();
+    let quantize = kernel
+        .vector_formula()
+        .filter(|_| with_codes)
+        .and_then(|(round, divide, before)| TIn::recipe_quantize::<TOut>(b, round, divide, before));
+    (extremes, quantize)
 }
 
 /// Runs a recipe over a validated problem: checks the input for non-finite
@@ -147,8 +174,16 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
     }
     let gs = l.group_size;
     if kernel.recipe.non_finite == NonFinitePolicy::Error {
+        // A vector pass where the backend has one: the f32 extremes kernel
+        // finds no extremes exactly when a value is NaN or infinite.
+        let finite = TIn::recipe_extremes(core.sku.backend, ElementKind::F32);
         let bad = |row: usize| {
-            RecipeKernel::first_non_finite(row_slice(&input, row, 0, l.axis), gs).map(|g| (row, g))
+            let xs = row_slice(&input, row, 0, l.axis);
+            match finite {
+                Some(f) => xs.chunks_exact(gs).position(|g| f(g).is_none()),
+                None => RecipeKernel::first_non_finite(xs, gs),
+            }
+            .map(|g| (row, g))
         };
         // The first offending group in row-major order, however the rows
         // are split over threads.
@@ -163,6 +198,7 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
         }
     }
     let (with_codes, with_offset) = (codes.is_some(), offset.is_some());
+    let codes_wanted = with_codes;
     let (code_data, code_stride) = match codes {
         Some(t) => (t.data, t.stride[0]),
         None => (&mut [][..], 0),
@@ -190,6 +226,9 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
         },
     );
     let units = gs / TOut::PACK;
+    let (extremes, vector_quantize) =
+        vector_kernels::<TIn, TOut>(kernel, core.sku.backend, codes_wanted);
+    let (q_lo, q_hi) = (kernel.recipe.q_min, kernel.recipe.q_max);
     kernels::for_each_row_block(stream, l.outer, l.axis, outputs, &|r0,
                                                                     rows,
                                                                     (
@@ -204,7 +243,10 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
             let mut q_row = with_codes.then(|| q.row(i, l.axis / TOut::PACK));
             let mut m_row = with_offset.then(|| m.row(i, l.num_groups));
             for (g, group) in xs.chunks_exact(gs).enumerate() {
-                let (sv, zv, mv) = kernel.params(group);
+                let (sv, zv, mv) = match extremes.and_then(|f| f(group)) {
+                    Some((min, max)) => kernel.params_from(min, max),
+                    None => kernel.params(group),
+                };
                 let (stored, stored_m) = (TScale::from_f64(sv), TScale::from_f64(mv));
                 s_row[g] = stored;
                 z_row[g] = zv;
@@ -213,7 +255,21 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
                 }
                 if let Some(q_row) = q_row.as_deref_mut() {
                     let out = &mut q_row[g * units..(g + 1) * units];
-                    kernel.quantize_group(group, (stored.to_f64(), zv, stored_m.to_f64()), out);
+                    let (s64, m64) = (stored.to_f64(), stored_m.to_f64());
+                    // The vector formula takes a non-zero scale exact in
+                    // f32, a zero point exact in f32 and no offset.
+                    let s32 = s64 as f32;
+                    match vector_quantize {
+                        Some(f)
+                            if s32 != 0.0
+                                && f64::from(s32).to_bits() == s64.to_bits()
+                                && zv.unsigned_abs() <= 1 << 24
+                                && m64 == 0.0 =>
+                        {
+                            f(group, s32, zv, out, q_lo, q_hi)
+                        }
+                        _ => kernel.quantize_group(group, (s64, zv, m64), out),
+                    }
                 }
             }
         }
@@ -244,8 +300,14 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         check_recipe(PLAN, &desc.recipe, None)?;
         let op = QuantizeKind::ChooseQParamsPerGroup;
-        let (core, kernel) =
-            select_engine::<TIn, TScale>(PLAN, op, Some(TScale::KIND), layout, desc.recipe, pref)?;
+        let (core, kernel) = select_engine::<TIn, TScale, u8>(
+            PLAN,
+            op,
+            Some(TScale::KIND),
+            layout,
+            desc.recipe,
+            pref,
+        )?;
         Ok(ChooseQParamsPerGroupPlan {
             core,
             kernel,

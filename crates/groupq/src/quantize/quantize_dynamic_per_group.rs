@@ -125,8 +125,14 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
         check_recipe(PLAN, &desc.recipe, Some((TOut::KIND, TOut::MIN, TOut::MAX)))?;
         layout.check_pack(PLAN, TOut::KIND, TOut::PACK)?;
         let op = QuantizeKind::QuantizeDynamicPerGroup;
-        let (core, kernel) =
-            select_engine::<TIn, TScale>(PLAN, op, Some(TOut::KIND), layout, desc.recipe, pref)?;
+        let (core, kernel) = select_engine::<TIn, TScale, TOut>(
+            PLAN,
+            op,
+            Some(TOut::KIND),
+            layout,
+            desc.recipe,
+            pref,
+        )?;
         Ok(QuantizeDynamicPerGroupPlan {
             core,
             kernel,
