@@ -108,6 +108,11 @@ pub trait FloatKernels: Sized + 'static {
     fn quantize_backward(b: BackendKind) -> Option<QuantizeBackwardKernel<Self>>;
     /// Dequantize-backward kernel.
     fn dequantize_backward(b: BackendKind) -> Option<DequantizeBackwardKernel<Self>>;
+    /// Whether a group holds a NaN or an infinity.
+    fn recipe_non_finite(b: BackendKind) -> Option<RecipeCheckKernel<Self>> {
+        let _ = b;
+        None
+    }
     /// A recipe's group extremes with the choose arithmetic of kind `round`.
     fn recipe_extremes(b: BackendKind, round: ElementKind) -> Option<RecipeExtremesKernel<Self>> {
         let _ = (b, round);
@@ -132,6 +137,12 @@ macro_rules! float_kernels {
     ($t:ty, [$($backend:ident => $module:ident),*] $(, recipe [$($rb:ident => $rm:ident),*])?) => {
         impl FloatKernels for $t {
             $(
+            fn recipe_non_finite(b: BackendKind) -> Option<RecipeCheckKernel<Self>> {
+                match b {
+                    $(BackendKind::$rb => Some($rm::recipe_non_finite::<Self>),)*
+                    _ => None,
+                }
+            }
             fn recipe_extremes(b: BackendKind, round: ElementKind) -> Option<RecipeExtremesKernel<Self>> {
                 match b {
                     $(BackendKind::$rb => $rm::recipe_extremes_for::<Self>(round),)*
@@ -227,6 +238,8 @@ pub(crate) type DequantizeKernel<TQ, TOut> = fn(&[TQ], &[TOut], &[i32], &mut [TO
 /// zero_point, grad_input, group_size, q_min, q_max, boundary)`.
 pub(crate) type QuantizeBackwardKernel<T> =
     fn(&[T], &[T], &[T], &[i32], &mut [T], usize, i32, i32, SteBoundary);
+/// Whether a group holds a NaN or an infinity.
+pub(crate) type RecipeCheckKernel<T> = fn(&[T]) -> bool;
 /// A recipe's group extremes: `(min, max)` after rounding to the choose
 /// arithmetic, or `None` (a NaN or infinite value: the scalar path).
 pub(crate) type RecipeExtremesKernel<T> = fn(&[T]) -> Option<(f32, f32)>;

@@ -523,6 +523,8 @@ impl<S: Isa> SimdElement<S> for f64 {
 /// Rounding of f32 lanes to a recipe's arithmetic dtype: the vector form
 /// and the one-lane form of the same operation.
 pub(crate) trait LaneRound<S: Isa> {
+    /// The dtype rounded to (values of it are left as they are).
+    const KIND: crate::element::ElementKind;
     unsafe fn rd(v: S::F) -> S::F;
     fn rd1(v: f32) -> f32;
 }
@@ -535,6 +537,7 @@ pub(crate) struct ToBf16;
 pub(crate) struct ToF16;
 
 impl<S: Isa> LaneRound<S> for KeepF32 {
+    const KIND: crate::element::ElementKind = crate::element::ElementKind::F32;
     #[inline(always)]
     unsafe fn rd(v: S::F) -> S::F {
         v
@@ -545,6 +548,7 @@ impl<S: Isa> LaneRound<S> for KeepF32 {
     }
 }
 impl<S: Isa> LaneRound<S> for ToBf16 {
+    const KIND: crate::element::ElementKind = crate::element::ElementKind::Bf16;
     #[inline(always)]
     unsafe fn rd(v: S::F) -> S::F {
         S::round_bf16_f(v)
@@ -555,6 +559,7 @@ impl<S: Isa> LaneRound<S> for ToBf16 {
     }
 }
 impl<S: Isa> LaneRound<S> for ToF16 {
+    const KIND: crate::element::ElementKind = crate::element::ElementKind::F16;
     #[inline(always)]
     unsafe fn rd(v: S::F) -> S::F {
         S::round_f16_f(v)
@@ -563,6 +568,41 @@ impl<S: Isa> LaneRound<S> for ToF16 {
     fn rd1(v: f32) -> f32 {
         half::f16::from_f32(v).to_f32()
     }
+}
+
+/// `LANES` values rounded by `R`: a value of `R`'s dtype already is one.
+#[inline(always)]
+unsafe fn load_rounded<S: Isa, T: F32Lanes<S>, R: LaneRound<S>>(p: *const T) -> S::F {
+    let v = T::load(p);
+    if T::KIND == R::KIND {
+        v
+    } else {
+        R::rd(v)
+    }
+}
+
+/// Whether a group holds a NaN or an infinity (`v * 0` is NaN exactly for
+/// those).
+#[inline(always)]
+pub(crate) unsafe fn recipe_non_finite<S: Isa, T: F32Lanes<S>>(xs: &[T]) -> bool
+where
+    f32: F32Lanes<S>,
+{
+    let full = xs.len() - xs.len() % S::LANES;
+    let (mut a, mut b, zero) = (S::splat_f(0.0), S::splat_f(0.0), S::splat_f(0.0));
+    let mut k = 0;
+    while k + 2 * S::LANES <= full {
+        a = S::add_f(a, S::mul_f(T::load(xs.as_ptr().add(k)), zero));
+        b = S::add_f(b, S::mul_f(T::load(xs.as_ptr().add(k + S::LANES)), zero));
+        k += 2 * S::LANES;
+    }
+    if k < full {
+        a = S::add_f(a, S::mul_f(T::load(xs.as_ptr().add(k)), zero));
+    }
+    let mut lanes = [0f32; 16];
+    <f32 as F32Lanes<S>>::store(lanes.as_mut_ptr(), S::add_f(a, b));
+    lanes[..S::LANES].iter().any(|v| v.is_nan())
+        || xs[full..].iter().any(|x| !x.to_math().is_finite())
 }
 
 /// A group's minimum and maximum after rounding each value by `R` (the
@@ -583,7 +623,7 @@ where
     let (mut flag, zero) = (S::splat_f(0.0), S::splat_f(0.0));
     let mut k = 0;
     while k < full {
-        let v = R::rd(T::load(xs.as_ptr().add(k)));
+        let v = load_rounded::<S, T, R>(xs.as_ptr().add(k));
         mn = S::min_f(mn, v);
         mx = S::max_f(mx, v);
         flag = S::add_f(flag, S::mul_f(v, zero));
@@ -664,7 +704,7 @@ pub(crate) unsafe fn recipe_quantize<
     let full = xs.len() - xs.len() % S::LANES;
     let mut k = 0;
     while k < full {
-        let x = R::rd(T::load(xs.as_ptr().add(k)));
+        let x = load_rounded::<S, T, R>(xs.as_ptr().add(k));
         let v = if DIVIDE {
             R::rd(S::div_f(x, vs))
         } else {
@@ -697,6 +737,21 @@ macro_rules! simd_entry_points {
         use crate::kernels::scalar;
         use crate::kernels::simd::SimdElement;
         use crate::quantize::SteBoundary;
+
+        #[target_feature(enable = $features)]
+        unsafe fn recipe_non_finite_tf<T: crate::kernels::simd::F32Lanes<$isa>>(xs: &[T]) -> bool {
+            crate::kernels::simd::recipe_non_finite::<$isa, T>(xs)
+        }
+
+        /// Whether a group holds a NaN or an infinity.
+        pub(crate) fn recipe_non_finite<T: crate::kernels::simd::F32Lanes<$isa>>(xs: &[T]) -> bool {
+            if !available() {
+                return xs.iter().any(|x| !x.to_math().is_finite());
+            }
+            // SAFETY: the CPU has the features (checked above), and the
+            // kernel reads only inside the slice it is given.
+            unsafe { recipe_non_finite_tf::<T>(xs) }
+        }
 
         #[target_feature(enable = $features)]
         unsafe fn recipe_extremes_tf<T, R>(xs: &[T]) -> Option<(f32, f32)>

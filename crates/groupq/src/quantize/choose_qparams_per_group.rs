@@ -174,13 +174,14 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
     }
     let gs = l.group_size;
     if kernel.recipe.non_finite == NonFinitePolicy::Error {
-        // A vector pass where the backend has one: the f32 extremes kernel
-        // finds no extremes exactly when a value is NaN or infinite.
-        let finite = TIn::recipe_extremes(core.sku.backend, ElementKind::F32);
+        // A vector pass where the backend has one.
+        let non_finite = TIn::recipe_non_finite(core.sku.backend);
         let bad = |row: usize| {
             let xs = row_slice(&input, row, 0, l.axis);
-            match finite {
-                Some(f) => xs.chunks_exact(gs).position(|g| f(g).is_none()),
+            match non_finite {
+                // A whole row at once; the group is found only on error.
+                Some(f) if !f(xs) => None,
+                Some(_) => RecipeKernel::first_non_finite(xs, gs),
                 None => RecipeKernel::first_non_finite(xs, gs),
             }
             .map(|g| (row, g))
