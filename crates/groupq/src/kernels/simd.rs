@@ -678,6 +678,34 @@ pub(crate) fn recipe_code<S: Isa, R: LaneRound<S>, const DIVIDE: bool, const BEF
     r.clamp(lo, hi) as i32
 }
 
+/// `LANES` codes of [`recipe_quantize`]: `c` is `(s, rd(1 / s), z, q_min,
+/// q_max)` splatted.
+#[inline(always)]
+unsafe fn recipe_codes<
+    S: Isa,
+    T: F32Lanes<S>,
+    R: LaneRound<S>,
+    const DIVIDE: bool,
+    const BEFORE: bool,
+>(
+    p: *const T,
+    (vs, vinv, vz, lo, hi): (S::F, S::F, S::F, S::F, S::F),
+) -> S::I {
+    let x = load_rounded::<S, T, R>(p);
+    let v = if DIVIDE {
+        R::rd(S::div_f(x, vs))
+    } else {
+        R::rd(S::mul_f(x, vinv))
+    };
+    let r = if BEFORE {
+        S::round_f(R::rd(S::add_f(v, vz)))
+    } else {
+        R::rd(S::add_f(S::round_f(v), vz))
+    };
+    // Integral (or ±inf) already: the conversion only saturates.
+    S::round_to_i(S::clamp_f(S::nan_to_zero_f(r), lo, hi))
+}
+
 /// The codes of one group (one code per byte) under a recipe formula in
 /// f32-math arithmetic: scale `s` (non-zero, a value of f32), zero point
 /// `z` (`|z| <= 2^24`). Bit-identical to the scalar engine.
@@ -702,23 +730,19 @@ pub(crate) unsafe fn recipe_quantize<
     let (vs, vinv, vz) = (S::splat_f(s), S::splat_f(params.1), S::splat_f(params.2));
     let (lo, hi) = (S::splat_f(bounds.0), S::splat_f(bounds.1));
     let full = xs.len() - xs.len() % S::LANES;
+    let c = (vs, vinv, vz, lo, hi);
     let mut k = 0;
-    while k < full {
-        let x = load_rounded::<S, T, R>(xs.as_ptr().add(k));
-        let v = if DIVIDE {
-            R::rd(S::div_f(x, vs))
-        } else {
-            R::rd(S::mul_f(x, vinv))
-        };
-        let r = if BEFORE {
-            S::round_f(R::rd(S::add_f(v, vz)))
-        } else {
-            R::rd(S::add_f(S::round_f(v), vz))
-        };
-        // Integral (or ±inf) already: the conversion only saturates.
-        let codes = S::round_to_i(S::clamp_f(S::nan_to_zero_f(r), lo, hi));
-        S::store_codes(out.as_mut_ptr().add(k), codes);
-        k += S::LANES;
+    // Two vectors per step: independent chains keep the units busy.
+    while k + 2 * S::LANES <= full {
+        let a = recipe_codes::<S, T, R, DIVIDE, BEFORE>(xs.as_ptr().add(k), c);
+        let b = recipe_codes::<S, T, R, DIVIDE, BEFORE>(xs.as_ptr().add(k + S::LANES), c);
+        S::store_codes(out.as_mut_ptr().add(k), a);
+        S::store_codes(out.as_mut_ptr().add(k + S::LANES), b);
+        k += 2 * S::LANES;
+    }
+    if k < full {
+        let a = recipe_codes::<S, T, R, DIVIDE, BEFORE>(xs.as_ptr().add(k), c);
+        S::store_codes(out.as_mut_ptr().add(k), a);
     }
     for (x, o) in xs[full..].iter().zip(&mut out[full..]) {
         let c = recipe_code::<S, R, DIVIDE, BEFORE>(x.to_math(), params, bounds);
