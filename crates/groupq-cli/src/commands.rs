@@ -227,17 +227,22 @@ fn check_output(input: &Path, output: &Path, force: bool) -> Result<()> {
     let canon_in = input
         .canonicalize()
         .with_context(|| format!("{}: no such file or directory", input.display()))?;
-    let canon_out = match output.canonicalize() {
-        Ok(p) => p,
-        Err(_) => {
-            let parent = output
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let parent = parent.canonicalize().with_context(|| {
-                format!("{}: the parent directory does not exist", output.display())
-            })?;
-            parent.join(output.file_name().unwrap_or_default())
+    // OUT and missing parents are created (as `save_pretrained` does):
+    // resolve the nearest existing ancestor and append the rest.
+    let absolute = std::path::absolute(output)
+        .with_context(|| format!("{}: not a usable path", output.display()))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    let canon_out = loop {
+        if let Ok(c) = existing.canonicalize() {
+            break rest.iter().rev().fold(c, |p: PathBuf, n| p.join(n));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => bail!("{}: no existing parent directory", output.display()),
         }
     };
     if canon_in == canon_out {
@@ -281,6 +286,10 @@ impl Staging {
         ));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
+        }
+        if let Some(parent) = tmp.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         std::fs::create_dir_all(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;

@@ -1179,3 +1179,21 @@ fn awq_writes_the_activation_scales_its_loader_expects() {
     assert!(ok, "{text}");
     assert!(!names(&out).iter().any(|n| n.ends_with("act.scales")));
 }
+
+#[test]
+fn missing_parents_of_the_output_are_created() {
+    let dir = scratch("parents");
+    let input = model(&dir);
+    let out = dir.join("a/b/c");
+    let (ok, text) = quantize_to(
+        &input,
+        &out,
+        &["--format", "awq", "--group-size", "32", "-q"],
+    );
+    assert!(ok, "{text}");
+    assert!(Checkpoint::open(&out).is_ok());
+    // Still refused: an output inside which the input lies.
+    let (ok, text) = quantize_to(&input, &dir, &["--format", "awq", "--group-size", "32"]);
+    assert!(!ok && text.contains("contains the input"), "{text}");
+    assert!(input.join("config.json").is_file());
+}

@@ -689,7 +689,7 @@ unsafe fn recipe_codes<
     const BEFORE: bool,
 >(
     p: *const T,
-    (vs, vinv, vz, lo, hi): (S::F, S::F, S::F, S::F, S::F),
+    [vs, vinv, vz, lo, hi]: [S::F; 5],
 ) -> S::I {
     let x = load_rounded::<S, T, R>(p);
     let v = if DIVIDE {
@@ -730,7 +730,7 @@ pub(crate) unsafe fn recipe_quantize<
     let (vs, vinv, vz) = (S::splat_f(s), S::splat_f(params.1), S::splat_f(params.2));
     let (lo, hi) = (S::splat_f(bounds.0), S::splat_f(bounds.1));
     let full = xs.len() - xs.len() % S::LANES;
-    let c = (vs, vinv, vz, lo, hi);
+    let c = [vs, vinv, vz, lo, hi];
     let mut k = 0;
     // Two vectors per step: independent chains keep the units busy.
     while k + 2 * S::LANES <= full {
