@@ -687,6 +687,7 @@ unsafe fn recipe_codes<
     R: LaneRound<S>,
     const DIVIDE: bool,
     const BEFORE: bool,
+    const ZERO: bool,
 >(
     p: *const T,
     [vs, vinv, vz, lo, hi]: [S::F; 5],
@@ -697,13 +698,53 @@ unsafe fn recipe_codes<
     } else {
         R::rd(S::mul_f(x, vinv))
     };
-    let r = if BEFORE {
+    // Two roundings of the one-lane form are left out where they cannot
+    // change a code:
+    // - `rd(v + z)` with `z == 0` (`ZERO`) is `v` (`-0` becomes `+0`, which
+    //   rounds to the same code);
+    // - `rd(round(v) + z)`: the sum is an integer, exact in bf16/f16 up to
+    //   256/2048 in magnitude; beyond, rounding keeps it beyond, on the same
+    //   side, and the clamp to an 8-bit code range (`|q| <= 255`, all this
+    //   kernel takes) gives the same code. NaN and ±inf pass either way.
+    let r = if BEFORE && ZERO {
+        S::round_f(v)
+    } else if BEFORE {
         S::round_f(R::rd(S::add_f(v, vz)))
     } else {
-        R::rd(S::add_f(S::round_f(v), vz))
+        S::add_f(S::round_f(v), vz)
     };
     // Integral (or ±inf) already: the conversion only saturates.
     S::round_to_i(S::clamp_f(S::nan_to_zero_f(r), lo, hi))
+}
+
+/// [`recipe_codes`] over whole vectors (`xs.len()` a multiple of `LANES`).
+#[inline(always)]
+unsafe fn recipe_vectors<
+    S: Isa,
+    T: F32Lanes<S>,
+    Q: IntElement,
+    R: LaneRound<S>,
+    const DIVIDE: bool,
+    const BEFORE: bool,
+    const ZERO: bool,
+>(
+    xs: &[T],
+    out: &mut [Q],
+    c: [S::F; 5],
+) {
+    let mut k = 0;
+    // Two vectors per step: independent chains keep the units busy.
+    while k + 2 * S::LANES <= xs.len() {
+        let a = recipe_codes::<S, T, R, DIVIDE, BEFORE, ZERO>(xs.as_ptr().add(k), c);
+        let b = recipe_codes::<S, T, R, DIVIDE, BEFORE, ZERO>(xs.as_ptr().add(k + S::LANES), c);
+        S::store_codes(out.as_mut_ptr().add(k), a);
+        S::store_codes(out.as_mut_ptr().add(k + S::LANES), b);
+        k += 2 * S::LANES;
+    }
+    if k < xs.len() {
+        let a = recipe_codes::<S, T, R, DIVIDE, BEFORE, ZERO>(xs.as_ptr().add(k), c);
+        S::store_codes(out.as_mut_ptr().add(k), a);
+    }
 }
 
 /// The codes of one group (one code per byte) under a recipe formula in
@@ -731,18 +772,10 @@ pub(crate) unsafe fn recipe_quantize<
     let (lo, hi) = (S::splat_f(bounds.0), S::splat_f(bounds.1));
     let full = xs.len() - xs.len() % S::LANES;
     let c = [vs, vinv, vz, lo, hi];
-    let mut k = 0;
-    // Two vectors per step: independent chains keep the units busy.
-    while k + 2 * S::LANES <= full {
-        let a = recipe_codes::<S, T, R, DIVIDE, BEFORE>(xs.as_ptr().add(k), c);
-        let b = recipe_codes::<S, T, R, DIVIDE, BEFORE>(xs.as_ptr().add(k + S::LANES), c);
-        S::store_codes(out.as_mut_ptr().add(k), a);
-        S::store_codes(out.as_mut_ptr().add(k + S::LANES), b);
-        k += 2 * S::LANES;
-    }
-    if k < full {
-        let a = recipe_codes::<S, T, R, DIVIDE, BEFORE>(xs.as_ptr().add(k), c);
-        S::store_codes(out.as_mut_ptr().add(k), a);
+    if z == 0 {
+        recipe_vectors::<S, T, Q, R, DIVIDE, BEFORE, true>(&xs[..full], out, c);
+    } else {
+        recipe_vectors::<S, T, Q, R, DIVIDE, BEFORE, false>(&xs[..full], out, c);
     }
     for (x, o) in xs[full..].iter().zip(&mut out[full..]) {
         let c = recipe_code::<S, R, DIVIDE, BEFORE>(x.to_math(), params, bounds);
