@@ -1,25 +1,26 @@
-//! `run` allocates nothing: a counting global allocator watches every plan
-//! on a latency-sized problem (1 × 4096) and on one large enough to be split
-//! over the pool, on a two-thread stream.
+//! `run` allocates nothing, on any thread: a counting global allocator
+//! watches every plan (the recipe plans included) on a latency-sized problem
+//! (1 × 4096) and on one large enough to be split over the pool, on a
+//! two-thread stream. Every thread's allocations count while a plan runs,
+//! the pool's workers included (this file holds one test, so no other test
+//! runs meanwhile).
 
 use groupq::half::bf16;
+use groupq::recipe::Recipe;
 use groupq::*;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 struct Counting;
 
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-thread_local! {
-    /// Only allocations made by a thread that is counting are counted.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
+/// While set, every thread's allocations are counted.
+static COUNTING: AtomicBool = AtomicBool::new(false);
 
 // SAFETY: defers every call to the system allocator unchanged.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
+        if COUNTING.load(Ordering::SeqCst) {
             ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
         }
         // SAFETY: the caller's contract is passed on unchanged.
@@ -34,12 +35,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Allocations made by this thread while `f` runs.
+/// Allocations made by any thread while `f` runs.
 fn allocations_in(f: impl FnOnce()) -> usize {
     let before = ALLOCATIONS.load(Ordering::SeqCst);
-    COUNTING.with(|c| c.set(true));
+    COUNTING.store(true, Ordering::SeqCst);
     f();
-    COUNTING.with(|c| c.set(false));
+    COUNTING.store(false, Ordering::SeqCst);
     ALLOCATIONS.load(Ordering::SeqCst) - before
 }
 
@@ -52,6 +53,7 @@ fn check(rows: usize, cols: usize, stream: &Stream) {
     let z = vec![1i32; ng];
     let mut q = vec![0i8; n];
     let mut y = vec![bf16::ZERO; n];
+    let mut q2 = vec![0i8; n];
 
     let forward = QuantizePerGroupPlan::<bf16, i8>::select(
         stream,
@@ -104,6 +106,50 @@ fn check(rows: usize, cols: usize, stream: &Stream) {
     )
     .unwrap();
 
+    let mut dynamic_plans = Vec::new();
+    for recipe in [
+        Recipe::compressed_tensors_w4a16(),
+        Recipe::gptq(false, 4),
+        Recipe::awq_f16(true, 4),
+        Recipe::gguf_q4_0(),
+    ] {
+        let desc = QuantizeDynamicPerGroupDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+            recipe: Recipe {
+                q_min: -8,
+                q_max: 7,
+                ..recipe
+            },
+            input_element: ElementKind::Bf16,
+            scale_element: ElementKind::Bf16,
+            output_element: ElementKind::S8,
+        };
+        dynamic_plans.push(
+            QuantizeDynamicPerGroupPlan::<bf16, bf16, i8>::select(
+                stream,
+                &desc,
+                Default::default(),
+            )
+            .unwrap(),
+        );
+    }
+    let choose = ChooseQParamsPerGroupPlan::<bf16, bf16>::select(
+        stream,
+        &ChooseQParamsPerGroupDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+            recipe: Recipe::compressed_tensors_w4a16(),
+            input_element: ElementKind::Bf16,
+            scale_element: ElementKind::Bf16,
+        },
+        Default::default(),
+    )
+    .unwrap();
+    let (mut s2, mut z2) = (vec![bf16::ZERO; ng], vec![0i32; ng]);
+
     // Warm up once: the pool's threads and queues exist before counting.
     for counted in [false, true] {
         let mut run = || {
@@ -135,6 +181,21 @@ fn check(rows: usize, cols: usize, stream: &Stream) {
                 grad_input: TensorMut::new(&mut y, [rows, cols]).unwrap(),
             };
             inverse_backward.run(stream, Workspace::None, args).unwrap();
+            for plan in &dynamic_plans {
+                let args = QuantizeDynamicPerGroupArgs {
+                    input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                    scale: TensorMut::new(&mut s2, p).unwrap(),
+                    zero_point: TensorMut::new(&mut z2, p).unwrap(),
+                    output: TensorMut::new(&mut q2, [rows, cols]).unwrap(),
+                };
+                plan.run(stream, Workspace::None, args).unwrap();
+            }
+            let args = ChooseQParamsPerGroupArgs {
+                input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                scale: TensorMut::new(&mut s2, p).unwrap(),
+                zero_point: TensorMut::new(&mut z2, p).unwrap(),
+            };
+            choose.run(stream, Workspace::None, args).unwrap();
         };
         if counted {
             let n = allocations_in(run);
