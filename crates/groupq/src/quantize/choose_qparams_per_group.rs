@@ -282,8 +282,9 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
     /// Validates `desc` and chooses a kernel. Errors: element kinds other
     /// than the type parameters → `Unsupported`; `group_size == 0`,
     /// `axis_size` not a multiple of it, or a recipe with `q_max <= q_min`
-    /// → `InvalidProblem`; a preferred backend other than scalar →
-    /// `Unsupported` (the recipe plans have scalar kernels only).
+    /// → `InvalidProblem`; a preferred backend this CPU lacks, or that has
+    /// no vector kernel for the recipe and types → `Unsupported`. The vector
+    /// backends give bit-identical results to the scalar engine.
     pub fn select(
         stream: &Stream,
         desc: &ChooseQParamsPerGroupDescriptor,
