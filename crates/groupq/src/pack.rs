@@ -63,20 +63,33 @@ fn check_len(fmt: &str, what: &str, len: usize, rows: usize, cols: usize) -> Res
     }
 }
 
-/// The code at `(r, c)` of a `[rows, cols]` matrix viewed through `map`.
-type Get<'a> = &'a dyn Fn(usize, usize) -> i64;
-
-/// Packs a `[rows, cols]` matrix along its columns (`along_rows = false`:
+/// Packs a `[rows, cols]` matrix, whose code at `(r, c)` is `get(r, c)`
+/// (generic, so that each layout's accessor is inlined), along its columns (`along_rows = false`:
 /// output `[rows, ⌈cols/pf⌉]`) or rows (`true`: `[⌈rows/pf⌉, cols]`); slot
 /// `t` of a word takes the element `order[t]` of its run of `pf`.
 fn pack(
     fmt: &str,
-    get: Get<'_>,
+    get: impl Fn(usize, usize) -> i64,
     rows: usize,
     cols: usize,
     bits: u32,
     along_rows: bool,
     order: Option<&[usize]>,
+) -> Result<Vec<i32>> {
+    pack_in_order(fmt, get, (rows, cols), bits, along_rows, order, false)
+}
+
+/// [`pack`], visiting the output words row by row, or column by column when
+/// `columns_outer` (for an accessor that reads a transpose: its columns are
+/// contiguous). The words are the same either way.
+fn pack_in_order(
+    fmt: &str,
+    get: impl Fn(usize, usize) -> i64,
+    (rows, cols): (usize, usize),
+    bits: u32,
+    along_rows: bool,
+    order: Option<&[usize]>,
+    columns_outer: bool,
 ) -> Result<Vec<i32>> {
     let pf = per_word(fmt, bits)?;
     let max = (1i64 << bits) - 1;
@@ -86,28 +99,39 @@ fn pack(
         (rows, cols.div_ceil(pf))
     };
     let mut words = vec![0i32; out_rows * out_cols];
-    for or in 0..out_rows {
-        for oc in 0..out_cols {
-            let mut word = 0u32;
-            for t in 0..pf {
-                let k = order.map_or(t, |o| o[t]);
-                let (r, c) = if along_rows {
-                    (or * pf + k, oc)
-                } else {
-                    (or, oc * pf + k)
-                };
-                if r >= rows || c >= cols {
-                    continue; // padding of a partial word stays 0
-                }
-                let v = get(r, c);
-                if !(0..=max).contains(&v) {
-                    return Err(invalid(format!(
-                        "{fmt}: value {v} at [{r}, {c}] does not fit {bits} bits (after the format's offset)"
-                    )));
-                }
-                word |= (v as u32) << (t as u32 * bits);
+    let word = |or: usize, oc: usize| -> Result<i32> {
+        let mut word = 0u32;
+        for t in 0..pf {
+            let k = order.map_or(t, |o| o[t]);
+            let (r, c) = if along_rows {
+                (or * pf + k, oc)
+            } else {
+                (or, oc * pf + k)
+            };
+            if r >= rows || c >= cols {
+                continue; // padding of a partial word stays 0
             }
-            words[or * out_cols + oc] = word as i32;
+            let v = get(r, c);
+            if !(0..=max).contains(&v) {
+                return Err(invalid(format!(
+                    "{fmt}: value {v} at [{r}, {c}] does not fit {bits} bits (after the format's offset)"
+                )));
+            }
+            word |= (v as u32) << (t as u32 * bits);
+        }
+        Ok(word as i32)
+    };
+    if columns_outer {
+        for oc in 0..out_cols {
+            for or in 0..out_rows {
+                words[or * out_cols + oc] = word(or, oc)?;
+            }
+        }
+    } else {
+        for or in 0..out_rows {
+            for oc in 0..out_cols {
+                words[or * out_cols + oc] = word(or, oc)?;
+            }
         }
     }
     Ok(words)
@@ -207,15 +231,16 @@ pub fn gptq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i
             32 / bits
         )));
     }
-    // The transpose [k, n], packed along its rows.
-    pack(
+    // The transpose [k, n], packed along its rows, walked column by column
+    // (a row of `codes`) so that reads are sequential.
+    pack_in_order(
         fmt,
         &|r, c| i64::from(codes[c * k + r]),
-        k,
-        n,
+        (k, n),
         bits,
         true,
         None,
+        true,
     )
 }
 
@@ -343,14 +368,16 @@ pub fn awq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i3
     let fmt = "awq_qweight";
     check_len(fmt, "codes", codes.len(), n, k)?;
     let order = awq_order(fmt, n, bits)?;
-    pack(
+    // Walked column by column (eight rows of `codes` side by side) so that
+    // reads are sequential.
+    pack_in_order(
         fmt,
         &|r, c| i64::from(codes[c * k + r]),
-        k,
-        n,
+        (k, n),
         bits,
         false,
         order,
+        true,
     )
 }
 
@@ -401,6 +428,29 @@ pub fn compressed_tensors_weight(codes: &[i8], n: usize, k: usize, bits: u32) ->
     let fmt = "compressed_tensors_weight";
     check_len(fmt, "codes", codes.len(), n, k)?;
     let offset = 1i64 << (bits - 1);
+    let pf = per_word(fmt, bits)?;
+    if k.is_multiple_of(pf) {
+        // Whole words per row: `pf` consecutive codes each, row-major. One
+        // range check for the whole tensor; the pack below finds the
+        // offending value when it fails.
+        let max = (1i32 << bits) - 1;
+        let off = offset as i32;
+        if codes
+            .iter()
+            .all(|&c| (0..=max).contains(&(i32::from(c) + off)))
+        {
+            let word = |run: &[i8]| {
+                run.iter().enumerate().fold(0u32, |w, (t, &c)| {
+                    w | (((i32::from(c) + off) as u32) << (t as u32 * bits))
+                }) as i32
+            };
+            return Ok(match pf {
+                8 => codes.chunks_exact(8).map(word).collect(),
+                4 => codes.chunks_exact(4).map(word).collect(),
+                _ => codes.chunks_exact(pf).map(word).collect(),
+            });
+        }
+    }
     pack(
         fmt,
         &|r, c| i64::from(codes[r * k + c]) + offset,

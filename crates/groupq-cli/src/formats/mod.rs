@@ -256,13 +256,50 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn of(original: impl Iterator<Item = f64>, restored: impl Iterator<Item = f64>) -> Stats {
-        let (mut signal, mut noise, mut max) = (0.0f64, 0.0f64, 0.0f64);
-        for (a, b) in original.zip(restored) {
-            signal += a * a;
-            noise += (a - b) * (a - b);
-            max = max.max((a - b).abs());
-        }
+    /// Elements per partial sum: the sums are combined in order, so the
+    /// result does not depend on the thread count.
+    const CHUNK: usize = 1 << 16;
+
+    fn of<T: Element, R: Element>(original: &[T], restored: &[R]) -> Stats {
+        use rayon::prelude::*;
+        let partial: Vec<(f64, f64, f64)> = original
+            .par_chunks(Self::CHUNK)
+            .zip(restored.par_chunks(Self::CHUNK))
+            .map(|(a, b)| {
+                // Eight independent sums (a fixed order: deterministic), so
+                // the loop is not bound by one addition's latency.
+                let mut acc = [[0.0f64; 8]; 3];
+                let (ea, eb) = (a.chunks_exact(8), b.chunks_exact(8));
+                let (ra, rb) = (ea.remainder(), eb.remainder());
+                for (xa, xb) in ea.zip(eb) {
+                    for i in 0..8 {
+                        let (x, y) = (xa[i].to_f64(), xb[i].to_f64());
+                        let d = x - y;
+                        acc[0][i] += x * x;
+                        acc[1][i] += d * d;
+                        // (a compare, not f64::max: it vectorizes)
+                        let m = acc[2][i];
+                        acc[2][i] = if d.abs() > m { d.abs() } else { m };
+                    }
+                }
+                for (i, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+                    let (x, y) = (x.to_f64(), y.to_f64());
+                    let d = x - y;
+                    acc[0][i] += x * x;
+                    acc[1][i] += d * d;
+                    acc[2][i] = acc[2][i].max(d.abs());
+                }
+                let [signal, noise, max] = acc;
+                (
+                    signal.iter().sum(),
+                    noise.iter().sum(),
+                    max.iter().fold(0.0f64, |m, &v| m.max(v)),
+                )
+            })
+            .collect();
+        let (signal, noise, max) = partial.iter().fold((0.0, 0.0, 0.0f64), |(s, n, m), p| {
+            (s + p.0, n + p.1, m.max(p.2))
+        });
         let sqnr_db = if noise == 0.0 {
             f64::INFINITY
         } else {
@@ -401,10 +438,7 @@ pub fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
 
 /// The error statistics of a weight against its restored values.
 pub(crate) fn stats_of<T: Element, R: Element>(w: &[T], restored: &[R]) -> Stats {
-    Stats::of(
-        w.iter().map(|v| v.to_f64()),
-        restored.iter().map(|v| v.to_f64()),
-    )
+    Stats::of(w, restored)
 }
 
 /// The fused recipe plan on one weight: codes, scales and zero points.
