@@ -235,7 +235,7 @@ pub fn gptq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i
     // (a row of `codes`) so that reads are sequential.
     pack_in_order(
         fmt,
-        &|r, c| i64::from(codes[c * k + r]),
+        |r, c| i64::from(codes[c * k + r]),
         (k, n),
         bits,
         true,
@@ -305,10 +305,10 @@ pub fn gptq_qzeros(
     // Transpose to [g, n] and pack along n.
     let raw = |r: usize, c: usize| i64::from(zeros[c * g + r]);
     match encoding {
-        GptqZeros::V2 => pack(fmt, &raw, g, n, bits, false, None),
+        GptqZeros::V2 => pack(fmt, raw, g, n, bits, false, None),
         GptqZeros::V1 => pack(
             fmt,
-            &|r, c| (raw(r, c) - 1).rem_euclid(1 << bits),
+            |r, c| (raw(r, c) - 1).rem_euclid(1 << bits),
             g,
             n,
             bits,
@@ -316,7 +316,7 @@ pub fn gptq_qzeros(
             None,
         ),
         GptqZeros::V1WholeWord => {
-            let v2 = pack(fmt, &raw, g, n, bits, false, None)?;
+            let v2 = pack(fmt, raw, g, n, bits, false, None)?;
             Ok(v2
                 .iter()
                 .map(|&w| (w as u32).wrapping_sub(ones(bits)) as i32)
@@ -372,7 +372,7 @@ pub fn awq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i3
     // reads are sequential.
     pack_in_order(
         fmt,
-        &|r, c| i64::from(codes[c * k + r]),
+        |r, c| i64::from(codes[c * k + r]),
         (k, n),
         bits,
         false,
@@ -396,7 +396,7 @@ pub fn awq_qzeros(zeros: &[i32], n: usize, g: usize, bits: u32) -> Result<Vec<i3
     let order = awq_order(fmt, n, bits)?;
     pack(
         fmt,
-        &|r, c| i64::from(zeros[c * g + r]),
+        |r, c| i64::from(zeros[c * g + r]),
         g,
         n,
         bits,
@@ -453,7 +453,7 @@ pub fn compressed_tensors_weight(codes: &[i8], n: usize, k: usize, bits: u32) ->
     }
     pack(
         fmt,
-        &|r, c| i64::from(codes[r * k + c]) + offset,
+        |r, c| i64::from(codes[r * k + c]) + offset,
         n,
         k,
         bits,
@@ -487,7 +487,7 @@ pub fn compressed_tensors_zero_point(
     let offset = 1i64 << (bits - 1);
     pack(
         fmt,
-        &|r, c| i64::from(zeros[r * g + c]) + offset,
+        |r, c| i64::from(zeros[r * g + c]) + offset,
         n,
         g,
         bits,
