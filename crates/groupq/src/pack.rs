@@ -231,8 +231,24 @@ pub fn gptq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i
             32 / bits
         )));
     }
-    // The transpose [k, n], packed along its rows, walked column by column
-    // (a row of `codes`) so that reads are sequential.
+    let pf = per_word(fmt, bits)?;
+    if codes.iter().all(|&c| u32::from(c) < 1 << bits) {
+        // Word (i, j) holds codes[j, i·pf .. (i+1)·pf]: each row of `codes`
+        // is read once, in order.
+        let mut words = vec![0i32; k / pf * n];
+        for (j, row) in codes.chunks_exact(k).enumerate() {
+            for (i, run) in row.chunks_exact(pf).enumerate() {
+                words[i * n + j] = run
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |w, (t, &c)| w | u32::from(c) << (t as u32 * bits))
+                    as i32;
+            }
+        }
+        return Ok(words);
+    }
+    // The transpose [k, n], packed along its rows (this finds and names the
+    // value that does not fit).
     pack_in_order(
         fmt,
         |r, c| i64::from(codes[c * k + r]),
@@ -368,8 +384,25 @@ pub fn awq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i3
     let fmt = "awq_qweight";
     check_len(fmt, "codes", codes.len(), n, k)?;
     let order = awq_order(fmt, n, bits)?;
-    // Walked column by column (eight rows of `codes` side by side) so that
-    // reads are sequential.
+    let pf = per_word(fmt, bits)?;
+    if codes.iter().all(|&c| u32::from(c) < 1 << bits) {
+        // Word (r, o) holds column r of rows o·pf .. (o+1)·pf of `codes`, in
+        // AWQ's order: `pf` rows are read side by side, in order.
+        let slots: Vec<usize> = (0..pf).map(|t| order.map_or(t, |o| o[t])).collect();
+        let (cols, mut words) = (n / pf, vec![0i32; k * (n / pf)]);
+        for (o, rows) in codes.chunks_exact(pf * k).enumerate() {
+            for r in 0..k {
+                let mut word = 0u32;
+                for (t, &slot) in slots.iter().enumerate() {
+                    word |= u32::from(rows[slot * k + r]) << (t as u32 * bits);
+                }
+                words[r * cols + o] = word as i32;
+            }
+        }
+        return Ok(words);
+    }
+    // Walked column by column (eight rows of `codes` side by side); this
+    // finds and names the value that does not fit.
     pack_in_order(
         fmt,
         |r, c| i64::from(codes[c * k + r]),

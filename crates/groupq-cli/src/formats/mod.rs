@@ -260,12 +260,17 @@ impl Stats {
     /// result does not depend on the thread count.
     const CHUNK: usize = 1 << 16;
 
-    fn of<T: Element, R: Element>(original: &[T], restored: &[R]) -> Stats {
+    fn of<T: Storage, R: Storage>(original: &[T], restored: &[R]) -> Stats {
         use rayon::prelude::*;
         let partial: Vec<(f64, f64, f64)> = original
             .par_chunks(Self::CHUNK)
             .zip(restored.par_chunks(Self::CHUNK))
             .map(|(a, b)| {
+                // Widened to f32 in bulk (exact), then summed in f64.
+                let (mut wa, mut wb) = (vec![0f32; a.len()], vec![0f32; b.len()]);
+                T::widen(a, &mut wa);
+                R::widen(b, &mut wb);
+                let (a, b) = (&wa[..], &wb[..]);
                 // Eight independent sums (a fixed order: deterministic), so
                 // the loop is not bound by one addition's latency.
                 let mut acc = [[0.0f64; 8]; 3];
@@ -273,7 +278,7 @@ impl Stats {
                 let (ra, rb) = (ea.remainder(), eb.remainder());
                 for (xa, xb) in ea.zip(eb) {
                     for i in 0..8 {
-                        let (x, y) = (xa[i].to_f64(), xb[i].to_f64());
+                        let (x, y) = (f64::from(xa[i]), f64::from(xb[i]));
                         let d = x - y;
                         acc[0][i] += x * x;
                         acc[1][i] += d * d;
@@ -283,7 +288,7 @@ impl Stats {
                     }
                 }
                 for (i, (&x, &y)) in ra.iter().zip(rb).enumerate() {
-                    let (x, y) = (x.to_f64(), y.to_f64());
+                    let (x, y) = (f64::from(x), f64::from(y));
                     let d = x - y;
                     acc[0][i] += x * x;
                     acc[1][i] += d * d;
@@ -318,10 +323,12 @@ pub trait Storage: Element {
     fn read(bytes: &[u8]) -> Vec<Self>;
     fn write(values: &[Self]) -> Vec<u8>;
     fn from_f32(v: f32) -> Self;
+    /// Exact widening of a slice to f32 (`dst.len() == src.len()`).
+    fn widen(src: &[Self], dst: &mut [f32]);
 }
 
 macro_rules! storage {
-    ($t:ty, $d:expr, $n:literal, $from:expr) => {
+    ($t:ty, $d:expr, $n:literal, $from:expr, $widen:expr) => {
         impl Storage for $t {
             const DTYPE: Dtype = $d;
             fn read(bytes: &[u8]) -> Vec<Self> {
@@ -336,12 +343,32 @@ macro_rules! storage {
             fn from_f32(v: f32) -> Self {
                 $from(v)
             }
+            fn widen(src: &[Self], dst: &mut [f32]) {
+                $widen(src, dst)
+            }
         }
     };
 }
-storage!(f32, Dtype::F32, 4, |v| v);
-storage!(f16, Dtype::F16, 2, f16::from_f32);
-storage!(bf16, Dtype::BF16, 2, bf16::from_f32);
+storage!(f32, Dtype::F32, 4, |v| v, |s: &[f32], d: &mut [f32]| d
+    .copy_from_slice(s));
+storage!(
+    f16,
+    Dtype::F16,
+    2,
+    f16::from_f32,
+    |s: &[f16], d: &mut [f32]| {
+        groupq::half::slice::HalfFloatSliceExt::convert_to_f32_slice(s, d)
+    }
+);
+storage!(
+    bf16,
+    Dtype::BF16,
+    2,
+    bf16::from_f32,
+    |s: &[bf16], d: &mut [f32]| {
+        groupq::half::slice::HalfFloatSliceExt::convert_to_f32_slice(s, d)
+    }
+);
 
 /// A float weight matrix in its checkpoint dtype.
 #[derive(Debug, Clone)]
@@ -437,7 +464,7 @@ pub fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
 }
 
 /// The error statistics of a weight against its restored values.
-pub(crate) fn stats_of<T: Element, R: Element>(w: &[T], restored: &[R]) -> Stats {
+pub(crate) fn stats_of<T: Storage, R: Storage>(w: &[T], restored: &[R]) -> Stats {
     Stats::of(w, restored)
 }
 
