@@ -415,7 +415,30 @@ pub(crate) struct FormulaKernel {
     pub arith: Arith,
 }
 
+/// The scale as f32 when the f32 paths (scalar and vector) can take a
+/// group's `(scale, zero_point, offset)`: the scale exact in f32, the zero
+/// point exact in f32 (`|z| <= 2^24`), no offset.
+pub(crate) fn f32_scale(s: f64, z: i32, offset: f64) -> Option<f32> {
+    let s32 = s as f32;
+    (f64::from(s32).to_bits() == s.to_bits() && z.unsigned_abs() <= 1 << 24 && offset == 0.0)
+        .then_some(s32)
+}
+
 impl FormulaKernel {
+    /// The formula as the f32 paths take it, `(arithmetic dtype, divide,
+    /// zero point before rounding)`, when it rounds ties to even and divides
+    /// or multiplies by the reciprocal (not the fused reciprocal-add).
+    pub fn f32_form(&self) -> Option<(ElementKind, bool, bool)> {
+        let f = &self.formula;
+        let divide = match f.scale_application {
+            ScaleApplication::Divide => true,
+            ScaleApplication::ReciprocalMultiply => false,
+            ScaleApplication::ReciprocalMultiplyFused => return None,
+        };
+        let before = f.zero_point_stage == ZeroPointStage::BeforeRounding;
+        (f.rounding == Rounding::TiesEven).then_some((self.arith.0, divide, before))
+    }
+
     pub fn new(formula: QuantizeFormula, input: ElementKind) -> FormulaKernel {
         FormulaKernel {
             formula,
@@ -455,20 +478,11 @@ impl FormulaKernel {
         q_min: i32,
         q_max: i32,
     ) {
-        let (f, a) = (&self.formula, self.arith);
-        let exact_in_f32 =
-            f64::from(s as f32).to_bits() == s.to_bits() && z.unsigned_abs() <= 1 << 24;
-        let direct = match f.scale_application {
-            ScaleApplication::Divide => Some(true),
-            ScaleApplication::ReciprocalMultiply => Some(false),
-            ScaleApplication::ReciprocalMultiplyFused => None,
-        };
-        if let (true, Some(divide), Rounding::TiesEven) =
-            (exact_in_f32 && offset == 0.0, direct, f.rounding)
+        if let (Some((kind, divide, before)), Some(s32)) =
+            (self.f32_form(), f32_scale(s, z, offset))
         {
-            let before = f.zero_point_stage == ZeroPointStage::BeforeRounding;
-            let g = (s as f32, z, divide, before);
-            match a.0 {
+            let g = (s32, z, divide, before);
+            match kind {
                 ElementKind::F32 => return quantize_group_f32(xs, g, |v| v, out, q_min, q_max),
                 ElementKind::Bf16 => {
                     let rd = |v: f32| bf16::from_f32(v).to_f32();
@@ -482,7 +496,16 @@ impl FormulaKernel {
             }
         }
         Q::write_codes(out, |i| {
-            quantize(f, a, xs[i].to_f64(), s, z, offset, q_min, q_max)
+            quantize(
+                &self.formula,
+                self.arith,
+                xs[i].to_f64(),
+                s,
+                z,
+                offset,
+                q_min,
+                q_max,
+            )
         });
     }
 }
@@ -582,14 +605,7 @@ impl RecipeKernel {
     /// divide, zero point before rounding)`, when its formula is one of
     /// those (ties to even, division or reciprocal multiply).
     pub fn vector_formula(&self) -> Option<(ElementKind, bool, bool)> {
-        let f = &self.quant.formula;
-        let divide = match f.scale_application {
-            ScaleApplication::Divide => true,
-            ScaleApplication::ReciprocalMultiply => false,
-            ScaleApplication::ReciprocalMultiplyFused => return None,
-        };
-        let before = f.zero_point_stage == ZeroPointStage::BeforeRounding;
-        (f.rounding == Rounding::TiesEven).then_some((self.quant.arith.0, divide, before))
+        self.quant.f32_form()
     }
 
     /// [`params`](Self::params) from the extremes of the rounded values.

@@ -4,7 +4,7 @@
 use super::common::{check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::{Error, Result};
-use crate::kernels::recipe::RecipeKernel;
+use crate::kernels::recipe::{f32_scale, RecipeKernel};
 use crate::kernels::{self, row_slice, RecipeExtremesKernel, RecipeQuantizeKernel, Rows};
 use crate::plan::{BackendKind, PlanPreference, QuantizeKind};
 use crate::recipe::{NonFinitePolicy, Recipe, ZeroPointRule};
@@ -178,13 +178,11 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
         let non_finite = TIn::recipe_non_finite(core.sku.backend);
         let bad = |row: usize| {
             let xs = row_slice(&input, row, 0, l.axis);
-            match non_finite {
-                // A whole row at once; the group is found only on error.
-                Some(f) if !f(xs) => None,
-                Some(_) => RecipeKernel::first_non_finite(xs, gs),
-                None => RecipeKernel::first_non_finite(xs, gs),
+            // A whole row at once; the group is looked for only on error.
+            if non_finite.is_some_and(|f| !f(xs)) {
+                return None;
             }
-            .map(|g| (row, g))
+            RecipeKernel::first_non_finite(xs, gs).map(|g| (row, g))
         };
         // The first offending group in row-major order, however the rows
         // are split over threads.
@@ -199,7 +197,6 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
         }
     }
     let (with_codes, with_offset) = (codes.is_some(), offset.is_some());
-    let codes_wanted = with_codes;
     let (code_data, code_stride) = match codes {
         Some(t) => (t.data, t.stride[0]),
         None => (&mut [][..], 0),
@@ -228,7 +225,7 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
     );
     let units = gs / TOut::PACK;
     let (extremes, vector_quantize) =
-        vector_kernels::<TIn, TOut>(kernel, core.sku.backend, codes_wanted);
+        vector_kernels::<TIn, TOut>(kernel, core.sku.backend, with_codes);
     let (q_lo, q_hi) = (kernel.recipe.q_min, kernel.recipe.q_max);
     kernels::for_each_row_block(stream, l.outer, l.axis, outputs, &|r0,
                                                                     rows,
@@ -257,18 +254,10 @@ pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
                 if let Some(q_row) = q_row.as_deref_mut() {
                     let out = &mut q_row[g * units..(g + 1) * units];
                     let (s64, m64) = (stored.to_f64(), stored_m.to_f64());
-                    // The vector formula takes a non-zero scale exact in
-                    // f32, a zero point exact in f32 and no offset.
-                    let s32 = s64 as f32;
-                    match vector_quantize {
-                        Some(f)
-                            if s32 != 0.0
-                                && f64::from(s32).to_bits() == s64.to_bits()
-                                && zv.unsigned_abs() <= 1 << 24
-                                && m64 == 0.0 =>
-                        {
-                            f(group, s32, zv, out, q_lo, q_hi)
-                        }
+                    // The vector formula takes what the scalar f32 path
+                    // takes, with a non-zero scale.
+                    match (vector_quantize, f32_scale(s64, zv, m64)) {
+                        (Some(f), Some(s32)) if s32 != 0.0 => f(group, s32, zv, out, q_lo, q_hi),
                         _ => kernel.quantize_group(group, (s64, zv, m64), out),
                     }
                 }
