@@ -89,13 +89,7 @@ fn plan_modules(
 ) -> Result<ModulePlan> {
     let fmt = o.spec.format.imp();
     let scope = fmt.scope(layout)?;
-    let mut plan = ModulePlan {
-        block: match &scope {
-            Scope::Prefix(p) => Some(p.clone()),
-            _ => None,
-        },
-        ..ModulePlan::default()
-    };
+    let mut plan = ModulePlan::default();
     let mut used_patterns = vec![false; o.ignore.len()];
     for (_, t) in ckpt.tensors() {
         if !is_linear_weight(t) {
@@ -141,11 +135,7 @@ fn plan_modules(
             plan.float.insert(module.to_string(), why);
             continue;
         }
-        let (n, k) = if conv1d {
-            (t.shape[1], t.shape[0])
-        } else {
-            (t.shape[0], t.shape[1])
-        };
+        let (n, k) = layout.out_in(t);
         match o.spec.shape_problem(n, k) {
             None => {
                 plan.quantized.insert(module.to_string());
@@ -286,10 +276,6 @@ impl Staging {
         ));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
-        }
-        if let Some(parent) = tmp.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         std::fs::create_dir_all(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -468,17 +454,12 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
                 if !is_linear_weight(t) || !plan.quantized.contains(module) {
                     return Action::Copy;
                 }
-                let transposed = layout.is_conv1d(module);
-                let (n, k) = if transposed {
-                    (t.shape[1], t.shape[0])
-                } else {
-                    (t.shape[0], t.shape[1])
-                };
+                let (n, k) = layout.out_in(t);
                 Action::Quantize {
                     prefix: module.to_string(),
                     n,
                     k,
-                    transposed,
+                    transposed: layout.is_conv1d(module),
                 }
             })
             .collect();
@@ -493,10 +474,14 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
     let mut total_size = 0usize;
     for (shard, list) in ckpt.shards.iter().zip(&actions) {
         let mut outs: Vec<OutTensor> = Vec::new();
-        // For each output tensor: (input tensor index, part index), or the
-        // bytes of a tensor the format's loader needs beside a layer.
-        let mut source: Vec<(usize, usize)> = Vec::new();
-        let mut companions: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+        // Where each output tensor's bytes come from: part `p` of what input
+        // tensor `i` becomes, or a tensor the format's loader needs beside a
+        // layer.
+        enum Source {
+            Part(usize, usize),
+            Bytes(Vec<u8>),
+        }
+        let mut source = Vec::new();
         for (i, (t, a)) in shard.tensors.iter().zip(list).enumerate() {
             let produced = match a {
                 Action::Copy => vec![OutTensor::new(t.name.clone(), t.dtype, t.shape.clone())],
@@ -504,19 +489,18 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
             };
             let extra = match t.name.strip_suffix(".weight") {
                 Some(module) if layout.matrices.contains(module) => fmt
-                    .companions(&layout, module, t.shape[0], t.dtype)
+                    .companions(&layout, module, layout.out_in(t).0, t.dtype)
                     .into_iter()
                     .filter(|(c, _)| !existing.contains(c.name.as_str()))
                     .collect(),
                 _ => Vec::new(),
             };
             for (p, out) in produced.into_iter().enumerate() {
-                source.push((i, p));
+                source.push(Source::Part(i, p));
                 outs.push(out);
             }
             for (out, bytes) in extra {
-                companions.insert(outs.len(), bytes);
-                source.push((i, usize::MAX));
+                source.push(Source::Bytes(bytes));
                 outs.push(out);
             }
         }
@@ -531,11 +515,10 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
             &outs,
             shard.metadata.as_ref(),
             |j, w: &mut dyn Write| {
-                if let Some(bytes) = companions.get(&j) {
-                    w.write_all(bytes)?;
-                    return Ok(());
-                }
-                let (i, part) = source[j];
+                let (i, part) = match &source[j] {
+                    Source::Part(i, part) => (*i, *part),
+                    Source::Bytes(bytes) => return Ok(w.write_all(bytes)?),
+                };
                 let t = &shard.tensors[i];
                 match &list[i] {
                     Action::Copy => {

@@ -159,6 +159,17 @@ impl Layout {
         self.conv1d && stack_of(module).is_some()
     }
 
+    /// A Linear weight's `(out_features, in_features)`: its shape, reversed
+    /// for a `Conv1D` (stored `[in, out]`).
+    pub fn out_in(&self, t: &TensorInfo) -> (usize, usize) {
+        let module = t.name.trim_end_matches(".weight");
+        if self.is_conv1d(module) {
+            (t.shape[1], t.shape[0])
+        } else {
+            (t.shape[0], t.shape[1])
+        }
+    }
+
     /// The Linear layers inside a block stack (`stack` itself is a prefix,
     /// as the loaders match it: `name.startswith(stack)`).
     pub fn matrices_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a String> + 'a {

@@ -257,7 +257,7 @@ fn quantize_typed<T: Storage>(
         i32_bytes(&pack::awq_qzeros(&zero, n, g, bits)?),
         f16::write(&transpose(&scale, n, g)),
     ];
-    Ok((out, stats_of(w, &restored)))
+    Ok((out, Stats::of(w, &restored)))
 }
 
 #[cfg(test)]

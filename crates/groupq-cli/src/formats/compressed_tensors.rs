@@ -271,5 +271,5 @@ fn quantize_typed<T: Storage>(
             &zero, n, g, bits,
         )?));
     }
-    Ok((out, stats_of(w, &restored)))
+    Ok((out, Stats::of(w, &restored)))
 }

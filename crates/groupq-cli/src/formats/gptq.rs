@@ -144,10 +144,9 @@ impl QuantFormat for Gptq {
         layout: &Layout,
         plan: &ModulePlan,
     ) -> Result<Value> {
-        let block = plan
-            .block
-            .clone()
-            .ok_or_else(|| anyhow!("internal error: gptq without a block prefix"))?;
+        let Scope::Prefix(block) = self.scope(layout)? else {
+            bail!("internal error: gptq without a block prefix");
+        };
         // Every matrix under the prefix, in case a loader sees a Linear
         // where the names did not say so.
         let in_block: Vec<&String> = layout.matrices_under(&block).collect();
@@ -325,5 +324,5 @@ fn quantize_typed<T: Storage>(
         f16::write(&transpose(&scale16, n, g)),
         i32_bytes(&g_idx),
     ];
-    Ok((out, stats_of(w, &restored)))
+    Ok((out, Stats::of(w, &restored)))
 }

@@ -82,8 +82,6 @@ pub struct ModulePlan {
     pub quantized: BTreeSet<String>,
     /// Linear modules kept in float, with the reason.
     pub float: BTreeMap<String, String>,
-    /// The block prefix the scope is limited to ([`Scope::Prefix`]).
-    pub block: Option<String>,
 }
 
 /// What to produce.
@@ -260,7 +258,8 @@ impl Stats {
     /// result does not depend on the thread count.
     const CHUNK: usize = 1 << 16;
 
-    fn of<T: Storage, R: Storage>(original: &[T], restored: &[R]) -> Stats {
+    /// The statistics of a weight against its restored values.
+    pub(crate) fn of<T: Storage, R: Storage>(original: &[T], restored: &[R]) -> Stats {
         use rayon::prelude::*;
         let partial: Vec<(f64, f64, f64)> = original
             .par_chunks(Self::CHUNK)
@@ -274,25 +273,24 @@ impl Stats {
                 // Eight independent sums (a fixed order: deterministic), so
                 // the loop is not bound by one addition's latency.
                 let mut acc = [[0.0f64; 8]; 3];
-                let (ea, eb) = (a.chunks_exact(8), b.chunks_exact(8));
-                let (ra, rb) = (ea.remainder(), eb.remainder());
-                for (xa, xb) in ea.zip(eb) {
-                    for i in 0..8 {
-                        let (x, y) = (f64::from(xa[i]), f64::from(xb[i]));
-                        let d = x - y;
-                        acc[0][i] += x * x;
-                        acc[1][i] += d * d;
-                        // (a compare, not f64::max: it vectorizes)
-                        let m = acc[2][i];
-                        acc[2][i] = if d.abs() > m { d.abs() } else { m };
-                    }
-                }
-                for (i, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+                let mut add = |i: usize, x: f32, y: f32| {
                     let (x, y) = (f64::from(x), f64::from(y));
                     let d = x - y;
                     acc[0][i] += x * x;
                     acc[1][i] += d * d;
-                    acc[2][i] = acc[2][i].max(d.abs());
+                    // (a compare, not f64::max: it vectorizes)
+                    let m = acc[2][i];
+                    acc[2][i] = if d.abs() > m { d.abs() } else { m };
+                };
+                let (ea, eb) = (a.chunks_exact(8), b.chunks_exact(8));
+                let (ra, rb) = (ea.remainder(), eb.remainder());
+                for (xa, xb) in ea.zip(eb) {
+                    for i in 0..8 {
+                        add(i, xa[i], xb[i]);
+                    }
+                }
+                for (i, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+                    add(i, x, y);
                 }
                 let [signal, noise, max] = acc;
                 (
@@ -319,7 +317,6 @@ impl Stats {
 
 /// Float weight dtypes of a checkpoint.
 pub trait Storage: Element {
-    const DTYPE: Dtype;
     fn read(bytes: &[u8]) -> Vec<Self>;
     fn write(values: &[Self]) -> Vec<u8>;
     fn from_f32(v: f32) -> Self;
@@ -328,9 +325,8 @@ pub trait Storage: Element {
 }
 
 macro_rules! storage {
-    ($t:ty, $d:expr, $n:literal, $from:expr, $widen:expr) => {
+    ($t:ty, $n:literal, $from:expr, $widen:expr) => {
         impl Storage for $t {
-            const DTYPE: Dtype = $d;
             fn read(bytes: &[u8]) -> Vec<Self> {
                 bytes
                     .chunks_exact($n)
@@ -349,26 +345,14 @@ macro_rules! storage {
         }
     };
 }
-storage!(f32, Dtype::F32, 4, |v| v, |s: &[f32], d: &mut [f32]| d
+storage!(f32, 4, |v| v, |s: &[f32], d: &mut [f32]| d
     .copy_from_slice(s));
-storage!(
-    f16,
-    Dtype::F16,
-    2,
-    f16::from_f32,
-    |s: &[f16], d: &mut [f32]| {
-        groupq::half::slice::HalfFloatSliceExt::convert_to_f32_slice(s, d)
-    }
-);
-storage!(
-    bf16,
-    Dtype::BF16,
-    2,
-    bf16::from_f32,
-    |s: &[bf16], d: &mut [f32]| {
-        groupq::half::slice::HalfFloatSliceExt::convert_to_f32_slice(s, d)
-    }
-);
+storage!(f16, 2, f16::from_f32, |s: &[f16], d: &mut [f32]| {
+    groupq::half::slice::HalfFloatSliceExt::convert_to_f32_slice(s, d)
+});
+storage!(bf16, 2, bf16::from_f32, |s: &[bf16], d: &mut [f32]| {
+    groupq::half::slice::HalfFloatSliceExt::convert_to_f32_slice(s, d)
+});
 
 /// A float weight matrix in its checkpoint dtype.
 #[derive(Debug, Clone)]
@@ -431,16 +415,13 @@ pub fn dtype_config_name(d: Dtype) -> &'static str {
 
 /// Rounds restored values (once, to nearest even) to a checkpoint dtype.
 pub fn restored_bytes(values: &[f32], dtype: Dtype) -> Result<Vec<u8>> {
+    fn narrow<S: Storage>(values: &[f32]) -> Vec<u8> {
+        S::write(&values.iter().map(|&v| S::from_f32(v)).collect::<Vec<S>>())
+    }
     Ok(match dtype {
         Dtype::F32 => f32::write(values),
-        Dtype::F16 => values
-            .iter()
-            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-            .collect(),
-        Dtype::BF16 => values
-            .iter()
-            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-            .collect(),
+        Dtype::F16 => narrow::<f16>(values),
+        Dtype::BF16 => narrow::<bf16>(values),
         d => bail!("cannot write float weights as {d:?}"),
     })
 }
@@ -471,11 +452,6 @@ pub fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
     (0..rows * cols)
         .map(|i| m[(i % rows) * cols + i / rows])
         .collect()
-}
-
-/// The error statistics of a weight against its restored values.
-pub(crate) fn stats_of<T: Storage, R: Storage>(w: &[T], restored: &[R]) -> Stats {
-    Stats::of(w, restored)
 }
 
 /// The fused recipe plan on one weight: codes, scales and zero points.
