@@ -76,21 +76,6 @@ fn pack(
     along_rows: bool,
     order: Option<&[usize]>,
 ) -> Result<Vec<i32>> {
-    pack_in_order(fmt, get, (rows, cols), bits, along_rows, order, false)
-}
-
-/// [`pack`], visiting the output words row by row, or column by column when
-/// `columns_outer` (for an accessor that reads a transpose: its columns are
-/// contiguous). The words are the same either way.
-fn pack_in_order(
-    fmt: &str,
-    get: impl Fn(usize, usize) -> i64,
-    (rows, cols): (usize, usize),
-    bits: u32,
-    along_rows: bool,
-    order: Option<&[usize]>,
-    columns_outer: bool,
-) -> Result<Vec<i32>> {
     let pf = per_word(fmt, bits)?;
     let max = (1i64 << bits) - 1;
     let (out_rows, out_cols) = if along_rows {
@@ -99,42 +84,40 @@ fn pack_in_order(
         (rows, cols.div_ceil(pf))
     };
     let mut words = vec![0i32; out_rows * out_cols];
-    let word = |or: usize, oc: usize| -> Result<i32> {
-        let mut word = 0u32;
-        for t in 0..pf {
-            let k = order.map_or(t, |o| o[t]);
-            let (r, c) = if along_rows {
-                (or * pf + k, oc)
-            } else {
-                (or, oc * pf + k)
-            };
-            if r >= rows || c >= cols {
-                continue; // padding of a partial word stays 0
-            }
-            let v = get(r, c);
-            if !(0..=max).contains(&v) {
-                return Err(invalid(format!(
-                    "{fmt}: value {v} at [{r}, {c}] does not fit {bits} bits (after the format's offset)"
-                )));
-            }
-            word |= (v as u32) << (t as u32 * bits);
-        }
-        Ok(word as i32)
-    };
-    if columns_outer {
+    for or in 0..out_rows {
         for oc in 0..out_cols {
-            for or in 0..out_rows {
-                words[or * out_cols + oc] = word(or, oc)?;
+            let mut word = 0u32;
+            for t in 0..pf {
+                let k = order.map_or(t, |o| o[t]);
+                let (r, c) = if along_rows {
+                    (or * pf + k, oc)
+                } else {
+                    (or, oc * pf + k)
+                };
+                if r >= rows || c >= cols {
+                    continue; // padding of a partial word stays 0
+                }
+                let v = get(r, c);
+                if !(0..=max).contains(&v) {
+                    return Err(invalid(format!(
+                        "{fmt}: value {v} at [{r}, {c}] does not fit {bits} bits (after the format's offset)"
+                    )));
+                }
+                word |= (v as u32) << (t as u32 * bits);
             }
-        }
-    } else {
-        for or in 0..out_rows {
-            for oc in 0..out_cols {
-                words[or * out_cols + oc] = word(or, oc)?;
-            }
+            words[or * out_cols + oc] = word as i32;
         }
     }
     Ok(words)
+}
+
+/// Codes already known to fit `bits` as one word, slot `t` at bit `t·bits`:
+/// the fast packers' inner step.
+#[inline(always)]
+fn word_of(codes: impl Iterator<Item = u32>, bits: u32) -> i32 {
+    codes
+        .enumerate()
+        .fold(0u32, |w, (t, c)| w | c << (t as u32 * bits)) as i32
 }
 
 /// The inverse of [`pack`]: the `[rows, cols]` matrix of raw codes.
@@ -238,25 +221,21 @@ pub fn gptq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i
         let mut words = vec![0i32; k / pf * n];
         for (j, row) in codes.chunks_exact(k).enumerate() {
             for (i, run) in row.chunks_exact(pf).enumerate() {
-                words[i * n + j] = run
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |w, (t, &c)| w | u32::from(c) << (t as u32 * bits))
-                    as i32;
+                words[i * n + j] = word_of(run.iter().map(|&c| u32::from(c)), bits);
             }
         }
         return Ok(words);
     }
     // The transpose [k, n], packed along its rows (this finds and names the
     // value that does not fit).
-    pack_in_order(
+    pack(
         fmt,
         |r, c| i64::from(codes[c * k + r]),
-        (k, n),
+        k,
+        n,
         bits,
         true,
         None,
-        true,
     )
 }
 
@@ -392,25 +371,21 @@ pub fn awq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i3
         let (cols, mut words) = (n / pf, vec![0i32; k * (n / pf)]);
         for (o, rows) in codes.chunks_exact(pf * k).enumerate() {
             for r in 0..k {
-                let mut word = 0u32;
-                for (t, &slot) in slots.iter().enumerate() {
-                    word |= u32::from(rows[slot * k + r]) << (t as u32 * bits);
-                }
-                words[r * cols + o] = word as i32;
+                let run = slots.iter().map(|&slot| u32::from(rows[slot * k + r]));
+                words[r * cols + o] = word_of(run, bits);
             }
         }
         return Ok(words);
     }
-    // Walked column by column (eight rows of `codes` side by side); this
-    // finds and names the value that does not fit.
-    pack_in_order(
+    // This finds and names the value that does not fit.
+    pack(
         fmt,
         |r, c| i64::from(codes[c * k + r]),
-        (k, n),
+        k,
+        n,
         bits,
         false,
         order,
-        true,
     )
 }
 
@@ -472,11 +447,7 @@ pub fn compressed_tensors_weight(codes: &[i8], n: usize, k: usize, bits: u32) ->
             .iter()
             .all(|&c| (0..=max).contains(&(i32::from(c) + off)))
         {
-            let word = |run: &[i8]| {
-                run.iter().enumerate().fold(0u32, |w, (t, &c)| {
-                    w | (((i32::from(c) + off) as u32) << (t as u32 * bits))
-                }) as i32
-            };
+            let word = |run: &[i8]| word_of(run.iter().map(|&c| (i32::from(c) + off) as u32), bits);
             return Ok(match pf {
                 8 => codes.chunks_exact(8).map(word).collect(),
                 4 => codes.chunks_exact(4).map(word).collect(),
