@@ -145,6 +145,14 @@ def tensors(d):
     return out
 
 
+def tensor_names(d):
+    names = set()
+    for f in sorted(Path(d).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as s:
+            names.update(s.keys())
+    return names
+
+
 def model_class(config):
     arch = (config.get("architectures") or [""])[0]
     return getattr(transformers, arch, None) or transformers.AutoModel
@@ -193,7 +201,7 @@ def loader_weight(module, dtype):
 
 
 def quantized_modules(qdir):
-    names = tensors(qdir).keys()
+    names = tensor_names(qdir)
     out = set()
     for n in names:
         for marker in (".weight_packed", ".qweight"):
@@ -254,31 +262,38 @@ def check_case(groupq, model_dir, work, name, args, refusal):
     ]
     qmods = quantized_modules(q)
 
-    def module_of(model, m):
+    def modules_of(model):
+        """A lookup of the model's modules by checkpoint name (as it is now)."""
         named = dict(model.named_modules())
-        found = named.get(m) or named.get(m.removeprefix(model.base_model_prefix + "."))
-        assert found is not None, f"{m} is not a module of the loaded model"
-        return found
+
+        def find(m):
+            found = named.get(m) or named.get(m.removeprefix(model.base_model_prefix + "."))
+            assert found is not None, f"{m} is not a module of the loaded model"
+            return found
+
+        return find
 
     # GPTQModel's kernels repack their tensors on the first forward: read
     # their weights before it; compressed-tensors decompresses on it.
-    early = {m: loader_weight(module_of(mq, m), torch.float16) for m in qmods if not kw and hasattr(module_of(mq, m), "scales")}
+    before = modules_of(mq)
+    early = {m: loader_weight(before(m), torch.float16) for m in qmods if not kw and hasattr(before(m), "scales")}
     inputs = inputs_for(md, dq)
     a = output_of(mq, inputs)
     b = output_of(md, inputs)
+    module_of, dq_module_of = modules_of(mq), modules_of(md)
 
     src = tensors(model_dir)
     exact = 0
     for m in sorted(qmods):
         dw = dq_tensors[m + ".weight"]
         assert dw.dtype == want, f"{m}.weight is {dw.dtype}, config says {want}"
-        module = module_of(mq, m)
+        module = module_of(m)
         if kw:  # loaded dequantized: a float Linear holding the weight
             lw = module.weight.to(dw.dtype)
         else:
             assert type(module) is not torch.nn.Linear or hasattr(module, "quantization_scheme"), f"{m} loaded as a float Linear"
             lw = early[m].to(dw.dtype) if m in early else loader_weight(module, dw.dtype)
-        if isinstance(module_of(md, m), transformers.pytorch_utils.Conv1D):
+        if isinstance(dq_module_of(m), transformers.pytorch_utils.Conv1D):
             lw = lw.T  # a Conv1D weight is [in, out]
         assert bitwise_equal(lw, dw), f"{m}: the loader's weight differs from groupq dequantize's (max {(lw.float() - dw.float()).abs().max().item()})"
         exact += 1
