@@ -23,20 +23,25 @@ fn is_float(d: Dtype) -> bool {
     matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16)
 }
 
-/// Whether a tensor is the weight of a Linear (or `Conv1D`) layer: a rank-2
-/// float `*.weight` that is not an embedding or a norm.
+/// The module of a matrix weight (a rank-2 float `*.weight`): a Linear,
+/// `Conv1D` or embedding layer's.
+fn matrix_module(t: &TensorInfo) -> Option<&str> {
+    t.name
+        .strip_suffix(".weight")
+        .filter(|_| t.shape.len() == 2 && is_float(t.dtype))
+}
+
+/// Whether a tensor is the weight of a Linear (or `Conv1D`) layer: a matrix
+/// weight that is not an embedding or a norm.
 pub fn is_linear_weight(t: &TensorInfo) -> bool {
-    let Some(module) = t.name.strip_suffix(".weight") else {
-        return false;
-    };
-    let lower = module.to_lowercase();
-    let last = lower.rsplit('.').next().unwrap_or("");
-    t.shape.len() == 2
-        && is_float(t.dtype)
-        && !["embed", "norm", "wte", "wpe", "relative_attention_bias"]
+    matrix_module(t).is_some_and(|module| {
+        let lower = module.to_lowercase();
+        let last = lower.rsplit('.').next().unwrap_or("");
+        !["embed", "norm", "wte", "wpe", "relative_attention_bias"]
             .iter()
             .any(|s| lower.contains(s))
-        && last != "shared"
+            && last != "shared"
+    })
 }
 
 /// Whether a module is the output head (`lm_head`).
@@ -135,10 +140,8 @@ impl Layout {
                 layout.modules.insert(t.name[..end].to_string());
                 end += 1;
             }
-            if t.shape.len() == 2 && is_float(t.dtype) {
-                if let Some(m) = t.name.strip_suffix(".weight") {
-                    layout.matrices.insert(m.to_string());
-                }
+            if let Some(m) = matrix_module(t) {
+                layout.matrices.insert(m.to_string());
             }
             if is_linear_weight(t) {
                 let module = t.name.trim_end_matches(".weight").to_string();
