@@ -64,9 +64,20 @@ struct Out<S, Q> {
 
 fn fused<T: Element, S: Element, Q: IntElement>(
     x: &[T],
+    shape: (usize, usize, usize),
+    recipe: Recipe,
+    threads: usize,
+) -> Result<Out<S, Q>> {
+    fused_on(x, shape, recipe, threads, PlanPreference::default())
+}
+
+/// [`fused`] with a plan preference (codes `Q::PACK` to a unit).
+fn fused_on<T: Element, S: Element, Q: IntElement>(
+    x: &[T],
     (m, k, g): (usize, usize, usize),
     recipe: Recipe,
     threads: usize,
+    pref: PlanPreference,
 ) -> Result<Out<S, Q>> {
     let stream = Stream::cpu_with_threads(threads)?;
     let desc = QuantizeDynamicPerGroupDescriptor {
@@ -78,12 +89,15 @@ fn fused<T: Element, S: Element, Q: IntElement>(
         scale_element: S::KIND,
         output_element: Q::KIND,
     };
-    let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(&stream, &desc, Default::default())?;
+    let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(&stream, &desc, pref)?;
+    if let Some(b) = pref.prefer_backend {
+        assert_eq!(plan.sku().backend, b);
+    }
     let ng = m * k / g;
     let mut out = Out {
         scale: vec![S::from_f64(-3.0); ng],
         zero_point: vec![-3; ng],
-        codes: vec![Q::default(); m * k],
+        codes: vec![Q::default(); m * k / Q::PACK],
     };
     plan.run(
         &stream,
@@ -92,7 +106,7 @@ fn fused<T: Element, S: Element, Q: IntElement>(
             input: TensorRef::new(x, [m, k])?,
             scale: TensorMut::new(&mut out.scale, [m, k / g])?,
             zero_point: TensorMut::new(&mut out.zero_point, [m, k / g])?,
-            output: TensorMut::new(&mut out.codes, [m, k])?,
+            output: TensorMut::new(&mut out.codes, [m, k / Q::PACK])?,
         },
     )?;
     Ok(out)
@@ -538,39 +552,18 @@ fn on_backend<T: Element, S: Element, Q: IntElement>(
     backend: BackendKind,
     threads: usize,
 ) -> Option<(Vec<u64>, Vec<i32>, Vec<Q>, Vec<u64>, Vec<i32>)> {
-    let stream = Stream::cpu_with_threads(threads).unwrap();
     let pref = PlanPreference {
         prefer_backend: Some(backend),
         ..Default::default()
     };
-    let desc = QuantizeDynamicPerGroupDescriptor {
-        outer_size: m,
-        axis_size: k,
-        group_size: g,
-        recipe,
-        input_element: T::KIND,
-        scale_element: S::KIND,
-        output_element: Q::KIND,
+    // Only a backend this CPU lacks may be refused; any other error fails.
+    let fused = match fused_on::<T, S, Q>(x, (m, k, g), recipe, threads, pref) {
+        Ok(out) => out,
+        Err(Error::Unsupported(_)) => return None,
+        Err(e) => panic!("{backend:?}: {e}"),
     };
-    let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(&stream, &desc, pref).ok()?;
-    assert_eq!(plan.sku().backend, backend);
+    let stream = Stream::cpu_with_threads(threads).unwrap();
     let ng = m * k / g;
-    let (mut s, mut z, mut q) = (
-        vec![S::from_f64(0.0); ng],
-        vec![0i32; ng],
-        vec![Q::default(); m * k / Q::PACK],
-    );
-    plan.run(
-        &stream,
-        Workspace::None,
-        QuantizeDynamicPerGroupArgs {
-            input: TensorRef::new(x, [m, k]).unwrap(),
-            scale: TensorMut::new(&mut s, [m, k / g]).unwrap(),
-            zero_point: TensorMut::new(&mut z, [m, k / g]).unwrap(),
-            output: TensorMut::new(&mut q, [m, k / Q::PACK]).unwrap(),
-        },
-    )
-    .unwrap();
     let choose = ChooseQParamsPerGroupPlan::<T, S>::select(
         &stream,
         &ChooseQParamsPerGroupDescriptor {
@@ -596,7 +589,13 @@ fn on_backend<T: Element, S: Element, Q: IntElement>(
             },
         )
         .unwrap();
-    Some((bits(&s), z, q, bits(&s2), z2))
+    Some((
+        bits(&fused.scale),
+        fused.zero_point,
+        fused.codes,
+        bits(&s2),
+        z2,
+    ))
 }
 
 const VECTOR_BACKENDS: [BackendKind; 3] =
