@@ -23,6 +23,8 @@ use groupq::*;
 
 struct Options {
     quick: bool,
+    /// Skip the scalar-backend timing (the "vs scalar" column shows 0).
+    no_scalar: bool,
     reps: usize,
     filter: Option<String>,
     threads: Vec<usize>,
@@ -31,6 +33,7 @@ struct Options {
 fn parse() -> std::result::Result<Options, String> {
     let mut o = Options {
         quick: false,
+        no_scalar: false,
         reps: 5,
         filter: None,
         threads: vec![1, 2],
@@ -38,6 +41,7 @@ fn parse() -> std::result::Result<Options, String> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--no-scalar" => o.no_scalar = true,
             "--quick" => {
                 o.quick = true;
                 o.reps = 1;
@@ -51,11 +55,10 @@ fn parse() -> std::result::Result<Options, String> {
                     .map(|t| t.parse().map_err(|_| format!("bad thread count {t}")))
                     .collect::<std::result::Result<_, _>>()?;
             }
-            "-h" | "--help" => {
-                return Err(
-                    "usage: bench [--quick] [--reps N] [--filter TEXT] [--threads 1,2]".into(),
-                )
-            }
+            "-h" | "--help" => return Err(
+                "usage: bench [--quick] [--no-scalar] [--reps N] [--filter TEXT] [--threads 1,2]"
+                    .into(),
+            ),
             other => return Err(format!("unknown option {other} (try --help)")),
         }
     }
@@ -110,7 +113,11 @@ impl Bench {
             ..Default::default()
         })?;
         let (t, t_copy) = kernel_and_copy_seconds(stream, bytes, reps, || run(&best));
-        let t_scalar = seconds_per_run(bytes, reps, || run(&scalar));
+        let t_scalar = if self.o.no_scalar {
+            0.0
+        } else {
+            seconds_per_run(bytes, reps, || run(&scalar))
+        };
         let gbps = bytes as f64 / t / 1e9;
         let row = Row {
             plan,
@@ -311,8 +318,10 @@ impl Bench {
         )
     }
 
-    /// The fused recipe plan (scalar for now): GPTQ 4-bit on bf16 weights.
-    fn dynamic<S: Element, Q: IntElement>(
+    /// A preset's dynamic plan (scales, zero points and codes in one pass)
+    /// on `TIn` weights, with scales `S` and codes `Q` (packed for S4/U4).
+    #[allow(clippy::too_many_arguments)]
+    fn dynamic<TIn: Element, S: Element, Q: IntElement>(
         &mut self,
         name: &'static str,
         recipe: groupq::recipe::Recipe,
@@ -320,27 +329,30 @@ impl Bench {
         group: usize,
         stream: &Stream,
     ) -> Result<()> {
-        let dtypes = format!("bf16->{}", Q::KIND);
+        let dtypes = format!("{}->{}", TIn::KIND, Q::KIND);
         if !self.wanted(&format!("{name} {dtypes}")) {
             return Ok(());
         }
         let (n, ng) = (rows * cols, rows * cols / group);
-        let x = synthetic_weights::<bf16>(n, 5);
-        let (mut s, mut z, mut q) = (
+        let x = synthetic_weights::<TIn>(n, 5);
+        let with_offset = recipe.zero_point == groupq::recipe::ZeroPointRule::FloatOffset;
+        let (mut s, mut z, mut q, mut m) = (
             vec![S::from_f64(0.0); ng],
             vec![0i32; ng],
-            vec![Q::default(); n],
+            vec![Q::default(); n / Q::PACK],
+            vec![S::from_f64(0.0); ng],
         );
         let desc = QuantizeDynamicPerGroupDescriptor {
             outer_size: rows,
             axis_size: cols,
             group_size: group,
             recipe,
-            input_element: ElementKind::Bf16,
+            input_element: TIn::KIND,
             scale_element: S::KIND,
             output_element: Q::KIND,
         };
-        let bytes = 2 * n + n + ng * (S::KIND.size_bytes() + 4);
+        let params = if with_offset { 2 } else { 1 } * S::KIND.size_bytes() + 4;
+        let bytes = TIn::KIND.size_bytes() * n + n / Q::PACK + ng * params;
         let p = [rows, cols / group];
         self.measure(
             name,
@@ -349,18 +361,105 @@ impl Bench {
             group,
             stream,
             bytes,
-            |pref| QuantizeDynamicPerGroupPlan::<bf16, S, Q>::select(stream, &desc, pref),
+            |pref| QuantizeDynamicPerGroupPlan::<TIn, S, Q>::select(stream, &desc, pref),
             |plan| plan.sku(),
             |plan| {
                 let args = QuantizeDynamicPerGroupArgs {
                     input: TensorRef::new(&x, [rows, cols]).unwrap(),
                     scale: TensorMut::new(&mut s, p).unwrap(),
                     zero_point: TensorMut::new(&mut z, p).unwrap(),
-                    output: TensorMut::new(&mut q, [rows, cols]).unwrap(),
+                    output: TensorMut::new(&mut q, [rows, cols / Q::PACK]).unwrap(),
+                };
+                if with_offset {
+                    let m = TensorMut::new(&mut m, p).unwrap();
+                    plan.run_with_offset(stream, Workspace::None, args, m)
+                        .unwrap()
+                } else {
+                    plan.run(stream, Workspace::None, args).unwrap()
+                }
+            },
+        )
+    }
+
+    /// `ChooseQParamsPerGroupPlan` alone (scales and zero points).
+    fn choose<TIn: Element, S: Element>(
+        &mut self,
+        name: &'static str,
+        recipe: groupq::recipe::Recipe,
+        (rows, cols): (usize, usize),
+        group: usize,
+        stream: &Stream,
+    ) -> Result<()> {
+        let dtypes = format!("{}->{}", TIn::KIND, S::KIND);
+        if !self.wanted(&format!("{name} {dtypes}")) {
+            return Ok(());
+        }
+        let (n, ng) = (rows * cols, rows * cols / group);
+        let x = synthetic_weights::<TIn>(n, 5);
+        let (mut s, mut z) = (vec![S::from_f64(0.0); ng], vec![0i32; ng]);
+        let desc = ChooseQParamsPerGroupDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: group,
+            recipe,
+            input_element: TIn::KIND,
+            scale_element: S::KIND,
+        };
+        let bytes = TIn::KIND.size_bytes() * n + ng * (S::KIND.size_bytes() + 4);
+        let p = [rows, cols / group];
+        self.measure(
+            name,
+            dtypes,
+            (rows, cols),
+            group,
+            stream,
+            bytes,
+            |pref| ChooseQParamsPerGroupPlan::<TIn, S>::select(stream, &desc, pref),
+            |plan| plan.sku(),
+            |plan| {
+                let args = ChooseQParamsPerGroupArgs {
+                    input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                    scale: TensorMut::new(&mut s, p).unwrap(),
+                    zero_point: TensorMut::new(&mut z, p).unwrap(),
                 };
                 plan.run(stream, Workspace::None, args).unwrap()
             },
         )
+    }
+
+    /// Every preset's dynamic plan: bf16 weights in groups of 128 (f32 in
+    /// groups of 32 for ggml's), codes one per byte and packed.
+    fn presets(&mut self, shape: (usize, usize), stream: &Stream) -> Result<()> {
+        use groupq::recipe::{Recipe, TorchaoMapping};
+        let g = 128;
+        let ct = Recipe::compressed_tensors_w4a16();
+        let ct_asym = Recipe::compressed_tensors_w4a16_asym();
+        self.dynamic::<bf16, bf16, i8>("dynamic ct w4a16", ct, shape, g, stream)?;
+        self.dynamic::<bf16, bf16, S4>("dynamic ct w4a16", ct, shape, g, stream)?;
+        self.dynamic::<bf16, bf16, i8>("dynamic ct w4a16 asym", ct_asym, shape, g, stream)?;
+        self.dynamic::<bf16, f32, u8>("dynamic gptq sym", Recipe::gptq(true, 4), shape, g, stream)?;
+        self.dynamic::<bf16, f32, u8>("dynamic gptq", Recipe::gptq(false, 4), shape, g, stream)?;
+        self.dynamic::<bf16, f32, U4>("dynamic gptq", Recipe::gptq(false, 4), shape, g, stream)?;
+        self.dynamic::<bf16, bf16, u8>("dynamic awq", Recipe::awq(true, 4), shape, g, stream)?;
+        self.dynamic::<bf16, f16, u8>(
+            "dynamic awq f16",
+            Recipe::awq_f16(true, 4),
+            shape,
+            g,
+            stream,
+        )?;
+        let int4 = Recipe::torchao(TorchaoMapping::Asymmetric, 0, 15);
+        let int8 = Recipe::torchao(TorchaoMapping::Symmetric, -128, 127);
+        self.dynamic::<bf16, bf16, u8>("dynamic torchao int4", int4, shape, g, stream)?;
+        self.dynamic::<bf16, bf16, i8>("dynamic torchao int8", int8, shape, g, stream)?;
+        let g = 32;
+        self.dynamic::<f32, f16, i8>("dynamic gguf q8_0", Recipe::gguf_q8_0(), shape, g, stream)?;
+        self.dynamic::<f32, f16, u8>("dynamic gguf q4_0", Recipe::gguf_q4_0(), shape, g, stream)?;
+        self.dynamic::<f32, f16, U4>("dynamic gguf q4_0", Recipe::gguf_q4_0(), shape, g, stream)?;
+        self.dynamic::<f32, f16, u8>("dynamic gguf q4_1", Recipe::gguf_q4_1(), shape, g, stream)?;
+        self.choose::<bf16, bf16>("choose ct w4a16", ct, shape, 128, stream)?;
+        self.choose::<bf16, f32>("choose gptq", Recipe::gptq(false, 4), shape, 128, stream)?;
+        Ok(())
     }
 
     /// Every plan and dtype on every shape, group size and thread count.
@@ -396,24 +495,7 @@ impl Bench {
                 self.dequantize_backward::<bf16>(shape, g, &stream)?;
                 self.dequantize_backward::<f16>(shape, g, &stream)?;
                 self.dequantize_backward::<f64>(shape, g, &stream)?;
-                use groupq::recipe::{Recipe, TorchaoMapping};
-                let torchao = Recipe::torchao(TorchaoMapping::Asymmetric, -8, 7);
-                self.dynamic::<f32, u8>("dynamic gptq", Recipe::gptq(false, 4), shape, g, &stream)?;
-                self.dynamic::<bf16, i8>(
-                    "dynamic ct w4a16",
-                    Recipe::compressed_tensors_w4a16(),
-                    shape,
-                    g,
-                    &stream,
-                )?;
-                self.dynamic::<f16, u8>(
-                    "dynamic awq",
-                    Recipe::awq_f16(true, 4),
-                    shape,
-                    g,
-                    &stream,
-                )?;
-                self.dynamic::<bf16, i8>("dynamic torchao", torchao, shape, g, &stream)?;
+                self.presets(shape, &stream)?;
             }
         }
         Ok(())
@@ -422,7 +504,9 @@ impl Bench {
     /// The targets, checked on the rows measured (group 128,
     /// 4096 × 4096 and larger unless stated).
     fn targets(&self) {
-        let big = |r: &&Row| r.shape.0 * r.shape.1 >= 4096 * 4096 && r.group == 128;
+        let big = |r: &&Row| {
+            r.shape.0 * r.shape.1 >= 4096 * 4096 && (r.group == 128 || r.plan.contains("gguf"))
+        };
         type Pick = dyn Fn(&Row) -> bool;
         let checks: Vec<(&str, f64, Box<Pick>)> = vec![
             (
@@ -462,6 +546,30 @@ impl Bench {
                 Box::new(|r| {
                     r.plan == "quantize" && !r.dtypes.starts_with("f64") && r.threads == 1
                 }),
+            ),
+            (
+                "every preset's dynamic plan, codes per byte, 2 threads",
+                0.50,
+                Box::new(|r| {
+                    r.plan.starts_with("dynamic")
+                        && !r.dtypes.ends_with("s4")
+                        && !r.dtypes.ends_with("u4")
+                        && r.threads == 2
+                }),
+            ),
+            (
+                "dynamic plans, packed s4/u4, 2 threads",
+                0.45,
+                Box::new(|r| {
+                    r.plan.starts_with("dynamic")
+                        && (r.dtypes.ends_with("s4") || r.dtypes.ends_with("u4"))
+                        && r.threads == 2
+                }),
+            ),
+            (
+                "ChooseQParamsPerGroupPlan, 2 threads",
+                0.60,
+                Box::new(|r| r.plan.starts_with("choose") && r.threads == 2),
             ),
             (
                 "f64 plans, 2 threads",

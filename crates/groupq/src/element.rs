@@ -166,6 +166,8 @@ pub(crate) mod sealed {
         fn write_codes(out: &mut [Self], code: impl FnMut(usize) -> i32);
         /// Code `i` of a run of units.
         fn read_code(units: &[Self], i: usize) -> i32;
+        /// The storage unit whose byte is `b` (two's complement for `i8`).
+        fn from_unit_byte(b: u8) -> Self;
     }
 }
 
@@ -179,16 +181,7 @@ pub(crate) mod sealed {
 /// assert_eq!(kind_of::<half::bf16>(), ElementKind::Bf16);
 /// ```
 pub trait Element:
-    sealed::FloatSealed
-    + crate::kernels::FloatKernels
-    + Copy
-    + Send
-    + Sync
-    + fmt::Debug
-    + PartialEq
-    + PartialOrd
-    + Default
-    + 'static
+    sealed::FloatSealed + Copy + Send + Sync + fmt::Debug + PartialEq + PartialOrd + Default + 'static
 {
     /// The kind tag of this type.
     const KIND: ElementKind;
@@ -345,6 +338,10 @@ macro_rules! int_element {
                 v as $t
             }
             #[inline(always)]
+            fn from_unit_byte(b: u8) -> Self {
+                b as $t
+            }
+            #[inline(always)]
             fn to_i32(self) -> i32 {
                 self as i32
             }
@@ -418,6 +415,10 @@ macro_rules! nibble_element {
         impl sealed::IntSealed for $t {
             fn from_i32_in_range(v: i32) -> Self {
                 $t::from_codes(v, 0)
+            }
+            #[inline(always)]
+            fn from_unit_byte(b: u8) -> Self {
+                $t(b)
             }
             fn to_i32(self) -> i32 {
                 self.codes().0

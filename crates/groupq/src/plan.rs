@@ -134,3 +134,12 @@ pub struct KernelSku {
     /// The numerics the kernel guarantees.
     pub precision_guarantee: PrecisionGuarantee,
 }
+
+/// Which rounded values pass the gradient through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SteBoundary {
+    /// Only `q_min < r < q_max` (baracuda-kernels' per-group rule).
+    Exclusive,
+    /// `q_min <= r <= q_max` (PyTorch's fake-quantize rule).
+    Inclusive,
+}

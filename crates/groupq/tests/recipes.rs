@@ -5,7 +5,7 @@
 
 use groupq::half::{bf16, f16};
 use groupq::pack::{self, GptqZeros};
-use groupq::recipe::{NonFinitePolicy, Recipe, TorchaoMapping};
+use groupq::recipe::{NonFinitePolicy, Recipe, TorchaoMapping, ZeroPointRule};
 use groupq::*;
 use proptest::prelude::*;
 
@@ -60,6 +60,8 @@ struct Out<S, Q> {
     scale: Vec<S>,
     zero_point: Vec<i32>,
     codes: Vec<Q>,
+    /// The float offsets of a `FloatOffset` recipe (else empty).
+    offset: Vec<S>,
 }
 
 fn fused<T: Element, S: Element, Q: IntElement>(
@@ -94,21 +96,25 @@ fn fused_on<T: Element, S: Element, Q: IntElement>(
         assert_eq!(plan.sku().backend, b);
     }
     let ng = m * k / g;
+    let with_offset = recipe.zero_point == ZeroPointRule::FloatOffset;
     let mut out = Out {
         scale: vec![S::from_f64(-3.0); ng],
         zero_point: vec![-3; ng],
         codes: vec![Q::default(); m * k / Q::PACK],
+        offset: vec![S::from_f64(-3.0); if with_offset { ng } else { 0 }],
     };
-    plan.run(
-        &stream,
-        Workspace::None,
-        QuantizeDynamicPerGroupArgs {
-            input: TensorRef::new(x, [m, k])?,
-            scale: TensorMut::new(&mut out.scale, [m, k / g])?,
-            zero_point: TensorMut::new(&mut out.zero_point, [m, k / g])?,
-            output: TensorMut::new(&mut out.codes, [m, k / Q::PACK])?,
-        },
-    )?;
+    let args = QuantizeDynamicPerGroupArgs {
+        input: TensorRef::new(x, [m, k])?,
+        scale: TensorMut::new(&mut out.scale, [m, k / g])?,
+        zero_point: TensorMut::new(&mut out.zero_point, [m, k / g])?,
+        output: TensorMut::new(&mut out.codes, [m, k / Q::PACK])?,
+    };
+    if with_offset {
+        let offset = TensorMut::new(&mut out.offset, [m, k / g])?;
+        plan.run_with_offset(&stream, Workspace::None, args, offset)?;
+    } else {
+        plan.run(&stream, Workspace::None, args)?;
+    }
     Ok(out)
 }
 
@@ -177,6 +183,7 @@ fn choose_then_quantize<T: Element, Q: IntElement>(
         scale: s,
         zero_point: z,
         codes: q,
+        offset: Vec::new(),
     }
 }
 
@@ -551,7 +558,15 @@ fn on_backend<T: Element, S: Element, Q: IntElement>(
     recipe: Recipe,
     backend: BackendKind,
     threads: usize,
-) -> Option<(Vec<u64>, Vec<i32>, Vec<Q>, Vec<u64>, Vec<i32>)> {
+) -> Option<(
+    Vec<u64>,
+    Vec<i32>,
+    Vec<Q>,
+    Vec<u64>,
+    Vec<i32>,
+    Vec<u64>,
+    Vec<u64>,
+)> {
     let pref = PlanPreference {
         prefer_backend: Some(backend),
         ..Default::default()
@@ -577,24 +592,32 @@ fn on_backend<T: Element, S: Element, Q: IntElement>(
         pref,
     )
     .ok()?;
-    let (mut s2, mut z2) = (vec![S::from_f64(0.0); ng], vec![0i32; ng]);
-    choose
-        .run(
-            &stream,
-            Workspace::None,
-            ChooseQParamsPerGroupArgs {
-                input: TensorRef::new(x, [m, k]).unwrap(),
-                scale: TensorMut::new(&mut s2, [m, k / g]).unwrap(),
-                zero_point: TensorMut::new(&mut z2, [m, k / g]).unwrap(),
-            },
-        )
-        .unwrap();
+    let (mut s2, mut z2, mut m2) = (
+        vec![S::from_f64(0.0); ng],
+        vec![0i32; ng],
+        vec![S::from_f64(0.0); ng],
+    );
+    let args = ChooseQParamsPerGroupArgs {
+        input: TensorRef::new(x, [m, k]).unwrap(),
+        scale: TensorMut::new(&mut s2, [m, k / g]).unwrap(),
+        zero_point: TensorMut::new(&mut z2, [m, k / g]).unwrap(),
+    };
+    if recipe.zero_point == ZeroPointRule::FloatOffset {
+        let offset = TensorMut::new(&mut m2, [m, k / g]).unwrap();
+        choose.run_with_offset(&stream, Workspace::None, args, offset)
+    } else {
+        m2.clear();
+        choose.run(&stream, Workspace::None, args)
+    }
+    .unwrap();
     Some((
         bits(&fused.scale),
         fused.zero_point,
         fused.codes,
         bits(&s2),
         z2,
+        bits(&fused.offset),
+        bits(&m2),
     ))
 }
 
@@ -628,6 +651,8 @@ fn vector_equals_scalar<T: Element, S: Element, Q: IntElement>(
                 assert!(got.2 == want.2, "codes: {what}");
                 assert_eq!(got.3, want.3, "choose scales: {what}");
                 assert_eq!(got.4, want.4, "choose zero points: {what}");
+                assert_eq!(got.5, want.5, "offsets: {what}");
+                assert_eq!(got.6, want.6, "choose offsets: {what}");
             }
         }
     }
@@ -648,6 +673,24 @@ fn vector_all_presets<T: Element>(shape: (usize, usize, usize), seed: u64) {
         vector_equals_scalar::<T, bf16, u8>(shape, recipe, seed);
         if shape.2.is_multiple_of(2) && recipe.q_min >= 0 && recipe.q_max <= 15 {
             vector_equals_scalar::<T, f16, U4>(shape, recipe, seed);
+        }
+    }
+    // ggml's other recipes: float offsets, and the fused reciprocal-add.
+    for recipe in [
+        Recipe::gguf_q4_1(),
+        Recipe::gguf_q5_1(),
+        Recipe::gguf_q5_0(),
+        Recipe::gguf_q4_1().fused(),
+        Recipe::gguf_q8_0().fused(),
+    ] {
+        if recipe.q_min >= 0 {
+            vector_equals_scalar::<T, f16, u8>(shape, recipe, seed);
+            vector_equals_scalar::<T, f32, u8>(shape, recipe, seed);
+            if shape.2.is_multiple_of(2) && recipe.q_max <= 15 {
+                vector_equals_scalar::<T, f16, U4>(shape, recipe, seed);
+            }
+        } else {
+            vector_equals_scalar::<T, f16, i8>(shape, recipe, seed);
         }
     }
 }
@@ -685,5 +728,13 @@ fn vector_backends_on_large_problems() {
             Recipe::torchao(TorchaoMapping::Symmetric, -8, 7),
             seed,
         );
+        vector_equals_scalar::<f32, f16, U4>((96, 1024, 32), Recipe::gguf_q4_1(), seed);
+        // Groups longer than the kernels' load buffer are loaded in chunks.
+        vector_equals_scalar::<bf16, bf16, S4>(
+            (4, 6144, 3072),
+            Recipe::compressed_tensors_w4a16(),
+            seed,
+        );
+        vector_equals_scalar::<f32, f32, u8>((4, 4100, 2050), Recipe::gguf_q4_0(), seed);
     }
 }

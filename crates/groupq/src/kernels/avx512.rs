@@ -16,6 +16,7 @@ const ROUND_EVEN: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 // check the CPU first, and its pointers are valid for the lanes used.
 impl Isa for Avx512 {
     const LANES: usize = 16;
+    const HAS_FMA: bool = true;
     type F = __m512;
     type D = __m512d;
     type I = __m512i;
@@ -146,6 +147,74 @@ impl Isa for Avx512 {
         _mm512_storeu_pd(p, v)
     }
 
+    #[inline(always)]
+    unsafe fn load_i(p: *const u8) -> __m512i {
+        _mm512_loadu_si512(p.cast())
+    }
+    #[inline(always)]
+    unsafe fn or_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_or_si512(a, b)
+    }
+    #[inline(always)]
+    unsafe fn exp_all_ones(w: __m512i, mask: u32, width: usize) -> __m512i {
+        // AVX-512F has no 16-bit compare: for 2-byte lanes, each half of a
+        // word is tested by shifting its exponent field into the top half.
+        let m = _mm512_set1_epi32(mask as i32);
+        let e = _mm512_and_si512(w, m);
+        let hit = if width == 2 {
+            let half = _mm512_set1_epi32((mask & 0xffff0000) as i32);
+            let low = _mm512_slli_epi32::<16>(e);
+            _mm512_cmpeq_epi32_mask(_mm512_and_si512(e, half), half)
+                | _mm512_cmpeq_epi32_mask(low, half)
+        } else {
+            _mm512_cmpeq_epi32_mask(e, m)
+        };
+        _mm512_maskz_set1_epi32(hit, -1)
+    }
+    #[inline(always)]
+    unsafe fn any_i(a: __m512i) -> bool {
+        _mm512_test_epi32_mask(a, a) != 0
+    }
+    #[inline(always)]
+    unsafe fn div_fma_f(x: __m512, s: __m512, inv: __m512) -> __m512 {
+        let q = _mm512_mul_ps(x, inv);
+        let r = _mm512_fnmadd_ps(q, s, x);
+        _mm512_fmadd_ps(r, inv, q)
+    }
+    #[inline(always)]
+    unsafe fn round_bf16_nonan_f(a: __m512) -> __m512 {
+        let bits = _mm512_castps_si512(a);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd);
+        _mm512_castsi512_ps(_mm512_and_si512(rounded, _mm512_set1_epi32(-65536)))
+    }
+    #[inline(always)]
+    unsafe fn sub_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_sub_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn trunc_f(a: __m512) -> __m512 {
+        _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(a)
+    }
+    #[inline(always)]
+    unsafe fn round_away_f(a: __m512) -> __m512 {
+        // As in the AVX2 file.
+        let t = Self::trunc_f(a);
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let diff = _mm512_castps_si512(_mm512_sub_ps(a, t));
+        let frac = _mm512_castsi512_ps(_mm512_andnot_si512(sign, diff));
+        let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
+        let a_sign = _mm512_and_si512(_mm512_castps_si512(a), sign);
+        let one = _mm512_castsi512_ps(_mm512_or_si512(
+            a_sign,
+            _mm512_castps_si512(_mm512_set1_ps(1.0)),
+        ));
+        _mm512_mask_add_ps(t, up, t, one)
+    }
+    #[inline(always)]
+    unsafe fn store_low_bytes(p: *mut u8, v: __m512i) {
+        _mm_storeu_si128(p.cast(), _mm512_cvtepi32_epi8(v))
+    }
     #[inline(always)]
     unsafe fn min_f(a: __m512, b: __m512) -> __m512 {
         _mm512_min_ps(a, b)

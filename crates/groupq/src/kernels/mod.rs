@@ -27,9 +27,9 @@ mod avx512;
 #[allow(unsafe_code)]
 mod sse41;
 
-use crate::element::{ElementKind, IntElement};
+use crate::element::{Element, ElementKind, IntElement};
 use crate::plan::BackendKind;
-use crate::quantize::SteBoundary;
+use crate::plan::SteBoundary;
 use crate::stream::Stream;
 use crate::tensor::TensorRef;
 
@@ -97,9 +97,10 @@ pub(crate) fn choose<K>(
 }
 
 /// Kernel lookup by element type: `None` where a backend has no kernel for
-/// an op and type. A supertrait of [`crate::Element`], so that plans can
-/// find their kernels with no bounds beyond `Element`.
-pub trait FloatKernels: Sized + 'static {
+/// an op and type. Implemented for the four float types; plans reach it
+/// through the functions below, which choose by `T::KIND`, so that
+/// [`crate::Element`] needs no kernel bound.
+pub(crate) trait FloatKernels: Sized + 'static {
     /// Forward kernel to codes `Q`.
     fn quantize<Q: IntElement>(b: BackendKind) -> Option<QuantizeKernel<Self, Q>>;
     /// Inverse kernel from codes `Q`.
@@ -113,20 +114,14 @@ pub trait FloatKernels: Sized + 'static {
         let _ = b;
         None
     }
-    /// A recipe's group extremes with the choose arithmetic of kind `round`.
-    fn recipe_extremes(b: BackendKind, round: ElementKind) -> Option<RecipeExtremesKernel<Self>> {
-        let _ = (b, round);
-        None
-    }
-    /// A recipe's quantize formula (`divide`, zero point `before` rounding,
-    /// ties to even, no offset) in the arithmetic of kind `round`.
-    fn recipe_quantize<Q: IntElement>(
+    /// A recipe's load kernel: values rounded to the arithmetic of kind
+    /// `round` and their extremes (`abs`: with the first largest magnitude).
+    fn recipe_load(
         b: BackendKind,
         round: ElementKind,
-        divide: bool,
-        before: bool,
-    ) -> Option<RecipeQuantizeKernel<Self, Q>> {
-        let _ = (b, round, divide, before);
+        abs: bool,
+    ) -> Option<RecipeLoadKernel<Self>> {
+        let _ = (b, round, abs);
         None
     }
 }
@@ -143,20 +138,9 @@ macro_rules! float_kernels {
                     _ => None,
                 }
             }
-            fn recipe_extremes(b: BackendKind, round: ElementKind) -> Option<RecipeExtremesKernel<Self>> {
+            fn recipe_load(b: BackendKind, round: ElementKind, abs: bool) -> Option<RecipeLoadKernel<Self>> {
                 match b {
-                    $(BackendKind::$rb => $rm::recipe_extremes_for::<Self>(round),)*
-                    _ => None,
-                }
-            }
-            fn recipe_quantize<Q: IntElement>(
-                b: BackendKind,
-                round: ElementKind,
-                divide: bool,
-                before: bool,
-            ) -> Option<RecipeQuantizeKernel<Self, Q>> {
-                match b {
-                    $(BackendKind::$rb => $rm::recipe_quantize_for::<Self, Q>(round, divide, before),)*
+                    $(BackendKind::$rb => $rm::recipe_load_for::<Self>(round, abs),)*
                     _ => None,
                 }
             }
@@ -228,6 +212,75 @@ mod portable_tables {
     float_kernels!(f16, []);
 }
 
+/// `a` as `Option<B>`: `A` is `B` (the callers match on the element kind
+/// first), so the cast always succeeds; the check is `Any`'s type id.
+fn same<A: 'static, B: 'static>(a: Option<A>) -> Option<B> {
+    let mut a = a;
+    (&mut a as &mut dyn std::any::Any)
+        .downcast_mut::<Option<B>>()?
+        .take()
+}
+
+/// `$e` evaluated with `$u` the concrete float type of kind `T::KIND`, cast
+/// back to the caller's `T`.
+macro_rules! by_type {
+    ($t:ty, $u:ident => $e:expr) => {
+        match <$t as crate::element::Element>::KIND {
+            ElementKind::F32 => {
+                type $u = f32;
+                same($e)
+            }
+            ElementKind::F64 => {
+                type $u = f64;
+                same($e)
+            }
+            ElementKind::F16 => {
+                type $u = half::f16;
+                same($e)
+            }
+            ElementKind::Bf16 => {
+                type $u = half::bf16;
+                same($e)
+            }
+            _ => None,
+        }
+    };
+}
+
+/// The forward kernel of backend `b` for `T` → `Q`.
+pub(crate) fn quantize<T: Element, Q: IntElement>(b: BackendKind) -> Option<QuantizeKernel<T, Q>> {
+    by_type!(T, U => U::quantize::<Q>(b))
+}
+/// The inverse kernel of backend `b` for `Q` → `T`.
+pub(crate) fn dequantize<Q: IntElement, T: Element>(
+    b: BackendKind,
+) -> Option<DequantizeKernel<Q, T>> {
+    by_type!(T, U => U::dequantize::<Q>(b))
+}
+/// The straight-through backward kernel of backend `b` for `T`.
+pub(crate) fn quantize_backward<T: Element>(b: BackendKind) -> Option<QuantizeBackwardKernel<T>> {
+    by_type!(T, U => U::quantize_backward(b))
+}
+/// The dequantize-backward kernel of backend `b` for `T`.
+pub(crate) fn dequantize_backward<T: Element>(
+    b: BackendKind,
+) -> Option<DequantizeBackwardKernel<T>> {
+    by_type!(T, U => U::dequantize_backward(b))
+}
+/// The non-finite check of backend `b` for `T`.
+pub(crate) fn recipe_non_finite<T: Element>(b: BackendKind) -> Option<RecipeCheckKernel<T>> {
+    by_type!(T, U => U::recipe_non_finite(b))
+}
+/// A recipe's load kernel of backend `b` for `T` (see
+/// [`FloatKernels::recipe_load`]).
+pub(crate) fn recipe_load<T: Element>(
+    b: BackendKind,
+    round: ElementKind,
+    abs: bool,
+) -> Option<RecipeLoadKernel<T>> {
+    by_type!(T, U => U::recipe_load(b, round, abs))
+}
+
 /// A forward kernel over whole groups of one row:
 /// `(input, scale, zero_point, output, group_size, q_min, q_max)`.
 pub(crate) type QuantizeKernel<TIn, TOut> =
@@ -240,12 +293,87 @@ pub(crate) type QuantizeBackwardKernel<T> =
     fn(&[T], &[T], &[T], &[i32], &mut [T], usize, i32, i32, SteBoundary);
 /// Whether a group holds a NaN or an infinity.
 pub(crate) type RecipeCheckKernel<T> = fn(&[T]) -> bool;
-/// A recipe's group extremes: `(min, max)` after rounding to the choose
-/// arithmetic, or `None` (a NaN or infinite value: the scalar path).
-pub(crate) type RecipeExtremesKernel<T> = fn(&[T]) -> Option<(f32, f32)>;
-/// A recipe's codes for one group: `(input, scale, zero_point, output,
-/// q_min, q_max)`, scale non-zero and exact in f32, `|zero_point| <= 2^24`.
-pub(crate) type RecipeQuantizeKernel<T, Q> = fn(&[T], f32, i32, &mut [Q], i32, i32);
+/// A group's extremes after rounding to a recipe's arithmetic: `min`,
+/// `max` (which zero a `±0` extreme carries is left open) and the first
+/// value of largest magnitude (0 unless asked for).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupExtremes {
+    pub min: f32,
+    pub max: f32,
+    pub signed_absmax: f32,
+}
+
+/// One group's values for a vector recipe formula: scale `s` (finite, non-zero),
+/// `inv = rd(1 / s)` (finite), the constant `c` added (the zero point, or
+/// the zero point plus one half for ggml's half-up), the float `offset`
+/// subtracted first (0: none), and the code range `[lo, hi]`.
+///
+/// `fast_divide`: a division may be computed with fused multiply-adds
+/// (Markstein's correction of `x * inv`), which gives the correctly rounded
+/// quotient when nothing overflows or underflows. The caller sets it when
+/// `2^-96 <= |s| <= 2^96` and every `|x| < |s| 2^120`: then `inv` and every
+/// product are normal, and the residual `x - q s` is exact whenever
+/// `|x / s| >= 2^-2`. Smaller quotients may be off by an ulp, but every
+/// finishing step maps all values in `(-1/4, 1/4)` to one code (each code
+/// boundary lies at `|v| >= 1/2`), so the codes are the divider's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FormulaParams {
+    pub s: f32,
+    pub inv: f32,
+    pub c: f32,
+    pub offset: f32,
+    pub lo: f32,
+    pub hi: f32,
+    pub fast_divide: bool,
+}
+
+/// A recipe's load kernel: `xs` rounded to the arithmetic into `buf` (at
+/// least as long), and their extremes, or `None` (a NaN or infinite value:
+/// the scalar engine takes the group).
+pub(crate) type RecipeLoadKernel<T> = fn(&[T], &mut [f32]) -> Option<GroupExtremes>;
+/// The finishing steps of a recipe formula: how `v = x ⊘ s` becomes an
+/// integral value, as a const parameter of the vector codes kernels.
+pub(crate) mod finish {
+    /// `round_even(rd(v + z))`.
+    pub const EVEN_BEFORE: u8 = 0;
+    /// `rd(round_even(v) + z)`.
+    pub const EVEN_AFTER: u8 = 1;
+    /// `round_away(rd(v + z))`.
+    pub const AWAY_BEFORE: u8 = 2;
+    /// `trunc(rd(v + (z + 0.5)))`: ggml's half-up.
+    pub const HALF_UP_BEFORE: u8 = 3;
+    /// `EVEN_BEFORE` with `z == 0` (chosen by the kernel per group).
+    pub const EVEN_BEFORE_ZERO: u8 = 4;
+    /// `AWAY_BEFORE` with `z == 0` (chosen by the kernel per group).
+    pub const AWAY_BEFORE_ZERO: u8 = 5;
+}
+
+/// A recipe's codes kernel: the codes of loaded values, the low byte of
+/// each code per byte of the output (at least as long).
+pub(crate) type RecipeCodesKernel = fn(&[f32], &FormulaParams, &mut [u8]);
+
+/// The codes kernel backend `b` has for a formula in the arithmetic of kind
+/// `round` (`divide`, else multiply by the reciprocal; finishing steps `fin`,
+/// see [`finish`]).
+pub(crate) fn recipe_codes(
+    b: BackendKind,
+    round: ElementKind,
+    divide: bool,
+    fin: u8,
+) -> Option<RecipeCodesKernel> {
+    match b {
+        #[cfg(target_arch = "x86_64")]
+        BackendKind::Avx512 => avx512::recipe_codes_for(round, divide, fin),
+        #[cfg(target_arch = "x86_64")]
+        BackendKind::Avx2 => avx2::recipe_codes_for(round, divide, fin),
+        #[cfg(target_arch = "x86_64")]
+        BackendKind::Sse41 => sse41::recipe_codes_for(round, divide, fin),
+        _ => {
+            let _ = (round, divide, fin);
+            None
+        }
+    }
+}
 /// A dequantize-backward kernel: `(grad_output, scale, grad_input, group_size)`.
 pub(crate) type DequantizeBackwardKernel<T> = fn(&[T], &[T], &mut [T], usize);
 

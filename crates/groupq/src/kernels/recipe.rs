@@ -8,7 +8,9 @@
 //! also what PyTorch computes when it evaluates a bf16/f16 op in f32 and
 //! rounds back.
 
+use super::{FormulaParams, GroupExtremes, RecipeCodesKernel, RecipeLoadKernel};
 use crate::element::{Element, ElementKind, IntElement};
+use crate::plan::BackendKind;
 use crate::recipe::{
     Eps, EpsPolicy, Mapping, QuantizeFormula, Recipe, Rounding, ScaleApplication, SymmetricDivisor,
     ZeroPointRule, ZeroPointStage,
@@ -556,6 +558,71 @@ fn quantize_group_f32<T: Element, Q: IntElement>(
     });
 }
 
+/// Values loaded per chunk of a group by the vector recipe kernels.
+const CHUNK: usize = 1024;
+/// Most groups taken together by the vector recipe kernels.
+const BATCH: usize = 16;
+
+/// The vector kernels of a recipe on one backend, chosen at `select`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VectorRecipe<T> {
+    /// Values rounded to the arithmetic, and the group's extremes.
+    pub load: RecipeLoadKernel<T>,
+    /// The codes, where the formula has a vector form.
+    pub codes: Option<RecipeCodesKernel>,
+}
+
+/// The extremes of a group loaded by `load` in chunks of [`CHUNK`] into
+/// `values` (at least `min(xs.len(), CHUNK)` long; a group of one chunk
+/// stays there), or `None` if a chunk has a non-finite value. The first
+/// largest magnitude is the earliest chunk's on ties.
+fn load_group<T>(load: RecipeLoadKernel<T>, xs: &[T], values: &mut [f32]) -> Option<GroupExtremes> {
+    let mut e: Option<GroupExtremes> = None;
+    for chunk in xs.chunks(CHUNK) {
+        let c = load(chunk, values)?;
+        e = Some(match e {
+            None => c,
+            Some(a) => GroupExtremes {
+                min: a.min.min(c.min),
+                max: a.max.max(c.max),
+                signed_absmax: if c.signed_absmax.abs() > a.signed_absmax.abs() {
+                    c.signed_absmax
+                } else {
+                    a.signed_absmax
+                },
+            },
+        });
+    }
+    e
+}
+
+/// Code bytes (one code's low byte each) into storage units: one per unit,
+/// or two nibbles per unit (code `2i` low) for packed codes.
+fn emit<Q: IntElement>(bytes: &[u8], out: &mut [Q]) {
+    if Q::PACK == 1 {
+        for (o, &b) in out.iter_mut().zip(bytes) {
+            *o = Q::from_unit_byte(b);
+        }
+        return;
+    }
+    // Eight codes at a time: the low nibbles of byte pairs merged into the
+    // even bytes, which are then gathered.
+    let mut pairs = bytes.chunks_exact(8);
+    let mut units = out.chunks_exact_mut(4);
+    for (b, o) in (&mut pairs).zip(&mut units) {
+        let w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let n = w & 0x0f0f_0f0f_0f0f_0f0f;
+        let m = n | (n >> 4);
+        for (i, o) in o.iter_mut().enumerate() {
+            *o = Q::from_unit_byte((m >> (16 * i)) as u8);
+        }
+    }
+    let rest = pairs.remainder().chunks_exact(2);
+    for (o, b) in units.into_remainder().iter_mut().zip(rest) {
+        *o = Q::from_unit_byte((b[0] & 0xf) | (b[1] << 4));
+    }
+}
+
 /// A recipe bound to its input and scale dtypes: what the recipe plans run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct RecipeKernel {
@@ -588,34 +655,198 @@ impl RecipeKernel {
             .position(|g| g.iter().any(|x| !x.to_f64().is_finite()))
     }
 
-    /// The dtype the recipe chooses its parameters in.
-    pub fn choose_kind(&self) -> ElementKind {
-        self.choose.0
+    /// The dtype the recipe computes its codes in (the quantize formula's
+    /// arithmetic).
+    pub fn arithmetic_kind(&self) -> ElementKind {
+        self.quant.arith.0
     }
 
-    /// Whether a vector kernel may find the extremes: the recipe needs only
-    /// `min` and `max` (not the first largest magnitude), and the sign of a
-    /// zero extreme cannot reach a result (no float offset).
-    pub fn vector_extremes(&self) -> bool {
-        !matches!(self.recipe.mapping, Mapping::SignedAbsMax(_))
-            && self.recipe.zero_point != ZeroPointRule::FloatOffset
-    }
-
-    /// The vector quantize formula this recipe can use: `(arithmetic kind,
-    /// divide, zero point before rounding)`, when its formula is one of
-    /// those (ties to even, division or reciprocal multiply).
-    pub fn vector_formula(&self) -> Option<(ElementKind, bool, bool)> {
-        self.quant.f32_form()
-    }
-
-    /// [`params`](Self::params) from the extremes of the rounded values.
-    pub fn params_from(&self, min: f32, max: f32) -> (f64, i32, f64) {
-        let e = Extremes {
-            min: f64::from(min),
-            max: f64::from(max),
-            signed_absmax: 0.0,
+    /// The formula's vector form, `(divide, finishing steps)`, when a
+    /// vector codes kernel computes it: the values it takes are rounded to
+    /// the choose arithmetic, so both arithmetics must agree; the fused
+    /// reciprocal-add (one rounding of an f64 sum) stays scalar, as do the
+    /// rounding/stage pairs no preset uses.
+    fn vector_form(&self) -> Option<(bool, u8)> {
+        use super::finish as fin;
+        let f = &self.recipe.quantize;
+        if self.quant.arith != self.choose {
+            return None;
+        }
+        let divide = match f.scale_application {
+            ScaleApplication::Divide => true,
+            ScaleApplication::ReciprocalMultiply => false,
+            ScaleApplication::ReciprocalMultiplyFused => return None,
         };
-        choose(&self.recipe, self.choose, f64::from_bits(self.eps_bits), e)
+        let finish = match (f.rounding, f.zero_point_stage) {
+            (Rounding::TiesEven, ZeroPointStage::BeforeRounding) => fin::EVEN_BEFORE,
+            (Rounding::TiesEven, ZeroPointStage::AfterRounding) => fin::EVEN_AFTER,
+            (Rounding::TiesAway, ZeroPointStage::BeforeRounding) => fin::AWAY_BEFORE,
+            (Rounding::HalfUp, ZeroPointStage::BeforeRounding) => fin::HALF_UP_BEFORE,
+            _ => return None,
+        };
+        Some((divide, finish))
+    }
+
+    /// The vector kernels backend `b` has for this recipe on inputs `T`
+    /// (`with_codes`: the codes kernel too, where the formula has one), or
+    /// `None` when it has no load kernel.
+    pub fn vector<T: Element>(&self, b: BackendKind, with_codes: bool) -> Option<VectorRecipe<T>> {
+        let round = self.choose.0;
+        let abs = matches!(self.recipe.mapping, Mapping::SignedAbsMax(_));
+        let load = super::recipe_load::<T>(b, round, abs)?;
+        let codes = with_codes
+            .then(|| self.vector_form())
+            .flatten()
+            .and_then(|(divide, fin)| super::recipe_codes(b, round, divide, fin));
+        Some(VectorRecipe { load, codes })
+    }
+
+    /// [`params`](Self::params) from the extremes the load kernel found,
+    /// or `None` where they cannot stand for the group: with a float
+    /// offset a zero minimum is the offset, and the scalar engine fixes
+    /// which zero it is.
+    fn params_from(&self, e: GroupExtremes) -> Option<(f64, i32, f64)> {
+        if self.recipe.zero_point == ZeroPointRule::FloatOffset && e.min == 0.0 {
+            return None;
+        }
+        let e = Extremes {
+            min: f64::from(e.min),
+            max: f64::from(e.max),
+            signed_absmax: f64::from(e.signed_absmax),
+        };
+        Some(choose(
+            &self.recipe,
+            self.choose,
+            f64::from_bits(self.eps_bits),
+            e,
+        ))
+    }
+
+    /// The vector formula's values for a group with stored scale `s`, zero
+    /// point `z` and offset, whose values are at most `amax` in magnitude,
+    /// when the vector kernel can take them: all exact in f32 (`|z| <
+    /// 2^22`, so `z + 0.5` is too), `s` finite and non-zero, `rd(1 / s)`
+    /// finite.
+    fn formula_params(&self, s: f64, z: i32, offset: f64, amax: f32) -> Option<FormulaParams> {
+        let (s32, m32) = (s as f32, offset as f32);
+        let exact = f64::from(s32).to_bits() == s.to_bits() && f64::from(m32) == offset;
+        let inv = self.quant.arith.r(1.0 / s) as f32;
+        if !exact
+            || z.unsigned_abs() >= 1 << 22
+            || !s32.is_finite()
+            || s32 == 0.0
+            || !inv.is_finite()
+        {
+            return None;
+        }
+        let f = &self.recipe.quantize;
+        let half_up =
+            f.rounding == Rounding::HalfUp && f.zero_point_stage == ZeroPointStage::BeforeRounding;
+        let c = if half_up { z as f32 + 0.5 } else { z as f32 };
+        // See `FormulaParams::fast_divide`; the offset's subtraction can at
+        // most add its magnitude.
+        let a = s32.abs();
+        let reach = f64::from(amax) + offset.abs();
+        const LO: f32 = f32::from_bits((127 - 96) << 23); // 2^-96
+        const HI: f32 = f32::from_bits((127 + 96) << 23); // 2^96
+        const REACH: f64 = f64::from_bits((1023 + 120) << 52); // 2^120
+        let fast_divide = (LO..=HI).contains(&a) && reach < f64::from(a) * REACH;
+        Some(FormulaParams {
+            fast_divide,
+            s: s32,
+            inv,
+            c,
+            offset: m32,
+            lo: self.recipe.q_min as f32,
+            hi: self.recipe.q_max as f32,
+        })
+    }
+
+    /// Chooses and stores the parameters of every group of one row, and
+    /// its codes when `codes` is given: per group the vector kernels where
+    /// `vector` has them and the group's values allow (finite values, a
+    /// scale the vector formula takes), the scalar engine otherwise. A
+    /// group longer than the load buffer is loaded in chunks, twice.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_row<T: Element, TScale: Element, Q: IntElement>(
+        &self,
+        vector: Option<&VectorRecipe<T>>,
+        xs: &[T],
+        gs: usize,
+        scale: &mut [TScale],
+        zero_point: &mut [i32],
+        mut codes: Option<&mut [Q]>,
+        mut offset: Option<&mut [TScale]>,
+    ) {
+        let mut values = [0f32; CHUNK];
+        let mut bytes = [0u8; CHUNK];
+        let mut extremes = [None; BATCH];
+        let mut params = [None; BATCH];
+        let mut chosen = [(0.0, 0, 0.0); BATCH];
+        let units = gs / Q::PACK;
+        // Groups are taken in batches that fit the buffer: all loads, then
+        // all parameters (independent scalar chains the core overlaps),
+        // then all codes, each group still in L1.
+        let batch = (CHUNK / gs).clamp(1, BATCH);
+        let num_groups = xs.len() / gs;
+        let mut g0 = 0;
+        while g0 < num_groups {
+            let n = batch.min(num_groups - g0);
+            for j in 0..n {
+                let group = &xs[(g0 + j) * gs..][..gs];
+                let buf = if gs <= CHUNK {
+                    &mut values[j * gs..(j + 1) * gs]
+                } else {
+                    &mut values[..]
+                };
+                extremes[j] = vector.and_then(|v| load_group(v.load, group, buf));
+            }
+            for j in 0..n {
+                let (g, group) = (g0 + j, &xs[(g0 + j) * gs..][..gs]);
+                let (sv, zv, mv) = match extremes[j].and_then(|e| self.params_from(e)) {
+                    Some(p) => p,
+                    None => self.params(group),
+                };
+                let (stored, stored_m) = (TScale::from_f64(sv), TScale::from_f64(mv));
+                scale[g] = stored;
+                zero_point[g] = zv;
+                if let Some(m) = offset.as_deref_mut() {
+                    m[g] = stored_m;
+                }
+                let (s64, m64) = (stored.to_f64(), stored_m.to_f64());
+                chosen[j] = (s64, zv, m64);
+                params[j] = extremes[j].and_then(|e: GroupExtremes| {
+                    self.formula_params(s64, zv, m64, e.max.max(-e.min))
+                });
+            }
+            let Some(q) = codes.as_deref_mut() else {
+                g0 += n;
+                continue;
+            };
+            let kernels = vector.and_then(|v| Some((v.load, v.codes?)));
+            for j in 0..n {
+                let (g, group) = (g0 + j, &xs[(g0 + j) * gs..][..gs]);
+                let out = &mut q[g * units..(g + 1) * units];
+                match (kernels, params[j]) {
+                    (Some((_, codes)), Some(p)) if gs <= CHUNK => {
+                        let range = j * gs..(j + 1) * gs;
+                        codes(&values[range.clone()], &p, &mut bytes[range.clone()]);
+                        emit(&bytes[range], out);
+                    }
+                    (Some((load, codes)), Some(p)) => {
+                        // A long group: loaded again, chunk by chunk.
+                        let chunks = group.chunks(CHUNK).zip(out.chunks_mut(CHUNK / Q::PACK));
+                        for (xs, out) in chunks {
+                            load(xs, &mut values);
+                            codes(&values[..xs.len()], &p, &mut bytes);
+                            emit(&bytes[..xs.len()], out);
+                        }
+                    }
+                    _ => self.quantize_group(group, chosen[j], out),
+                }
+            }
+            g0 += n;
+        }
     }
 
     /// `(scale, zero_point, offset)` of one group; the scale and offset are

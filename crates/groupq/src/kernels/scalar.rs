@@ -8,7 +8,7 @@
 //! type (`f64` for f64 tensors, else `f32`), `q_min..=q_max` the code range.
 
 use crate::element::{Element, IntElement, MathFloat};
-use crate::quantize::SteBoundary;
+use crate::plan::SteBoundary;
 
 /// SPEC §3.1: `t = ((s != 0) ? x / s : 0) + M(z)`: IEEE division (never a
 /// reciprocal multiply), the zero point added before rounding.

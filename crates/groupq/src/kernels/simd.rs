@@ -24,9 +24,10 @@
 //! ranges beyond ±2^24.
 
 use super::scalar;
+use super::{FormulaParams, GroupExtremes};
 use crate::element::sealed::FloatSealed;
 use crate::element::{Element, IntElement, MathFloat};
-use crate::quantize::SteBoundary;
+use crate::plan::SteBoundary;
 
 /// `|z|` up to this keeps `q - z` exact in `i32` and in `f32` for 8-bit codes.
 const EXACT_ZERO_POINT: u32 = (1 << 24) - 256;
@@ -45,6 +46,9 @@ const EXACT_CODE: i32 = 1 << 24;
 /// for `LANES` elements (`LANES / 2` for `D` loads and stores).
 pub(crate) trait Isa {
     const LANES: usize;
+    /// Whether [`div_fma_f`](Isa::div_fma_f) uses fused multiply-adds
+    /// (else it divides, and the fast path is pointless).
+    const HAS_FMA: bool;
     type F: Copy;
     type D: Copy;
     type I: Copy;
@@ -100,6 +104,33 @@ pub(crate) trait Isa {
     /// Each lane rounded to the nearest f16 (ties to even, subnormals and
     /// overflow as IEEE says) and widened back; NaN stays NaN.
     unsafe fn round_f16_f(a: Self::F) -> Self::F;
+
+    unsafe fn sub_f(a: Self::F, b: Self::F) -> Self::F;
+    /// `x / s` correctly rounded, by Markstein's correction from `inv =
+    /// RN(1 / s)` with fused multiply-adds: `q = RN(x * inv)`, `r = x - q s`
+    /// (exact), `RN(q + r * inv)`. Equal to `div_f` when no step
+    /// overflows or underflows: the caller bounds `|s|` and `|x / s|`
+    /// (see `FormulaParams::fast_divide`). Instruction sets without FMA
+    /// divide.
+    unsafe fn div_fma_f(x: Self::F, s: Self::F, inv: Self::F) -> Self::F;
+    /// [`round_bf16_f`](Isa::round_bf16_f) for lanes that are not NaN.
+    unsafe fn round_bf16_nonan_f(a: Self::F) -> Self::F;
+    /// Round toward zero; ±inf pass through.
+    unsafe fn trunc_f(a: Self::F) -> Self::F;
+    /// Round half away from zero for non-NaN lanes; ±inf pass through.
+    unsafe fn round_away_f(a: Self::F) -> Self::F;
+    /// The low byte of each `i32` lane, `LANES` bytes.
+    unsafe fn store_low_bytes(p: *mut u8, v: Self::I);
+
+    /// `4 * LANES` bytes as an integer vector.
+    unsafe fn load_i(p: *const u8) -> Self::I;
+    unsafe fn or_i(a: Self::I, b: Self::I) -> Self::I;
+    /// All ones in each `width`-byte lane (2 or 4) of `w` whose bits under
+    /// `mask` (the lane's exponent field, repeated in both halves of a
+    /// 32-bit word for 2-byte lanes) are all set.
+    unsafe fn exp_all_ones(w: Self::I, mask: u32, width: usize) -> Self::I;
+    /// Whether any bit of `a` is set.
+    unsafe fn any_i(a: Self::I) -> bool;
 
     /// `LANES` codes, sign- or zero-extended.
     unsafe fn load_codes<Q: IntElement>(p: *const Q) -> Self::I;
@@ -526,6 +557,10 @@ pub(crate) trait LaneRound<S: Isa> {
     /// The dtype rounded to (values of it are left as they are).
     const KIND: crate::element::ElementKind;
     unsafe fn rd(v: S::F) -> S::F;
+    /// [`rd`](LaneRound::rd) for lanes that are not NaN.
+    unsafe fn rdf(v: S::F) -> S::F {
+        Self::rd(v)
+    }
     fn rd1(v: f32) -> f32;
 }
 
@@ -552,6 +587,10 @@ impl<S: Isa> LaneRound<S> for ToBf16 {
     #[inline(always)]
     unsafe fn rd(v: S::F) -> S::F {
         S::round_bf16_f(v)
+    }
+    #[inline(always)]
+    unsafe fn rdf(v: S::F) -> S::F {
+        S::round_bf16_nonan_f(v)
     }
     #[inline(always)]
     fn rd1(v: f32) -> f32 {
@@ -581,57 +620,76 @@ unsafe fn load_rounded<S: Isa, T: F32Lanes<S>, R: LaneRound<S>>(p: *const T) -> 
     }
 }
 
-/// Whether a group holds a NaN or an infinity (`v * 0` is NaN exactly for
-/// those).
+/// Whether a run of values holds a NaN or an infinity, from the raw bits:
+/// an exponent field of all ones. `T` is 2 or 4 bytes wide; `exp` is its
+/// exponent mask (`0x7f80` bf16, `0x7c00` f16, `0x7f80_0000` f32).
 #[inline(always)]
-pub(crate) unsafe fn recipe_non_finite<S: Isa, T: F32Lanes<S>>(xs: &[T]) -> bool
+pub(crate) unsafe fn recipe_non_finite<S: Isa, T: F32Lanes<S>>(xs: &[T]) -> bool {
+    let width = std::mem::size_of::<T>();
+    let bytes = std::mem::size_of_val(xs);
+    let p = xs.as_ptr().cast::<u8>();
+    // Whole vectors of `LANES` 32-bit words; the mask covers both halves of
+    // a word for 16-bit types.
+    let word_mask = match T::KIND {
+        crate::element::ElementKind::Bf16 => 0x7f80_7f80u32,
+        crate::element::ElementKind::F16 => 0x7c00_7c00,
+        _ => 0x7f80_0000,
+    };
+    let step = 4 * S::LANES;
+    let full = bytes - bytes % step;
+    let mut any = S::splat_i(0);
+    let mut k = 0;
+    while k < full {
+        any = S::or_i(any, S::exp_all_ones(S::load_i(p.add(k)), word_mask, width));
+        k += step;
+    }
+    if S::any_i(any) {
+        return true;
+    }
+    let done = full / width;
+    xs[done..].iter().any(|x| !x.to_math().is_finite())
+}
+
+/// Loads `xs` rounded by `R` (the recipe's arithmetic) into `buf` (as long
+/// as `xs`) and returns their extremes, or `None` when a value is NaN or
+/// infinite (the scalar engine then takes the group). `ABS`: also the first
+/// value of largest magnitude (ggml's rule), else `signed_absmax` is 0.
+/// Which zero a `±0` extreme carries is left open.
+#[inline(always)]
+pub(crate) unsafe fn recipe_load<S: Isa, T: F32Lanes<S>, R: LaneRound<S>, const ABS: bool>(
+    xs: &[T],
+    buf: &mut [f32],
+) -> Option<GroupExtremes>
 where
     f32: F32Lanes<S>,
 {
-    let full = xs.len() - xs.len() % S::LANES;
-    let (mut a, mut b, zero) = (S::splat_f(0.0), S::splat_f(0.0), S::splat_f(0.0));
+    let n = xs.len();
+    let buf = &mut buf[..n];
+    let full = n - n % S::LANES;
+    let (mut mn0, mut mn1) = (S::splat_f(f32::INFINITY), S::splat_f(f32::INFINITY));
+    let (mut mx0, mut mx1) = (S::splat_f(f32::NEG_INFINITY), S::splat_f(f32::NEG_INFINITY));
+    let mut flag = S::splat_f(0.0);
     let mut k = 0;
     while k + 2 * S::LANES <= full {
-        a = S::add_f(a, S::mul_f(T::load(xs.as_ptr().add(k)), zero));
-        b = S::add_f(b, S::mul_f(T::load(xs.as_ptr().add(k + S::LANES)), zero));
+        let a = load_rounded::<S, T, R>(xs.as_ptr().add(k));
+        let b = load_rounded::<S, T, R>(xs.as_ptr().add(k + S::LANES));
+        <f32 as F32Lanes<S>>::store(buf.as_mut_ptr().add(k), a);
+        <f32 as F32Lanes<S>>::store(buf.as_mut_ptr().add(k + S::LANES), b);
+        (mn0, mx0) = (S::min_f(mn0, a), S::max_f(mx0, a));
+        (mn1, mx1) = (S::min_f(mn1, b), S::max_f(mx1, b));
+        // `v - v` is NaN exactly for NaN and ±inf.
+        flag = S::add_f(flag, S::add_f(S::sub_f(a, a), S::sub_f(b, b)));
         k += 2 * S::LANES;
     }
     if k < full {
-        a = S::add_f(a, S::mul_f(T::load(xs.as_ptr().add(k)), zero));
-    }
-    let mut lanes = [0f32; 16];
-    <f32 as F32Lanes<S>>::store(lanes.as_mut_ptr(), S::add_f(a, b));
-    lanes[..S::LANES].iter().any(|v| v.is_nan())
-        || xs[full..].iter().any(|x| !x.to_math().is_finite())
-}
-
-/// A group's minimum and maximum after rounding each value by `R` (the
-/// recipe's choose arithmetic), or `None` when a value is NaN or infinite:
-/// such groups take the scalar path. Which zero a `±0` extreme carries is
-/// left open, as in the scalar engine, whose results do not depend on it.
-#[inline(always)]
-pub(crate) unsafe fn recipe_extremes<S: Isa, T: F32Lanes<S>, R: LaneRound<S>>(
-    xs: &[T],
-) -> Option<(f32, f32)>
-where
-    f32: F32Lanes<S>,
-{
-    let full = xs.len() - xs.len() % S::LANES;
-    let mut mn = S::splat_f(f32::INFINITY);
-    let mut mx = S::splat_f(f32::NEG_INFINITY);
-    // `v * 0` is NaN exactly for NaN and ±inf: one sum flags them all.
-    let (mut flag, zero) = (S::splat_f(0.0), S::splat_f(0.0));
-    let mut k = 0;
-    while k < full {
-        let v = load_rounded::<S, T, R>(xs.as_ptr().add(k));
-        mn = S::min_f(mn, v);
-        mx = S::max_f(mx, v);
-        flag = S::add_f(flag, S::mul_f(v, zero));
-        k += S::LANES;
+        let a = load_rounded::<S, T, R>(xs.as_ptr().add(k));
+        <f32 as F32Lanes<S>>::store(buf.as_mut_ptr().add(k), a);
+        (mn0, mx0) = (S::min_f(mn0, a), S::max_f(mx0, a));
+        flag = S::add_f(flag, S::sub_f(a, a));
     }
     let mut lanes = [[0f32; 16]; 3];
-    <f32 as F32Lanes<S>>::store(lanes[0].as_mut_ptr(), mn);
-    <f32 as F32Lanes<S>>::store(lanes[1].as_mut_ptr(), mx);
+    <f32 as F32Lanes<S>>::store(lanes[0].as_mut_ptr(), S::min_f(mn0, mn1));
+    <f32 as F32Lanes<S>>::store(lanes[1].as_mut_ptr(), S::max_f(mx0, mx1));
     <f32 as F32Lanes<S>>::store(lanes[2].as_mut_ptr(), flag);
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
     let [mins, maxs, flags] = &lanes;
@@ -642,145 +700,197 @@ where
         lo = lo.min(a);
         hi = hi.max(b);
     }
-    for x in &xs[full..] {
+    for (x, b) in xs[full..].iter().zip(&mut buf[full..]) {
         let v = R::rd1(x.to_math());
         if !v.is_finite() {
             return None;
         }
+        *b = v;
         lo = lo.min(v);
         hi = hi.max(v);
     }
-    Some((lo, hi))
+    let mut signed_absmax = 0.0;
+    if ABS {
+        // The first value whose magnitude is the group's largest (none
+        // when every value is a zero: then +0).
+        let amax = hi.max(-lo);
+        if amax > 0.0 {
+            signed_absmax = buf.iter().copied().find(|v| v.abs() == amax)?;
+        }
+    }
+    Some(GroupExtremes {
+        min: lo,
+        max: hi,
+        signed_absmax,
+    })
 }
 
-/// One code of a recipe formula in f32-math arithmetic rounded by `R`, ties
-/// to even, no offset: the one-lane form of [`recipe_quantize`] (and of the
-/// scalar engine's f32 path). `DIVIDE`: `x / s`, else `x * rd(1 / s)`;
-/// `BEFORE`: the zero point is added before rounding, else after.
-#[inline(always)]
-pub(crate) fn recipe_code<S: Isa, R: LaneRound<S>, const DIVIDE: bool, const BEFORE: bool>(
-    x: f32,
-    (s, inv, zf): (f32, f32, f32),
-    (lo, hi): (f32, f32),
-) -> i32 {
-    let x = R::rd1(x);
-    let v = if DIVIDE {
-        R::rd1(x / s)
-    } else {
-        R::rd1(x * inv)
-    };
-    let r = if BEFORE {
-        R::rd1(v + zf).round_ties_even()
-    } else {
-        R::rd1(v.round_ties_even() + zf)
-    };
-    let r = if r.is_nan() { 0.0 } else { r };
-    r.clamp(lo, hi) as i32
+pub(crate) use super::finish;
+
+/// How the scale is applied, as a const parameter of the codes kernels.
+mod apply {
+    /// `x / s`, the divider's correctly rounded quotient.
+    pub const DIVIDE: u8 = 0;
+    /// `x / s` by [`Isa::div_fma_f`](super::Isa::div_fma_f): the same value.
+    pub const DIVIDE_FMA: u8 = 1;
+    /// `x * rd(1 / s)`.
+    pub const RECIPROCAL: u8 = 2;
 }
 
-/// `LANES` codes of [`recipe_quantize`]: `c` is `(s, rd(1 / s), z, q_min,
-/// q_max)` splatted.
+/// `LANES` integral values of the formula from values already rounded to
+/// the arithmetic (`p` holds the splatted parameters). No lane is NaN.
 #[inline(always)]
-unsafe fn recipe_codes<
-    S: Isa,
-    T: F32Lanes<S>,
-    R: LaneRound<S>,
-    const DIVIDE: bool,
-    const BEFORE: bool,
-    const ZERO: bool,
->(
-    p: *const T,
-    [vs, vinv, vz, lo, hi]: [S::F; 5],
-) -> S::I {
-    let x = load_rounded::<S, T, R>(p);
-    let v = if DIVIDE {
-        R::rd(S::div_f(x, vs))
-    } else {
-        R::rd(S::mul_f(x, vinv))
+unsafe fn recipe_step<S: Isa, R: LaneRound<S>, const APP: u8, const FIN: u8, const OFF: bool>(
+    x: S::F,
+    [vs, vinv, vc, vm]: [S::F; 4],
+) -> S::F {
+    let x = if OFF { R::rdf(S::sub_f(x, vm)) } else { x };
+    let v = match APP {
+        apply::DIVIDE => R::rdf(S::div_f(x, vs)),
+        apply::DIVIDE_FMA => R::rdf(S::div_fma_f(x, vs, vinv)),
+        _ => R::rdf(S::mul_f(x, vinv)),
     };
     // Two roundings of the one-lane form are left out where they cannot
     // change a code:
-    // - `rd(v + z)` with `z == 0` (`ZERO`) is `v` (`-0` becomes `+0`, which
-    //   rounds to the same code);
+    // - `rd(v + z)` with `z == 0` (`*_ZERO`) is `v` (`-0` becomes `+0`,
+    //   which gives the same code);
     // - `rd(round(v) + z)`: the sum is an integer, exact in bf16/f16 up to
-    //   256/2048 in magnitude; beyond, rounding keeps it beyond, on the same
-    //   side, and the clamp to an 8-bit code range (`|q| <= 255`, all this
-    //   kernel takes) gives the same code. NaN and ±inf pass either way.
-    let r = if BEFORE && ZERO {
-        S::round_f(v)
-    } else if BEFORE {
-        S::round_f(R::rd(S::add_f(v, vz)))
-    } else {
-        S::add_f(S::round_f(v), vz)
-    };
-    // Integral (or ±inf) already: the conversion only saturates.
-    S::round_to_i(S::clamp_f(S::nan_to_zero_f(r), lo, hi))
+    //   256/2048 in magnitude; beyond, rounding keeps it beyond on the same
+    //   side, and the clamp to a code range inside `[-256, 256]` (the codes
+    //   are at most 8 bits) gives the same code.
+    match FIN {
+        finish::EVEN_BEFORE => S::round_f(R::rdf(S::add_f(v, vc))),
+        finish::EVEN_AFTER => S::add_f(S::round_f(v), vc),
+        finish::AWAY_BEFORE => S::round_away_f(R::rdf(S::add_f(v, vc))),
+        finish::EVEN_BEFORE_ZERO => S::round_f(v),
+        finish::AWAY_BEFORE_ZERO => S::round_away_f(v),
+        _ => S::trunc_f(R::rdf(S::add_f(v, vc))),
+    }
 }
 
-/// [`recipe_codes`] over whole vectors (`xs.len()` a multiple of `LANES`).
+/// The codes of a run of values under a recipe formula, as the low byte of
+/// each code, one per byte.
+///
+/// The values are finite and already rounded to the arithmetic (as
+/// [`recipe_load`] leaves them); `p.s` is finite and non-zero and `p.inv`
+/// (`rd(1 / s)`) finite, so no step meets a NaN: `±inf` quotients pass the
+/// rounding and saturate in the clamp. Every operation is the one the
+/// scalar engine performs, rounded by `R` where it rounds, so the codes are
+/// bit-identical to it.
 #[inline(always)]
-unsafe fn recipe_vectors<
-    S: Isa,
-    T: F32Lanes<S>,
-    Q: IntElement,
-    R: LaneRound<S>,
-    const DIVIDE: bool,
-    const BEFORE: bool,
-    const ZERO: bool,
->(
-    xs: &[T],
-    out: &mut [Q],
-    c: [S::F; 5],
-) {
+pub(crate) unsafe fn recipe_codes<S: Isa, R: LaneRound<S>, const DIVIDE: bool, const FIN: u8>(
+    xs: &[f32],
+    p: &FormulaParams,
+    out: &mut [u8],
+) where
+    f32: F32Lanes<S>,
+{
+    match (FIN, p.c == 0.0) {
+        (finish::EVEN_BEFORE, true) => {
+            recipe_codes_app::<S, R, DIVIDE, { finish::EVEN_BEFORE_ZERO }>(xs, p, out)
+        }
+        (finish::AWAY_BEFORE, true) => {
+            recipe_codes_app::<S, R, DIVIDE, { finish::AWAY_BEFORE_ZERO }>(xs, p, out)
+        }
+        _ => recipe_codes_app::<S, R, DIVIDE, FIN>(xs, p, out),
+    }
+}
+
+/// [`recipe_codes`] with the scale application and the offset chosen.
+#[inline(always)]
+unsafe fn recipe_codes_app<S: Isa, R: LaneRound<S>, const DIVIDE: bool, const FIN: u8>(
+    xs: &[f32],
+    p: &FormulaParams,
+    out: &mut [u8],
+) where
+    f32: F32Lanes<S>,
+{
+    use apply::{DIVIDE as DIV, DIVIDE_FMA as FMA, RECIPROCAL as RECIP};
+    match (DIVIDE, p.fast_divide && S::HAS_FMA, p.offset != 0.0) {
+        (true, true, true) => recipe_codes_off::<S, R, FMA, FIN, true>(xs, p, out),
+        (true, true, false) => recipe_codes_off::<S, R, FMA, FIN, false>(xs, p, out),
+        (true, false, true) => recipe_codes_off::<S, R, DIV, FIN, true>(xs, p, out),
+        (true, false, false) => recipe_codes_off::<S, R, DIV, FIN, false>(xs, p, out),
+        (false, _, true) => recipe_codes_off::<S, R, RECIP, FIN, true>(xs, p, out),
+        (false, _, false) => recipe_codes_off::<S, R, RECIP, FIN, false>(xs, p, out),
+    }
+}
+
+#[inline(always)]
+unsafe fn recipe_codes_off<S: Isa, R: LaneRound<S>, const APP: u8, const FIN: u8, const OFF: bool>(
+    xs: &[f32],
+    p: &FormulaParams,
+    out: &mut [u8],
+) where
+    f32: F32Lanes<S>,
+{
+    let n = xs.len();
+    let out = &mut out[..n];
+    let c = [
+        S::splat_f(p.s),
+        S::splat_f(p.inv),
+        S::splat_f(p.c),
+        S::splat_f(p.offset),
+    ];
+    let (lo, hi) = (S::splat_f(p.lo), S::splat_f(p.hi));
+    let full = n - n % S::LANES;
+    let (src, dst) = (xs.as_ptr(), out.as_mut_ptr());
     let mut k = 0;
     // Two vectors per step: independent chains keep the units busy.
-    while k + 2 * S::LANES <= xs.len() {
-        let a = recipe_codes::<S, T, R, DIVIDE, BEFORE, ZERO>(xs.as_ptr().add(k), c);
-        let b = recipe_codes::<S, T, R, DIVIDE, BEFORE, ZERO>(xs.as_ptr().add(k + S::LANES), c);
-        S::store_codes(out.as_mut_ptr().add(k), a);
-        S::store_codes(out.as_mut_ptr().add(k + S::LANES), b);
+    while k + 2 * S::LANES <= full {
+        let a = recipe_vector::<S, R, APP, FIN, OFF>(src.add(k), c, lo, hi);
+        let b = recipe_vector::<S, R, APP, FIN, OFF>(src.add(k + S::LANES), c, lo, hi);
+        S::store_low_bytes(dst.add(k), a);
+        S::store_low_bytes(dst.add(k + S::LANES), b);
         k += 2 * S::LANES;
     }
-    if k < xs.len() {
-        let a = recipe_codes::<S, T, R, DIVIDE, BEFORE, ZERO>(xs.as_ptr().add(k), c);
-        S::store_codes(out.as_mut_ptr().add(k), a);
+    if k < full {
+        let a = recipe_vector::<S, R, APP, FIN, OFF>(src.add(k), c, lo, hi);
+        S::store_low_bytes(dst.add(k), a);
+    }
+    for (x, o) in xs[full..].iter().zip(&mut out[full..]) {
+        *o = recipe_code1::<S, R, FIN, OFF>(*x, p, APP != apply::RECIPROCAL) as u8;
     }
 }
 
-/// The codes of one group (one code per byte) under a recipe formula in
-/// f32-math arithmetic: scale `s` (non-zero, a value of f32), zero point
-/// `z` (`|z| <= 2^24`). Bit-identical to the scalar engine.
+/// `LANES` codes of [`recipe_codes`] (a function, not a closure, so that
+/// it inherits the caller's target features when inlined).
 #[inline(always)]
-pub(crate) unsafe fn recipe_quantize<
-    S: Isa,
-    T: F32Lanes<S>,
-    Q: IntElement,
-    R: LaneRound<S>,
-    const DIVIDE: bool,
-    const BEFORE: bool,
->(
-    xs: &[T],
-    s: f32,
-    z: i32,
-    out: &mut [Q],
-    q_min: i32,
-    q_max: i32,
-) {
-    let params = (s, R::rd1(1.0 / s), z as f32);
-    let bounds = (q_min as f32, q_max as f32);
-    let (vs, vinv, vz) = (S::splat_f(s), S::splat_f(params.1), S::splat_f(params.2));
-    let (lo, hi) = (S::splat_f(bounds.0), S::splat_f(bounds.1));
-    let full = xs.len() - xs.len() % S::LANES;
-    let c = [vs, vinv, vz, lo, hi];
-    if z == 0 {
-        recipe_vectors::<S, T, Q, R, DIVIDE, BEFORE, true>(&xs[..full], out, c);
+unsafe fn recipe_vector<S: Isa, R: LaneRound<S>, const APP: u8, const FIN: u8, const OFF: bool>(
+    p: *const f32,
+    c: [S::F; 4],
+    lo: S::F,
+    hi: S::F,
+) -> S::I
+where
+    f32: F32Lanes<S>,
+{
+    let x = <f32 as F32Lanes<S>>::load(p);
+    let r = recipe_step::<S, R, APP, FIN, OFF>(x, c);
+    // Integral (or ±inf) already: the conversion only saturates.
+    S::round_to_i(S::clamp_f(r, lo, hi))
+}
+
+/// One code of [`recipe_codes`]: the same steps on one value.
+#[inline(always)]
+pub(crate) fn recipe_code1<S: Isa, R: LaneRound<S>, const FIN: u8, const OFF: bool>(
+    x: f32,
+    p: &FormulaParams,
+    divide: bool,
+) -> i32 {
+    let x = if OFF { R::rd1(x - p.offset) } else { x };
+    let v = if divide {
+        R::rd1(x / p.s)
     } else {
-        recipe_vectors::<S, T, Q, R, DIVIDE, BEFORE, false>(&xs[..full], out, c);
-    }
-    for (x, o) in xs[full..].iter().zip(&mut out[full..]) {
-        let c = recipe_code::<S, R, DIVIDE, BEFORE>(x.to_math(), params, bounds);
-        *o = Q::from_i32_in_range(c);
-    }
+        R::rd1(x * p.inv)
+    };
+    let r = match FIN {
+        finish::EVEN_BEFORE | finish::EVEN_BEFORE_ZERO => R::rd1(v + p.c).round_ties_even(),
+        finish::EVEN_AFTER => R::rd1(v.round_ties_even() + p.c),
+        finish::AWAY_BEFORE | finish::AWAY_BEFORE_ZERO => R::rd1(v + p.c).round(),
+        _ => R::rd1(v + p.c).trunc(),
+    };
+    r.clamp(p.lo, p.hi) as i32
 }
 
 /// Defines, in an instruction-set module, the safe entry points of the four
@@ -793,14 +903,14 @@ macro_rules! simd_entry_points {
         use crate::element::IntElement;
         use crate::kernels::scalar;
         use crate::kernels::simd::SimdElement;
-        use crate::quantize::SteBoundary;
+        use crate::plan::SteBoundary;
 
         #[target_feature(enable = $features)]
         unsafe fn recipe_non_finite_tf<T: crate::kernels::simd::F32Lanes<$isa>>(xs: &[T]) -> bool {
             crate::kernels::simd::recipe_non_finite::<$isa, T>(xs)
         }
 
-        /// Whether a group holds a NaN or an infinity.
+        /// Whether a run of values holds a NaN or an infinity.
         pub(crate) fn recipe_non_finite<T: crate::kernels::simd::F32Lanes<$isa>>(xs: &[T]) -> bool {
             if !available() {
                 return xs.iter().any(|x| !x.to_math().is_finite());
@@ -811,128 +921,125 @@ macro_rules! simd_entry_points {
         }
 
         #[target_feature(enable = $features)]
-        unsafe fn recipe_extremes_tf<T, R>(xs: &[T]) -> Option<(f32, f32)>
+        unsafe fn recipe_load_tf<T, R, const ABS: bool>(
+            xs: &[T],
+            buf: &mut [f32],
+        ) -> Option<crate::kernels::GroupExtremes>
         where
             T: crate::kernels::simd::F32Lanes<$isa>,
             R: crate::kernels::simd::LaneRound<$isa>,
         {
-            crate::kernels::simd::recipe_extremes::<$isa, T, R>(xs)
+            crate::kernels::simd::recipe_load::<$isa, T, R, ABS>(xs, buf)
         }
 
-        /// A group's extremes under a recipe's choose arithmetic (`None`:
-        /// the scalar engine takes the group).
-        pub(crate) fn recipe_extremes<T, R>(xs: &[T]) -> Option<(f32, f32)>
+        /// A run of values rounded to a recipe's arithmetic, into `buf`,
+        /// and their extremes (`None`: the scalar engine takes the group).
+        pub(crate) fn recipe_load<T, R, const ABS: bool>(
+            xs: &[T],
+            buf: &mut [f32],
+        ) -> Option<crate::kernels::GroupExtremes>
         where
             T: crate::kernels::simd::F32Lanes<$isa>,
             R: crate::kernels::simd::LaneRound<$isa>,
         {
-            if !available() {
+            if !available() || buf.len() < xs.len() {
                 return None;
             }
-            // SAFETY: the CPU has the features (checked above), and the
-            // kernel reads only inside the slice it is given.
-            unsafe { recipe_extremes_tf::<T, R>(xs) }
+            // SAFETY: the CPU has the features (checked above); the kernel
+            // reads inside `xs` and writes inside `buf[..xs.len()]`, which
+            // exists (checked above).
+            unsafe { recipe_load_tf::<T, R, ABS>(xs, buf) }
         }
 
         #[target_feature(enable = $features)]
-        unsafe fn recipe_quantize_tf<T, Q, R, const D: bool, const B: bool>(
-            xs: &[T],
-            s: f32,
-            z: i32,
-            o: &mut [Q],
-            lo: i32,
-            hi: i32,
+        unsafe fn recipe_codes_tf<R, const D: bool, const F: u8>(
+            xs: &[f32],
+            p: &crate::kernels::FormulaParams,
+            out: &mut [u8],
         ) where
-            T: crate::kernels::simd::F32Lanes<$isa>,
-            Q: IntElement,
             R: crate::kernels::simd::LaneRound<$isa>,
         {
-            crate::kernels::simd::recipe_quantize::<$isa, T, Q, R, D, B>(xs, s, z, o, lo, hi)
+            crate::kernels::simd::recipe_codes::<$isa, R, D, F>(xs, p, out)
         }
 
-        /// One group's codes under a recipe formula (see
-        /// [`recipe_quantize`](crate::kernels::simd::recipe_quantize)).
-        pub(crate) fn recipe_quantize<T, Q, R, const D: bool, const B: bool>(
-            xs: &[T],
-            s: f32,
-            z: i32,
-            o: &mut [Q],
-            lo: i32,
-            hi: i32,
+        /// The codes (low bytes) of a run of rounded values under a recipe
+        /// formula (see [`recipe_codes`](crate::kernels::simd::recipe_codes)).
+        pub(crate) fn recipe_codes<R, const D: bool, const F: u8>(
+            xs: &[f32],
+            p: &crate::kernels::FormulaParams,
+            out: &mut [u8],
         ) where
-            T: crate::kernels::simd::F32Lanes<$isa>,
-            Q: IntElement,
             R: crate::kernels::simd::LaneRound<$isa>,
         {
-            if !available() {
-                let p = (s, R::rd1(1.0 / s), z as f32);
-                for (x, c) in xs.iter().zip(o.iter_mut()) {
-                    let v = crate::kernels::simd::recipe_code::<$isa, R, D, B>(
-                        x.to_math(),
-                        p,
-                        (lo as f32, hi as f32),
-                    );
-                    *c = Q::from_i32_in_range(v);
+            if !available() || out.len() < xs.len() {
+                let code = if p.offset != 0.0 {
+                    crate::kernels::simd::recipe_code1::<$isa, R, F, true>
+                } else {
+                    crate::kernels::simd::recipe_code1::<$isa, R, F, false>
+                };
+                for (x, o) in xs.iter().zip(out.iter_mut()) {
+                    *o = code(*x, p, D) as u8;
                 }
                 return;
             }
-            // SAFETY: as in `recipe_extremes`; `o` holds one code per
-            // element of `xs` (the lookup refuses packed codes).
-            unsafe { recipe_quantize_tf::<T, Q, R, D, B>(xs, s, z, o, lo, hi) }
+            // SAFETY: the CPU has the features (checked above); the kernel
+            // reads inside `xs` and writes inside `out[..xs.len()]`, which
+            // exists (checked above).
+            unsafe { recipe_codes_tf::<R, D, F>(xs, p, out) }
         }
 
-        fn recipe_by_formula<T, Q, R>(
-            divide: bool,
-            before: bool,
-        ) -> crate::kernels::RecipeQuantizeKernel<T, Q>
-        where
-            T: crate::kernels::simd::F32Lanes<$isa>,
-            Q: IntElement,
-            R: crate::kernels::simd::LaneRound<$isa>,
-        {
-            match (divide, before) {
-                (true, true) => recipe_quantize::<T, Q, R, true, true>,
-                (true, false) => recipe_quantize::<T, Q, R, true, false>,
-                (false, true) => recipe_quantize::<T, Q, R, false, true>,
-                (false, false) => recipe_quantize::<T, Q, R, false, false>,
-            }
-        }
-
-        /// The extremes kernel for a choose arithmetic of kind `round`.
-        pub(crate) fn recipe_extremes_for<T: crate::kernels::simd::F32Lanes<$isa>>(
+        /// The load kernel for an arithmetic of kind `round` (`abs`: with
+        /// the first largest magnitude).
+        pub(crate) fn recipe_load_for<T: crate::kernels::simd::F32Lanes<$isa>>(
             round: crate::element::ElementKind,
-        ) -> Option<crate::kernels::RecipeExtremesKernel<T>> {
+            abs: bool,
+        ) -> Option<crate::kernels::RecipeLoadKernel<T>> {
             use crate::element::ElementKind as K;
             use crate::kernels::simd::{KeepF32, ToBf16, ToF16};
-            Some(match round {
-                K::F32 => recipe_extremes::<T, KeepF32>,
-                K::Bf16 => recipe_extremes::<T, ToBf16>,
-                K::F16 => recipe_extremes::<T, ToF16>,
+            Some(match (round, abs) {
+                (K::F32, false) => recipe_load::<T, KeepF32, false>,
+                (K::F32, true) => recipe_load::<T, KeepF32, true>,
+                (K::Bf16, false) => recipe_load::<T, ToBf16, false>,
+                (K::Bf16, true) => recipe_load::<T, ToBf16, true>,
+                (K::F16, false) => recipe_load::<T, ToF16, false>,
+                (K::F16, true) => recipe_load::<T, ToF16, true>,
                 _ => return None,
             })
         }
 
-        /// The quantize kernel for a formula (`divide`, zero point `before`
-        /// rounding) in an arithmetic of kind `round`; one code per byte.
-        pub(crate) fn recipe_quantize_for<
-            T: crate::kernels::simd::F32Lanes<$isa>,
-            Q: IntElement,
-        >(
-            round: crate::element::ElementKind,
+        fn recipe_codes_by<R: crate::kernels::simd::LaneRound<$isa>>(
             divide: bool,
-            before: bool,
-        ) -> Option<crate::kernels::RecipeQuantizeKernel<T, Q>> {
-            use crate::element::ElementKind as K;
-            use crate::kernels::simd::{KeepF32, ToBf16, ToF16};
-            if Q::PACK != 1 {
-                return None;
-            }
-            Some(match round {
-                K::F32 => recipe_by_formula::<T, Q, KeepF32>(divide, before),
-                K::Bf16 => recipe_by_formula::<T, Q, ToBf16>(divide, before),
-                K::F16 => recipe_by_formula::<T, Q, ToF16>(divide, before),
+            fin: u8,
+        ) -> Option<crate::kernels::RecipeCodesKernel> {
+            use crate::kernels::simd::finish as f;
+            Some(match (divide, fin) {
+                (true, f::EVEN_BEFORE) => recipe_codes::<R, true, { f::EVEN_BEFORE }>,
+                (true, f::EVEN_AFTER) => recipe_codes::<R, true, { f::EVEN_AFTER }>,
+                (true, f::AWAY_BEFORE) => recipe_codes::<R, true, { f::AWAY_BEFORE }>,
+                (true, f::HALF_UP_BEFORE) => recipe_codes::<R, true, { f::HALF_UP_BEFORE }>,
+                (false, f::EVEN_BEFORE) => recipe_codes::<R, false, { f::EVEN_BEFORE }>,
+                (false, f::EVEN_AFTER) => recipe_codes::<R, false, { f::EVEN_AFTER }>,
+                (false, f::AWAY_BEFORE) => recipe_codes::<R, false, { f::AWAY_BEFORE }>,
+                (false, f::HALF_UP_BEFORE) => recipe_codes::<R, false, { f::HALF_UP_BEFORE }>,
                 _ => return None,
             })
+        }
+
+        /// The codes kernel for a formula (`divide` or multiply by the
+        /// reciprocal, finishing steps `fin`) in an arithmetic of kind `round`.
+        pub(crate) fn recipe_codes_for(
+            round: crate::element::ElementKind,
+            divide: bool,
+            fin: u8,
+        ) -> Option<crate::kernels::RecipeCodesKernel> {
+            use crate::element::ElementKind as K;
+            use crate::kernels::simd::{KeepF32, ToBf16, ToF16};
+            match round {
+                K::F32 => recipe_codes_by::<KeepF32>(divide, fin),
+                K::Bf16 => recipe_codes_by::<ToBf16>(divide, fin),
+                K::F16 => recipe_codes_by::<ToF16>(divide, fin),
+                _ => None,
+            }
         }
 
         /// Whether this CPU can run the instruction set.

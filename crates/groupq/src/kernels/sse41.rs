@@ -16,6 +16,7 @@ const ROUND_EVEN: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 // check the CPU first, and its pointers are valid for the lanes used.
 impl Isa for Sse41 {
     const LANES: usize = 4;
+    const HAS_FMA: bool = false;
     type F = __m128;
     type D = __m128d;
     type I = __m128i;
@@ -140,6 +141,65 @@ impl Isa for Sse41 {
         _mm_storeu_pd(p, v)
     }
 
+    #[inline(always)]
+    unsafe fn load_i(p: *const u8) -> __m128i {
+        _mm_loadu_si128(p.cast())
+    }
+    #[inline(always)]
+    unsafe fn or_i(a: __m128i, b: __m128i) -> __m128i {
+        _mm_or_si128(a, b)
+    }
+    #[inline(always)]
+    unsafe fn exp_all_ones(w: __m128i, mask: u32, width: usize) -> __m128i {
+        let m = _mm_set1_epi32(mask as i32);
+        let e = _mm_and_si128(w, m);
+        if width == 2 {
+            _mm_cmpeq_epi16(e, m)
+        } else {
+            _mm_cmpeq_epi32(e, m)
+        }
+    }
+    #[inline(always)]
+    unsafe fn any_i(a: __m128i) -> bool {
+        _mm_testz_si128(a, a) == 0
+    }
+    #[inline(always)]
+    unsafe fn div_fma_f(x: __m128, s: __m128, inv: __m128) -> __m128 {
+        let _ = inv;
+        _mm_div_ps(x, s)
+    }
+    #[inline(always)]
+    unsafe fn round_bf16_nonan_f(a: __m128) -> __m128 {
+        let bits = _mm_castps_si128(a);
+        let odd = _mm_and_si128(_mm_srli_epi32::<16>(bits), _mm_set1_epi32(1));
+        let rounded = _mm_add_epi32(_mm_add_epi32(bits, _mm_set1_epi32(0x7fff)), odd);
+        _mm_castsi128_ps(_mm_and_si128(rounded, _mm_set1_epi32(-65536)))
+    }
+    #[inline(always)]
+    unsafe fn sub_f(a: __m128, b: __m128) -> __m128 {
+        _mm_sub_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn trunc_f(a: __m128) -> __m128 {
+        _mm_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(a)
+    }
+    #[inline(always)]
+    unsafe fn round_away_f(a: __m128) -> __m128 {
+        // As in the AVX2 file.
+        let t = Self::trunc_f(a);
+        let sign = _mm_set1_ps(-0.0);
+        let frac = _mm_andnot_ps(sign, _mm_sub_ps(a, t));
+        let up = _mm_cmpge_ps(frac, _mm_set1_ps(0.5));
+        let one = _mm_or_ps(_mm_and_ps(a, sign), _mm_set1_ps(1.0));
+        _mm_add_ps(t, _mm_and_ps(up, one))
+    }
+    #[inline(always)]
+    unsafe fn store_low_bytes(p: *mut u8, v: __m128i) {
+        let low = _mm_and_si128(v, _mm_set1_epi32(0xff));
+        let words = _mm_packus_epi32(low, low);
+        let bytes = _mm_packus_epi16(words, words);
+        p.cast::<i32>().write_unaligned(_mm_cvtsi128_si32(bytes))
+    }
     #[inline(always)]
     unsafe fn min_f(a: __m128, b: __m128) -> __m128 {
         _mm_min_ps(a, b)

@@ -1,16 +1,14 @@
 //! `ChooseQParamsPerGroupPlan`: scales and zero points from the data, by a
-//! [`Recipe`]; and the engine it shares with the fused dynamic plan.
+//! [`Recipe`].
 
 use super::common::{check_kind, Layout, PlanCore, View};
-use crate::element::{Element, ElementKind, IntElement};
-use crate::error::{Error, Result};
-use crate::kernels::recipe::{f32_scale, RecipeKernel};
-use crate::kernels::{self, row_slice, RecipeExtremesKernel, RecipeQuantizeKernel, Rows};
-use crate::plan::{BackendKind, PlanPreference, QuantizeKind};
-use crate::recipe::{NonFinitePolicy, Recipe, ZeroPointRule};
+use super::engine::{check_offset, check_recipe, select_engine, RecipeEngine};
+use crate::element::{Element, ElementKind};
+use crate::error::Result;
+use crate::plan::{PlanPreference, QuantizeKind};
+use crate::recipe::Recipe;
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
-use rayon::prelude::*;
 use std::marker::PhantomData;
 
 const PLAN: &str = "ChooseQParamsPerGroupPlan";
@@ -84,187 +82,8 @@ pub struct ChooseQParamsPerGroupArgs<'a, TIn, TScale> {
 #[derive(Debug, Clone)]
 pub struct ChooseQParamsPerGroupPlan<TIn: Element, TScale: Element> {
     core: PlanCore,
-    kernel: RecipeKernel,
+    engine: RecipeEngine<TIn>,
     types: PhantomData<fn() -> (TIn, TScale)>,
-}
-
-/// Validates a recipe's code range: `q_min < q_max` (a scale divides by the
-/// number of steps) and, where codes are written, inside `Q`'s range.
-pub(super) fn check_recipe(
-    plan: &str,
-    recipe: &Recipe,
-    codes: Option<(ElementKind, i32, i32)>,
-) -> Result<()> {
-    let (lo, hi) = (recipe.q_min, recipe.q_max);
-    if hi <= lo {
-        return Err(Error::InvalidProblem(format!(
-            "{plan}: recipe q_max {hi} must be greater than q_min {lo}"
-        )));
-    }
-    if let Some((kind, min, max)) = codes {
-        if lo < min || hi > max {
-            return Err(Error::InvalidProblem(format!(
-                "{plan}: recipe [q_min, q_max] = [{lo}, {hi}] is not inside the range of {kind} [{min}, {max}]"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Selects the recipe engine for a plan: a vector backend where it has a
-/// kernel for the recipe's extremes or formula (with codes `TOut`), else
-/// the scalar engine.
-pub(super) fn select_engine<TIn: Element, TScale: Element, TOut: IntElement>(
-    plan: &'static str,
-    op: QuantizeKind,
-    aux: Option<ElementKind>,
-    layout: Layout,
-    recipe: Recipe,
-    pref: PlanPreference,
-) -> Result<(PlanCore, RecipeKernel)> {
-    let kernel = RecipeKernel::new(recipe, TIn::KIND, TScale::KIND);
-    let with_codes = op == QuantizeKind::QuantizeDynamicPerGroup;
-    let lookup = |b: BackendKind| {
-        let (extremes, quantize) = vector_kernels::<TIn, TOut>(&kernel, b, with_codes);
-        (b == BackendKind::Scalar || extremes.is_some() || quantize.is_some()).then_some(kernel)
-    };
-    PlanCore::new::<TIn, _>(plan, op, aux, layout, pref, lookup)
-}
-
-/// The vector kernels backend `b` has for this recipe and element types.
-#[allow(clippy::type_complexity)]
-fn vector_kernels<TIn: Element, TOut: IntElement>(
-    kernel: &RecipeKernel,
-    b: BackendKind,
-    with_codes: bool,
-) -> (
-    Option<RecipeExtremesKernel<TIn>>,
-    Option<RecipeQuantizeKernel<TIn, TOut>>,
-) {
-    let extremes = kernel
-        .vector_extremes()
-        .then(|| TIn::recipe_extremes(b, kernel.choose_kind()))
-        .flatten();
-    let quantize = kernel
-        .vector_formula()
-        .filter(|_| with_codes)
-        .and_then(|(round, divide, before)| TIn::recipe_quantize::<TOut>(b, round, divide, before));
-    (extremes, quantize)
-}
-
-/// Runs a recipe over a validated problem: checks the input for non-finite
-/// values first when the recipe says so, then per group computes the
-/// parameters, stores them, and (when `codes` is given) quantizes the group
-/// with the stored scale and offset. Each group is read once by the second
-/// pass. `offset` receives the float offsets of a `FloatOffset` recipe.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn run_engine<TIn: Element, TScale: Element, TOut: IntElement>(
-    core: &PlanCore,
-    kernel: &RecipeKernel,
-    stream: &Stream,
-    input: TensorRef<'_, TIn, 2>,
-    scale: TensorMut<'_, TScale, 2>,
-    zero_point: TensorMut<'_, i32, 2>,
-    codes: Option<TensorMut<'_, TOut, 2>>,
-    offset: Option<TensorMut<'_, TScale, 2>>,
-) -> Result<()> {
-    let l = core.layout;
-    if l.outer == 0 || l.axis == 0 {
-        return Ok(());
-    }
-    let gs = l.group_size;
-    if kernel.recipe.non_finite == NonFinitePolicy::Error {
-        // A vector pass where the backend has one.
-        let non_finite = TIn::recipe_non_finite(core.sku.backend);
-        let bad = |row: usize| {
-            let xs = row_slice(&input, row, 0, l.axis);
-            // A whole row at once; the group is looked for only on error.
-            if non_finite.is_some_and(|f| !f(xs)) {
-                return None;
-            }
-            RecipeKernel::first_non_finite(xs, gs).map(|g| (row, g))
-        };
-        // The first offending group in row-major order, however the rows
-        // are split over threads.
-        let first = match stream.pool() {
-            Some(pool) if l.outer > 1 && l.outer * l.axis >= 1 << 16 => {
-                pool.install(|| (0..l.outer).into_par_iter().find_map_first(bad))
-            }
-            _ => (0..l.outer).find_map(bad),
-        };
-        if let Some((row, group)) = first {
-            return Err(Error::NonFiniteInput { row, group });
-        }
-    }
-    let (with_codes, with_offset) = (codes.is_some(), offset.is_some());
-    let (code_data, code_stride) = match codes {
-        Some(t) => (t.data, t.stride[0]),
-        None => (&mut [][..], 0),
-    };
-    let (offset_data, offset_stride) = match offset {
-        Some(t) => (t.data, t.stride[0]),
-        None => (&mut [][..], 0),
-    };
-    let outputs = (
-        Rows {
-            data: scale.data,
-            stride: scale.stride[0],
-        },
-        Rows {
-            data: zero_point.data,
-            stride: zero_point.stride[0],
-        },
-        Rows {
-            data: code_data,
-            stride: code_stride,
-        },
-        Rows {
-            data: offset_data,
-            stride: offset_stride,
-        },
-    );
-    let units = gs / TOut::PACK;
-    let (extremes, vector_quantize) =
-        vector_kernels::<TIn, TOut>(kernel, core.sku.backend, with_codes);
-    let (q_lo, q_hi) = (kernel.recipe.q_min, kernel.recipe.q_max);
-    kernels::for_each_row_block(stream, l.outer, l.axis, outputs, &|r0,
-                                                                    rows,
-                                                                    (
-        mut s,
-        mut z,
-        mut q,
-        mut m,
-    )| {
-        for i in 0..rows {
-            let xs = row_slice(&input, r0 + i, 0, l.axis);
-            let (s_row, z_row) = (s.row(i, l.num_groups), z.row(i, l.num_groups));
-            let mut q_row = with_codes.then(|| q.row(i, l.axis / TOut::PACK));
-            let mut m_row = with_offset.then(|| m.row(i, l.num_groups));
-            for (g, group) in xs.chunks_exact(gs).enumerate() {
-                let (sv, zv, mv) = match extremes.and_then(|f| f(group)) {
-                    Some((min, max)) => kernel.params_from(min, max),
-                    None => kernel.params(group),
-                };
-                let (stored, stored_m) = (TScale::from_f64(sv), TScale::from_f64(mv));
-                s_row[g] = stored;
-                z_row[g] = zv;
-                if let Some(m_row) = m_row.as_deref_mut() {
-                    m_row[g] = stored_m;
-                }
-                if let Some(q_row) = q_row.as_deref_mut() {
-                    let out = &mut q_row[g * units..(g + 1) * units];
-                    let (s64, m64) = (stored.to_f64(), stored_m.to_f64());
-                    // The vector formula takes what the scalar f32 path
-                    // takes, with a non-zero scale.
-                    match (vector_quantize, f32_scale(s64, zv, m64)) {
-                        (Some(f), Some(s32)) if s32 != 0.0 => f(group, s32, zv, out, q_lo, q_hi),
-                        _ => kernel.quantize_group(group, (s64, zv, m64), out),
-                    }
-                }
-            }
-        }
-    });
-    Ok(())
 }
 
 impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
@@ -291,17 +110,11 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         check_recipe(PLAN, &desc.recipe, None)?;
         let op = QuantizeKind::ChooseQParamsPerGroup;
-        let (core, kernel) = select_engine::<TIn, TScale, u8>(
-            PLAN,
-            op,
-            Some(TScale::KIND),
-            layout,
-            desc.recipe,
-            pref,
-        )?;
+        let (core, engine) =
+            select_engine::<TIn, TScale>(PLAN, op, Some(TScale::KIND), layout, desc.recipe, pref)?;
         Ok(ChooseQParamsPerGroupPlan {
             core,
-            kernel,
+            engine,
             types: PhantomData,
         })
     }
@@ -333,14 +146,14 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
     ) -> Result<()> {
         let _ = workspace;
         self.can_implement(&args)?;
-        check_offset::<TScale>(PLAN, &self.kernel.recipe, None, &self.core)?;
+        check_offset::<TScale>(PLAN, &self.engine.kernel.recipe, None, &self.core)?;
         let ChooseQParamsPerGroupArgs {
             input,
             scale,
             zero_point,
         } = args;
-        let (core, kernel) = (&self.core, &self.kernel);
-        run_engine::<TIn, TScale, u8>(core, kernel, stream, input, scale, zero_point, None, None)
+        let (core, none) = (&self.core, None::<crate::tensor::TensorMut<'_, u8, 2>>);
+        (self.engine).run(core, stream, input, scale, zero_point, none, None)
     }
 
     /// [`run`](Self::run) that also writes each group's float offset
@@ -354,30 +167,13 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
     ) -> Result<()> {
         let _ = workspace;
         self.can_implement(&args)?;
-        check_offset(PLAN, &self.kernel.recipe, Some(&offset), &self.core)?;
+        check_offset(PLAN, &self.engine.kernel.recipe, Some(&offset), &self.core)?;
         let ChooseQParamsPerGroupArgs {
             input,
             scale,
             zero_point,
         } = args;
-        let (core, kernel, m) = (&self.core, &self.kernel, Some(offset));
-        run_engine::<TIn, TScale, u8>(core, kernel, stream, input, scale, zero_point, None, m)
-    }
-}
-
-/// A `FloatOffset` recipe needs an offset tensor (`InvalidProblem`
-/// otherwise), and a given one must fit `[outer_size, num_groups]`.
-pub(super) fn check_offset<T>(
-    plan: &str,
-    recipe: &Recipe,
-    offset: Option<&TensorMut<'_, T, 2>>,
-    core: &PlanCore,
-) -> Result<()> {
-    match offset {
-        None if recipe.zero_point == ZeroPointRule::FloatOffset => Err(Error::InvalidProblem(
-            format!("{plan}: the recipe writes a float offset per group: call run_with_offset"),
-        )),
-        None => Ok(()),
-        Some(t) => core.check_views(&[], &[View::of_mut("offset", t, core.layout.param_shape())]),
+        let (core, none) = (&self.core, None::<crate::tensor::TensorMut<'_, u8, 2>>);
+        (self.engine).run(core, stream, input, scale, zero_point, none, Some(offset))
     }
 }

@@ -107,7 +107,7 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
             Some(TQ::KIND),
             layout,
             pref,
-            TOut::dequantize::<TQ>,
+            crate::kernels::dequantize::<TQ, TOut>,
         )?;
         Ok(DequantizePerGroupPlan { core, kernel })
     }

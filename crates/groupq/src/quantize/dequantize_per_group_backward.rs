@@ -87,7 +87,7 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
             Some(TQ::KIND),
             layout,
             pref,
-            TOut::dequantize_backward,
+            crate::kernels::dequantize_backward::<TOut>,
         )?;
         Ok(DequantizePerGroupBackwardPlan {
             core,

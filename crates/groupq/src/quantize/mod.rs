@@ -41,6 +41,7 @@ mod choose_qparams_per_group;
 mod common;
 mod dequantize_per_group;
 mod dequantize_per_group_backward;
+mod engine;
 mod quantize_dynamic_per_group;
 mod quantize_per_group;
 mod quantize_per_group_backward;

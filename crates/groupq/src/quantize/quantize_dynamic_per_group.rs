@@ -1,11 +1,10 @@
 //! `QuantizeDynamicPerGroupPlan`: scales, zero points and codes in one pass,
 //! by a [`Recipe`].
 
-use super::choose_qparams_per_group::{check_offset, check_recipe, run_engine, select_engine};
 use super::common::{check_kind, Layout, PlanCore, View};
+use super::engine::{check_offset, check_recipe, select_engine, RecipeEngine};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
-use crate::kernels::recipe::RecipeKernel;
 use crate::plan::{PlanPreference, QuantizeKind};
 use crate::recipe::Recipe;
 use crate::stream::{Stream, Workspace};
@@ -89,7 +88,7 @@ pub struct QuantizeDynamicPerGroupArgs<'a, TIn, TScale, TOut> {
 #[derive(Debug, Clone)]
 pub struct QuantizeDynamicPerGroupPlan<TIn: Element, TScale: Element, TOut: IntElement> {
     core: PlanCore,
-    kernel: RecipeKernel,
+    engine: RecipeEngine<TIn>,
     types: Types<TIn, TScale, TOut>,
 }
 
@@ -125,17 +124,11 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
         check_recipe(PLAN, &desc.recipe, Some((TOut::KIND, TOut::MIN, TOut::MAX)))?;
         layout.check_pack(PLAN, TOut::KIND, TOut::PACK)?;
         let op = QuantizeKind::QuantizeDynamicPerGroup;
-        let (core, kernel) = select_engine::<TIn, TScale, TOut>(
-            PLAN,
-            op,
-            Some(TOut::KIND),
-            layout,
-            desc.recipe,
-            pref,
-        )?;
+        let (core, engine) =
+            select_engine::<TIn, TScale>(PLAN, op, Some(TOut::KIND), layout, desc.recipe, pref)?;
         Ok(QuantizeDynamicPerGroupPlan {
             core,
-            kernel,
+            engine,
             types: PhantomData,
         })
     }
@@ -194,23 +187,19 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
     ) -> Result<()> {
         let _ = workspace;
         self.can_implement(&args)?;
-        check_offset(PLAN, &self.kernel.recipe, offset.as_ref(), &self.core)?;
+        check_offset(
+            PLAN,
+            &self.engine.kernel.recipe,
+            offset.as_ref(),
+            &self.core,
+        )?;
         let QuantizeDynamicPerGroupArgs {
             input,
             scale,
             zero_point,
             output,
         } = args;
-        let (core, kernel) = (&self.core, &self.kernel);
-        run_engine(
-            core,
-            kernel,
-            stream,
-            input,
-            scale,
-            zero_point,
-            Some(output),
-            offset,
-        )
+        let core = &self.core;
+        (self.engine).run(core, stream, input, scale, zero_point, Some(output), offset)
     }
 }

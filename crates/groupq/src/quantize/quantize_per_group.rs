@@ -157,7 +157,7 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         let op = QuantizeKind::QuantizePerGroup;
         let formula_kernel = FormulaKernel::new(formula, TIn::KIND);
         let lookup = |b: BackendKind| match formula == QuantizeFormula::SPEC {
-            true => TIn::quantize::<TOut>(b).map(Forward::Spec),
+            true => crate::kernels::quantize::<TIn, TOut>(b).map(Forward::Spec),
             false => (b == BackendKind::Scalar).then_some(Forward::Formula(formula_kernel)),
         };
         let aux = Some(TOut::KIND);

@@ -5,20 +5,12 @@ use super::common::{check_code_order, check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind};
 use crate::error::Result;
 use crate::kernels::{row_slice, QuantizeBackwardKernel};
+pub use crate::plan::SteBoundary;
 use crate::plan::{PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 
 const PLAN: &str = "QuantizePerGroupBackwardPlan";
-
-/// Which rounded values pass the gradient through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SteBoundary {
-    /// Only `q_min < r < q_max` (baracuda-kernels' per-group rule).
-    Exclusive,
-    /// `q_min <= r <= q_max` (PyTorch's fake-quantize rule).
-    Inclusive,
-}
 
 /// Describes the backward of a per-group quantization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,8 +107,14 @@ impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         check_code_order(PLAN, desc.q_min, desc.q_max)?;
         let op = QuantizeKind::QuantizePerGroupBackward;
-        let (core, kernel) =
-            PlanCore::new::<TIn, _>(PLAN, op, None, layout, pref, TIn::quantize_backward)?;
+        let (core, kernel) = PlanCore::new::<TIn, _>(
+            PLAN,
+            op,
+            None,
+            layout,
+            pref,
+            crate::kernels::quantize_backward::<TIn>,
+        )?;
         Ok(QuantizePerGroupBackwardPlan {
             core,
             q_min: desc.q_min,

@@ -1,0 +1,195 @@
+//! The run driver of the recipe plans (`ChooseQParamsPerGroupPlan`,
+//! `QuantizeDynamicPerGroupPlan`): recipe validation, kernel selection, and
+//! one pass over the rows that chooses each group's parameters and, for the
+//! dynamic plan, its codes.
+
+use super::common::{Layout, PlanCore, View};
+use crate::element::{Element, ElementKind, IntElement};
+use crate::error::{Error, Result};
+use crate::kernels::recipe::{RecipeKernel, VectorRecipe};
+use crate::kernels::{self, row_slice, Rows};
+use crate::plan::{BackendKind, MathPrecision, PlanPreference, QuantizeKind};
+use crate::recipe::{NonFinitePolicy, Recipe, ZeroPointRule};
+use crate::stream::Stream;
+use crate::tensor::{TensorMut, TensorRef};
+use rayon::prelude::*;
+
+/// A recipe bound to its types, with the vector kernels of the backend
+/// `select` chose (`None`: the scalar engine alone).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RecipeEngine<T> {
+    pub kernel: RecipeKernel,
+    vector: Option<VectorRecipe<T>>,
+}
+
+/// Validates a recipe's code range: `q_min < q_max` (a scale divides by the
+/// number of steps) and, where codes are written, inside `Q`'s range.
+pub(super) fn check_recipe(
+    plan: &str,
+    recipe: &Recipe,
+    codes: Option<(ElementKind, i32, i32)>,
+) -> Result<()> {
+    let (lo, hi) = (recipe.q_min, recipe.q_max);
+    if hi <= lo {
+        return Err(Error::InvalidProblem(format!(
+            "{plan}: recipe q_max {hi} must be greater than q_min {lo}"
+        )));
+    }
+    if let Some((kind, min, max)) = codes {
+        if lo < min || hi > max {
+            return Err(Error::InvalidProblem(format!(
+                "{plan}: recipe [q_min, q_max] = [{lo}, {hi}] is not inside the range of {kind} [{min}, {max}]"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Selects the recipe engine for a plan: a vector backend where it has a
+/// load kernel for the recipe's arithmetic and input `TIn` (and, with
+/// codes, the formula's codes kernel where it has one), else the scalar
+/// engine. The plan's precision guarantee names the recipe's arithmetic:
+/// its intermediate values are held in that dtype.
+pub(super) fn select_engine<TIn: Element, TScale: Element>(
+    plan: &'static str,
+    op: QuantizeKind,
+    aux: Option<ElementKind>,
+    layout: Layout,
+    recipe: Recipe,
+    pref: PlanPreference,
+) -> Result<(PlanCore, RecipeEngine<TIn>)> {
+    let kernel = RecipeKernel::new(recipe, TIn::KIND, TScale::KIND);
+    let with_codes = op == QuantizeKind::QuantizeDynamicPerGroup;
+    let lookup = |b: BackendKind| match b {
+        BackendKind::Scalar => Some(RecipeEngine {
+            kernel,
+            vector: None,
+        }),
+        _ => kernel.vector::<TIn>(b, with_codes).map(|v| RecipeEngine {
+            kernel,
+            vector: Some(v),
+        }),
+    };
+    let (mut core, engine) = PlanCore::new::<TIn, _>(plan, op, aux, layout, pref, lookup)?;
+    let arithmetic = kernel.arithmetic_kind();
+    let guarantee = &mut core.sku.precision_guarantee;
+    guarantee.accumulator = arithmetic;
+    guarantee.math_precision = if arithmetic == ElementKind::F64 {
+        MathPrecision::F64
+    } else {
+        MathPrecision::F32
+    };
+    Ok((core, engine))
+}
+
+/// A `FloatOffset` recipe needs an offset tensor (`InvalidProblem`
+/// otherwise), and a given one must fit `[outer_size, num_groups]`.
+pub(super) fn check_offset<T>(
+    plan: &str,
+    recipe: &Recipe,
+    offset: Option<&TensorMut<'_, T, 2>>,
+    core: &PlanCore,
+) -> Result<()> {
+    match offset {
+        None if recipe.zero_point == ZeroPointRule::FloatOffset => Err(Error::InvalidProblem(
+            format!("{plan}: the recipe writes a float offset per group: call run_with_offset"),
+        )),
+        None => Ok(()),
+        Some(t) => core.check_views(&[], &[View::of_mut("offset", t, core.layout.param_shape())]),
+    }
+}
+
+/// The first group, in row-major order, that holds a NaN or an infinity,
+/// however the rows are split over threads.
+fn first_non_finite<T: Element>(
+    core: &PlanCore,
+    stream: &Stream,
+    input: &TensorRef<'_, T, 2>,
+) -> Option<(usize, usize)> {
+    let l = core.layout;
+    let non_finite = kernels::recipe_non_finite::<T>(core.sku.backend);
+    let bad = |row: usize| {
+        let xs = row_slice(input, row, 0, l.axis);
+        // A whole row at once; the group is looked for only on error.
+        if non_finite.is_some_and(|f| !f(xs)) {
+            return None;
+        }
+        RecipeKernel::first_non_finite(xs, l.group_size).map(|g| (row, g))
+    };
+    match stream.pool() {
+        Some(pool) if l.outer > 1 && l.outer * l.axis >= 1 << 16 => {
+            pool.install(|| (0..l.outer).into_par_iter().find_map_first(bad))
+        }
+        _ => (0..l.outer).find_map(bad),
+    }
+}
+
+/// The rows of an output, or none.
+fn rows<U>(t: Option<TensorMut<'_, U, 2>>) -> Rows<'_, U> {
+    match t {
+        Some(t) => Rows {
+            data: t.data,
+            stride: t.stride[0],
+        },
+        None => Rows {
+            data: &mut [][..],
+            stride: 0,
+        },
+    }
+}
+
+impl<T: Element> RecipeEngine<T> {
+    /// Runs the recipe over a validated problem: checks the input for
+    /// non-finite values first when the recipe says so (nothing is written
+    /// on that error), then per row chooses and stores every group's
+    /// parameters and (when `codes` is given) quantizes the group with the
+    /// stored scale and offset while it is still in L1. `offset` receives
+    /// the float offsets of a `FloatOffset` recipe.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run<TScale: Element, TOut: IntElement>(
+        &self,
+        core: &PlanCore,
+        stream: &Stream,
+        input: TensorRef<'_, T, 2>,
+        scale: TensorMut<'_, TScale, 2>,
+        zero_point: TensorMut<'_, i32, 2>,
+        codes: Option<TensorMut<'_, TOut, 2>>,
+        offset: Option<TensorMut<'_, TScale, 2>>,
+    ) -> Result<()> {
+        let l = core.layout;
+        if l.outer == 0 || l.axis == 0 {
+            return Ok(());
+        }
+        if self.kernel.recipe.non_finite == NonFinitePolicy::Error {
+            if let Some((row, group)) = first_non_finite(core, stream, &input) {
+                return Err(Error::NonFiniteInput { row, group });
+            }
+        }
+        let (with_codes, with_offset) = (codes.is_some(), offset.is_some());
+        let outputs = (
+            rows(Some(scale)),
+            rows(Some(zero_point)),
+            rows(codes),
+            rows(offset),
+        );
+        let vector = self.vector.as_ref();
+        kernels::for_each_row_block(stream, l.outer, l.axis, outputs, &|r0,
+                                                                        n,
+                                                                        (
+            mut s,
+            mut z,
+            mut q,
+            mut m,
+        )| {
+            for i in 0..n {
+                let xs = row_slice(&input, r0 + i, 0, l.axis);
+                let (s_row, z_row) = (s.row(i, l.num_groups), z.row(i, l.num_groups));
+                let q_row = with_codes.then(|| q.row(i, l.axis / TOut::PACK));
+                let m_row = with_offset.then(|| m.row(i, l.num_groups));
+                let k = &self.kernel;
+                k.run_row(vector, xs, l.group_size, s_row, z_row, q_row, m_row);
+            }
+        });
+        Ok(())
+    }
+}
