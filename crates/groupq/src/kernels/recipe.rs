@@ -815,9 +815,11 @@ impl RecipeKernel {
                 }
                 let (s64, m64) = (stored.to_f64(), stored_m.to_f64());
                 chosen[j] = (s64, zv, m64);
-                params[j] = extremes[j].and_then(|e: GroupExtremes| {
-                    self.formula_params(s64, zv, m64, e.max.max(-e.min))
-                });
+                if codes.is_some() {
+                    let reach = |e: GroupExtremes| e.max.max(-e.min);
+                    params[j] =
+                        extremes[j].and_then(|e| self.formula_params(s64, zv, m64, reach(e)));
+                }
             }
             let Some(q) = codes.as_deref_mut() else {
                 g0 += n;
