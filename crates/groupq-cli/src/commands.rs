@@ -472,88 +472,126 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
     let bar = progress(summary.bytes_in, o.quiet, "quantizing");
     let mut weight_map = BTreeMap::new();
     let mut total_size = 0usize;
-    for (shard, list) in ckpt.shards.iter().zip(&actions) {
-        let mut outs: Vec<OutTensor> = Vec::new();
-        // Where each output tensor's bytes come from: part `p` of what input
-        // tensor `i` becomes, or a tensor the format's loader needs beside a
-        // layer.
-        enum Source {
-            Part(usize, usize),
-            Bytes(Vec<u8>),
-        }
-        let mut source = Vec::new();
-        for (i, (t, a)) in shard.tensors.iter().zip(list).enumerate() {
-            let produced = match a {
-                Action::Copy => vec![OutTensor::new(t.name.clone(), t.dtype, t.shape.clone())],
-                Action::Quantize { prefix, n, k, .. } => o.spec.outputs(prefix, t.dtype, *n, *k),
-            };
-            let extra = match t.name.strip_suffix(".weight") {
-                Some(module) if layout.matrices.contains(module) => fmt
-                    .companions(&layout, module, layout.out_in(t).0, t.dtype)
-                    .into_iter()
-                    .filter(|(c, _)| !existing.contains(c.name.as_str()))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            for (p, out) in produced.into_iter().enumerate() {
-                source.push(Source::Part(i, p));
-                outs.push(out);
-            }
-            for (out, bytes) in extra {
-                source.push(Source::Bytes(bytes));
-                outs.push(out);
-            }
-        }
-        for out in &outs {
-            weight_map.insert(out.name.clone(), shard.file_name.clone());
-            total_size += out.bytes();
-        }
-        let mut pending: Vec<Vec<u8>> = Vec::new();
-        let path = staging.tmp.join(&shard.file_name);
-        write_safetensors(
-            &path,
-            &outs,
-            shard.metadata.as_ref(),
-            |j, w: &mut dyn Write| {
-                let (i, part) = match &source[j] {
-                    Source::Part(i, part) => (*i, *part),
-                    Source::Bytes(bytes) => return Ok(w.write_all(bytes)?),
-                };
-                let t = &shard.tensors[i];
-                match &list[i] {
-                    Action::Copy => {
-                        w.write_all(shard.data(t))?;
-                        bar.inc((t.end - t.start) as u64);
-                    }
+    // The weights are quantized on a producer thread, in file order, one
+    // tensor ahead of the writer: reading, quantizing and packing the next
+    // weight (on every core) overlaps writing the previous one and copying
+    // the tensors in between.
+    type Quantized = Result<(Vec<Vec<u8>>, Stats)>;
+    let (send, receive) = std::sync::mpsc::sync_channel::<Quantized>(1);
+    let jobs: Vec<(&crate::checkpoint::TensorInfo, &[u8], usize, usize, bool)> = ckpt
+        .shards
+        .iter()
+        .zip(&actions)
+        .flat_map(|(shard, list)| {
+            shard
+                .tensors
+                .iter()
+                .zip(list)
+                .filter_map(move |(t, a)| match a {
                     Action::Quantize {
                         n, k, transposed, ..
-                    } => {
-                        if part == 0 {
-                            let (bytes, stats) = quantize_tensor(
-                                &o.spec,
-                                &stream,
-                                shard.data(t),
-                                t,
-                                *n,
-                                *k,
-                                *transposed,
-                            )
-                            .with_context(|| format!("quantizing {}", t.name))?;
-                            pending = bytes;
-                            summary.quantized.push(TensorReport {
-                                name: t.name.clone(),
-                                shape: [*n, *k],
-                                stats,
-                            });
+                    } => Some((t, shard.data(t), *n, *k, *transposed)),
+                    Action::Copy => None,
+                })
+        })
+        .collect();
+    std::thread::scope(|scope| -> Result<()> {
+        // Owned here, so that every way out of this closure (an error
+        // included) drops it before the scope waits for the producer, whose
+        // next send then fails and ends it.
+        let receive = receive;
+        let spec = &o.spec;
+        let stream = &stream;
+        scope.spawn(move || {
+            for (t, bytes, n, k, transposed) in jobs {
+                let out = quantize_tensor(spec, stream, bytes, t, n, k, transposed)
+                    .with_context(|| format!("quantizing {}", t.name));
+                let failed = out.is_err();
+                // The writer has stopped (an error): so does the producer.
+                if send.send(out).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for (shard, list) in ckpt.shards.iter().zip(&actions) {
+            let mut outs: Vec<OutTensor> = Vec::new();
+            // Where each output tensor's bytes come from: part `p` of what
+            // input tensor `i` becomes, or a tensor the format's loader
+            // needs beside a layer.
+            enum Source {
+                Part(usize, usize),
+                Bytes(Vec<u8>),
+            }
+            let mut source = Vec::new();
+            for (i, (t, a)) in shard.tensors.iter().zip(list).enumerate() {
+                let produced = match a {
+                    Action::Copy => {
+                        vec![OutTensor::new(t.name.clone(), t.dtype, t.shape.clone())]
+                    }
+                    Action::Quantize { prefix, n, k, .. } => {
+                        o.spec.outputs(prefix, t.dtype, *n, *k)
+                    }
+                };
+                let extra = match t.name.strip_suffix(".weight") {
+                    Some(module) if layout.matrices.contains(module) => fmt
+                        .companions(&layout, module, layout.out_in(t).0, t.dtype)
+                        .into_iter()
+                        .filter(|(c, _)| !existing.contains(c.name.as_str()))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for (p, out) in produced.into_iter().enumerate() {
+                    source.push(Source::Part(i, p));
+                    outs.push(out);
+                }
+                for (out, bytes) in extra {
+                    source.push(Source::Bytes(bytes));
+                    outs.push(out);
+                }
+            }
+            for out in &outs {
+                weight_map.insert(out.name.clone(), shard.file_name.clone());
+                total_size += out.bytes();
+            }
+            let mut pending: Vec<Vec<u8>> = Vec::new();
+            let path = staging.tmp.join(&shard.file_name);
+            write_safetensors(
+                &path,
+                &outs,
+                shard.metadata.as_ref(),
+                |j, w: &mut dyn Write| {
+                    let (i, part) = match &source[j] {
+                        Source::Part(i, part) => (*i, *part),
+                        Source::Bytes(bytes) => return Ok(w.write_all(bytes)?),
+                    };
+                    let t = &shard.tensors[i];
+                    match &list[i] {
+                        Action::Copy => {
+                            w.write_all(shard.data(t))?;
                             bar.inc((t.end - t.start) as u64);
                         }
-                        w.write_all(&pending[part])?;
+                        Action::Quantize { n, k, .. } => {
+                            if part == 0 {
+                                let (bytes, stats) = receive.recv().map_err(|_| {
+                                    anyhow!("internal error: the quantizer stopped")
+                                })??;
+                                pending = bytes;
+                                summary.quantized.push(TensorReport {
+                                    name: t.name.clone(),
+                                    shape: [*n, *k],
+                                    stats,
+                                });
+                                bar.inc((t.end - t.start) as u64);
+                            }
+                            w.write_all(&pending[part])?;
+                        }
                     }
-                }
-                Ok(())
-            },
-        )?;
-    }
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     summary.bytes_out = total_size;
     let mut config = input_config(&ckpt)?;

@@ -261,36 +261,34 @@ impl Stats {
     /// The statistics of a weight against its restored values.
     pub(crate) fn of<T: Storage, R: Storage>(original: &[T], restored: &[R]) -> Stats {
         use rayon::prelude::*;
+        /// Values widened at a time, into buffers on the stack.
+        const BLOCK: usize = 1024;
+        /// Independent sums (a fixed order: deterministic), so that the loop
+        /// is not bound by one addition's latency, and few enough that they
+        /// stay in registers.
+        const LANES: usize = 4;
         let partial: Vec<(f64, f64, f64)> = original
             .par_chunks(Self::CHUNK)
             .zip(restored.par_chunks(Self::CHUNK))
             .map(|(a, b)| {
-                // Widened to f32 in bulk (exact), then summed in f64.
-                let (mut wa, mut wb) = (vec![0f32; a.len()], vec![0f32; b.len()]);
-                T::widen(a, &mut wa);
-                R::widen(b, &mut wb);
-                let (a, b) = (&wa[..], &wb[..]);
-                // Eight independent sums (a fixed order: deterministic), so
-                // the loop is not bound by one addition's latency.
-                let mut acc = [[0.0f64; 8]; 3];
-                let mut add = |i: usize, x: f32, y: f32| {
-                    let (x, y) = (f64::from(x), f64::from(y));
-                    let d = x - y;
-                    acc[0][i] += x * x;
-                    acc[1][i] += d * d;
-                    // (a compare, not f64::max: it vectorizes)
-                    let m = acc[2][i];
-                    acc[2][i] = if d.abs() > m { d.abs() } else { m };
-                };
-                let (ea, eb) = (a.chunks_exact(8), b.chunks_exact(8));
-                let (ra, rb) = (ea.remainder(), eb.remainder());
-                for (xa, xb) in ea.zip(eb) {
-                    for i in 0..8 {
-                        add(i, xa[i], xb[i]);
+                let mut acc = [[0.0f64; LANES]; 3];
+                let (mut wa, mut wb) = ([0f32; BLOCK], [0f32; BLOCK]);
+                for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+                    // Widened to f32 in bulk (exact), then summed in f64.
+                    let (wa, wb) = (&mut wa[..a.len()], &mut wb[..b.len()]);
+                    T::widen(a, wa);
+                    R::widen(b, wb);
+                    let [signal, noise, max] = &mut acc;
+                    for (xa, xb) in wa.chunks(LANES).zip(wb.chunks(LANES)) {
+                        for i in 0..xa.len() {
+                            let (x, y) = (f64::from(xa[i]), f64::from(xb[i]));
+                            let d = x - y;
+                            signal[i] += x * x;
+                            noise[i] += d * d;
+                            // (a compare, not f64::max: it vectorizes)
+                            max[i] = if d.abs() > max[i] { d.abs() } else { max[i] };
+                        }
                     }
-                }
-                for (i, (&x, &y)) in ra.iter().zip(rb).enumerate() {
-                    add(i, x, y);
                 }
                 let [signal, noise, max] = acc;
                 (

@@ -296,7 +296,7 @@ pub(crate) type RecipeCheckKernel<T> = fn(&[T]) -> bool;
 /// A group's extremes after rounding to a recipe's arithmetic: `min`,
 /// `max` (which zero a `±0` extreme carries is left open) and the first
 /// value of largest magnitude (0 unless asked for).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct GroupExtremes {
     pub min: f32,
     pub max: f32,
@@ -316,7 +316,7 @@ pub(crate) struct GroupExtremes {
 /// `|x / s| >= 2^-2`. Smaller quotients may be off by an ulp, but every
 /// finishing step maps all values in `(-1/4, 1/4)` to one code (each code
 /// boundary lies at `|v| >= 1/2`), so the codes are the divider's.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct FormulaParams {
     pub s: f32,
     pub inv: f32,
@@ -328,9 +328,11 @@ pub(crate) struct FormulaParams {
 }
 
 /// A recipe's load kernel: `xs` rounded to the arithmetic into `buf` (at
-/// least as long), and their extremes, or `None` (a NaN or infinite value:
-/// the scalar engine takes the group).
-pub(crate) type RecipeLoadKernel<T> = fn(&[T], &mut [f32]) -> Option<GroupExtremes>;
+/// least as long), and their extremes into the third argument; `false` for
+/// a NaN or infinite value (the scalar engine takes the group). Results
+/// travel through plain `f32` fields, not a returned struct, so that the
+/// caller's reads of them are forwarded from the kernel's stores.
+pub(crate) type RecipeLoadKernel<T> = fn(&[T], &mut [f32], &mut GroupExtremes) -> bool;
 /// The finishing steps of a recipe formula: how `v = x ⊘ s` becomes an
 /// integral value, as a const parameter of the vector codes kernels.
 pub(crate) mod finish {

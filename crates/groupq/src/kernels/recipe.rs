@@ -574,26 +574,31 @@ pub(crate) struct VectorRecipe<T> {
 
 /// The extremes of a group loaded by `load` in chunks of [`CHUNK`] into
 /// `values` (at least `min(xs.len(), CHUNK)` long; a group of one chunk
-/// stays there), or `None` if a chunk has a non-finite value. The first
-/// largest magnitude is the earliest chunk's on ties.
-fn load_group<T>(load: RecipeLoadKernel<T>, xs: &[T], values: &mut [f32]) -> Option<GroupExtremes> {
-    let mut e: Option<GroupExtremes> = None;
-    for chunk in xs.chunks(CHUNK) {
-        let c = load(chunk, values)?;
-        e = Some(match e {
-            None => c,
-            Some(a) => GroupExtremes {
-                min: a.min.min(c.min),
-                max: a.max.max(c.max),
-                signed_absmax: if c.signed_absmax.abs() > a.signed_absmax.abs() {
-                    c.signed_absmax
-                } else {
-                    a.signed_absmax
-                },
-            },
-        });
+/// stays there), written to `e`; `false` if a chunk has a non-finite
+/// value. The first largest magnitude is the earliest chunk's on ties.
+fn load_group<T>(
+    load: RecipeLoadKernel<T>,
+    xs: &[T],
+    values: &mut [f32],
+    e: &mut GroupExtremes,
+) -> bool {
+    let mut chunks = xs.chunks(CHUNK);
+    match chunks.next() {
+        Some(first) if load(first, values, e) => {}
+        _ => return false,
     }
-    e
+    let mut c = GroupExtremes::default();
+    for chunk in chunks {
+        if !load(chunk, values, &mut c) {
+            return false;
+        }
+        e.min = e.min.min(c.min);
+        e.max = e.max.max(c.max);
+        if c.signed_absmax.abs() > e.signed_absmax.abs() {
+            e.signed_absmax = c.signed_absmax;
+        }
+    }
+    true
 }
 
 /// Code bytes (one code's low byte each) into storage units: one per unit,
@@ -705,7 +710,7 @@ impl RecipeKernel {
     /// or `None` where they cannot stand for the group: with a float
     /// offset a zero minimum is the offset, and the scalar engine fixes
     /// which zero it is.
-    fn params_from(&self, e: GroupExtremes) -> Option<(f64, i32, f64)> {
+    fn params_from(&self, e: &GroupExtremes) -> Option<(f64, i32, f64)> {
         if self.recipe.zero_point == ZeroPointRule::FloatOffset && e.min == 0.0 {
             return None;
         }
@@ -727,7 +732,14 @@ impl RecipeKernel {
     /// when the vector kernel can take them: all exact in f32 (`|z| <
     /// 2^22`, so `z + 0.5` is too), `s` finite and non-zero, `rd(1 / s)`
     /// finite.
-    fn formula_params(&self, s: f64, z: i32, offset: f64, amax: f32) -> Option<FormulaParams> {
+    fn formula_params(
+        &self,
+        s: f64,
+        z: i32,
+        offset: f64,
+        amax: f32,
+        p: &mut FormulaParams,
+    ) -> bool {
         let (s32, m32) = (s as f32, offset as f32);
         let exact = f64::from(s32).to_bits() == s.to_bits() && f64::from(m32) == offset;
         let inv = self.quant.arith.r(1.0 / s) as f32;
@@ -737,29 +749,26 @@ impl RecipeKernel {
             || s32 == 0.0
             || !inv.is_finite()
         {
-            return None;
+            return false;
         }
         let f = &self.recipe.quantize;
         let half_up =
             f.rounding == Rounding::HalfUp && f.zero_point_stage == ZeroPointStage::BeforeRounding;
-        let c = if half_up { z as f32 + 0.5 } else { z as f32 };
         // See `FormulaParams::fast_divide`; the offset's subtraction can at
         // most add its magnitude.
-        let a = s32.abs();
-        let reach = f64::from(amax) + offset.abs();
         const LO: f32 = f32::from_bits((127 - 96) << 23); // 2^-96
         const HI: f32 = f32::from_bits((127 + 96) << 23); // 2^96
         const REACH: f64 = f64::from_bits((1023 + 120) << 52); // 2^120
-        let fast_divide = (LO..=HI).contains(&a) && reach < f64::from(a) * REACH;
-        Some(FormulaParams {
-            fast_divide,
-            s: s32,
-            inv,
-            c,
-            offset: m32,
-            lo: self.recipe.q_min as f32,
-            hi: self.recipe.q_max as f32,
-        })
+        let a = s32.abs();
+        let reach = f64::from(amax) + offset.abs();
+        p.fast_divide = (LO..=HI).contains(&a) && reach < f64::from(a) * REACH;
+        p.s = s32;
+        p.inv = inv;
+        p.c = if half_up { z as f32 + 0.5 } else { z as f32 };
+        p.offset = m32;
+        p.lo = self.recipe.q_min as f32;
+        p.hi = self.recipe.q_max as f32;
+        true
     }
 
     /// Chooses and stores the parameters of every group of one row, and
@@ -780,8 +789,12 @@ impl RecipeKernel {
     ) {
         let mut values = [0f32; CHUNK];
         let mut bytes = [0u8; CHUNK];
-        let mut extremes = [None; BATCH];
-        let mut params = [None; BATCH];
+        // Per group of a batch, in plain arrays (no `Option` of a struct:
+        // the kernels' field stores then forward to the reads here).
+        let mut extremes = [GroupExtremes::default(); BATCH];
+        let mut loaded = [false; BATCH];
+        let mut params = [FormulaParams::default(); BATCH];
+        let mut vectorized = [false; BATCH];
         let mut chosen = [(0.0, 0, 0.0); BATCH];
         let units = gs / Q::PACK;
         // Groups are taken in batches that fit the buffer: all loads, then
@@ -789,6 +802,7 @@ impl RecipeKernel {
         // then all codes, each group still in L1.
         let batch = (CHUNK / gs).clamp(1, BATCH);
         let num_groups = xs.len() / gs;
+        let kernels = vector.and_then(|v| Some((v.load, v.codes?)));
         let mut g0 = 0;
         while g0 < num_groups {
             let n = batch.min(num_groups - g0);
@@ -799,14 +813,17 @@ impl RecipeKernel {
                 } else {
                     &mut values[..]
                 };
-                extremes[j] = vector.and_then(|v| load_group(v.load, group, buf));
+                loaded[j] =
+                    vector.is_some_and(|v| load_group(v.load, group, buf, &mut extremes[j]));
             }
             for j in 0..n {
                 let (g, group) = (g0 + j, &xs[(g0 + j) * gs..][..gs]);
-                let (sv, zv, mv) = match extremes[j].and_then(|e| self.params_from(e)) {
-                    Some(p) => p,
-                    None => self.params(group),
+                let from_extremes = if loaded[j] {
+                    self.params_from(&extremes[j])
+                } else {
+                    None
                 };
+                let (sv, zv, mv) = from_extremes.unwrap_or_else(|| self.params(group));
                 let (stored, stored_m) = (TScale::from_f64(sv), TScale::from_f64(mv));
                 scale[g] = stored;
                 zero_point[g] = zv;
@@ -815,32 +832,35 @@ impl RecipeKernel {
                 }
                 let (s64, m64) = (stored.to_f64(), stored_m.to_f64());
                 chosen[j] = (s64, zv, m64);
-                if codes.is_some() {
-                    let reach = |e: GroupExtremes| e.max.max(-e.min);
-                    params[j] =
-                        extremes[j].and_then(|e| self.formula_params(s64, zv, m64, reach(e)));
-                }
+                vectorized[j] = codes.is_some() && kernels.is_some() && loaded[j] && {
+                    let reach = extremes[j].max.max(-extremes[j].min);
+                    self.formula_params(s64, zv, m64, reach, &mut params[j])
+                };
             }
             let Some(q) = codes.as_deref_mut() else {
                 g0 += n;
                 continue;
             };
-            let kernels = vector.and_then(|v| Some((v.load, v.codes?)));
             for j in 0..n {
                 let (g, group) = (g0 + j, &xs[(g0 + j) * gs..][..gs]);
                 let out = &mut q[g * units..(g + 1) * units];
-                match (kernels, params[j]) {
-                    (Some((_, codes)), Some(p)) if gs <= CHUNK => {
+                match kernels {
+                    Some((_, codes)) if vectorized[j] && gs <= CHUNK => {
                         let range = j * gs..(j + 1) * gs;
-                        codes(&values[range.clone()], &p, &mut bytes[range.clone()]);
+                        codes(
+                            &values[range.clone()],
+                            &params[j],
+                            &mut bytes[range.clone()],
+                        );
                         emit(&bytes[range], out);
                     }
-                    (Some((load, codes)), Some(p)) => {
+                    Some((load, codes)) if vectorized[j] => {
                         // A long group: loaded again, chunk by chunk.
+                        let mut e = GroupExtremes::default();
                         let chunks = group.chunks(CHUNK).zip(out.chunks_mut(CHUNK / Q::PACK));
                         for (xs, out) in chunks {
-                            load(xs, &mut values);
-                            codes(&values[..xs.len()], &p, &mut bytes);
+                            load(xs, &mut values, &mut e);
+                            codes(&values[..xs.len()], &params[j], &mut bytes);
                             emit(&bytes[..xs.len()], out);
                         }
                     }

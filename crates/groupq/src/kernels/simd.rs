@@ -651,15 +651,16 @@ pub(crate) unsafe fn recipe_non_finite<S: Isa, T: F32Lanes<S>>(xs: &[T]) -> bool
 }
 
 /// Loads `xs` rounded by `R` (the recipe's arithmetic) into `buf` (as long
-/// as `xs`) and returns their extremes, or `None` when a value is NaN or
-/// infinite (the scalar engine then takes the group). `ABS`: also the first
+/// as `xs`) and writes their extremes to `e`; `false` when a value is NaN
+/// or infinite (the scalar engine then takes the group). `ABS`: also the first
 /// value of largest magnitude (ggml's rule), else `signed_absmax` is 0.
 /// Which zero a `±0` extreme carries is left open.
 #[inline(always)]
 pub(crate) unsafe fn recipe_load<S: Isa, T: F32Lanes<S>, R: LaneRound<S>, const ABS: bool>(
     xs: &[T],
     buf: &mut [f32],
-) -> Option<GroupExtremes>
+    e: &mut GroupExtremes,
+) -> bool
 where
     f32: F32Lanes<S>,
 {
@@ -695,7 +696,7 @@ where
     let [mins, maxs, flags] = &lanes;
     for ((&a, &b), &f) in mins.iter().zip(maxs).zip(flags).take(S::LANES) {
         if f.is_nan() {
-            return None;
+            return false;
         }
         lo = lo.min(a);
         hi = hi.max(b);
@@ -703,7 +704,7 @@ where
     for (x, b) in xs[full..].iter().zip(&mut buf[full..]) {
         let v = R::rd1(x.to_math());
         if !v.is_finite() {
-            return None;
+            return false;
         }
         *b = v;
         lo = lo.min(v);
@@ -715,14 +716,16 @@ where
         // when every value is a zero: then +0).
         let amax = hi.max(-lo);
         if amax > 0.0 {
-            signed_absmax = buf.iter().copied().find(|v| v.abs() == amax)?;
+            match buf.iter().copied().find(|v| v.abs() == amax) {
+                Some(v) => signed_absmax = v,
+                None => return false,
+            }
         }
     }
-    Some(GroupExtremes {
-        min: lo,
-        max: hi,
-        signed_absmax,
-    })
+    e.min = lo;
+    e.max = hi;
+    e.signed_absmax = signed_absmax;
+    true
 }
 
 pub(crate) use super::finish;
@@ -924,31 +927,34 @@ macro_rules! simd_entry_points {
         unsafe fn recipe_load_tf<T, R, const ABS: bool>(
             xs: &[T],
             buf: &mut [f32],
-        ) -> Option<crate::kernels::GroupExtremes>
+            e: &mut crate::kernels::GroupExtremes,
+        ) -> bool
         where
             T: crate::kernels::simd::F32Lanes<$isa>,
             R: crate::kernels::simd::LaneRound<$isa>,
         {
-            crate::kernels::simd::recipe_load::<$isa, T, R, ABS>(xs, buf)
+            crate::kernels::simd::recipe_load::<$isa, T, R, ABS>(xs, buf, e)
         }
 
         /// A run of values rounded to a recipe's arithmetic, into `buf`,
-        /// and their extremes (`None`: the scalar engine takes the group).
+        /// and their extremes into `e` (`false`: the scalar engine takes
+        /// the group).
         pub(crate) fn recipe_load<T, R, const ABS: bool>(
             xs: &[T],
             buf: &mut [f32],
-        ) -> Option<crate::kernels::GroupExtremes>
+            e: &mut crate::kernels::GroupExtremes,
+        ) -> bool
         where
             T: crate::kernels::simd::F32Lanes<$isa>,
             R: crate::kernels::simd::LaneRound<$isa>,
         {
             if !available() || buf.len() < xs.len() {
-                return None;
+                return false;
             }
             // SAFETY: the CPU has the features (checked above); the kernel
             // reads inside `xs` and writes inside `buf[..xs.len()]`, which
             // exists (checked above).
-            unsafe { recipe_load_tf::<T, R, ABS>(xs, buf) }
+            unsafe { recipe_load_tf::<T, R, ABS>(xs, buf, e) }
         }
 
         #[target_feature(enable = $features)]
