@@ -111,6 +111,16 @@ fn pack(
     Ok(words)
 }
 
+/// Eight 4-bit codes (each byte below 16) as one word, byte `t` at bit
+/// `4t`: neighbouring nibbles merged pairwise, then bytes, then halves.
+#[inline(always)]
+fn nibble_word(b: [u8; 8]) -> i32 {
+    let x = u64::from_le_bytes(b);
+    let x = (x | (x >> 4)) & 0x00ff_00ff_00ff_00ff;
+    let x = (x | (x >> 8)) & 0x0000_ffff_0000_ffff;
+    (x | (x >> 16)) as u32 as i32
+}
+
 /// Codes already known to fit `bits` as one word, slot `t` at bit `t·bits`:
 /// the fast packers' inner step.
 #[inline(always)]
@@ -220,6 +230,12 @@ pub fn gptq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i
         // is read once, in order.
         let mut words = vec![0i32; k / pf * n];
         for (j, row) in codes.chunks_exact(k).enumerate() {
+            if bits == 4 {
+                for (i, run) in row.as_chunks::<8>().0.iter().enumerate() {
+                    words[i * n + j] = nibble_word(*run);
+                }
+                continue;
+            }
             for (i, run) in row.chunks_exact(pf).enumerate() {
                 words[i * n + j] = word_of(run.iter().map(|&c| u32::from(c)), bits);
             }
@@ -371,8 +387,14 @@ pub fn awq_qweight(codes: &[u8], n: usize, k: usize, bits: u32) -> Result<Vec<i3
         let (cols, mut words) = (n / pf, vec![0i32; k * (n / pf)]);
         for (o, rows) in codes.chunks_exact(pf * k).enumerate() {
             for r in 0..k {
-                let run = slots.iter().map(|&slot| u32::from(rows[slot * k + r]));
-                words[r * cols + o] = word_of(run, bits);
+                words[r * cols + o] = if bits == 4 {
+                    nibble_word(std::array::from_fn(|t| rows[slots[t] * k + r]))
+                } else {
+                    word_of(
+                        slots.iter().map(|&slot| u32::from(rows[slot * k + r])),
+                        bits,
+                    )
+                };
             }
         }
         return Ok(words);
@@ -448,7 +470,10 @@ pub fn compressed_tensors_weight(codes: &[i8], n: usize, k: usize, bits: u32) ->
             .all(|&c| (0..=max).contains(&(i32::from(c) + off)))
         {
             let word = |run: &[i8]| word_of(run.iter().map(|&c| (i32::from(c) + off) as u32), bits);
+            // (The range check above makes `c + off` a byte below 16.)
+            let nibbles = |run: &[i8; 8]| nibble_word(run.map(|c| (i32::from(c) + off) as u8));
             return Ok(match pf {
+                8 if bits == 4 => codes.as_chunks::<8>().0.iter().map(nibbles).collect(),
                 8 => codes.chunks_exact(8).map(word).collect(),
                 4 => codes.chunks_exact(4).map(word).collect(),
                 _ => codes.chunks_exact(pf).map(word).collect(),

@@ -738,3 +738,156 @@ fn vector_backends_on_large_problems() {
         vector_equals_scalar::<f32, f32, u8>((4, 4100, 2050), Recipe::gguf_q4_0(), seed);
     }
 }
+
+/// `QuantizePerGroupPlan` with formula `formula` pinned to `backend`;
+/// `None` when the CPU lacks it.
+fn formula_on<T: Element, Q: IntElement>(
+    (x, s, z): (&[T], &[T], &[i32]),
+    (m, k, g): (usize, usize, usize),
+    (formula, q_min, q_max): (groupq::recipe::QuantizeFormula, i32, i32),
+    backend: BackendKind,
+    threads: usize,
+) -> Option<Vec<Q>> {
+    let stream = Stream::cpu_with_threads(threads).unwrap();
+    let desc = QuantizePerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        q_min,
+        q_max,
+        input_element: T::KIND,
+        output_element: Q::KIND,
+    };
+    let pref = PlanPreference {
+        prefer_backend: Some(backend),
+        ..Default::default()
+    };
+    let plan =
+        match QuantizePerGroupPlan::<T, Q>::select_with_formula(&stream, &desc, formula, pref) {
+            Ok(p) => p,
+            Err(Error::Unsupported(_)) => return None,
+            Err(e) => panic!("{backend:?}: {e}"),
+        };
+    let mut q = vec![Q::default(); m * k / Q::PACK];
+    let args = QuantizePerGroupArgs {
+        input: TensorRef::new(x, [m, k]).unwrap(),
+        scale: TensorRef::new(s, [m, k / g]).unwrap(),
+        zero_point: TensorRef::new(z, [m, k / g]).unwrap(),
+        output: TensorMut::new(&mut q, [m, k / Q::PACK]).unwrap(),
+    };
+    plan.run(&stream, Workspace::None, args).unwrap();
+    Some(q)
+}
+
+/// Caller-given scales and zero points as they come: ordinary, zero,
+/// negative, tiny, huge, NaN and infinite scales; zero points inside and far
+/// outside the code range.
+fn given_params<T: Element>(n: usize, seed: u64, (q_min, q_max): (i32, i32)) -> (Vec<T>, Vec<i32>) {
+    let mut state = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|_| {
+            let r = next();
+            let s = match r % 16 {
+                0 => 0.0,
+                1 => -0.05,
+                2 => 1e-30,
+                3 => 3e30,
+                4 => f64::NAN,
+                5 => f64::INFINITY,
+                6 => 0.02,
+                _ => ((r >> 8) % 1000 + 1) as f64 / 997.0,
+            };
+            let z = match (r >> 20) % 8 {
+                0 => 1 << 23,
+                1 => -5000,
+                _ => q_min + ((r >> 24) % (q_max - q_min + 1) as u64) as i32,
+            };
+            (T::from_f64(s), z)
+        })
+        .unzip()
+}
+
+/// Every vector backend this CPU has equals the scalar engine for one
+/// formula on caller-given parameters, one code per byte and packed.
+fn formula_equals_scalar<T: Element, Q: IntElement>(
+    shape: (usize, usize, usize),
+    formula: (groupq::recipe::QuantizeFormula, i32, i32),
+    seed: u64,
+) {
+    let x: Vec<T> = special_values(shape.0 * shape.1, seed);
+    let (s, z) = given_params::<T>(shape.0 * shape.1 / shape.2, seed, (formula.1, formula.2));
+    let inputs = (&x[..], &s[..], &z[..]);
+    let want = formula_on::<T, Q>(inputs, shape, formula, BackendKind::Scalar, 1).unwrap();
+    for backend in VECTOR_BACKENDS {
+        for threads in [1, 3] {
+            if let Some(got) = formula_on::<T, Q>(inputs, shape, formula, backend, threads) {
+                let what = format!(
+                    "{backend:?} {threads} threads {}→{} {formula:?}",
+                    T::KIND,
+                    Q::KIND
+                );
+                assert!(got == want, "codes: {what}");
+            }
+        }
+    }
+}
+
+fn formulas_all<T: Element>(shape: (usize, usize, usize), seed: u64) {
+    let spec = groupq::recipe::QuantizeFormula::SPEC;
+    let mut signed = vec![(spec, -128, 127), (spec, -8, 7)];
+    let mut unsigned = vec![(spec, 0, 255), (spec, 0, 15)];
+    for r in presets(true) {
+        signed.push((r.quantize, r.q_min, r.q_max));
+    }
+    for r in presets(false).into_iter().chain([Recipe::gguf_q4_1()]) {
+        unsigned.push((r.quantize, r.q_min, r.q_max));
+    }
+    let even = shape.2.is_multiple_of(2);
+    for f in signed {
+        formula_equals_scalar::<T, i8>(shape, f, seed);
+        if even && f.1 >= -8 && f.2 <= 7 {
+            formula_equals_scalar::<T, S4>(shape, f, seed);
+        }
+    }
+    for f in unsigned {
+        formula_equals_scalar::<T, u8>(shape, f, seed);
+        if even && f.2 <= 15 {
+            formula_equals_scalar::<T, U4>(shape, f, seed);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// `select_with_formula` (and SPEC §3.1 with packed codes) on the vector
+    /// backends equals the scalar engine bit for bit.
+    #[test]
+    fn formula_backends_equal_the_scalar_engine(
+        m in 1usize..4,
+        groups in 1usize..4,
+        g in prop::sample::select(vec![1usize, 2, 8, 17, 32, 128]),
+        seed in any::<u64>(),
+    ) {
+        let shape = (m, groups * g, g);
+        formulas_all::<f32>(shape, seed);
+        formulas_all::<bf16>(shape, seed);
+        formulas_all::<f16>(shape, seed);
+    }
+}
+
+#[test]
+fn formula_backends_on_large_problems() {
+    let spec = groupq::recipe::QuantizeFormula::SPEC;
+    let ct = Recipe::compressed_tensors_w4a16();
+    formula_equals_scalar::<bf16, S4>((96, 1024, 128), (spec, -8, 7), 3);
+    formula_equals_scalar::<bf16, i8>((96, 1024, 128), (ct.quantize, -8, 7), 3);
+    // Groups longer than the load buffer.
+    formula_equals_scalar::<f32, U4>((4, 6144, 3072), (Recipe::gguf_q4_0().quantize, 0, 15), 5);
+}

@@ -441,6 +441,120 @@ impl FormulaKernel {
         (f.rounding == Rounding::TiesEven).then_some((self.arith.0, divide, before))
     }
 
+    /// The formula's vector form, `(divide, finishing steps)`, when a
+    /// vector codes kernel computes it: the fused reciprocal-add (one
+    /// rounding of an f64 sum) stays scalar, as do the rounding/stage pairs
+    /// no preset uses.
+    pub fn vector_form(&self) -> Option<(bool, u8)> {
+        use super::finish as fin;
+        let f = &self.formula;
+        let divide = match f.scale_application {
+            ScaleApplication::Divide => true,
+            ScaleApplication::ReciprocalMultiply => false,
+            ScaleApplication::ReciprocalMultiplyFused => return None,
+        };
+        let finish = match (f.rounding, f.zero_point_stage) {
+            (Rounding::TiesEven, ZeroPointStage::BeforeRounding) => fin::EVEN_BEFORE,
+            (Rounding::TiesEven, ZeroPointStage::AfterRounding) => fin::EVEN_AFTER,
+            (Rounding::TiesAway, ZeroPointStage::BeforeRounding) => fin::AWAY_BEFORE,
+            (Rounding::HalfUp, ZeroPointStage::BeforeRounding) => fin::HALF_UP_BEFORE,
+            _ => return None,
+        };
+        Some((divide, finish))
+    }
+
+    /// The vector kernels backend `b` has for this formula on inputs `T`
+    /// and codes of at most 8 bits: a load kernel rounding to the
+    /// formula's arithmetic, and the codes kernel.
+    pub fn vector<T: Element>(&self, b: BackendKind) -> Option<VectorRecipe<T>> {
+        let (divide, fin) = self.vector_form()?;
+        let round = self.arith.0;
+        let load = super::recipe_load::<T>(b, round, false)?;
+        let codes = Some(super::recipe_codes(b, round, divide, fin)?);
+        Some(VectorRecipe { load, codes })
+    }
+
+    /// The vector formula's values for a group with scale `s`, zero point
+    /// `z` and offset, whose values are at most `amax` in magnitude, codes
+    /// in `[lo, hi]`, when the vector kernel can take them: all exact in f32
+    /// (`|z| < 2^22`, so `z + 0.5` is too), `s` finite and non-zero,
+    /// `rd(1 / s)` finite.
+    pub fn formula_params(
+        &self,
+        s: f64,
+        z: i32,
+        offset: f64,
+        amax: f32,
+        (lo, hi): (i32, i32),
+        p: &mut FormulaParams,
+    ) -> bool {
+        let (s32, m32) = (s as f32, offset as f32);
+        let exact = f64::from(s32).to_bits() == s.to_bits() && f64::from(m32) == offset;
+        let inv = self.arith.r(1.0 / s) as f32;
+        if !exact
+            || z.unsigned_abs() >= 1 << 22
+            || !s32.is_finite()
+            || s32 == 0.0
+            || !inv.is_finite()
+        {
+            return false;
+        }
+        let f = &self.formula;
+        let half_up =
+            f.rounding == Rounding::HalfUp && f.zero_point_stage == ZeroPointStage::BeforeRounding;
+        // See `FormulaParams::fast_divide`; the offset's subtraction can at
+        // most add its magnitude.
+        const LO: f32 = f32::from_bits((127 - 96) << 23); // 2^-96
+        const HI: f32 = f32::from_bits((127 + 96) << 23); // 2^96
+        const REACH: f64 = f64::from_bits((1023 + 120) << 52); // 2^120
+        let a = s32.abs();
+        let reach = f64::from(amax) + offset.abs();
+        p.fast_divide = (LO..=HI).contains(&a) && reach < f64::from(a) * REACH;
+        p.s = s32;
+        p.inv = inv;
+        p.c = if half_up { z as f32 + 0.5 } else { z as f32 };
+        p.offset = m32;
+        p.lo = lo as f32;
+        p.hi = hi as f32;
+        true
+    }
+
+    /// [`quantize_groups`](Self::quantize_groups) with the vector kernels
+    /// of `vector`: per chunk of a group, the codes kernel where the values
+    /// are finite and the formula takes the group's scale, the scalar path
+    /// otherwise (the formula is elementwise, so the two mix freely).
+    #[allow(clippy::too_many_arguments)]
+    pub fn quantize_groups_vector<T: Element, Q: IntElement>(
+        &self,
+        vector: &VectorRecipe<T>,
+        x: &[T],
+        scale: &[T],
+        zero_point: &[i32],
+        out: &mut [Q],
+        gs: usize,
+        (q_min, q_max): (i32, i32),
+    ) {
+        let mut values = [0f32; CHUNK];
+        let mut bytes = [0u8; CHUNK];
+        let (mut e, mut p) = (GroupExtremes::default(), FormulaParams::default());
+        let units = gs / Q::PACK;
+        let groups = x.chunks_exact(gs).zip(out.chunks_exact_mut(units));
+        for ((xs, os), (&s, &z)) in groups.zip(scale.iter().zip(zero_point)) {
+            let s = s.to_f64();
+            for (xs, os) in xs.chunks(CHUNK).zip(os.chunks_mut(CHUNK / Q::PACK)) {
+                let ready = (vector.load)(xs, &mut values, &mut e)
+                    && self.formula_params(s, z, 0.0, e.max.max(-e.min), (q_min, q_max), &mut p);
+                match vector.codes {
+                    Some(codes) if ready => {
+                        codes(&values[..xs.len()], &p, &mut bytes);
+                        emit(&bytes[..xs.len()], os);
+                    }
+                    _ => self.quantize_group(xs, s, z, 0.0, os, q_min, q_max),
+                }
+            }
+        }
+    }
+
     pub fn new(formula: QuantizeFormula, input: ElementKind) -> FormulaKernel {
         FormulaKernel {
             formula,
@@ -666,30 +780,14 @@ impl RecipeKernel {
         self.quant.arith.0
     }
 
-    /// The formula's vector form, `(divide, finishing steps)`, when a
-    /// vector codes kernel computes it: the values it takes are rounded to
-    /// the choose arithmetic, so both arithmetics must agree; the fused
-    /// reciprocal-add (one rounding of an f64 sum) stays scalar, as do the
-    /// rounding/stage pairs no preset uses.
+    /// The formula's vector form (see [`FormulaKernel::vector_form`]); the
+    /// values the codes kernel takes are rounded to the choose arithmetic,
+    /// so both arithmetics must agree.
     fn vector_form(&self) -> Option<(bool, u8)> {
-        use super::finish as fin;
-        let f = &self.recipe.quantize;
         if self.quant.arith != self.choose {
             return None;
         }
-        let divide = match f.scale_application {
-            ScaleApplication::Divide => true,
-            ScaleApplication::ReciprocalMultiply => false,
-            ScaleApplication::ReciprocalMultiplyFused => return None,
-        };
-        let finish = match (f.rounding, f.zero_point_stage) {
-            (Rounding::TiesEven, ZeroPointStage::BeforeRounding) => fin::EVEN_BEFORE,
-            (Rounding::TiesEven, ZeroPointStage::AfterRounding) => fin::EVEN_AFTER,
-            (Rounding::TiesAway, ZeroPointStage::BeforeRounding) => fin::AWAY_BEFORE,
-            (Rounding::HalfUp, ZeroPointStage::BeforeRounding) => fin::HALF_UP_BEFORE,
-            _ => return None,
-        };
-        Some((divide, finish))
+        self.quant.vector_form()
     }
 
     /// The vector kernels backend `b` has for this recipe on inputs `T`
@@ -727,11 +825,8 @@ impl RecipeKernel {
         ))
     }
 
-    /// The vector formula's values for a group with stored scale `s`, zero
-    /// point `z` and offset, whose values are at most `amax` in magnitude,
-    /// when the vector kernel can take them: all exact in f32 (`|z| <
-    /// 2^22`, so `z + 0.5` is too), `s` finite and non-zero, `rd(1 / s)`
-    /// finite.
+    /// The vector formula's values for a group (see
+    /// [`FormulaKernel::formula_params`]).
     fn formula_params(
         &self,
         s: f64,
@@ -740,35 +835,8 @@ impl RecipeKernel {
         amax: f32,
         p: &mut FormulaParams,
     ) -> bool {
-        let (s32, m32) = (s as f32, offset as f32);
-        let exact = f64::from(s32).to_bits() == s.to_bits() && f64::from(m32) == offset;
-        let inv = self.quant.arith.r(1.0 / s) as f32;
-        if !exact
-            || z.unsigned_abs() >= 1 << 22
-            || !s32.is_finite()
-            || s32 == 0.0
-            || !inv.is_finite()
-        {
-            return false;
-        }
-        let f = &self.recipe.quantize;
-        let half_up =
-            f.rounding == Rounding::HalfUp && f.zero_point_stage == ZeroPointStage::BeforeRounding;
-        // See `FormulaParams::fast_divide`; the offset's subtraction can at
-        // most add its magnitude.
-        const LO: f32 = f32::from_bits((127 - 96) << 23); // 2^-96
-        const HI: f32 = f32::from_bits((127 + 96) << 23); // 2^96
-        const REACH: f64 = f64::from_bits((1023 + 120) << 52); // 2^120
-        let a = s32.abs();
-        let reach = f64::from(amax) + offset.abs();
-        p.fast_divide = (LO..=HI).contains(&a) && reach < f64::from(a) * REACH;
-        p.s = s32;
-        p.inv = inv;
-        p.c = if half_up { z as f32 + 0.5 } else { z as f32 };
-        p.offset = m32;
-        p.lo = self.recipe.q_min as f32;
-        p.hi = self.recipe.q_max as f32;
-        true
+        let range = (self.recipe.q_min, self.recipe.q_max);
+        self.quant.formula_params(s, z, offset, amax, range, p)
     }
 
     /// Chooses and stores the parameters of every group of one row, and

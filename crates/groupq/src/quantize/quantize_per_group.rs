@@ -3,7 +3,7 @@
 use super::common::{check_code_range, check_kind, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
-use crate::kernels::recipe::FormulaKernel;
+use crate::kernels::recipe::{FormulaKernel, VectorRecipe};
 use crate::kernels::{row_slice, QuantizeKernel};
 use crate::plan::BackendKind;
 use crate::plan::{PlanPreference, QuantizeKind};
@@ -91,11 +91,14 @@ pub struct QuantizePerGroupPlan<TIn: Element, TOut: IntElement> {
     kernel: Forward<TIn, TOut>,
 }
 
-/// The forward's arithmetic: SPEC §3.1 on any backend, or another formula
-/// on the scalar backend.
+/// The forward's arithmetic: SPEC §3.1's kernel (one code per byte on a
+/// vector backend, any codes on the scalar one), a formula on the recipe
+/// engine's vector kernels (other formulas, and packed codes), or a formula
+/// on the scalar engine.
 #[derive(Debug, Clone, Copy)]
 enum Forward<TIn, TOut> {
     Spec(QuantizeKernel<TIn, TOut>),
+    Vector(FormulaKernel, VectorRecipe<TIn>),
     Formula(FormulaKernel),
 }
 
@@ -119,21 +122,40 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
     /// §3.1's: a recipe's [`Recipe::quantize`](crate::recipe::Recipe) (for
     /// example PyTorch's reciprocal multiply, or torchao's zero point after
     /// rounding in the input dtype), applied to caller-given scales and zero
-    /// points. Formulas other than [`QuantizeFormula::SPEC`] run on the
-    /// scalar backend (another preferred backend is `Unsupported`).
+    /// points. A formula runs on a vector backend where the recipe engine
+    /// has its vector form (every preset's, except the fused
+    /// reciprocal-add), with results bit-identical to the scalar engine,
+    /// and on the scalar backend otherwise (another preferred backend is
+    /// then `Unsupported`). Packed `S4`/`U4` codes take the same path.
     ///
     /// ```
     /// use groupq::*;
-    /// use groupq::recipe::Recipe;
+    /// use groupq::recipe::{QuantizeFormula, Recipe};
     ///
     /// let desc = QuantizePerGroupDescriptor {
     ///     outer_size: 1, axis_size: 2, group_size: 2, q_min: -128, q_max: 127,
     ///     input_element: ElementKind::F32, output_element: ElementKind::S8,
     /// };
+    /// // PyTorch multiplies by the reciprocal of the scale; SPEC §3.1
+    /// // divides. With s = 0.02, 2.45 × (1/s) is 122.5 (a tie, to even)
+    /// // where 2.45 / s is 122.500008, and -2.35 × (1/s) is -117.49999
+    /// // where -2.35 / s is -117.5.
+    /// let (x, s, z) = ([2.45f32, -2.35], [0.02f32], [0i32]);
+    /// let codes = |formula| -> Result<[i8; 2]> {
+    ///     let plan = QuantizePerGroupPlan::<f32, i8>::select_with_formula(
+    ///         &Stream::cpu(), &desc, formula, Default::default())?;
+    ///     let mut q = [0i8; 2];
+    ///     plan.run(&Stream::cpu(), Workspace::None, QuantizePerGroupArgs {
+    ///         input: TensorRef::new(&x, [1, 2])?,
+    ///         scale: TensorRef::new(&s, [1, 1])?,
+    ///         zero_point: TensorRef::new(&z, [1, 1])?,
+    ///         output: TensorMut::new(&mut q, [1, 2])?,
+    ///     })?;
+    ///     Ok(q)
+    /// };
     /// let torch = Recipe::torch_per_channel_group(-128, 127).quantize;
-    /// let plan = QuantizePerGroupPlan::<f32, i8>::select_with_formula(
-    ///     &Stream::cpu(), &desc, torch, Default::default())?;
-    /// assert_eq!(plan.sku().backend, BackendKind::Scalar);
+    /// assert_eq!(codes(torch)?, [122, -117]);
+    /// assert_eq!(codes(QuantizeFormula::SPEC)?, [123, -118]);
     /// # Ok::<(), groupq::Error>(())
     /// ```
     pub fn select_with_formula(
@@ -156,9 +178,18 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         layout.check_pack(PLAN, TOut::KIND, TOut::PACK)?;
         let op = QuantizeKind::QuantizePerGroup;
         let formula_kernel = FormulaKernel::new(formula, TIn::KIND);
-        let lookup = |b: BackendKind| match formula == QuantizeFormula::SPEC {
-            true => crate::kernels::quantize::<TIn, TOut>(b).map(Forward::Spec),
-            false => (b == BackendKind::Scalar).then_some(Forward::Formula(formula_kernel)),
+        let spec = formula == QuantizeFormula::SPEC;
+        let lookup = |b: BackendKind| match b {
+            BackendKind::Scalar if spec => {
+                crate::kernels::quantize::<TIn, TOut>(b).map(Forward::Spec)
+            }
+            BackendKind::Scalar => Some(Forward::Formula(formula_kernel)),
+            _ if spec && TOut::PACK == 1 => {
+                crate::kernels::quantize::<TIn, TOut>(b).map(Forward::Spec)
+            }
+            _ => formula_kernel
+                .vector::<TIn>(b)
+                .map(|v| Forward::Vector(formula_kernel, v)),
         };
         let aux = Some(TOut::KIND);
         let (core, kernel) = PlanCore::new::<TIn, _>(PLAN, op, aux, layout, pref, lookup)?;
@@ -225,6 +256,9 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
                 );
                 match kernel {
                     Forward::Spec(k) => k(x, s, z, out, gs, q_min, q_max),
+                    Forward::Vector(f, v) => {
+                        f.quantize_groups_vector(&v, x, s, z, out, gs, (q_min, q_max))
+                    }
                     Forward::Formula(f) => {
                         // At most `TASK_ELEMENTS / gs` groups: widen the scales
                         // of one group at a time.
