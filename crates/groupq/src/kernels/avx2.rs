@@ -160,6 +160,10 @@ impl Isa for Avx2 {
     }
 
     #[inline(always)]
+    unsafe fn store_i(p: *mut u8, v: __m256i) {
+        _mm256_storeu_si256(p.cast(), v)
+    }
+    #[inline(always)]
     unsafe fn load_i(p: *const u8) -> __m256i {
         _mm256_loadu_si256(p.cast())
     }
@@ -221,6 +225,57 @@ impl Isa for Avx2 {
             _mm256_extracti128_si256::<1>(low),
         );
         _mm_storel_epi64(p.cast(), _mm_packus_epi16(words, words))
+    }
+    #[inline(always)]
+    unsafe fn store_codes4<const NIB: bool>(p: *mut u8, [a, b, c, d]: [__m256i; 4]) {
+        // Saturating packs are exact on values in i16 range; the low byte
+        // of each word is then kept by the mask, and the unsigned pack
+        // takes it as it is. The packs work per 128-bit half, so the
+        // dwords come out as a0-3 b0-3 c0-3 d0-3 a4-7 b4-7 c4-7 d4-7.
+        let low = _mm256_set1_epi16(0xff);
+        let ab = _mm256_and_si256(_mm256_packs_epi32(a, b), low);
+        let cd = _mm256_and_si256(_mm256_packs_epi32(c, d), low);
+        let mixed = _mm256_packus_epi16(ab, cd);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let bytes = _mm256_permutevar8x32_epi32(mixed, order);
+        if NIB {
+            // Byte pairs to one byte: the even byte's low nibble, the odd
+            // byte's low nibble above it, in the low byte of each word.
+            let w = _mm256_or_si256(
+                _mm256_and_si256(bytes, _mm256_set1_epi16(0x0f)),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), _mm256_set1_epi16(0xf0)),
+            );
+            let packed =
+                _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+            _mm_storeu_si128(p.cast(), packed)
+        } else {
+            _mm256_storeu_si256(p.cast(), bytes)
+        }
+    }
+    #[inline(always)]
+    unsafe fn key16(v: __m256i) -> __m256i {
+        let flip = _mm256_and_si256(_mm256_srai_epi16::<15>(v), _mm256_set1_epi16(0x7fff));
+        _mm256_xor_si256(v, flip)
+    }
+    #[inline(always)]
+    unsafe fn min16(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_min_epi16(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max16(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_max_epi16(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max_i(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_max_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn add_i(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn trunc_to_i(a: __m256) -> __m256i {
+        _mm256_cvttps_epi32(a)
     }
     #[inline(always)]
     unsafe fn min_f(a: __m256, b: __m256) -> __m256 {

@@ -148,6 +148,10 @@ impl Isa for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn store_i(p: *mut u8, v: __m512i) {
+        _mm512_storeu_si512(p.cast(), v)
+    }
+    #[inline(always)]
     unsafe fn load_i(p: *const u8) -> __m512i {
         _mm512_loadu_si512(p.cast())
     }
@@ -214,6 +218,65 @@ impl Isa for Avx512 {
     #[inline(always)]
     unsafe fn store_low_bytes(p: *mut u8, v: __m512i) {
         _mm_storeu_si128(p.cast(), _mm512_cvtepi32_epi8(v))
+    }
+    #[inline(always)]
+    unsafe fn store_codes4<const NIB: bool>(p: *mut u8, v: [__m512i; 4]) {
+        for (k, v) in v.into_iter().enumerate() {
+            // The low byte of each lane (a truncating narrowing).
+            let bytes = _mm512_cvtepi32_epi8(v);
+            if NIB {
+                let w = _mm_or_si128(
+                    _mm_and_si128(bytes, _mm_set1_epi16(0x0f)),
+                    _mm_and_si128(_mm_srli_epi16::<4>(bytes), _mm_set1_epi16(0xf0)),
+                );
+                _mm_storel_epi64(p.add(8 * k).cast(), _mm_packus_epi16(w, w))
+            } else {
+                _mm_storeu_si128(p.add(16 * k).cast(), bytes)
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn key16(v: __m512i) -> __m512i {
+        // AVX-512F has no 16-bit shifts: the sign of each half-word,
+        // spread over its 15 magnitude bits, from 32-bit shifts.
+        let hi_sign = _mm512_srai_epi32::<31>(v);
+        let lo_sign = _mm512_srai_epi32::<31>(_mm512_slli_epi32::<16>(v));
+        let flip = _mm512_or_si512(
+            _mm512_and_si512(hi_sign, _mm512_set1_epi32(0x7fff_0000)),
+            _mm512_and_si512(lo_sign, _mm512_set1_epi32(0x7fff)),
+        );
+        _mm512_xor_si512(v, flip)
+    }
+    #[inline(always)]
+    unsafe fn min16(a: __m512i, b: __m512i) -> __m512i {
+        // Per 256-bit half, with AVX2 (which AVX-512F implies).
+        let lo = _mm256_min_epi16(_mm512_castsi512_si256(a), _mm512_castsi512_si256(b));
+        let hi = _mm256_min_epi16(
+            _mm512_extracti64x4_epi64::<1>(a),
+            _mm512_extracti64x4_epi64::<1>(b),
+        );
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+    #[inline(always)]
+    unsafe fn max16(a: __m512i, b: __m512i) -> __m512i {
+        let lo = _mm256_max_epi16(_mm512_castsi512_si256(a), _mm512_castsi512_si256(b));
+        let hi = _mm256_max_epi16(
+            _mm512_extracti64x4_epi64::<1>(a),
+            _mm512_extracti64x4_epi64::<1>(b),
+        );
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+    #[inline(always)]
+    unsafe fn max_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_max_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn add_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn trunc_to_i(a: __m512) -> __m512i {
+        _mm512_cvttps_epi32(a)
     }
     #[inline(always)]
     unsafe fn min_f(a: __m512, b: __m512) -> __m512 {

@@ -114,14 +114,25 @@ pub(crate) trait FloatKernels: Sized + 'static {
         let _ = b;
         None
     }
-    /// A recipe's load kernel: values rounded to the arithmetic of kind
-    /// `round` and their extremes (`abs`: with the first largest magnitude).
-    fn recipe_load(
+    /// A recipe's extremes kernel: the extremes of values rounded to the
+    /// arithmetic of kind `round` (`abs`: with the first largest magnitude).
+    fn recipe_extremes(
         b: BackendKind,
         round: ElementKind,
         abs: bool,
-    ) -> Option<RecipeLoadKernel<Self>> {
+    ) -> Option<RecipeExtremesKernel<Self>> {
         let _ = (b, round, abs);
+        None
+    }
+    /// A recipe's codes kernel (see [`recipe_codes`]).
+    fn recipe_codes(
+        b: BackendKind,
+        round: ElementKind,
+        divide: bool,
+        fin: u8,
+        nibbles: bool,
+    ) -> Option<RecipeCodesKernel<Self>> {
+        let _ = (b, round, divide, fin, nibbles);
         None
     }
 }
@@ -138,9 +149,21 @@ macro_rules! float_kernels {
                     _ => None,
                 }
             }
-            fn recipe_load(b: BackendKind, round: ElementKind, abs: bool) -> Option<RecipeLoadKernel<Self>> {
+            fn recipe_extremes(b: BackendKind, round: ElementKind, abs: bool) -> Option<RecipeExtremesKernel<Self>> {
                 match b {
-                    $(BackendKind::$rb => $rm::recipe_load_for::<Self>(round, abs),)*
+                    $(BackendKind::$rb => $rm::recipe_extremes_for::<Self>(round, abs),)*
+                    _ => None,
+                }
+            }
+            fn recipe_codes(
+                b: BackendKind,
+                round: ElementKind,
+                divide: bool,
+                fin: u8,
+                nibbles: bool,
+            ) -> Option<RecipeCodesKernel<Self>> {
+                match b {
+                    $(BackendKind::$rb => $rm::recipe_codes_for::<Self>(round, divide, fin, nibbles),)*
                     _ => None,
                 }
             }
@@ -271,14 +294,27 @@ pub(crate) fn dequantize_backward<T: Element>(
 pub(crate) fn recipe_non_finite<T: Element>(b: BackendKind) -> Option<RecipeCheckKernel<T>> {
     by_type!(T, U => U::recipe_non_finite(b))
 }
-/// A recipe's load kernel of backend `b` for `T` (see
-/// [`FloatKernels::recipe_load`]).
-pub(crate) fn recipe_load<T: Element>(
+/// A recipe's extremes kernel of backend `b` for `T` (see
+/// [`FloatKernels::recipe_extremes`]).
+pub(crate) fn recipe_extremes<T: Element>(
     b: BackendKind,
     round: ElementKind,
     abs: bool,
-) -> Option<RecipeLoadKernel<T>> {
-    by_type!(T, U => U::recipe_load(b, round, abs))
+) -> Option<RecipeExtremesKernel<T>> {
+    by_type!(T, U => U::recipe_extremes(b, round, abs))
+}
+
+/// The codes kernel backend `b` has for inputs `T` and a formula in the
+/// arithmetic of kind `round` (`divide`, else multiply by the reciprocal;
+/// finishing steps `fin`, see [`finish`]; `nibbles`: two codes per byte).
+pub(crate) fn recipe_codes<T: Element>(
+    b: BackendKind,
+    round: ElementKind,
+    divide: bool,
+    fin: u8,
+    nibbles: bool,
+) -> Option<RecipeCodesKernel<T>> {
+    by_type!(T, U => U::recipe_codes(b, round, divide, fin, nibbles))
 }
 
 /// A forward kernel over whole groups of one row:
@@ -327,12 +363,13 @@ pub(crate) struct FormulaParams {
     pub fast_divide: bool,
 }
 
-/// A recipe's load kernel: `xs` rounded to the arithmetic into `buf` (at
-/// least as long), and their extremes into the third argument; `false` for
-/// a NaN or infinite value (the scalar engine takes the group). Results
-/// travel through plain `f32` fields, not a returned struct, so that the
-/// caller's reads of them are forwarded from the kernel's stores.
-pub(crate) type RecipeLoadKernel<T> = fn(&[T], &mut [f32], &mut GroupExtremes) -> bool;
+/// A recipe's extremes kernel: the extremes of `xs` rounded to the
+/// arithmetic, into the second argument; `false` for a NaN or infinite
+/// value, or one that rounds to an infinity (the scalar engine takes the
+/// group). Results travel through plain `f32` fields, not a returned
+/// struct, so that the caller's reads of them are forwarded from the
+/// kernel's stores.
+pub(crate) type RecipeExtremesKernel<T> = fn(&[T], &mut GroupExtremes) -> bool;
 /// The finishing steps of a recipe formula: how `v = x ⊘ s` becomes an
 /// integral value, as a const parameter of the vector codes kernels.
 pub(crate) mod finish {
@@ -350,32 +387,11 @@ pub(crate) mod finish {
     pub const AWAY_BEFORE_ZERO: u8 = 5;
 }
 
-/// A recipe's codes kernel: the codes of loaded values, the low byte of
-/// each code per byte of the output (at least as long).
-pub(crate) type RecipeCodesKernel = fn(&[f32], &FormulaParams, &mut [u8]);
+/// A recipe's codes kernel: the codes of finite values, the low byte of
+/// each code per byte of the output, or two codes per byte (the first in
+/// the low nibble) for a kernel chosen with `nibbles`.
+pub(crate) type RecipeCodesKernel<T> = fn(&[T], &FormulaParams, &mut [u8]);
 
-/// The codes kernel backend `b` has for a formula in the arithmetic of kind
-/// `round` (`divide`, else multiply by the reciprocal; finishing steps `fin`,
-/// see [`finish`]).
-pub(crate) fn recipe_codes(
-    b: BackendKind,
-    round: ElementKind,
-    divide: bool,
-    fin: u8,
-) -> Option<RecipeCodesKernel> {
-    match b {
-        #[cfg(target_arch = "x86_64")]
-        BackendKind::Avx512 => avx512::recipe_codes_for(round, divide, fin),
-        #[cfg(target_arch = "x86_64")]
-        BackendKind::Avx2 => avx2::recipe_codes_for(round, divide, fin),
-        #[cfg(target_arch = "x86_64")]
-        BackendKind::Sse41 => sse41::recipe_codes_for(round, divide, fin),
-        _ => {
-            let _ = (round, divide, fin);
-            None
-        }
-    }
-}
 /// A dequantize-backward kernel: `(grad_output, scale, grad_input, group_size)`.
 pub(crate) type DequantizeBackwardKernel<T> = fn(&[T], &[T], &mut [T], usize);
 

@@ -8,7 +8,7 @@
 //! also what PyTorch computes when it evaluates a bf16/f16 op in f32 and
 //! rounds back.
 
-use super::{FormulaParams, GroupExtremes, RecipeCodesKernel, RecipeLoadKernel};
+use super::{FormulaParams, GroupExtremes, RecipeCodesKernel, RecipeExtremesKernel};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::plan::BackendKind;
 use crate::recipe::{
@@ -464,14 +464,20 @@ impl FormulaKernel {
     }
 
     /// The vector kernels backend `b` has for this formula on inputs `T`
-    /// and codes of at most 8 bits: a load kernel rounding to the
-    /// formula's arithmetic, and the codes kernel.
-    pub fn vector<T: Element>(&self, b: BackendKind) -> Option<VectorRecipe<T>> {
+    /// and codes `Q` of at most 8 bits: the extremes kernel (for the
+    /// division's range check) and the codes kernel.
+    pub fn vector<T: Element, Q: IntElement>(&self, b: BackendKind) -> Option<VectorRecipe<T>> {
         let (divide, fin) = self.vector_form()?;
         let round = self.arith.0;
-        let load = super::recipe_load::<T>(b, round, false)?;
-        let codes = Some(super::recipe_codes(b, round, divide, fin)?);
-        Some(VectorRecipe { load, codes })
+        let extremes = super::recipe_extremes::<T>(b, round, false)?;
+        let codes = Some(super::recipe_codes::<T>(
+            b,
+            round,
+            divide,
+            fin,
+            Q::PACK == 2,
+        )?);
+        Some(VectorRecipe { extremes, codes })
     }
 
     /// The vector formula's values for a group with scale `s`, zero point
@@ -520,9 +526,9 @@ impl FormulaKernel {
     }
 
     /// [`quantize_groups`](Self::quantize_groups) with the vector kernels
-    /// of `vector`: per chunk of a group, the codes kernel where the values
-    /// are finite and the formula takes the group's scale, the scalar path
-    /// otherwise (the formula is elementwise, so the two mix freely).
+    /// of `vector`: per group, the codes kernel where the values are
+    /// finite and the formula takes the group's scale, the scalar path
+    /// otherwise.
     #[allow(clippy::too_many_arguments)]
     pub fn quantize_groups_vector<T: Element, Q: IntElement>(
         &self,
@@ -534,23 +540,17 @@ impl FormulaKernel {
         gs: usize,
         (q_min, q_max): (i32, i32),
     ) {
-        let mut values = [0f32; CHUNK];
         let mut bytes = [0u8; CHUNK];
         let (mut e, mut p) = (GroupExtremes::default(), FormulaParams::default());
         let units = gs / Q::PACK;
         let groups = x.chunks_exact(gs).zip(out.chunks_exact_mut(units));
         for ((xs, os), (&s, &z)) in groups.zip(scale.iter().zip(zero_point)) {
             let s = s.to_f64();
-            for (xs, os) in xs.chunks(CHUNK).zip(os.chunks_mut(CHUNK / Q::PACK)) {
-                let ready = (vector.load)(xs, &mut values, &mut e)
-                    && self.formula_params(s, z, 0.0, e.max.max(-e.min), (q_min, q_max), &mut p);
-                match vector.codes {
-                    Some(codes) if ready => {
-                        codes(&values[..xs.len()], &p, &mut bytes);
-                        emit(&bytes[..xs.len()], os);
-                    }
-                    _ => self.quantize_group(xs, s, z, 0.0, os, q_min, q_max),
-                }
+            let ready = (vector.extremes)(xs, &mut e)
+                && self.formula_params(s, z, 0.0, e.max.max(-e.min), (q_min, q_max), &mut p);
+            match vector.codes {
+                Some(codes) if ready => codes_into(codes, xs, &p, os, &mut bytes),
+                _ => self.quantize_group(xs, s, z, 0.0, os, q_min, q_max),
             }
         }
     }
@@ -672,7 +672,8 @@ fn quantize_group_f32<T: Element, Q: IntElement>(
     });
 }
 
-/// Values loaded per chunk of a group by the vector recipe kernels.
+/// Codes written per call of a codes kernel (through a buffer of this many
+/// bytes).
 const CHUNK: usize = 1024;
 /// Most groups taken together by the vector recipe kernels.
 const BATCH: usize = 16;
@@ -680,65 +681,28 @@ const BATCH: usize = 16;
 /// The vector kernels of a recipe on one backend, chosen at `select`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct VectorRecipe<T> {
-    /// Values rounded to the arithmetic, and the group's extremes.
-    pub load: RecipeLoadKernel<T>,
+    /// The group's extremes after rounding to the arithmetic.
+    pub extremes: RecipeExtremesKernel<T>,
     /// The codes, where the formula has a vector form.
-    pub codes: Option<RecipeCodesKernel>,
+    pub codes: Option<RecipeCodesKernel<T>>,
 }
 
-/// The extremes of a group loaded by `load` in chunks of [`CHUNK`] into
-/// `values` (at least `min(xs.len(), CHUNK)` long; a group of one chunk
-/// stays there), written to `e`; `false` if a chunk has a non-finite
-/// value. The first largest magnitude is the earliest chunk's on ties.
-fn load_group<T>(
-    load: RecipeLoadKernel<T>,
+/// The codes of one group by the codes kernel, into `out`'s storage units
+/// through `bytes`, [`CHUNK`] values at a time.
+#[inline]
+fn codes_into<T, Q: IntElement>(
+    codes: RecipeCodesKernel<T>,
     xs: &[T],
-    values: &mut [f32],
-    e: &mut GroupExtremes,
-) -> bool {
-    let mut chunks = xs.chunks(CHUNK);
-    match chunks.next() {
-        Some(first) if load(first, values, e) => {}
-        _ => return false,
-    }
-    let mut c = GroupExtremes::default();
-    for chunk in chunks {
-        if !load(chunk, values, &mut c) {
-            return false;
-        }
-        e.min = e.min.min(c.min);
-        e.max = e.max.max(c.max);
-        if c.signed_absmax.abs() > e.signed_absmax.abs() {
-            e.signed_absmax = c.signed_absmax;
-        }
-    }
-    true
-}
-
-/// Code bytes (one code's low byte each) into storage units: one per unit,
-/// or two nibbles per unit (code `2i` low) for packed codes.
-fn emit<Q: IntElement>(bytes: &[u8], out: &mut [Q]) {
-    if Q::PACK == 1 {
-        for (o, &b) in out.iter_mut().zip(bytes) {
+    p: &FormulaParams,
+    out: &mut [Q],
+    bytes: &mut [u8; CHUNK],
+) {
+    for (xs, out) in xs.chunks(CHUNK).zip(out.chunks_mut(CHUNK / Q::PACK)) {
+        let bytes = &mut bytes[..out.len()];
+        codes(xs, p, bytes);
+        for (o, &b) in out.iter_mut().zip(bytes.iter()) {
             *o = Q::from_unit_byte(b);
         }
-        return;
-    }
-    // Eight codes at a time: the low nibbles of byte pairs merged into the
-    // even bytes, which are then gathered.
-    let mut pairs = bytes.chunks_exact(8);
-    let mut units = out.chunks_exact_mut(4);
-    for (b, o) in (&mut pairs).zip(&mut units) {
-        let w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-        let n = w & 0x0f0f_0f0f_0f0f_0f0f;
-        let m = n | (n >> 4);
-        for (i, o) in o.iter_mut().enumerate() {
-            *o = Q::from_unit_byte((m >> (16 * i)) as u8);
-        }
-    }
-    let rest = pairs.remainder().chunks_exact(2);
-    for (o, b) in units.into_remainder().iter_mut().zip(rest) {
-        *o = Q::from_unit_byte((b[0] & 0xf) | (b[1] << 4));
     }
 }
 
@@ -791,17 +755,23 @@ impl RecipeKernel {
     }
 
     /// The vector kernels backend `b` has for this recipe on inputs `T`
-    /// (`with_codes`: the codes kernel too, where the formula has one), or
-    /// `None` when it has no load kernel.
-    pub fn vector<T: Element>(&self, b: BackendKind, with_codes: bool) -> Option<VectorRecipe<T>> {
+    /// (`nibbles`: codes two per byte; `with_codes`: the codes kernel too,
+    /// where the formula has one), or `None` when it has no extremes
+    /// kernel.
+    pub fn vector<T: Element>(
+        &self,
+        b: BackendKind,
+        with_codes: bool,
+        nibbles: bool,
+    ) -> Option<VectorRecipe<T>> {
         let round = self.choose.0;
         let abs = matches!(self.recipe.mapping, Mapping::SignedAbsMax(_));
-        let load = super::recipe_load::<T>(b, round, abs)?;
+        let extremes = super::recipe_extremes::<T>(b, round, abs)?;
         let codes = with_codes
             .then(|| self.vector_form())
             .flatten()
-            .and_then(|(divide, fin)| super::recipe_codes(b, round, divide, fin));
-        Some(VectorRecipe { load, codes })
+            .and_then(|(divide, fin)| super::recipe_codes::<T>(b, round, divide, fin, nibbles));
+        Some(VectorRecipe { extremes, codes })
     }
 
     /// [`params`](Self::params) from the extremes the load kernel found,
@@ -842,8 +812,7 @@ impl RecipeKernel {
     /// Chooses and stores the parameters of every group of one row, and
     /// its codes when `codes` is given: per group the vector kernels where
     /// `vector` has them and the group's values allow (finite values, a
-    /// scale the vector formula takes), the scalar engine otherwise. A
-    /// group longer than the load buffer is loaded in chunks, twice.
+    /// scale the vector formula takes), the scalar engine otherwise.
     #[allow(clippy::too_many_arguments)]
     pub fn run_row<T: Element, TScale: Element, Q: IntElement>(
         &self,
@@ -855,38 +824,31 @@ impl RecipeKernel {
         mut codes: Option<&mut [Q]>,
         mut offset: Option<&mut [TScale]>,
     ) {
-        let mut values = [0f32; CHUNK];
         let mut bytes = [0u8; CHUNK];
         // Per group of a batch, in plain arrays (no `Option` of a struct:
         // the kernels' field stores then forward to the reads here).
         let mut extremes = [GroupExtremes::default(); BATCH];
-        let mut loaded = [false; BATCH];
+        let mut found = [false; BATCH];
         let mut params = [FormulaParams::default(); BATCH];
         let mut vectorized = [false; BATCH];
         let mut chosen = [(0.0, 0, 0.0); BATCH];
         let units = gs / Q::PACK;
-        // Groups are taken in batches that fit the buffer: all loads, then
-        // all parameters (independent scalar chains the core overlaps),
-        // then all codes, each group still in L1.
+        // Groups are taken in batches: all extremes, then all parameters
+        // (independent scalar chains the core overlaps), then all codes,
+        // each group still in L1.
         let batch = (CHUNK / gs).clamp(1, BATCH);
         let num_groups = xs.len() / gs;
-        let kernels = vector.and_then(|v| Some((v.load, v.codes?)));
+        let codes_kernel = vector.and_then(|v| v.codes);
         let mut g0 = 0;
         while g0 < num_groups {
             let n = batch.min(num_groups - g0);
             for j in 0..n {
                 let group = &xs[(g0 + j) * gs..][..gs];
-                let buf = if gs <= CHUNK {
-                    &mut values[j * gs..(j + 1) * gs]
-                } else {
-                    &mut values[..]
-                };
-                loaded[j] =
-                    vector.is_some_and(|v| load_group(v.load, group, buf, &mut extremes[j]));
+                found[j] = vector.is_some_and(|v| (v.extremes)(group, &mut extremes[j]));
             }
             for j in 0..n {
                 let (g, group) = (g0 + j, &xs[(g0 + j) * gs..][..gs]);
-                let from_extremes = if loaded[j] {
+                let from_extremes = if found[j] {
                     self.params_from(&extremes[j])
                 } else {
                     None
@@ -900,7 +862,7 @@ impl RecipeKernel {
                 }
                 let (s64, m64) = (stored.to_f64(), stored_m.to_f64());
                 chosen[j] = (s64, zv, m64);
-                vectorized[j] = codes.is_some() && kernels.is_some() && loaded[j] && {
+                vectorized[j] = codes.is_some() && codes_kernel.is_some() && found[j] && {
                     let reach = extremes[j].max.max(-extremes[j].min);
                     self.formula_params(s64, zv, m64, reach, &mut params[j])
                 };
@@ -912,26 +874,8 @@ impl RecipeKernel {
             for j in 0..n {
                 let (g, group) = (g0 + j, &xs[(g0 + j) * gs..][..gs]);
                 let out = &mut q[g * units..(g + 1) * units];
-                match kernels {
-                    Some((_, codes)) if vectorized[j] && gs <= CHUNK => {
-                        let range = j * gs..(j + 1) * gs;
-                        codes(
-                            &values[range.clone()],
-                            &params[j],
-                            &mut bytes[range.clone()],
-                        );
-                        emit(&bytes[range], out);
-                    }
-                    Some((load, codes)) if vectorized[j] => {
-                        // A long group: loaded again, chunk by chunk.
-                        let mut e = GroupExtremes::default();
-                        let chunks = group.chunks(CHUNK).zip(out.chunks_mut(CHUNK / Q::PACK));
-                        for (xs, out) in chunks {
-                            load(xs, &mut values, &mut e);
-                            codes(&values[..xs.len()], &params[j], &mut bytes);
-                            emit(&bytes[..xs.len()], out);
-                        }
-                    }
+                match codes_kernel {
+                    Some(k) if vectorized[j] => codes_into(k, group, &params[j], out, &mut bytes),
                     _ => self.quantize_group(group, chosen[j], out),
                 }
             }

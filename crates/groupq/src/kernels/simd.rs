@@ -121,9 +121,26 @@ pub(crate) trait Isa {
     unsafe fn round_away_f(a: Self::F) -> Self::F;
     /// The low byte of each `i32` lane, `LANES` bytes.
     unsafe fn store_low_bytes(p: *mut u8, v: Self::I);
+    /// Four vectors of codes in `[-128, 255]`, in order: the low byte of
+    /// each lane (`4 * LANES` bytes), or with `NIB` the low nibbles of
+    /// lane pairs, the first in the low half (`2 * LANES` bytes).
+    unsafe fn store_codes4<const NIB: bool>(p: *mut u8, v: [Self::I; 4]);
+    /// Each 16-bit lane of sign-magnitude bits (a bf16 or f16) as an `i16`
+    /// in the order of the values: `v ^ ((v >> 15) & 0x7fff)` (arithmetic
+    /// shift), so negative values reverse their magnitude bits.
+    unsafe fn key16(v: Self::I) -> Self::I;
+    /// Lane-wise `i16` minimum and maximum.
+    unsafe fn min16(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn max16(a: Self::I, b: Self::I) -> Self::I;
+    /// Lane-wise `i32` maximum and sum (wrapping).
+    unsafe fn max_i(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
+    /// Values in `i32` range to `i32`, rounding toward zero.
+    unsafe fn trunc_to_i(a: Self::F) -> Self::I;
 
-    /// `4 * LANES` bytes as an integer vector.
+    /// `4 * LANES` bytes as an integer vector, and back.
     unsafe fn load_i(p: *const u8) -> Self::I;
+    unsafe fn store_i(p: *mut u8, v: Self::I);
     unsafe fn or_i(a: Self::I, b: Self::I) -> Self::I;
     /// All ones in each `width`-byte lane (2 or 4) of `w` whose bits under
     /// `mask` (the lane's exponent field, repeated in both halves of a
@@ -613,7 +630,8 @@ impl<S: Isa> LaneRound<S> for ToF16 {
 #[inline(always)]
 unsafe fn load_rounded<S: Isa, T: F32Lanes<S>, R: LaneRound<S>>(p: *const T) -> S::F {
     let v = T::load(p);
-    if T::KIND == R::KIND {
+    // Every f16 and bf16 value is an f32.
+    if T::KIND == R::KIND || R::KIND == crate::element::ElementKind::F32 {
         v
     } else {
         R::rd(v)
@@ -650,32 +668,35 @@ pub(crate) unsafe fn recipe_non_finite<S: Isa, T: F32Lanes<S>>(xs: &[T]) -> bool
     xs[done..].iter().any(|x| !x.to_math().is_finite())
 }
 
-/// Loads `xs` rounded by `R` (the recipe's arithmetic) into `buf` (as long
-/// as `xs`) and writes their extremes to `e`; `false` when a value is NaN
-/// or infinite (the scalar engine then takes the group). `ABS`: also the first
-/// value of largest magnitude (ggml's rule), else `signed_absmax` is 0.
-/// Which zero a `±0` extreme carries is left open.
+/// The extremes of a run of values after rounding to `R` (the recipe's
+/// arithmetic), written to `e`; `false` when a value is NaN or infinite,
+/// or rounds to an infinity (the scalar engine then takes the group).
+/// Rounding is monotone, so the extremes of the rounded values are the
+/// rounded extremes: the loop reads the values as they are and writes
+/// nothing. `ABS`: also the first value of largest magnitude after
+/// rounding (ggml's rule), else `signed_absmax` is 0. Which zero a `±0`
+/// extreme carries is left open.
 #[inline(always)]
-pub(crate) unsafe fn recipe_load<S: Isa, T: F32Lanes<S>, R: LaneRound<S>, const ABS: bool>(
+pub(crate) unsafe fn recipe_extremes<S: Isa, T: F32Lanes<S>, R: LaneRound<S>, const ABS: bool>(
     xs: &[T],
-    buf: &mut [f32],
     e: &mut GroupExtremes,
 ) -> bool
 where
     f32: F32Lanes<S>,
 {
+    if std::mem::size_of::<T>() == 2 {
+        return recipe_extremes16::<S, T, R, ABS>(xs, e);
+    }
     let n = xs.len();
-    let buf = &mut buf[..n];
     let full = n - n % S::LANES;
     let (mut mn0, mut mn1) = (S::splat_f(f32::INFINITY), S::splat_f(f32::INFINITY));
     let (mut mx0, mut mx1) = (S::splat_f(f32::NEG_INFINITY), S::splat_f(f32::NEG_INFINITY));
     let mut flag = S::splat_f(0.0);
+    let p = xs.as_ptr();
     let mut k = 0;
     while k + 2 * S::LANES <= full {
-        let a = load_rounded::<S, T, R>(xs.as_ptr().add(k));
-        let b = load_rounded::<S, T, R>(xs.as_ptr().add(k + S::LANES));
-        <f32 as F32Lanes<S>>::store(buf.as_mut_ptr().add(k), a);
-        <f32 as F32Lanes<S>>::store(buf.as_mut_ptr().add(k + S::LANES), b);
+        let a = T::load(p.add(k));
+        let b = T::load(p.add(k + S::LANES));
         (mn0, mx0) = (S::min_f(mn0, a), S::max_f(mx0, a));
         (mn1, mx1) = (S::min_f(mn1, b), S::max_f(mx1, b));
         // `v - v` is NaN exactly for NaN and ±inf.
@@ -683,8 +704,7 @@ where
         k += 2 * S::LANES;
     }
     if k < full {
-        let a = load_rounded::<S, T, R>(xs.as_ptr().add(k));
-        <f32 as F32Lanes<S>>::store(buf.as_mut_ptr().add(k), a);
+        let a = T::load(p.add(k));
         (mn0, mx0) = (S::min_f(mn0, a), S::max_f(mx0, a));
         flag = S::add_f(flag, S::sub_f(a, a));
     }
@@ -701,22 +721,99 @@ where
         lo = lo.min(a);
         hi = hi.max(b);
     }
-    for (x, b) in xs[full..].iter().zip(&mut buf[full..]) {
-        let v = R::rd1(x.to_math());
+    for x in &xs[full..] {
+        let v = x.to_math();
         if !v.is_finite() {
             return false;
         }
-        *b = v;
         lo = lo.min(v);
         hi = hi.max(v);
     }
+    let (lo, hi) = (R::rd1(lo), R::rd1(hi));
+    if !(lo.is_finite() && hi.is_finite()) {
+        return false;
+    }
     let mut signed_absmax = 0.0;
     if ABS {
-        // The first value whose magnitude is the group's largest (none
-        // when every value is a zero: then +0).
+        // The first value whose rounded magnitude is the group's largest
+        // (none when every value is a zero: then +0).
         let amax = hi.max(-lo);
         if amax > 0.0 {
-            match buf.iter().copied().find(|v| v.abs() == amax) {
+            match xs
+                .iter()
+                .map(|x| R::rd1(x.to_math()))
+                .find(|v| v.abs() == amax)
+            {
+                Some(v) => signed_absmax = v,
+                None => return false,
+            }
+        }
+    }
+    e.min = lo;
+    e.max = hi;
+    e.signed_absmax = signed_absmax;
+    true
+}
+
+/// [`recipe_extremes`] for 16-bit values (bf16, f16), on their bits: each
+/// value's [`key16`](Isa::key16) orders like the value (`-0` just below
+/// `+0`), so the extremes are an integer minimum and maximum over twice
+/// the lanes, and a NaN or an infinity is a key at or beyond the
+/// infinities'.
+#[inline(always)]
+unsafe fn recipe_extremes16<S: Isa, T: F32Lanes<S>, R: LaneRound<S>, const ABS: bool>(
+    xs: &[T],
+    e: &mut GroupExtremes,
+) -> bool {
+    let n = xs.len();
+    let per = 2 * S::LANES;
+    let full = n - n % per;
+    let key = |bits: u16| (bits ^ ((((bits as i16) >> 15) as u16) & 0x7fff)) as i16;
+    let p = xs.as_ptr().cast::<u8>();
+    let (mut mn, mut mx) = (S::splat_i(0x7fff_7fff), S::splat_i(0x8000_8000u32 as i32));
+    let mut k = 0;
+    while k < full {
+        let v = S::key16(S::load_i(p.add(2 * k)));
+        mn = S::min16(mn, v);
+        mx = S::max16(mx, v);
+        k += per;
+    }
+    let mut lanes = [[0i16; 32]; 2];
+    S::store_i(lanes[0].as_mut_ptr().cast(), mn);
+    S::store_i(lanes[1].as_mut_ptr().cast(), mx);
+    let mut lo = lanes[0][..per].iter().copied().min().unwrap_or(i16::MAX);
+    let mut hi = lanes[1][..per].iter().copied().max().unwrap_or(i16::MIN);
+    for i in full..n {
+        // SAFETY (of the read): `i < n`, and `T` is two bytes.
+        let bits = p.add(2 * i).cast::<u16>().read_unaligned();
+        lo = lo.min(key(bits));
+        hi = hi.max(key(bits));
+    }
+    let inf: u16 = match T::KIND {
+        crate::element::ElementKind::F16 => 0x7c00,
+        _ => 0x7f80,
+    };
+    if n == 0 || hi >= inf as i16 || lo <= key(0x8000 | inf) {
+        return false;
+    }
+    // A key back to its value: the key is its own inverse.
+    let value = |k: i16| {
+        let bits = key(k as u16) as u16;
+        (&bits as *const u16).cast::<T>().read_unaligned().to_math()
+    };
+    let (lo, hi) = (R::rd1(value(lo)), R::rd1(value(hi)));
+    if !(lo.is_finite() && hi.is_finite()) {
+        return false;
+    }
+    let mut signed_absmax = 0.0;
+    if ABS {
+        let amax = hi.max(-lo);
+        if amax > 0.0 {
+            match xs
+                .iter()
+                .map(|x| R::rd1(x.to_math()))
+                .find(|v| v.abs() == amax)
+            {
                 Some(v) => signed_absmax = v,
                 None => return false,
             }
@@ -740,18 +837,62 @@ mod apply {
     pub const RECIPROCAL: u8 = 2;
 }
 
-/// `LANES` integral values of the formula from values already rounded to
-/// the arithmetic (`p` holds the splatted parameters). No lane is NaN.
+/// The splatted parameters of one group for the codes kernels.
+#[derive(Clone, Copy)]
+struct Splat<S: Isa> {
+    s: S::F,
+    inv: S::F,
+    c: S::F,
+    offset: S::F,
+    /// `hi` as a float, for the clamp before the conversion.
+    hi: S::F,
+    /// `lo` as an integer, for the clamp after it.
+    lo: S::I,
+    /// `EVEN_AFTER`: `hi - z`, `lo - z` and `z`.
+    hi_c: S::F,
+    lo_c: S::I,
+    c_i: S::I,
+}
+
+impl<S: Isa> Splat<S> {
+    #[inline(always)]
+    unsafe fn new(p: &FormulaParams) -> Self {
+        Splat {
+            s: S::splat_f(p.s),
+            inv: S::splat_f(p.inv),
+            c: S::splat_f(p.c),
+            offset: S::splat_f(p.offset),
+            hi: S::splat_f(p.hi),
+            lo: S::splat_i(p.lo as i32),
+            hi_c: S::splat_f(p.hi - p.c),
+            lo_c: S::splat_i((p.lo - p.c) as i32),
+            c_i: S::splat_i(p.c as i32),
+        }
+    }
+}
+
+/// `LANES` codes of the formula from values rounded to the arithmetic.
+/// No lane is NaN; quotients may be ±inf.
+///
+/// The clamp to `[lo, hi]` is split around the conversion, which rounds
+/// (half to even, or toward zero for half-up): clamping to integers and
+/// rounding commute, so `min(v, hi)` first keeps the conversion in range
+/// from above, and what lies below `i32` converts to `i32::MIN`, which
+/// `max(., lo)` then clamps as it should.
 #[inline(always)]
 unsafe fn recipe_step<S: Isa, R: LaneRound<S>, const APP: u8, const FIN: u8, const OFF: bool>(
     x: S::F,
-    [vs, vinv, vc, vm]: [S::F; 4],
-) -> S::F {
-    let x = if OFF { R::rdf(S::sub_f(x, vm)) } else { x };
+    k: &Splat<S>,
+) -> S::I {
+    let x = if OFF {
+        R::rdf(S::sub_f(x, k.offset))
+    } else {
+        x
+    };
     let v = match APP {
-        apply::DIVIDE => R::rdf(S::div_f(x, vs)),
-        apply::DIVIDE_FMA => R::rdf(S::div_fma_f(x, vs, vinv)),
-        _ => R::rdf(S::mul_f(x, vinv)),
+        apply::DIVIDE => R::rdf(S::div_f(x, k.s)),
+        apply::DIVIDE_FMA => R::rdf(S::div_fma_f(x, k.s, k.inv)),
+        _ => R::rdf(S::mul_f(x, k.inv)),
     };
     // Two roundings of the one-lane form are left out where they cannot
     // change a code:
@@ -760,118 +901,205 @@ unsafe fn recipe_step<S: Isa, R: LaneRound<S>, const APP: u8, const FIN: u8, con
     // - `rd(round(v) + z)`: the sum is an integer, exact in bf16/f16 up to
     //   256/2048 in magnitude; beyond, rounding keeps it beyond on the same
     //   side, and the clamp to a code range inside `[-256, 256]` (the codes
-    //   are at most 8 bits) gives the same code.
+    //   are at most 8 bits) gives the same code. So the code is
+    //   `clamp(round(v), lo - z, hi - z) + z`, all in integers.
     match FIN {
-        finish::EVEN_BEFORE => S::round_f(R::rdf(S::add_f(v, vc))),
-        finish::EVEN_AFTER => S::add_f(S::round_f(v), vc),
-        finish::AWAY_BEFORE => S::round_away_f(R::rdf(S::add_f(v, vc))),
-        finish::EVEN_BEFORE_ZERO => S::round_f(v),
-        finish::AWAY_BEFORE_ZERO => S::round_away_f(v),
-        _ => S::trunc_f(R::rdf(S::add_f(v, vc))),
+        finish::EVEN_BEFORE => S::max_i(
+            S::round_to_i(S::min_f(R::rdf(S::add_f(v, k.c)), k.hi)),
+            k.lo,
+        ),
+        finish::EVEN_AFTER => {
+            let r = S::max_i(S::round_to_i(S::min_f(v, k.hi_c)), k.lo_c);
+            S::add_i(r, k.c_i)
+        }
+        finish::AWAY_BEFORE => {
+            let r = S::round_away_f(R::rdf(S::add_f(v, k.c)));
+            S::max_i(S::round_to_i(S::min_f(r, k.hi)), k.lo)
+        }
+        finish::EVEN_BEFORE_ZERO => S::max_i(S::round_to_i(S::min_f(v, k.hi)), k.lo),
+        finish::AWAY_BEFORE_ZERO => {
+            S::max_i(S::round_to_i(S::min_f(S::round_away_f(v), k.hi)), k.lo)
+        }
+        _ => S::max_i(
+            S::trunc_to_i(S::min_f(R::rdf(S::add_f(v, k.c)), k.hi)),
+            k.lo,
+        ),
     }
 }
 
-/// The codes of a run of values under a recipe formula, as the low byte of
-/// each code, one per byte.
+/// The codes of a run of values under a recipe formula: one code's low
+/// byte per byte of `out`, or with `NIB` two codes per byte (the first in
+/// the low nibble; `xs.len()` is even).
 ///
-/// The values are finite and already rounded to the arithmetic (as
-/// [`recipe_load`] leaves them); `p.s` is finite and non-zero and `p.inv`
-/// (`rd(1 / s)`) finite, so no step meets a NaN: `±inf` quotients pass the
-/// rounding and saturate in the clamp. Every operation is the one the
-/// scalar engine performs, rounded by `R` where it rounds, so the codes are
-/// bit-identical to it.
+/// The values are finite (the extremes kernel checked them) and are
+/// rounded to the arithmetic as they are loaded; `p.s` is finite and
+/// non-zero and `p.inv` (`rd(1 / s)`) finite, so no step meets a NaN:
+/// `±inf` quotients pass the rounding and saturate in the clamp. Every
+/// operation is the one the scalar engine performs, rounded by `R` where
+/// it rounds, so the codes are bit-identical to it.
 #[inline(always)]
-pub(crate) unsafe fn recipe_codes<S: Isa, R: LaneRound<S>, const DIVIDE: bool, const FIN: u8>(
-    xs: &[f32],
+pub(crate) unsafe fn recipe_codes<
+    S: Isa,
+    T: F32Lanes<S>,
+    R: LaneRound<S>,
+    const DIVIDE: bool,
+    const FIN: u8,
+    const NIB: bool,
+>(
+    xs: &[T],
     p: &FormulaParams,
     out: &mut [u8],
-) where
-    f32: F32Lanes<S>,
-{
+) {
+    use apply::{DIVIDE as DIV, DIVIDE_FMA as FMA, RECIPROCAL as RECIP};
+    use finish::{AWAY_BEFORE, AWAY_BEFORE_ZERO, EVEN_BEFORE, EVEN_BEFORE_ZERO};
+    if DIVIDE && S::HAS_FMA && !p.fast_divide {
+        // A scale so far out that the fused division could be off: the
+        // one-lane form (the divider) for the whole run. No preset meets it
+        // on real weights.
+        return recipe_codes_one_lane::<S, T, R, FIN, NIB>(xs, p, out, true);
+    }
+    macro_rules! go {
+        ($fin:expr) => {
+            match (DIVIDE, S::HAS_FMA, p.offset != 0.0) {
+                (true, true, true) => {
+                    recipe_codes_run::<S, T, R, FMA, { $fin }, true, NIB>(xs, p, out)
+                }
+                (true, true, false) => {
+                    recipe_codes_run::<S, T, R, FMA, { $fin }, false, NIB>(xs, p, out)
+                }
+                (true, false, true) => {
+                    recipe_codes_run::<S, T, R, DIV, { $fin }, true, NIB>(xs, p, out)
+                }
+                (true, false, false) => {
+                    recipe_codes_run::<S, T, R, DIV, { $fin }, false, NIB>(xs, p, out)
+                }
+                (false, _, true) => {
+                    recipe_codes_run::<S, T, R, RECIP, { $fin }, true, NIB>(xs, p, out)
+                }
+                (false, _, false) => {
+                    recipe_codes_run::<S, T, R, RECIP, { $fin }, false, NIB>(xs, p, out)
+                }
+            }
+        };
+    }
     match (FIN, p.c == 0.0) {
-        (finish::EVEN_BEFORE, true) => {
-            recipe_codes_app::<S, R, DIVIDE, { finish::EVEN_BEFORE_ZERO }>(xs, p, out)
+        (EVEN_BEFORE, true) => go!(EVEN_BEFORE_ZERO),
+        (AWAY_BEFORE, true) => go!(AWAY_BEFORE_ZERO),
+        _ => go!(FIN),
+    }
+}
+
+/// [`recipe_codes`] by [`recipe_code1`] alone.
+#[inline(always)]
+pub(crate) fn recipe_codes_one_lane<
+    S: Isa,
+    T: F32Lanes<S>,
+    R: LaneRound<S>,
+    const FIN: u8,
+    const NIB: bool,
+>(
+    xs: &[T],
+    p: &FormulaParams,
+    out: &mut [u8],
+    divide: bool,
+) {
+    let code = |x: &T| {
+        let x = R::rd1(x.to_math());
+        if p.offset != 0.0 {
+            recipe_code1::<S, R, FIN, true>(x, p, divide) as u8
+        } else {
+            recipe_code1::<S, R, FIN, false>(x, p, divide) as u8
         }
-        (finish::AWAY_BEFORE, true) => {
-            recipe_codes_app::<S, R, DIVIDE, { finish::AWAY_BEFORE_ZERO }>(xs, p, out)
+    };
+    if NIB {
+        for (o, pair) in out.iter_mut().zip(xs.chunks_exact(2)) {
+            *o = (code(&pair[0]) & 0xf) | (code(&pair[1]) << 4);
         }
-        _ => recipe_codes_app::<S, R, DIVIDE, FIN>(xs, p, out),
+    } else {
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = code(x);
+        }
     }
 }
 
 /// [`recipe_codes`] with the scale application and the offset chosen.
 #[inline(always)]
-unsafe fn recipe_codes_app<S: Isa, R: LaneRound<S>, const DIVIDE: bool, const FIN: u8>(
-    xs: &[f32],
+unsafe fn recipe_codes_run<
+    S: Isa,
+    T: F32Lanes<S>,
+    R: LaneRound<S>,
+    const APP: u8,
+    const FIN: u8,
+    const OFF: bool,
+    const NIB: bool,
+>(
+    xs: &[T],
     p: &FormulaParams,
     out: &mut [u8],
-) where
-    f32: F32Lanes<S>,
-{
-    use apply::{DIVIDE as DIV, DIVIDE_FMA as FMA, RECIPROCAL as RECIP};
-    match (DIVIDE, p.fast_divide && S::HAS_FMA, p.offset != 0.0) {
-        (true, true, true) => recipe_codes_off::<S, R, FMA, FIN, true>(xs, p, out),
-        (true, true, false) => recipe_codes_off::<S, R, FMA, FIN, false>(xs, p, out),
-        (true, false, true) => recipe_codes_off::<S, R, DIV, FIN, true>(xs, p, out),
-        (true, false, false) => recipe_codes_off::<S, R, DIV, FIN, false>(xs, p, out),
-        (false, _, true) => recipe_codes_off::<S, R, RECIP, FIN, true>(xs, p, out),
-        (false, _, false) => recipe_codes_off::<S, R, RECIP, FIN, false>(xs, p, out),
-    }
-}
-
-#[inline(always)]
-unsafe fn recipe_codes_off<S: Isa, R: LaneRound<S>, const APP: u8, const FIN: u8, const OFF: bool>(
-    xs: &[f32],
-    p: &FormulaParams,
-    out: &mut [u8],
-) where
-    f32: F32Lanes<S>,
-{
+) {
     let n = xs.len();
-    let out = &mut out[..n];
-    let c = [
-        S::splat_f(p.s),
-        S::splat_f(p.inv),
-        S::splat_f(p.c),
-        S::splat_f(p.offset),
-    ];
-    let (lo, hi) = (S::splat_f(p.lo), S::splat_f(p.hi));
-    let full = n - n % S::LANES;
-    let (src, dst) = (xs.as_ptr(), out.as_mut_ptr());
-    let mut k = 0;
-    // Two vectors per step: independent chains keep the units busy.
-    while k + 2 * S::LANES <= full {
-        let a = recipe_vector::<S, R, APP, FIN, OFF>(src.add(k), c, lo, hi);
-        let b = recipe_vector::<S, R, APP, FIN, OFF>(src.add(k + S::LANES), c, lo, hi);
-        S::store_low_bytes(dst.add(k), a);
-        S::store_low_bytes(dst.add(k + S::LANES), b);
-        k += 2 * S::LANES;
+    let k = Splat::<S>::new(p);
+    let src = xs.as_ptr();
+    // A function, not a closure, so that it inherits the caller's target
+    // features when inlined.
+    #[inline(always)]
+    unsafe fn at<
+        S: Isa,
+        T: F32Lanes<S>,
+        R: LaneRound<S>,
+        const APP: u8,
+        const FIN: u8,
+        const OFF: bool,
+    >(
+        src: *const T,
+        k: &Splat<S>,
+    ) -> S::I {
+        recipe_step::<S, R, APP, FIN, OFF>(load_rounded::<S, T, R>(src), k)
     }
-    if k < full {
-        let a = recipe_vector::<S, R, APP, FIN, OFF>(src.add(k), c, lo, hi);
-        S::store_low_bytes(dst.add(k), a);
+    // Four vectors per step: independent chains keep the units busy, and
+    // their codes are narrowed together.
+    let step = 4 * S::LANES;
+    let full = n - n % step;
+    let dst = out.as_mut_ptr();
+    let mut i = 0;
+    while i < full {
+        let v = [
+            at::<S, T, R, APP, FIN, OFF>(src.add(i), &k),
+            at::<S, T, R, APP, FIN, OFF>(src.add(i + S::LANES), &k),
+            at::<S, T, R, APP, FIN, OFF>(src.add(i + 2 * S::LANES), &k),
+            at::<S, T, R, APP, FIN, OFF>(src.add(i + 3 * S::LANES), &k),
+        ];
+        S::store_codes4::<NIB>(dst.add(if NIB { i / 2 } else { i }), v);
+        i += step;
     }
-    for (x, o) in xs[full..].iter().zip(&mut out[full..]) {
-        *o = recipe_code1::<S, R, FIN, OFF>(*x, p, APP != apply::RECIPROCAL) as u8;
+    if i == n {
+        return;
     }
-}
-
-/// `LANES` codes of [`recipe_codes`] (a function, not a closure, so that
-/// it inherits the caller's target features when inlined).
-#[inline(always)]
-unsafe fn recipe_vector<S: Isa, R: LaneRound<S>, const APP: u8, const FIN: u8, const OFF: bool>(
-    p: *const f32,
-    c: [S::F; 4],
-    lo: S::F,
-    hi: S::F,
-) -> S::I
-where
-    f32: F32Lanes<S>,
-{
-    let x = <f32 as F32Lanes<S>>::load(p);
-    let r = recipe_step::<S, R, APP, FIN, OFF>(x, c);
-    // Integral (or ±inf) already: the conversion only saturates.
-    S::round_to_i(S::clamp_f(r, lo, hi))
+    // The tail, through a buffer: whole vectors, then single values.
+    let rest = n - i;
+    let mut tmp = [0u8; 64];
+    let mut j = 0;
+    while j + S::LANES <= rest {
+        S::store_low_bytes(
+            tmp.as_mut_ptr().add(j),
+            at::<S, T, R, APP, FIN, OFF>(src.add(i + j), &k),
+        );
+        j += S::LANES;
+    }
+    let divide = APP != apply::RECIPROCAL;
+    for (t, x) in tmp[j..rest].iter_mut().zip(&xs[i + j..]) {
+        *t = recipe_code1::<S, R, FIN, OFF>(R::rd1(x.to_math()), p, divide) as u8;
+    }
+    if NIB {
+        for (o, pair) in out[i / 2..n / 2]
+            .iter_mut()
+            .zip(tmp[..rest].chunks_exact(2))
+        {
+            *o = (pair[0] & 0xf) | (pair[1] << 4);
+        }
+    } else {
+        out[i..n].copy_from_slice(&tmp[..rest]);
+    }
 }
 
 /// One code of [`recipe_codes`]: the same steps on one value.
@@ -924,126 +1152,131 @@ macro_rules! simd_entry_points {
         }
 
         #[target_feature(enable = $features)]
-        unsafe fn recipe_load_tf<T, R, const ABS: bool>(
+        unsafe fn recipe_extremes_tf<T, R, const ABS: bool>(
             xs: &[T],
-            buf: &mut [f32],
             e: &mut crate::kernels::GroupExtremes,
         ) -> bool
         where
             T: crate::kernels::simd::F32Lanes<$isa>,
             R: crate::kernels::simd::LaneRound<$isa>,
         {
-            crate::kernels::simd::recipe_load::<$isa, T, R, ABS>(xs, buf, e)
+            crate::kernels::simd::recipe_extremes::<$isa, T, R, ABS>(xs, e)
         }
 
-        /// A run of values rounded to a recipe's arithmetic, into `buf`,
-        /// and their extremes into `e` (`false`: the scalar engine takes
-        /// the group).
-        pub(crate) fn recipe_load<T, R, const ABS: bool>(
+        /// The extremes of a run of values rounded to a recipe's
+        /// arithmetic, into `e` (`false`: the scalar engine takes the
+        /// group).
+        pub(crate) fn recipe_extremes<T, R, const ABS: bool>(
             xs: &[T],
-            buf: &mut [f32],
             e: &mut crate::kernels::GroupExtremes,
         ) -> bool
         where
             T: crate::kernels::simd::F32Lanes<$isa>,
             R: crate::kernels::simd::LaneRound<$isa>,
         {
-            if !available() || buf.len() < xs.len() {
+            if !available() {
                 return false;
             }
-            // SAFETY: the CPU has the features (checked above); the kernel
-            // reads inside `xs` and writes inside `buf[..xs.len()]`, which
-            // exists (checked above).
-            unsafe { recipe_load_tf::<T, R, ABS>(xs, buf, e) }
+            // SAFETY: the CPU has the features (checked above), and the
+            // kernel reads only inside `xs`.
+            unsafe { recipe_extremes_tf::<T, R, ABS>(xs, e) }
         }
 
         #[target_feature(enable = $features)]
-        unsafe fn recipe_codes_tf<R, const D: bool, const F: u8>(
-            xs: &[f32],
+        unsafe fn recipe_codes_tf<T, R, const D: bool, const F: u8, const N: bool>(
+            xs: &[T],
             p: &crate::kernels::FormulaParams,
             out: &mut [u8],
         ) where
+            T: crate::kernels::simd::F32Lanes<$isa>,
             R: crate::kernels::simd::LaneRound<$isa>,
         {
-            crate::kernels::simd::recipe_codes::<$isa, R, D, F>(xs, p, out)
+            crate::kernels::simd::recipe_codes::<$isa, T, R, D, F, N>(xs, p, out)
         }
 
-        /// The codes (low bytes) of a run of rounded values under a recipe
-        /// formula (see [`recipe_codes`](crate::kernels::simd::recipe_codes)).
-        pub(crate) fn recipe_codes<R, const D: bool, const F: u8>(
-            xs: &[f32],
+        /// The codes of a run of finite values under a recipe formula (see
+        /// [`recipe_codes`](crate::kernels::simd::recipe_codes)): one per
+        /// byte of `out`, or two (`N`).
+        pub(crate) fn recipe_codes<T, R, const D: bool, const F: u8, const N: bool>(
+            xs: &[T],
             p: &crate::kernels::FormulaParams,
             out: &mut [u8],
         ) where
+            T: crate::kernels::simd::F32Lanes<$isa>,
             R: crate::kernels::simd::LaneRound<$isa>,
         {
-            if !available() || out.len() < xs.len() {
-                let code = if p.offset != 0.0 {
-                    crate::kernels::simd::recipe_code1::<$isa, R, F, true>
-                } else {
-                    crate::kernels::simd::recipe_code1::<$isa, R, F, false>
-                };
-                for (x, o) in xs.iter().zip(out.iter_mut()) {
-                    *o = code(*x, p, D) as u8;
-                }
-                return;
+            let units = if N { xs.len() / 2 } else { xs.len() };
+            if !available() || out.len() < units || (N && xs.len() % 2 != 0) {
+                // The one-lane form of the same steps, over what fits.
+                return crate::kernels::simd::recipe_codes_one_lane::<$isa, T, R, F, N>(
+                    xs, p, out, D,
+                );
             }
             // SAFETY: the CPU has the features (checked above); the kernel
-            // reads inside `xs` and writes inside `out[..xs.len()]`, which
+            // reads inside `xs` and writes inside `out[..units]`, which
             // exists (checked above).
-            unsafe { recipe_codes_tf::<R, D, F>(xs, p, out) }
+            unsafe { recipe_codes_tf::<T, R, D, F, N>(xs, p, out) }
         }
 
-        /// The load kernel for an arithmetic of kind `round` (`abs`: with
-        /// the first largest magnitude).
-        pub(crate) fn recipe_load_for<T: crate::kernels::simd::F32Lanes<$isa>>(
+        /// The extremes kernel for an arithmetic of kind `round` (`abs`:
+        /// with the first largest magnitude).
+        pub(crate) fn recipe_extremes_for<T: crate::kernels::simd::F32Lanes<$isa>>(
             round: crate::element::ElementKind,
             abs: bool,
-        ) -> Option<crate::kernels::RecipeLoadKernel<T>> {
+        ) -> Option<crate::kernels::RecipeExtremesKernel<T>> {
             use crate::element::ElementKind as K;
             use crate::kernels::simd::{KeepF32, ToBf16, ToF16};
             Some(match (round, abs) {
-                (K::F32, false) => recipe_load::<T, KeepF32, false>,
-                (K::F32, true) => recipe_load::<T, KeepF32, true>,
-                (K::Bf16, false) => recipe_load::<T, ToBf16, false>,
-                (K::Bf16, true) => recipe_load::<T, ToBf16, true>,
-                (K::F16, false) => recipe_load::<T, ToF16, false>,
-                (K::F16, true) => recipe_load::<T, ToF16, true>,
+                (K::F32, false) => recipe_extremes::<T, KeepF32, false>,
+                (K::F32, true) => recipe_extremes::<T, KeepF32, true>,
+                (K::Bf16, false) => recipe_extremes::<T, ToBf16, false>,
+                (K::Bf16, true) => recipe_extremes::<T, ToBf16, true>,
+                (K::F16, false) => recipe_extremes::<T, ToF16, false>,
+                (K::F16, true) => recipe_extremes::<T, ToF16, true>,
                 _ => return None,
             })
         }
 
-        fn recipe_codes_by<R: crate::kernels::simd::LaneRound<$isa>>(
+        fn recipe_codes_by<T, R, const N: bool>(
             divide: bool,
             fin: u8,
-        ) -> Option<crate::kernels::RecipeCodesKernel> {
+        ) -> Option<crate::kernels::RecipeCodesKernel<T>>
+        where
+            T: crate::kernels::simd::F32Lanes<$isa>,
+            R: crate::kernels::simd::LaneRound<$isa>,
+        {
             use crate::kernels::simd::finish as f;
             Some(match (divide, fin) {
-                (true, f::EVEN_BEFORE) => recipe_codes::<R, true, { f::EVEN_BEFORE }>,
-                (true, f::EVEN_AFTER) => recipe_codes::<R, true, { f::EVEN_AFTER }>,
-                (true, f::AWAY_BEFORE) => recipe_codes::<R, true, { f::AWAY_BEFORE }>,
-                (true, f::HALF_UP_BEFORE) => recipe_codes::<R, true, { f::HALF_UP_BEFORE }>,
-                (false, f::EVEN_BEFORE) => recipe_codes::<R, false, { f::EVEN_BEFORE }>,
-                (false, f::EVEN_AFTER) => recipe_codes::<R, false, { f::EVEN_AFTER }>,
-                (false, f::AWAY_BEFORE) => recipe_codes::<R, false, { f::AWAY_BEFORE }>,
-                (false, f::HALF_UP_BEFORE) => recipe_codes::<R, false, { f::HALF_UP_BEFORE }>,
+                (true, f::EVEN_BEFORE) => recipe_codes::<T, R, true, { f::EVEN_BEFORE }, N>,
+                (true, f::EVEN_AFTER) => recipe_codes::<T, R, true, { f::EVEN_AFTER }, N>,
+                (true, f::AWAY_BEFORE) => recipe_codes::<T, R, true, { f::AWAY_BEFORE }, N>,
+                (true, f::HALF_UP_BEFORE) => recipe_codes::<T, R, true, { f::HALF_UP_BEFORE }, N>,
+                (false, f::EVEN_BEFORE) => recipe_codes::<T, R, false, { f::EVEN_BEFORE }, N>,
+                (false, f::EVEN_AFTER) => recipe_codes::<T, R, false, { f::EVEN_AFTER }, N>,
+                (false, f::AWAY_BEFORE) => recipe_codes::<T, R, false, { f::AWAY_BEFORE }, N>,
+                (false, f::HALF_UP_BEFORE) => recipe_codes::<T, R, false, { f::HALF_UP_BEFORE }, N>,
                 _ => return None,
             })
         }
 
         /// The codes kernel for a formula (`divide` or multiply by the
-        /// reciprocal, finishing steps `fin`) in an arithmetic of kind `round`.
-        pub(crate) fn recipe_codes_for(
+        /// reciprocal, finishing steps `fin`) in an arithmetic of kind
+        /// `round`, one code per byte or two (`nibbles`).
+        pub(crate) fn recipe_codes_for<T: crate::kernels::simd::F32Lanes<$isa>>(
             round: crate::element::ElementKind,
             divide: bool,
             fin: u8,
-        ) -> Option<crate::kernels::RecipeCodesKernel> {
+            nibbles: bool,
+        ) -> Option<crate::kernels::RecipeCodesKernel<T>> {
             use crate::element::ElementKind as K;
             use crate::kernels::simd::{KeepF32, ToBf16, ToF16};
-            match round {
-                K::F32 => recipe_codes_by::<KeepF32>(divide, fin),
-                K::Bf16 => recipe_codes_by::<ToBf16>(divide, fin),
-                K::F16 => recipe_codes_by::<ToF16>(divide, fin),
+            match (round, nibbles) {
+                (K::F32, false) => recipe_codes_by::<T, KeepF32, false>(divide, fin),
+                (K::F32, true) => recipe_codes_by::<T, KeepF32, true>(divide, fin),
+                (K::Bf16, false) => recipe_codes_by::<T, ToBf16, false>(divide, fin),
+                (K::Bf16, true) => recipe_codes_by::<T, ToBf16, true>(divide, fin),
+                (K::F16, false) => recipe_codes_by::<T, ToF16, false>(divide, fin),
+                (K::F16, true) => recipe_codes_by::<T, ToF16, true>(divide, fin),
                 _ => None,
             }
         }

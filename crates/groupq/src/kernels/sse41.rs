@@ -142,6 +142,10 @@ impl Isa for Sse41 {
     }
 
     #[inline(always)]
+    unsafe fn store_i(p: *mut u8, v: __m128i) {
+        _mm_storeu_si128(p.cast(), v)
+    }
+    #[inline(always)]
     unsafe fn load_i(p: *const u8) -> __m128i {
         _mm_loadu_si128(p.cast())
     }
@@ -199,6 +203,49 @@ impl Isa for Sse41 {
         let words = _mm_packus_epi32(low, low);
         let bytes = _mm_packus_epi16(words, words);
         p.cast::<i32>().write_unaligned(_mm_cvtsi128_si32(bytes))
+    }
+    #[inline(always)]
+    unsafe fn store_codes4<const NIB: bool>(p: *mut u8, [a, b, c, d]: [__m128i; 4]) {
+        // Saturating packs are exact on values in i16 range; the mask keeps
+        // the low byte of each word for the unsigned pack.
+        let low = _mm_set1_epi16(0xff);
+        let ab = _mm_and_si128(_mm_packs_epi32(a, b), low);
+        let cd = _mm_and_si128(_mm_packs_epi32(c, d), low);
+        let bytes = _mm_packus_epi16(ab, cd);
+        if NIB {
+            let w = _mm_or_si128(
+                _mm_and_si128(bytes, _mm_set1_epi16(0x0f)),
+                _mm_and_si128(_mm_srli_epi16::<4>(bytes), _mm_set1_epi16(0xf0)),
+            );
+            _mm_storel_epi64(p.cast(), _mm_packus_epi16(w, w))
+        } else {
+            _mm_storeu_si128(p.cast(), bytes)
+        }
+    }
+    #[inline(always)]
+    unsafe fn key16(v: __m128i) -> __m128i {
+        let flip = _mm_and_si128(_mm_srai_epi16::<15>(v), _mm_set1_epi16(0x7fff));
+        _mm_xor_si128(v, flip)
+    }
+    #[inline(always)]
+    unsafe fn min16(a: __m128i, b: __m128i) -> __m128i {
+        _mm_min_epi16(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max16(a: __m128i, b: __m128i) -> __m128i {
+        _mm_max_epi16(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max_i(a: __m128i, b: __m128i) -> __m128i {
+        _mm_max_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn add_i(a: __m128i, b: __m128i) -> __m128i {
+        _mm_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn trunc_to_i(a: __m128) -> __m128i {
+        _mm_cvttps_epi32(a)
     }
     #[inline(always)]
     unsafe fn min_f(a: __m128, b: __m128) -> __m128 {

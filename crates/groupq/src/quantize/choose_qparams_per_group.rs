@@ -110,8 +110,15 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         check_recipe(PLAN, &desc.recipe, None)?;
         let op = QuantizeKind::ChooseQParamsPerGroup;
-        let (core, engine) =
-            select_engine::<TIn, TScale>(PLAN, op, Some(TScale::KIND), layout, desc.recipe, pref)?;
+        let (core, engine) = select_engine::<TIn, TScale>(
+            PLAN,
+            op,
+            Some(TScale::KIND),
+            layout,
+            desc.recipe,
+            false,
+            pref,
+        )?;
         Ok(ChooseQParamsPerGroupPlan {
             core,
             engine,

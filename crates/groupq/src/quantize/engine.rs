@@ -45,9 +45,10 @@ pub(super) fn check_recipe(
     Ok(())
 }
 
-/// Selects the recipe engine for a plan: a vector backend where it has a
-/// load kernel for the recipe's arithmetic and input `TIn` (and, with
-/// codes, the formula's codes kernel where it has one), else the scalar
+/// Selects the recipe engine for a plan: a vector backend where it has an
+/// extremes kernel for the recipe's arithmetic and input `TIn` (and, with
+/// codes, the formula's codes kernel where it has one, writing two codes
+/// per byte for `nibbles`), else the scalar
 /// engine. The plan's precision guarantee names the recipe's arithmetic:
 /// its intermediate values are held in that dtype.
 pub(super) fn select_engine<TIn: Element, TScale: Element>(
@@ -56,6 +57,7 @@ pub(super) fn select_engine<TIn: Element, TScale: Element>(
     aux: Option<ElementKind>,
     layout: Layout,
     recipe: Recipe,
+    nibbles: bool,
     pref: PlanPreference,
 ) -> Result<(PlanCore, RecipeEngine<TIn>)> {
     let kernel = RecipeKernel::new(recipe, TIn::KIND, TScale::KIND);
@@ -65,10 +67,12 @@ pub(super) fn select_engine<TIn: Element, TScale: Element>(
             kernel,
             vector: None,
         }),
-        _ => kernel.vector::<TIn>(b, with_codes).map(|v| RecipeEngine {
-            kernel,
-            vector: Some(v),
-        }),
+        _ => kernel
+            .vector::<TIn>(b, with_codes, nibbles)
+            .map(|v| RecipeEngine {
+                kernel,
+                vector: Some(v),
+            }),
     };
     let (mut core, engine) = PlanCore::new::<TIn, _>(plan, op, aux, layout, pref, lookup)?;
     let arithmetic = kernel.arithmetic_kind();

@@ -124,8 +124,15 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
         check_recipe(PLAN, &desc.recipe, Some((TOut::KIND, TOut::MIN, TOut::MAX)))?;
         layout.check_pack(PLAN, TOut::KIND, TOut::PACK)?;
         let op = QuantizeKind::QuantizeDynamicPerGroup;
-        let (core, engine) =
-            select_engine::<TIn, TScale>(PLAN, op, Some(TOut::KIND), layout, desc.recipe, pref)?;
+        let (core, engine) = select_engine::<TIn, TScale>(
+            PLAN,
+            op,
+            Some(TOut::KIND),
+            layout,
+            desc.recipe,
+            TOut::PACK == 2,
+            pref,
+        )?;
         Ok(QuantizeDynamicPerGroupPlan {
             core,
             engine,

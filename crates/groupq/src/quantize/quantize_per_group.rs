@@ -188,7 +188,7 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
                 crate::kernels::quantize::<TIn, TOut>(b).map(Forward::Spec)
             }
             _ => formula_kernel
-                .vector::<TIn>(b)
+                .vector::<TIn, TOut>(b)
                 .map(|v| Forward::Vector(formula_kernel, v)),
         };
         let aux = Some(TOut::KIND);
