@@ -251,13 +251,20 @@ fn quantize_typed<T: Storage>(
 ) -> Result<(Vec<Vec<u8>>, Stats)> {
     let (gs, g, bits) = (spec.group_size, k / spec.group_size, spec.bits);
     let (codes, scale, zero) = dynamic::<T, f16, u8>(stream, w, n, k, gs, spec.recipe())?;
-    let restored = dequantize::<u8, f16>(stream, &codes, &scale, &zero, n, k, gs)?;
-    let out = vec![
-        i32_bytes(&pack::awq_qweight(&codes, n, k, bits)?),
-        i32_bytes(&pack::awq_qzeros(&zero, n, g, bits)?),
-        f16::write(&transpose(&scale, n, g)),
-    ];
-    Ok((out, Stats::of(w, &restored)))
+    pack_and_report(
+        || -> Result<Vec<Vec<u8>>> {
+            let out = vec![
+                i32_bytes(&pack::awq_qweight(&codes, n, k, bits)?),
+                i32_bytes(&pack::awq_qzeros(&zero, n, g, bits)?),
+                f16::write(&transpose(&scale, n, g)),
+            ];
+            Ok(out)
+        },
+        || -> Result<Stats> {
+            let restored = dequantize::<u8, f16>(stream, &codes, &scale, &zero, n, k, gs)?;
+            Ok(Stats::of(w, &restored))
+        },
+    )
 }
 
 #[cfg(test)]

@@ -257,19 +257,26 @@ fn quantize_typed<T: Storage>(
 ) -> Result<(Vec<Vec<u8>>, Stats)> {
     let (gs, g, bits) = (spec.group_size, k / spec.group_size, spec.bits);
     let (codes, scale, zero) = dynamic::<T, T, i8>(stream, w, n, k, gs, spec.recipe())?;
-    let restored = dequantize::<i8, T>(stream, &codes, &scale, &zero, n, k, gs)?;
-    let mut out = vec![
-        i32_bytes(&pack::compressed_tensors_weight(&codes, n, k, bits)?),
-        T::write(&scale),
-        [n as i64, k as i64]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    ];
-    if !spec.symmetric {
-        out.push(i32_bytes(&pack::compressed_tensors_zero_point(
-            &zero, n, g, bits,
-        )?));
-    }
-    Ok((out, Stats::of(w, &restored)))
+    pack_and_report(
+        || -> Result<Vec<Vec<u8>>> {
+            let mut out = vec![
+                i32_bytes(&pack::compressed_tensors_weight(&codes, n, k, bits)?),
+                T::write(&scale),
+                [n as i64, k as i64]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ];
+            if !spec.symmetric {
+                out.push(i32_bytes(&pack::compressed_tensors_zero_point(
+                    &zero, n, g, bits,
+                )?));
+            }
+            Ok(out)
+        },
+        || -> Result<Stats> {
+            let restored = dequantize::<i8, T>(stream, &codes, &scale, &zero, n, k, gs)?;
+            Ok(Stats::of(w, &restored))
+        },
+    )
 }

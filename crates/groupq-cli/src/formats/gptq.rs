@@ -316,13 +316,20 @@ fn quantize_typed<T: Storage>(
     let (codes, scale, zero) = dynamic::<T, f32, u8>(stream, w, n, k, gs, spec.recipe())?;
     // Loaders read float16 scales.
     let scale16: Vec<f16> = scale.iter().map(|&s| f16::from_f32(s)).collect();
-    let restored = dequantize::<u8, f16>(stream, &codes, &scale16, &zero, n, k, gs)?;
-    let g_idx: Vec<i32> = (0..k).map(|i| (i / gs) as i32).collect();
-    let out = vec![
-        i32_bytes(&pack::gptq_qweight(&codes, n, k, bits)?),
-        i32_bytes(&pack::gptq_qzeros(&zero, n, g, bits, GptqZeros::V1)?),
-        f16::write(&transpose(&scale16, n, g)),
-        i32_bytes(&g_idx),
-    ];
-    Ok((out, Stats::of(w, &restored)))
+    pack_and_report(
+        || -> Result<Vec<Vec<u8>>> {
+            let g_idx: Vec<i32> = (0..k).map(|i| (i / gs) as i32).collect();
+            let out = vec![
+                i32_bytes(&pack::gptq_qweight(&codes, n, k, bits)?),
+                i32_bytes(&pack::gptq_qzeros(&zero, n, g, bits, GptqZeros::V1)?),
+                f16::write(&transpose(&scale16, n, g)),
+                i32_bytes(&g_idx),
+            ];
+            Ok(out)
+        },
+        || -> Result<Stats> {
+            let restored = dequantize::<u8, f16>(stream, &codes, &scale16, &zero, n, k, gs)?;
+            Ok(Stats::of(w, &restored))
+        },
+    )
 }

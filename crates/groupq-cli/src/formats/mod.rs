@@ -463,6 +463,17 @@ pub fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
         .collect()
 }
 
+/// A weight's packed outputs and its report: `pack` on one core while
+/// `report` (dequantize and statistics) runs beside it, neither needing the
+/// other.
+pub(crate) fn pack_and_report(
+    pack: impl FnOnce() -> Result<Vec<Vec<u8>>> + Send,
+    report: impl FnOnce() -> Result<Stats> + Send,
+) -> Result<(Vec<Vec<u8>>, Stats)> {
+    let (out, stats) = rayon::join(pack, report);
+    Ok((out?, stats?))
+}
+
 /// The fused recipe plan on one weight: codes, scales and zero points.
 pub(crate) fn dynamic<T: Element, S: Element, Q: IntElement>(
     stream: &Stream,
