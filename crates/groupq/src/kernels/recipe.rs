@@ -774,7 +774,7 @@ impl RecipeKernel {
         Some(VectorRecipe { extremes, codes })
     }
 
-    /// [`params`](Self::params) from the extremes the load kernel found,
+    /// [`params`](Self::params) from the extremes the extremes kernel found,
     /// or `None` where they cannot stand for the group: with a float
     /// offset a zero minimum is the offset, and the scalar engine fixes
     /// which zero it is.
