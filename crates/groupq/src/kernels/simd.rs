@@ -729,6 +729,19 @@ where
         lo = lo.min(v);
         hi = hi.max(v);
     }
+    extremes_found::<S, T, R, ABS>(xs, lo, hi, e)
+}
+
+/// The end of both extremes kernels: the raw extremes `lo`, `hi` of `xs`
+/// (finite) rounded by `R` and written to `e`, with the first value of
+/// largest rounded magnitude for `ABS`; `false` when rounding overflows.
+#[inline(always)]
+fn extremes_found<S: Isa, T: F32Lanes<S>, R: LaneRound<S>, const ABS: bool>(
+    xs: &[T],
+    lo: f32,
+    hi: f32,
+    e: &mut GroupExtremes,
+) -> bool {
     let (lo, hi) = (R::rd1(lo), R::rd1(hi));
     if !(lo.is_finite() && hi.is_finite()) {
         return false;
@@ -801,28 +814,7 @@ unsafe fn recipe_extremes16<S: Isa, T: F32Lanes<S>, R: LaneRound<S>, const ABS: 
         let bits = key(k as u16) as u16;
         (&bits as *const u16).cast::<T>().read_unaligned().to_math()
     };
-    let (lo, hi) = (R::rd1(value(lo)), R::rd1(value(hi)));
-    if !(lo.is_finite() && hi.is_finite()) {
-        return false;
-    }
-    let mut signed_absmax = 0.0;
-    if ABS {
-        let amax = hi.max(-lo);
-        if amax > 0.0 {
-            match xs
-                .iter()
-                .map(|x| R::rd1(x.to_math()))
-                .find(|v| v.abs() == amax)
-            {
-                Some(v) => signed_absmax = v,
-                None => return false,
-            }
-        }
-    }
-    e.min = lo;
-    e.max = hi;
-    e.signed_absmax = signed_absmax;
-    true
+    extremes_found::<S, T, R, ABS>(xs, value(lo), value(hi), e)
 }
 
 pub(crate) use super::finish;
