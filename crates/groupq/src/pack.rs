@@ -35,6 +35,7 @@
 //! # Ok::<(), groupq::Error>(())
 //! ```
 
+use crate::element::{S4, U4};
 use crate::error::{Error, Result};
 
 /// AWQ's order of the codes inside a 4-bit word: nibble `i` holds code `AWQ_ORDER[i]`.
@@ -115,7 +116,12 @@ fn pack(
 /// `4t`: neighbouring nibbles merged pairwise, then bytes, then halves.
 #[inline(always)]
 fn nibble_word(b: [u8; 8]) -> i32 {
-    let x = u64::from_le_bytes(b);
+    nibble_word64(u64::from_le_bytes(b))
+}
+
+/// [`nibble_word`] of the little-endian bytes of `x`.
+#[inline(always)]
+fn nibble_word64(x: u64) -> i32 {
     let x = (x | (x >> 4)) & 0x00ff_00ff_00ff_00ff;
     let x = (x | (x >> 8)) & 0x0000_ffff_0000_ffff;
     (x | (x >> 16)) as u32 as i32
@@ -594,6 +600,124 @@ mod tests {
         assert!(gptq_qweight(&[0; 7], 1, 7, 4).is_err());
         assert!(nibbles(&[16]).is_err());
     }
+}
+
+/// The checks of the packers of [`S4`]/[`U4`] codes: `codes` holds the
+/// `[n, k]` codes two per byte (`n · k / 2` bytes) and `k` is a multiple of
+/// `multiple`.
+fn check_nibbles(fmt: &str, len: usize, n: usize, k: usize, multiple: usize) -> Result<()> {
+    if !k.is_multiple_of(multiple) {
+        return Err(invalid(format!(
+            "{fmt}: in_features {k} is not a multiple of {multiple}"
+        )));
+    }
+    check_len(fmt, "codes (bytes of two)", len, n, k / 2)
+}
+
+/// [`compressed_tensors_weight`] of 4-bit codes already packed two per byte
+/// (what a plan writes into an [`S4`] tensor): `codes` `[n, k / 2]` bytes,
+/// `k` a multiple of 8. Every [`S4`] code fits, so this cannot fail on
+/// values; it runs at memory speed (a nibble `q + 8` is `q ^ 8` on four
+/// bits, and the words are the rows' bytes read little-endian).
+///
+/// ```
+/// use groupq::{pack, S4};
+/// let codes: Vec<i8> = vec![-8, -7, 0, 7, 1, 2, 3, 4];
+/// let s4: Vec<S4> = codes.chunks(2).map(|p| S4::from_codes(p[0].into(), p[1].into())).collect();
+/// assert_eq!(
+///     pack::compressed_tensors_weight_s4(&s4, 1, 8)?,
+///     pack::compressed_tensors_weight(&codes, 1, 8, 4)?,
+/// );
+/// # Ok::<(), groupq::Error>(())
+/// ```
+pub fn compressed_tensors_weight_s4(codes: &[S4], n: usize, k: usize) -> Result<Vec<i32>> {
+    check_nibbles("compressed_tensors_weight_s4", codes.len(), n, k, 8)?;
+    Ok(codes
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .map(|b| i32::from_le_bytes(b.map(|s| s.0 ^ 0x88)))
+        .collect())
+}
+
+/// [`gptq_qweight`] of 4-bit codes already packed two per byte (a [`U4`]
+/// tensor `[n, k / 2]`), `k` a multiple of 8: word `[r, j]` is bytes
+/// `4r .. 4r + 4` of row `j`, read little-endian, so the words are the
+/// transpose of the rows' words, done in blocks of rows that stay in cache.
+///
+/// ```
+/// use groupq::{pack, U4};
+/// let codes: Vec<u8> = (0..16).collect();
+/// let u4: Vec<U4> = codes.chunks(2).map(|p| U4::from_codes(p[0].into(), p[1].into())).collect();
+/// assert_eq!(pack::gptq_qweight_u4(&u4, 2, 8)?, pack::gptq_qweight(&codes, 2, 8, 4)?);
+/// # Ok::<(), groupq::Error>(())
+/// ```
+pub fn gptq_qweight_u4(codes: &[U4], n: usize, k: usize) -> Result<Vec<i32>> {
+    check_nibbles("gptq_qweight_u4", codes.len(), n, k, 8)?;
+    /// Rows transposed together: their words of one column fill whole
+    /// cache lines of the output.
+    const ROWS: usize = 32;
+    let (half, per_row) = (k / 2, k / 8);
+    let mut words = vec![0i32; per_row * n];
+    if n == 0 || k == 0 {
+        return Ok(words);
+    }
+    for (b, block) in codes.chunks(ROWS * half).enumerate() {
+        let rows: Vec<&[[U4; 4]]> = block
+            .chunks_exact(half)
+            .map(|r| r.as_chunks::<4>().0)
+            .collect();
+        for r in 0..per_row {
+            let out = &mut words[r * n + b * ROWS..][..rows.len()];
+            for (o, row) in out.iter_mut().zip(&rows) {
+                *o = i32::from_le_bytes(row[r].map(|u| u.0));
+            }
+        }
+    }
+    Ok(words)
+}
+
+/// [`awq_qweight`] of 4-bit codes already packed two per byte (a [`U4`]
+/// tensor `[n, k / 2]`), `n` a multiple of 8 and `k` even: one byte of each
+/// of eight rows gives the words of two columns (low nibbles, high
+/// nibbles), in blocks of rows that write whole cache lines.
+///
+/// ```
+/// use groupq::{pack, U4};
+/// let codes: Vec<u8> = (0..32).map(|i| (i * 7 % 16) as u8).collect();
+/// let u4: Vec<U4> = codes.chunks(2).map(|p| U4::from_codes(p[0].into(), p[1].into())).collect();
+/// assert_eq!(pack::awq_qweight_u4(&u4, 8, 4)?, pack::awq_qweight(&codes, 8, 4, 4)?);
+/// # Ok::<(), groupq::Error>(())
+/// ```
+pub fn awq_qweight_u4(codes: &[U4], n: usize, k: usize) -> Result<Vec<i32>> {
+    let fmt = "awq_qweight_u4";
+    check_nibbles(fmt, codes.len(), n, k, 2)?;
+    awq_order(fmt, n, 4)?;
+    /// Words of a row of the output written together (one cache line).
+    const WORDS: usize = 16;
+    const LOW: u64 = 0x0f0f_0f0f_0f0f_0f0f;
+    let (half, cols) = (k / 2, n / 8);
+    let mut words = vec![0i32; k * cols];
+    if n == 0 || k == 0 {
+        return Ok(words);
+    }
+    for (b, block) in codes.chunks(WORDS * 8 * half).enumerate() {
+        // The eight rows of each word, in AWQ's order.
+        let groups: Vec<[&[U4]; 8]> = block
+            .chunks_exact(8 * half)
+            .map(|g| std::array::from_fn(|t| &g[AWQ_ORDER[t] * half..][..half]))
+            .collect();
+        for c in 0..half {
+            let (even, odd) = words[2 * c * cols..][..2 * cols].split_at_mut(cols);
+            let (even, odd) = (&mut even[b * WORDS..], &mut odd[b * WORDS..]);
+            for ((e, o), rows) in even.iter_mut().zip(odd.iter_mut()).zip(&groups) {
+                let x = u64::from_le_bytes(rows.map(|r| r[c].0));
+                *e = nibble_word64(x & LOW);
+                *o = nibble_word64((x >> 4) & LOW);
+            }
+        }
+    }
+    Ok(words)
 }
 
 /// The ggml block types of [`gguf_blocks`]: 32 codes a block.

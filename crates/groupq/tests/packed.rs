@@ -2,7 +2,7 @@
 //! gives exactly the byte-per-code result, packed two per byte with the
 //! even index in the low nibble.
 
-use groupq::half::bf16;
+use groupq::half::{bf16, f16};
 use groupq::pack;
 use groupq::recipe::Recipe;
 use groupq::*;
@@ -217,4 +217,245 @@ fn packed_codes_need_even_groups() {
             .contains("output shape [2, 6] does not match the descriptor's [2, 3]"),
         "{e}"
     );
+}
+
+/// Nibbles of `codes` (each below 16) as packed bytes.
+fn nibble_bytes(codes: &[u8]) -> Vec<u8> {
+    codes
+        .chunks(2)
+        .map(|p| (p[0] & 0xf) | (p[1] << 4))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The packers of S4/U4 tensors give the words of the byte-per-code
+    /// packers (which the golden files check), for any codes and shapes,
+    /// rows beyond one transposition block included.
+    #[test]
+    fn checkpoint_layouts_from_packed_codes(
+        n8 in 1usize..40,
+        k8 in 1usize..10,
+        seed in any::<u64>(),
+    ) {
+        let (n, k) = (n8 * 8, k8 * 8);
+        let mut s = seed | 1;
+        let codes: Vec<u8> = (0..n * k)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 60) as u8
+            })
+            .collect();
+        let bytes = nibble_bytes(&codes);
+        let u4: Vec<U4> = bytes.iter().map(|&b| U4(b)).collect();
+        let s4: Vec<S4> = bytes.iter().map(|&b| S4(b)).collect();
+        let signed: Vec<i8> = codes.iter().map(|&c| ((c as i8) << 4) >> 4).collect();
+        prop_assert_eq!(
+            pack::gptq_qweight_u4(&u4, n, k).unwrap(),
+            pack::gptq_qweight(&codes, n, k, 4).unwrap()
+        );
+        prop_assert_eq!(
+            pack::awq_qweight_u4(&u4, n, k).unwrap(),
+            pack::awq_qweight(&codes, n, k, 4).unwrap()
+        );
+        prop_assert_eq!(
+            pack::compressed_tensors_weight_s4(&s4, n, k).unwrap(),
+            pack::compressed_tensors_weight(&signed, n, k, 4).unwrap()
+        );
+        // AWQ needs only an even k.
+        let k2 = k - 2;
+        let rows: Vec<u8> = codes.chunks(k).flat_map(|r| r[..k2].to_vec()).collect();
+        let u4: Vec<U4> = nibble_bytes(&rows).iter().map(|&b| U4(b)).collect();
+        prop_assert_eq!(
+            pack::awq_qweight_u4(&u4, n, k2).unwrap(),
+            pack::awq_qweight(&rows, n, k2, 4).unwrap()
+        );
+    }
+}
+
+#[test]
+fn packed_code_packers_check_shapes() {
+    let u4 = [U4(0); 8];
+    let e = pack::gptq_qweight_u4(&u4, 2, 6).unwrap_err().to_string();
+    assert!(e.contains("in_features 6 is not a multiple of 8"), "{e}");
+    let e = pack::gptq_qweight_u4(&u4, 3, 8).unwrap_err().to_string();
+    assert!(e.contains("[3, 4] needs 12"), "{e}");
+    let e = pack::awq_qweight_u4(&u4, 4, 4).unwrap_err().to_string();
+    assert!(e.contains("out_features 4 is not a multiple of 8"), "{e}");
+    let e = pack::compressed_tensors_weight_s4(&[S4(0); 8], 1, 12)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a multiple of 8"), "{e}");
+}
+
+/// Dequantizes packed codes `q` (`[m, k / 2]`) with backend `b`, or `None`
+/// where the CPU (or the type) has no such backend.
+fn dequantize_on<Q: IntElement, T: Element>(
+    b: BackendKind,
+    q: &[Q],
+    s: &[T],
+    z: &[i32],
+    (m, k, g): (usize, usize, usize),
+    threads: usize,
+) -> Option<Vec<T>> {
+    let stream = Stream::cpu_with_threads(threads).unwrap();
+    let desc = DequantizePerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        input_element: Q::KIND,
+        output_element: T::KIND,
+    };
+    let pref = PlanPreference {
+        prefer_backend: Some(b),
+        ..Default::default()
+    };
+    let plan = DequantizePerGroupPlan::<Q, T>::select(&stream, &desc, pref).ok()?;
+    assert_eq!(plan.sku().backend, b);
+    let mut y = vec![T::from_f64(-7.0); m * k];
+    let args = DequantizePerGroupArgs {
+        input: TensorRef::new(q, [m, k / Q::PACK]).unwrap(),
+        scale: TensorRef::new(s, [m, k / g]).unwrap(),
+        zero_point: TensorRef::new(z, [m, k / g]).unwrap(),
+        output: TensorMut::new(&mut y, [m, k]).unwrap(),
+    };
+    plan.run(&stream, Workspace::None, args).unwrap();
+    Some(y)
+}
+
+/// Scales of every kind a group may have: typical, negative, zero, ±0,
+/// subnormal, huge, NaN, ±inf.
+fn special_scales<T: Element>(n: usize, seed: u64) -> Vec<T> {
+    let specials = [
+        0.0,
+        -0.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        1e-40,
+        -3e38,
+        65504.0,
+    ];
+    let mut r = seed | 1;
+    (0..n)
+        .map(|i| {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            let v = match r % 4 {
+                0 => specials[i % specials.len()],
+                1 => -((r >> 40) as f64) / 1e6,
+                _ => (r >> 40) as f64 / 1e7,
+            };
+            T::from_f64(v)
+        })
+        .collect()
+}
+
+/// Whether this CPU has backend `b`.
+fn detected(b: BackendKind) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match b {
+            BackendKind::Sse41 => std::is_x86_feature_detected!("sse4.1"),
+            BackendKind::Avx2 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("f16c")
+                    && std::is_x86_feature_detected!("fma")
+            }
+            BackendKind::Avx512 => {
+                std::is_x86_feature_detected!("avx512f")
+            }
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = b;
+        false
+    }
+}
+
+fn check_packed_dequantize<Q: IntElement, W: IntElement, T: Element>(
+    wide: &[W],
+    packed: &[Q],
+    shape: (usize, usize, usize),
+    seed: u64,
+    threads: usize,
+) -> std::result::Result<(), TestCaseError> {
+    let (m, k, g) = shape;
+    let s: Vec<T> = special_scales(m * k / g, seed);
+    let extremes = [i32::MIN, i32::MAX, 1 << 24, -(1 << 24) - 1];
+    let z: Vec<i32> = (0..m * k / g)
+        .map(|i| match i % 7 {
+            0 => extremes[(i / 7) % 4],
+            _ => (i % 19) as i32 - 9,
+        })
+        .collect();
+    let bits = |v: Vec<T>| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+    let oracle = dequantize_on(BackendKind::Scalar, wide, &s, &z, shape, 1).unwrap();
+    for b in [BackendKind::Sse41, BackendKind::Avx2, BackendKind::Avx512] {
+        match dequantize_on(b, packed, &s, &z, shape, threads) {
+            Some(y) => {
+                prop_assert_eq!(
+                    bits(y),
+                    bits(oracle.clone()),
+                    "{:?} {:?} {:?}",
+                    b,
+                    Q::KIND,
+                    T::KIND
+                )
+            }
+            // A backend the CPU has is never skipped (SSE4.1 has no f16).
+            None => prop_assert!(
+                !detected(b) || (b == BackendKind::Sse41 && T::KIND == ElementKind::F16),
+                "{:?} was not selected for {:?}",
+                b,
+                T::KIND
+            ),
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Every vector backend dequantizes packed S4/U4 codes exactly as the
+    /// scalar backend dequantizes the same codes one per byte, for every
+    /// float type, vector tails, special scales and extreme zero points.
+    #[test]
+    fn packed_dequantize_matches_scalar_on_every_backend(
+        m in 1usize..12,
+        groups in 1usize..4,
+        g in prop::sample::select(vec![2usize, 6, 8, 16, 34, 128]),
+        seed in any::<u64>(),
+        threads in 1usize..4,
+    ) {
+        let (k, mut r) = (groups * g, seed | 1);
+        let codes: Vec<u8> = (0..m * k)
+            .map(|_| {
+                r ^= r << 13;
+                r ^= r >> 7;
+                r ^= r << 17;
+                (r >> 60) as u8
+            })
+            .collect();
+        let bytes = nibble_bytes(&codes);
+        let shape = (m, k, g);
+        let u4: Vec<U4> = bytes.iter().map(|&b| U4(b)).collect();
+        let s4: Vec<S4> = bytes.iter().map(|&b| S4(b)).collect();
+        let signed: Vec<i8> = codes.iter().map(|&c| ((c as i8) << 4) >> 4).collect();
+        check_packed_dequantize::<U4, u8, f32>(&codes, &u4, shape, seed, threads)?;
+        check_packed_dequantize::<U4, u8, f64>(&codes, &u4, shape, seed, threads)?;
+        check_packed_dequantize::<U4, u8, f16>(&codes, &u4, shape, seed, threads)?;
+        check_packed_dequantize::<U4, u8, bf16>(&codes, &u4, shape, seed, threads)?;
+        check_packed_dequantize::<S4, i8, f32>(&signed, &s4, shape, seed, threads)?;
+        check_packed_dequantize::<S4, i8, f64>(&signed, &s4, shape, seed, threads)?;
+        check_packed_dequantize::<S4, i8, f16>(&signed, &s4, shape, seed, threads)?;
+        check_packed_dequantize::<S4, i8, bf16>(&signed, &s4, shape, seed, threads)?;
+    }
 }

@@ -114,7 +114,7 @@ impl QuantFormat for Awq {
         &self,
         spec: &Spec,
         stream: &Stream,
-        w: &Weights,
+        w: &Weights<'_>,
         n: usize,
         k: usize,
     ) -> Result<(Vec<Vec<u8>>, Stats)> {
@@ -249,21 +249,40 @@ fn quantize_typed<T: Storage>(
     n: usize,
     k: usize,
 ) -> Result<(Vec<Vec<u8>>, Stats)> {
+    let (gs, recipe) = (spec.group_size, spec.recipe());
+    if spec.bits == 4 && recipe.q_min >= 0 && recipe.q_max <= U4::MAX && k.is_multiple_of(2) {
+        // The plan writes the codes two per byte: a byte of eight rows
+        // gives two words of `qweight`.
+        let (codes, scale, zero) = dynamic::<T, f16, U4>(stream, w, n, k, gs, recipe)?;
+        let words = || pack::awq_qweight_u4(&codes, n, k);
+        return finish(spec, w, n, k, (&codes, &scale, &zero), words);
+    }
+    let (codes, scale, zero) = dynamic::<T, f16, u8>(stream, w, n, k, gs, recipe)?;
+    let words = || pack::awq_qweight(&codes, n, k, spec.bits);
+    finish(spec, w, n, k, (&codes, &scale, &zero), words)
+}
+
+/// The tensors of one weight from its codes (`words`: `qweight`) and its
+/// report.
+fn finish<T: Storage, Q: IntElement>(
+    spec: &Spec,
+    w: &[T],
+    n: usize,
+    k: usize,
+    (codes, scale, zero): (&[Q], &[f16], &[i32]),
+    words: impl FnOnce() -> groupq::Result<Vec<i32>> + Send,
+) -> Result<(Vec<Vec<u8>>, Stats)> {
     let (gs, g, bits) = (spec.group_size, k / spec.group_size, spec.bits);
-    let (codes, scale, zero) = dynamic::<T, f16, u8>(stream, w, n, k, gs, spec.recipe())?;
     pack_and_report(
         || -> Result<Vec<Vec<u8>>> {
             let out = vec![
-                i32_bytes(&pack::awq_qweight(&codes, n, k, bits)?),
-                i32_bytes(&pack::awq_qzeros(&zero, n, g, bits)?),
-                f16::write(&transpose(&scale, n, g)),
+                i32_bytes(&words()?),
+                i32_bytes(&pack::awq_qzeros(zero, n, g, bits)?),
+                f16::write(&transpose(scale, n, g)),
             ];
             Ok(out)
         },
-        || -> Result<Stats> {
-            let restored = dequantize::<u8, f16>(stream, &codes, &scale, &zero, n, k, gs)?;
-            Ok(Stats::of(w, &restored))
-        },
+        || -> Result<Stats> { Stats::of_codes(w, codes, scale, zero, n, k, gs) },
     )
 }
 

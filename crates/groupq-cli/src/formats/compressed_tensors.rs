@@ -80,7 +80,7 @@ impl QuantFormat for CompressedTensors {
         &self,
         spec: &Spec,
         stream: &Stream,
-        w: &Weights,
+        w: &Weights<'_>,
         n: usize,
         k: usize,
     ) -> Result<(Vec<Vec<u8>>, Stats)> {
@@ -255,13 +255,36 @@ fn quantize_typed<T: Storage>(
     n: usize,
     k: usize,
 ) -> Result<(Vec<Vec<u8>>, Stats)> {
+    let recipe = spec.recipe();
+    let fits_s4 = recipe.q_min >= S4::MIN && recipe.q_max <= S4::MAX;
+    if spec.bits == 4 && fits_s4 && k.is_multiple_of(8) {
+        // The plan writes the codes two per byte: the words are those bytes
+        // with the format's offset.
+        let (codes, scale, zero) = dynamic::<T, T, S4>(stream, w, n, k, spec.group_size, recipe)?;
+        let words = || pack::compressed_tensors_weight_s4(&codes, n, k);
+        return finish(spec, w, n, k, (&codes, &scale, &zero), words);
+    }
+    let (codes, scale, zero) = dynamic::<T, T, i8>(stream, w, n, k, spec.group_size, recipe)?;
+    let words = || pack::compressed_tensors_weight(&codes, n, k, spec.bits);
+    finish(spec, w, n, k, (&codes, &scale, &zero), words)
+}
+
+/// The tensors of one weight from its codes (`words`: `weight_packed`) and
+/// its report.
+fn finish<T: Storage, Q: IntElement>(
+    spec: &Spec,
+    w: &[T],
+    n: usize,
+    k: usize,
+    (codes, scale, zero): (&[Q], &[T], &[i32]),
+    words: impl FnOnce() -> groupq::Result<Vec<i32>> + Send,
+) -> Result<(Vec<Vec<u8>>, Stats)> {
     let (gs, g, bits) = (spec.group_size, k / spec.group_size, spec.bits);
-    let (codes, scale, zero) = dynamic::<T, T, i8>(stream, w, n, k, gs, spec.recipe())?;
     pack_and_report(
         || -> Result<Vec<Vec<u8>>> {
             let mut out = vec![
-                i32_bytes(&pack::compressed_tensors_weight(&codes, n, k, bits)?),
-                T::write(&scale),
+                i32_bytes(&words()?),
+                T::write(scale),
                 [n as i64, k as i64]
                     .iter()
                     .flat_map(|v| v.to_le_bytes())
@@ -269,14 +292,11 @@ fn quantize_typed<T: Storage>(
             ];
             if !spec.symmetric {
                 out.push(i32_bytes(&pack::compressed_tensors_zero_point(
-                    &zero, n, g, bits,
+                    zero, n, g, bits,
                 )?));
             }
             Ok(out)
         },
-        || -> Result<Stats> {
-            let restored = dequantize::<i8, T>(stream, &codes, &scale, &zero, n, k, gs)?;
-            Ok(Stats::of(w, &restored))
-        },
+        || -> Result<Stats> { Stats::of_codes(w, codes, scale, zero, n, k, gs) },
     )
 }

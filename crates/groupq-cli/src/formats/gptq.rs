@@ -131,7 +131,7 @@ impl QuantFormat for Gptq {
         &self,
         spec: &Spec,
         stream: &Stream,
-        w: &Weights,
+        w: &Weights<'_>,
         n: usize,
         k: usize,
     ) -> Result<(Vec<Vec<u8>>, Stats)> {
@@ -312,24 +312,43 @@ fn quantize_typed<T: Storage>(
     n: usize,
     k: usize,
 ) -> Result<(Vec<Vec<u8>>, Stats)> {
+    let (gs, recipe) = (spec.group_size, spec.recipe());
+    if spec.bits == 4 && recipe.q_min >= 0 && recipe.q_max <= U4::MAX && k.is_multiple_of(8) {
+        // The plan writes the codes two per byte: each word of `qweight` is
+        // four bytes of a row.
+        let (codes, scale, zero) = dynamic::<T, f32, U4>(stream, w, n, k, gs, recipe)?;
+        let words = || pack::gptq_qweight_u4(&codes, n, k);
+        return finish(spec, w, n, k, (&codes, &scale, &zero), words);
+    }
+    let (codes, scale, zero) = dynamic::<T, f32, u8>(stream, w, n, k, gs, recipe)?;
+    let words = || pack::gptq_qweight(&codes, n, k, spec.bits);
+    finish(spec, w, n, k, (&codes, &scale, &zero), words)
+}
+
+/// The tensors of one weight from its codes (`words`: `qweight`) and its
+/// report.
+fn finish<T: Storage, Q: IntElement>(
+    spec: &Spec,
+    w: &[T],
+    n: usize,
+    k: usize,
+    (codes, scale, zero): (&[Q], &[f32], &[i32]),
+    words: impl FnOnce() -> groupq::Result<Vec<i32>> + Send,
+) -> Result<(Vec<Vec<u8>>, Stats)> {
     let (gs, g, bits) = (spec.group_size, k / spec.group_size, spec.bits);
-    let (codes, scale, zero) = dynamic::<T, f32, u8>(stream, w, n, k, gs, spec.recipe())?;
     // Loaders read float16 scales.
     let scale16: Vec<f16> = scale.iter().map(|&s| f16::from_f32(s)).collect();
     pack_and_report(
         || -> Result<Vec<Vec<u8>>> {
             let g_idx: Vec<i32> = (0..k).map(|i| (i / gs) as i32).collect();
             let out = vec![
-                i32_bytes(&pack::gptq_qweight(&codes, n, k, bits)?),
-                i32_bytes(&pack::gptq_qzeros(&zero, n, g, bits, GptqZeros::V1)?),
+                i32_bytes(&words()?),
+                i32_bytes(&pack::gptq_qzeros(zero, n, g, bits, GptqZeros::V1)?),
                 f16::write(&transpose(&scale16, n, g)),
                 i32_bytes(&g_idx),
             ];
             Ok(out)
         },
-        || -> Result<Stats> {
-            let restored = dequantize::<u8, f16>(stream, &codes, &scale16, &zero, n, k, gs)?;
-            Ok(Stats::of(w, &restored))
-        },
+        || -> Result<Stats> { Stats::of_codes(w, codes, &scale16, zero, n, k, gs) },
     )
 }

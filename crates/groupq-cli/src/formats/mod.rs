@@ -18,6 +18,7 @@ use groupq::recipe::Recipe;
 use groupq::*;
 use safetensors::Dtype;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A checkpoint format that inference engines load (the CLI's `--format`).
@@ -131,7 +132,7 @@ impl Spec {
     pub fn quantize(
         &self,
         stream: &Stream,
-        w: &Weights,
+        w: &Weights<'_>,
         n: usize,
         k: usize,
     ) -> Result<(Vec<Vec<u8>>, Stats)> {
@@ -171,7 +172,7 @@ pub trait QuantFormat: Sync {
         &self,
         spec: &Spec,
         stream: &Stream,
-        w: &Weights,
+        w: &Weights<'_>,
         n: usize,
         k: usize,
     ) -> Result<(Vec<Vec<u8>>, Stats)>;
@@ -254,60 +255,58 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Elements per partial sum: the sums are combined in order, so the
-    /// result does not depend on the thread count.
-    const CHUNK: usize = 1 << 16;
-
-    /// The statistics of a weight against its restored values.
-    pub(crate) fn of<T: Storage, R: Storage>(original: &[T], restored: &[R]) -> Stats {
+    /// The statistics of a weight against the values a loader restores from
+    /// its codes (`[n, k / PACK]`), scales and zero points (`[n, k / gs]`),
+    /// computed as they are restored: blocks of rows are dequantized into a
+    /// buffer that stays in cache and compared at once, on every core. The
+    /// restored weight is never held whole. The sums are combined in block
+    /// order, so the result does not depend on the thread count.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn of_codes<T: Storage, Q: IntElement, R: Storage>(
+        original: &[T],
+        codes: &[Q],
+        scale: &[R],
+        zero: &[i32],
+        n: usize,
+        k: usize,
+        gs: usize,
+    ) -> Result<Stats> {
         use rayon::prelude::*;
-        /// Values widened at a time, into buffers on the stack.
-        const BLOCK: usize = 1024;
-        /// Independent sums (a fixed order: deterministic), so that the loop
-        /// is not bound by one addition's latency and vectorizes.
-        const LANES: usize = 8;
-        let partial: Vec<(f64, f64, f64)> = original
-            .par_chunks(Self::CHUNK)
-            .zip(restored.par_chunks(Self::CHUNK))
-            .map(|(a, b)| {
-                let (mut signal, mut noise, mut max) = (0.0f64, 0.0f64, 0.0f32);
-                let (mut wa, mut wb) = ([0f32; BLOCK], [0f32; BLOCK]);
-                for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
-                    // Widened to f32 in bulk (exact). Each block's sums are
-                    // f32 over at most BLOCK / LANES terms per lane (a
-                    // relative error below 2^-16, ample for a report in
-                    // dB), then added in f64.
-                    let (wa, wb) = (&mut wa[..a.len()], &mut wb[..b.len()]);
-                    T::widen(a, wa);
-                    R::widen(b, wb);
-                    let mut acc = [[0.0f32; LANES]; 3];
-                    let [sig, noi, mx] = &mut acc;
-                    let mut add = |i: usize, x: f32, y: f32| {
-                        let d = x - y;
-                        sig[i] += x * x;
-                        noi[i] += d * d;
-                        // (a compare, not f32::max: it vectorizes)
-                        mx[i] = if d.abs() > mx[i] { d.abs() } else { mx[i] };
-                    };
-                    let (ea, eb) = (wa.as_chunks::<LANES>(), wb.as_chunks::<LANES>());
-                    for (xa, xb) in ea.0.iter().zip(eb.0) {
-                        for i in 0..LANES {
-                            add(i, xa[i], xb[i]);
-                        }
-                    }
-                    for (i, (&x, &y)) in ea.1.iter().zip(eb.1).enumerate() {
-                        add(i, x, y);
-                    }
-                    signal += sig.iter().map(|&v| f64::from(v)).sum::<f64>();
-                    noise += noi.iter().map(|&v| f64::from(v)).sum::<f64>();
-                    max = mx.iter().fold(max, |m, &v| m.max(v));
-                }
-                (signal, noise, f64::from(max))
+        if n == 0 || k == 0 {
+            return Ok(Stats::from_sums(0.0, 0.0, 0.0));
+        }
+        let rows = (Self::CHUNK / k).max(1);
+        let g = k / gs;
+        let partial = (0..n.div_ceil(rows))
+            .into_par_iter()
+            .map(|b| -> Result<(f64, f64, f64)> {
+                let (r0, r1) = (b * rows, ((b + 1) * rows).min(n));
+                let m = r1 - r0;
+                let units = k / Q::PACK;
+                // On the calling thread: the blocks are the parallelism.
+                let serial = Stream::cpu_with_threads(1)?;
+                let restored = dequantize::<Q, R>(
+                    &serial,
+                    &codes[r0 * units..r1 * units],
+                    &scale[r0 * g..r1 * g],
+                    &zero[r0 * g..r1 * g],
+                    m,
+                    k,
+                    gs,
+                )?;
+                Ok(sums(&original[r0 * k..r1 * k], &restored))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let (signal, noise, max) = partial.iter().fold((0.0, 0.0, 0.0f64), |(s, n, m), p| {
             (s + p.0, n + p.1, m.max(p.2))
         });
+        Ok(Stats::from_sums(signal, noise, max))
+    }
+
+    /// Elements per block of [`of_codes`](Self::of_codes) (whole rows).
+    const CHUNK: usize = 1 << 16;
+
+    fn from_sums(signal: f64, noise: f64, max: f64) -> Stats {
         let sqnr_db = if noise == 0.0 {
             f64::INFINITY
         } else {
@@ -318,6 +317,65 @@ impl Stats {
             max_abs_error: max,
         }
     }
+}
+
+/// `(Σ a², Σ (a − b)², max |a − b|)` of a block, compiled for AVX2 where the
+/// CPU has it. Both forms compute the same operations in the same order
+/// (no fused multiply-add), so the sums are the same on every machine.
+fn sums<T: Storage, R: Storage>(a: &[T], b: &[R]) -> (f64, f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above), the only
+        // requirement of a `#[target_feature(enable = "avx2")]` function.
+        return unsafe { sums_avx2(a, b) };
+    }
+    sums_any(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sums_avx2<T: Storage, R: Storage>(a: &[T], b: &[R]) -> (f64, f64, f64) {
+    sums_any(a, b)
+}
+
+#[inline(always)]
+fn sums_any<T: Storage, R: Storage>(a: &[T], b: &[R]) -> (f64, f64, f64) {
+    /// Values widened at a time, into buffers on the stack.
+    const BLOCK: usize = 1024;
+    /// Independent sums (a fixed order: deterministic), so that the loop
+    /// is not bound by one addition's latency and vectorizes.
+    const LANES: usize = 8;
+    let (mut signal, mut noise, mut max) = (0.0f64, 0.0f64, 0.0f32);
+    let (mut wa, mut wb) = ([0f32; BLOCK], [0f32; BLOCK]);
+    for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        // Widened to f32 in bulk (exact). Each block's sums are f32 over at
+        // most BLOCK / LANES terms per lane (a relative error below 2^-16,
+        // ample for a report in dB), then added in f64.
+        let (wa, wb) = (&mut wa[..a.len()], &mut wb[..b.len()]);
+        T::widen(a, wa);
+        R::widen(b, wb);
+        let (mut sig, mut noi, mut mx) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        let (ea, eb) = (wa.as_chunks::<LANES>(), wb.as_chunks::<LANES>());
+        for (x, y) in ea.0.iter().zip(eb.0) {
+            for i in 0..LANES {
+                let d = x[i] - y[i];
+                sig[i] += x[i] * x[i];
+                noi[i] += d * d;
+                // (a compare, not f32::max: it vectorizes)
+                mx[i] = if d.abs() > mx[i] { d.abs() } else { mx[i] };
+            }
+        }
+        for (i, (&x, &y)) in ea.1.iter().zip(eb.1).enumerate() {
+            let d = x - y;
+            sig[i] += x * x;
+            noi[i] += d * d;
+            mx[i] = if d.abs() > mx[i] { d.abs() } else { mx[i] };
+        }
+        signal += sig.iter().map(|&v| f64::from(v)).sum::<f64>();
+        noise += noi.iter().map(|&v| f64::from(v)).sum::<f64>();
+        max = mx.iter().fold(max, |m, &v| m.max(v));
+    }
+    (signal, noise, f64::from(max))
 }
 
 /// Float weight dtypes of a checkpoint.
@@ -363,12 +421,14 @@ storage!(bf16, 2, bf16::from_f32, |s: &[bf16], d: &mut [f32]| {
     }
 });
 
-/// A float weight matrix in its checkpoint dtype.
+/// A float weight matrix in its checkpoint dtype: borrowed from the file's
+/// bytes where they are aligned for the dtype (on a little-endian machine),
+/// a copy otherwise.
 #[derive(Debug, Clone)]
-pub enum Weights {
-    Bf16(Vec<bf16>),
-    F16(Vec<f16>),
-    F32(Vec<f32>),
+pub enum Weights<'a> {
+    Bf16(Cow<'a, [bf16]>),
+    F16(Cow<'a, [f16]>),
+    F32(Cow<'a, [f32]>),
 }
 
 /// Runs a generic body on the typed values of a [`Weights`].
@@ -383,23 +443,32 @@ macro_rules! with_weights {
 }
 pub(crate) use with_weights;
 
-impl Weights {
-    pub fn read(dtype: Dtype, bytes: &[u8]) -> Result<Weights> {
+impl<'a> Weights<'a> {
+    pub fn read(dtype: Dtype, bytes: &'a [u8]) -> Result<Weights<'a>> {
         Ok(match dtype {
-            Dtype::BF16 => Weights::Bf16(bf16::read(bytes)),
-            Dtype::F16 => Weights::F16(f16::read(bytes)),
-            Dtype::F32 => Weights::F32(f32::read(bytes)),
+            Dtype::BF16 => Weights::Bf16(borrow_or_read(bytes)),
+            Dtype::F16 => Weights::F16(borrow_or_read(bytes)),
+            Dtype::F32 => Weights::F32(borrow_or_read(bytes)),
             d => bail!("unsupported weight dtype {d:?}"),
         })
     }
 
     /// The `[cols, rows]` transpose of a `[rows, cols]` matrix.
-    pub fn transposed(&self, rows: usize, cols: usize) -> Weights {
+    pub fn transposed(&self, rows: usize, cols: usize) -> Weights<'static> {
         match self {
-            Weights::Bf16(v) => Weights::Bf16(transpose(v, rows, cols)),
-            Weights::F16(v) => Weights::F16(transpose(v, rows, cols)),
-            Weights::F32(v) => Weights::F32(transpose(v, rows, cols)),
+            Weights::Bf16(v) => Weights::Bf16(transpose(v, rows, cols).into()),
+            Weights::F16(v) => Weights::F16(transpose(v, rows, cols).into()),
+            Weights::F32(v) => Weights::F32(transpose(v, rows, cols).into()),
         }
+    }
+}
+
+/// The little-endian values of `bytes`: the bytes themselves where they are
+/// aligned for `T` and the machine is little-endian (no copy), else read.
+fn borrow_or_read<T: Storage + bytemuck::Pod>(bytes: &[u8]) -> Cow<'_, [T]> {
+    match bytemuck::try_cast_slice(bytes) {
+        Ok(v) if cfg!(target_endian = "little") => Cow::Borrowed(v),
+        _ => Cow::Owned(T::read(bytes)),
     }
 }
 
@@ -446,7 +515,12 @@ fn le_bytes<T: Copy, const N: usize>(values: &[T], bytes: impl Fn(T) -> [u8; N])
 }
 
 pub(crate) fn i32_bytes(v: &[i32]) -> Vec<u8> {
-    le_bytes(v, |x| x.to_le_bytes())
+    if cfg!(target_endian = "little") {
+        // The values' own bytes: one copy at memory speed.
+        bytemuck::cast_slice(v).to_vec()
+    } else {
+        le_bytes(v, |x| x.to_le_bytes())
+    }
 }
 
 pub(crate) fn read_i32(bytes: &[u8]) -> Vec<i32> {
@@ -494,8 +568,10 @@ pub(crate) fn dynamic<T: Element, S: Element, Q: IntElement>(
         output_element: Q::KIND,
     };
     let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(stream, &desc, Default::default())?;
+    // Codes are `[n, k / PACK]` storage units (two 4-bit codes a byte).
+    let units = k / Q::PACK;
     let (mut q, mut s, mut z) = (
-        vec![Q::default(); n * k],
+        vec![Q::default(); n * units],
         vec![S::from_f64(0.0); n * g],
         vec![0i32; n * g],
     );
@@ -506,13 +582,13 @@ pub(crate) fn dynamic<T: Element, S: Element, Q: IntElement>(
             input: TensorRef::new(w, [n, k])?,
             scale: TensorMut::new(&mut s, [n, g])?,
             zero_point: TensorMut::new(&mut z, [n, g])?,
-            output: TensorMut::new(&mut q, [n, k])?,
+            output: TensorMut::new(&mut q, [n, units])?,
         },
     )?;
     Ok((q, s, z))
 }
 
-/// SPEC §3.2 dequantization of a `[n, k]` weight.
+/// SPEC §3.2 dequantization of a `[n, k]` weight (codes `[n, k / PACK]`).
 pub(crate) fn dequantize<Q: IntElement, O: Element>(
     stream: &Stream,
     codes: &[Q],
@@ -535,7 +611,7 @@ pub(crate) fn dequantize<Q: IntElement, O: Element>(
         stream,
         Workspace::None,
         DequantizePerGroupArgs {
-            input: TensorRef::new(codes, [n, k])?,
+            input: TensorRef::new(codes, [n, k / Q::PACK])?,
             scale: TensorRef::new(scale, [n, k / gs])?,
             zero_point: TensorRef::new(zero, [n, k / gs])?,
             output: TensorMut::new(&mut y, [n, k])?,
@@ -546,9 +622,9 @@ pub(crate) fn dequantize<Q: IntElement, O: Element>(
 
 /// GPTQ and AWQ weights back from codes and `[groups, n]` float16 scales:
 /// their loaders compute `s * (q - z)` in float16.
-pub(crate) fn f16_scaled(
+pub(crate) fn f16_scaled<Q: IntElement>(
     stream: &Stream,
-    codes: &[u8],
+    codes: &[Q],
     scale_bytes: &[u8],
     zero: &[i32],
     n: usize,
@@ -563,7 +639,7 @@ pub(crate) fn f16_scaled(
         );
     }
     let scale = transpose(&f16::read(scale_bytes), k / gs, n);
-    let values = dequantize::<u8, f16>(stream, codes, &scale, zero, n, k, gs)?
+    let values = dequantize::<Q, f16>(stream, codes, &scale, zero, n, k, gs)?
         .iter()
         .map(|v| v.to_f32())
         .collect();

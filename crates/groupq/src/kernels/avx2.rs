@@ -303,6 +303,17 @@ impl Isa for Avx2 {
 
     #[inline(always)]
     unsafe fn load_codes<Q: crate::IntElement>(p: *const Q) -> __m256i {
+        if Q::PACK == 2 {
+            // Four bytes of nibbles.
+            let bytes = _mm_cvtsi32_si128(p.cast::<i32>().read_unaligned());
+            let v = _mm256_cvtepu8_epi32(super::sse41::nibble_bytes(bytes));
+            return if Q::MIN < 0 {
+                let eight = _mm256_set1_epi32(8);
+                _mm256_sub_epi32(_mm256_xor_si256(v, eight), eight)
+            } else {
+                v
+            };
+        }
         let bytes = _mm_loadl_epi64(p.cast());
         if Q::MIN < 0 {
             _mm256_cvtepi8_epi32(bytes)

@@ -303,6 +303,16 @@ impl Isa for Avx512 {
 
     #[inline(always)]
     unsafe fn load_codes<Q: crate::IntElement>(p: *const Q) -> __m512i {
+        if Q::PACK == 2 {
+            // Eight bytes of nibbles.
+            let v = _mm512_cvtepu8_epi32(super::sse41::nibble_bytes(_mm_loadl_epi64(p.cast())));
+            return if Q::MIN < 0 {
+                let eight = _mm512_set1_epi32(8);
+                _mm512_sub_epi32(_mm512_xor_si512(v, eight), eight)
+            } else {
+                v
+            };
+        }
         let bytes = _mm_loadu_si128(p.cast());
         if Q::MIN < 0 {
             _mm512_cvtepi8_epi32(bytes)

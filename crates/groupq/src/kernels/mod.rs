@@ -178,7 +178,7 @@ macro_rules! float_kernels {
             fn dequantize<Q: IntElement>(b: BackendKind) -> Option<DequantizeKernel<Q, Self>> {
                 Some(match b {
                     BackendKind::Scalar => scalar::dequantize_groups::<Q, Self>,
-                    $(BackendKind::$backend if Q::PACK == 1 => $module::dequantize::<Q, Self>,)*
+                    $(BackendKind::$backend => $module::dequantize::<Q, Self>,)*
                     _ => return None,
                 })
             }

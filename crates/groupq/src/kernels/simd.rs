@@ -149,7 +149,8 @@ pub(crate) trait Isa {
     /// Whether any bit of `a` is set.
     unsafe fn any_i(a: Self::I) -> bool;
 
-    /// `LANES` codes, sign- or zero-extended.
+    /// `LANES` codes, sign- or zero-extended; for packed codes
+    /// (`Q::PACK == 2`) the `LANES / 2` storage units at `p`.
     unsafe fn load_codes<Q: IntElement>(p: *const Q) -> Self::I;
     /// `LANES` values already inside `Q`'s range.
     unsafe fn store_codes<Q: IntElement>(p: *mut Q, v: Self::I);
@@ -257,8 +258,11 @@ pub(crate) unsafe fn dequantize_f32<S: Isa, Q: IntElement, T: F32Lanes<S>>(
     out: &mut [T],
     gs: usize,
 ) {
+    // Packed codes: `gs` is even, as is every multiple of `LANES`, so a
+    // vector's codes start a storage unit.
+    let units = gs / Q::PACK;
     for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
-        let (qs, os) = (&q[g * gs..][..gs], &mut out[g * gs..][..gs]);
+        let (qs, os) = (&q[g * units..][..units], &mut out[g * gs..][..gs]);
         let s = s.to_math();
         let full = if z.unsigned_abs() <= EXACT_ZERO_POINT {
             gs - gs % S::LANES
@@ -270,7 +274,7 @@ pub(crate) unsafe fn dequantize_f32<S: Isa, Q: IntElement, T: F32Lanes<S>>(
         let canon = !s.is_finite();
         let mut k = 0;
         while k < full {
-            let d = S::i_to_f(S::sub_i(S::load_codes(qs.as_ptr().add(k)), vz));
+            let d = S::i_to_f(S::sub_i(S::load_codes(qs.as_ptr().add(k / Q::PACK)), vz));
             let y = S::mul_f(d, vs);
             T::store(
                 os.as_mut_ptr().add(k),
@@ -278,8 +282,8 @@ pub(crate) unsafe fn dequantize_f32<S: Isa, Q: IntElement, T: F32Lanes<S>>(
             );
             k += S::LANES;
         }
-        for (o, &q) in os[full..].iter_mut().zip(&qs[full..]) {
-            *o = T::from_math(scalar::dequantize(q.to_i32(), z, s));
+        for (i, o) in os.iter_mut().enumerate().skip(full) {
+            *o = T::from_math(scalar::dequantize(Q::read_code(qs, i), z, s));
         }
     }
 }
@@ -295,8 +299,9 @@ pub(crate) unsafe fn dequantize_f64<S: Isa, Q: IntElement>(
 ) {
     let half = S::LANES / 2;
     let full = gs - gs % S::LANES;
+    let units = gs / Q::PACK;
     for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
-        let (qs, os) = (&q[g * gs..][..gs], &mut out[g * gs..][..gs]);
+        let (qs, os) = (&q[g * units..][..units], &mut out[g * gs..][..gs]);
         let (vs, vz) = (S::splat_d(s), S::splat_d(z.into()));
         let canon = !s.is_finite();
         let y = |d: S::D| {
@@ -309,14 +314,14 @@ pub(crate) unsafe fn dequantize_f64<S: Isa, Q: IntElement>(
         };
         let mut k = 0;
         while k < full {
-            let (a, b) = S::i_to_dd(S::load_codes(qs.as_ptr().add(k)));
+            let (a, b) = S::i_to_dd(S::load_codes(qs.as_ptr().add(k / Q::PACK)));
             let p = os.as_mut_ptr().add(k);
             S::store_d(p, y(a));
             S::store_d(p.add(half), y(b));
             k += S::LANES;
         }
-        for (o, &q) in os[full..].iter_mut().zip(&qs[full..]) {
-            *o = f64::from_math(scalar::dequantize(q.to_i32(), z, s));
+        for (i, o) in os.iter_mut().enumerate().skip(full) {
+            *o = f64::from_math(scalar::dequantize(Q::read_code(qs, i), z, s));
         }
     }
 }

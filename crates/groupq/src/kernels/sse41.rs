@@ -278,6 +278,13 @@ impl Isa for Sse41 {
 
     #[inline(always)]
     unsafe fn load_codes<Q: crate::IntElement>(p: *const Q) -> __m128i {
+        if Q::PACK == 2 {
+            // Two bytes of nibbles.
+            let bytes = nibble_bytes(_mm_cvtsi32_si128(i32::from(
+                p.cast::<u16>().read_unaligned(),
+            )));
+            return signed_nibbles::<Q>(_mm_cvtepu8_epi32(bytes));
+        }
         let bytes = _mm_cvtsi32_si128(p.cast::<i32>().read_unaligned());
         if Q::MIN < 0 {
             _mm_cvtepi8_epi32(bytes)
@@ -326,3 +333,27 @@ impl F32Lanes<Sse41> for bf16 {
 }
 
 super::simd::simd_entry_points!(Sse41, "sse4.1", is_x86_feature_detected!("sse4.1"));
+
+/// The nibbles of the low bytes of `b` as bytes, in code order: byte `2i`
+/// is the low nibble of byte `i`, byte `2i + 1` its high nibble (SSE2
+/// only, for every x86 instruction set).
+#[inline(always)]
+pub(super) unsafe fn nibble_bytes(b: __m128i) -> __m128i {
+    let low = _mm_set1_epi8(0x0f);
+    _mm_unpacklo_epi8(
+        _mm_and_si128(b, low),
+        _mm_and_si128(_mm_srli_epi16::<4>(b), low),
+    )
+}
+
+/// 4-bit codes `0..16` in 32-bit lanes, sign-extended when `Q` is signed
+/// (`(v ^ 8) - 8`).
+#[inline(always)]
+unsafe fn signed_nibbles<Q: crate::IntElement>(v: __m128i) -> __m128i {
+    if Q::MIN < 0 {
+        let eight = _mm_set1_epi32(8);
+        _mm_sub_epi32(_mm_xor_si128(v, eight), eight)
+    } else {
+        v
+    }
+}
