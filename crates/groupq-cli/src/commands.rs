@@ -2,8 +2,8 @@
 
 use crate::checkpoint::{write_safetensors, Checkpoint, OutTensor, TensorInfo, INDEX};
 use crate::formats::{
-    dtype_config_name, dtype_from_config, restored_bytes, transpose, Format, ModulePlan, Scope,
-    Spec, Stats, Weights,
+    dtype_config_name, dtype_from_config, restored_bytes, transpose, Format, ModulePlan, Quantized,
+    Scope, Spec, Stats, Weights,
 };
 use crate::layout::{is_linear_weight, is_lm_head, stack_of, Layout};
 use anyhow::{anyhow, bail, Context, Result};
@@ -436,7 +436,6 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
         );
     }
     let start = Instant::now();
-    let stream = Stream::cpu();
 
     // Decide every tensor's fate, and the config, before writing anything.
     let layout = Layout::of(&ckpt);
@@ -472,12 +471,14 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
     let bar = progress(summary.bytes_in, o.quiet, "quantizing");
     let mut weight_map = BTreeMap::new();
     let mut total_size = 0usize;
-    // The weights are quantized on a producer thread, in file order, one
-    // tensor ahead of the writer: reading, quantizing and packing the next
-    // weight (on every core) overlaps writing the previous one and copying
-    // the tensors in between.
-    type Quantized = Result<(Vec<Vec<u8>>, Stats)>;
-    let (send, receive) = std::sync::mpsc::sync_channel::<Quantized>(1);
+    // The weights are quantized on a producer thread, in file order, up to
+    // LOOKAHEAD weights ahead of the writer: reading, quantizing and packing
+    // the next weights (on every core) overlaps writing the previous ones and
+    // copying the tensors in between (an embedding takes as long to copy as
+    // several weights take to quantize). A quantized weight is a quarter of
+    // its input or less, so the queue holds little memory.
+    const LOOKAHEAD: usize = 8;
+    let (send, receive) = std::sync::mpsc::sync_channel::<Result<Quantized>>(LOOKAHEAD);
     let jobs: Vec<(&crate::checkpoint::TensorInfo, &[u8], usize, usize, bool)> = ckpt
         .shards
         .iter()
@@ -501,10 +502,9 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
         // next send then fails and ends it.
         let receive = receive;
         let spec = &o.spec;
-        let stream = &stream;
         scope.spawn(move || {
             for (t, bytes, n, k, transposed) in jobs {
-                let out = quantize_tensor(spec, stream, bytes, t, n, k, transposed)
+                let out = quantize_tensor(spec, bytes, t, n, k, transposed)
                     .with_context(|| format!("quantizing {}", t.name));
                 let failed = out.is_err();
                 // The writer has stopped (an error): so does the producer.
@@ -572,10 +572,13 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
                         }
                         Action::Quantize { n, k, .. } => {
                             if part == 0 {
-                                let (bytes, stats) = receive.recv().map_err(|_| {
-                                    anyhow!("internal error: the quantizer stopped")
-                                })??;
-                                pending = bytes;
+                                let Quantized { stats, pack } =
+                                    receive.recv().map_err(|_| {
+                                        anyhow!("internal error: the quantizer stopped")
+                                    })??;
+                                // Packed here, on the writer's thread, while
+                                // the next weights are quantized.
+                                pending = pack().with_context(|| format!("packing {}", t.name))?;
                                 summary.quantized.push(TensorReport {
                                     name: t.name.clone(),
                                     shape: [*n, *k],
@@ -612,19 +615,18 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
 
 fn quantize_tensor(
     spec: &Spec,
-    stream: &Stream,
     bytes: &[u8],
     t: &TensorInfo,
     n: usize,
     k: usize,
     transposed: bool,
-) -> Result<(Vec<Vec<u8>>, Stats)> {
+) -> Result<Quantized> {
     let mut w = Weights::read(t.dtype, bytes)?;
     if transposed {
         // A Conv1D weight is stored [in_features, out_features].
         w = w.transposed(k, n);
     }
-    spec.quantize(stream, &w, n, k)
+    spec.quantize(&w, n, k)
 }
 
 /// The `--report` JSON.

@@ -110,15 +110,8 @@ impl QuantFormat for Awq {
         ]
     }
 
-    fn quantize(
-        &self,
-        spec: &Spec,
-        stream: &Stream,
-        w: &Weights<'_>,
-        n: usize,
-        k: usize,
-    ) -> Result<(Vec<Vec<u8>>, Stats)> {
-        with_weights!(w, w => quantize_typed(spec, stream, w, n, k))
+    fn quantize(&self, spec: &Spec, w: &Weights<'_>, n: usize, k: usize) -> Result<Quantized> {
+        with_weights!(w, w => quantize_typed(spec, w, n, k))
     }
 
     fn quantization_config(
@@ -242,48 +235,46 @@ impl QuantFormat for Awq {
     }
 }
 
-fn quantize_typed<T: Storage>(
-    spec: &Spec,
-    stream: &Stream,
-    w: &[T],
-    n: usize,
-    k: usize,
-) -> Result<(Vec<Vec<u8>>, Stats)> {
-    let (gs, recipe) = (spec.group_size, spec.recipe());
+fn quantize_typed<T: Storage>(spec: &Spec, w: &[T], n: usize, k: usize) -> Result<Quantized> {
+    let (shape, recipe) = ((n, k, spec.group_size), spec.recipe());
+    let same = |s: f16| s;
     if spec.bits == 4 && recipe.q_min >= 0 && recipe.q_max <= U4::MAX && k.is_multiple_of(2) {
         // The plan writes the codes two per byte: a byte of eight rows
         // gives two words of `qweight`.
-        let (codes, scale, zero) = dynamic::<T, f16, U4>(stream, w, n, k, gs, recipe)?;
-        let words = || pack::awq_qweight_u4(&codes, n, k);
-        return finish(spec, w, n, k, (&codes, &scale, &zero), words);
+        let (codes, scale, zero, stats) =
+            quantize_weight::<T, f16, U4, f16>(w, shape, recipe, same)?;
+        let words = move || pack::awq_qweight_u4(&codes, n, k);
+        return Ok(Quantized::new(
+            stats,
+            tensors(*spec, n, k, scale, zero, words),
+        ));
     }
-    let (codes, scale, zero) = dynamic::<T, f16, u8>(stream, w, n, k, gs, recipe)?;
-    let words = || pack::awq_qweight(&codes, n, k, spec.bits);
-    finish(spec, w, n, k, (&codes, &scale, &zero), words)
+    let (codes, scale, zero, stats) = quantize_weight::<T, f16, u8, f16>(w, shape, recipe, same)?;
+    let bits = spec.bits;
+    let words = move || pack::awq_qweight(&codes, n, k, bits);
+    Ok(Quantized::new(
+        stats,
+        tensors(*spec, n, k, scale, zero, words),
+    ))
 }
 
-/// The tensors of one weight from its codes (`words`: `qweight`) and its
-/// report.
-fn finish<T: Storage, Q: IntElement>(
-    spec: &Spec,
-    w: &[T],
+/// The tensors of one weight, `words` giving `qweight`.
+fn tensors(
+    spec: Spec,
     n: usize,
     k: usize,
-    (codes, scale, zero): (&[Q], &[f16], &[i32]),
-    words: impl FnOnce() -> groupq::Result<Vec<i32>> + Send,
-) -> Result<(Vec<Vec<u8>>, Stats)> {
-    let (gs, g, bits) = (spec.group_size, k / spec.group_size, spec.bits);
-    pack_and_report(
-        || -> Result<Vec<Vec<u8>>> {
-            let out = vec![
-                i32_bytes(&words()?),
-                i32_bytes(&pack::awq_qzeros(zero, n, g, bits)?),
-                f16::write(&transpose(scale, n, g)),
-            ];
-            Ok(out)
-        },
-        || -> Result<Stats> { Stats::of_codes(w, codes, scale, zero, n, k, gs) },
-    )
+    scale: Vec<f16>,
+    zero: Vec<i32>,
+    words: impl FnOnce() -> groupq::Result<Vec<i32>> + Send + 'static,
+) -> impl FnOnce() -> Result<Vec<Vec<u8>>> + Send + 'static {
+    move || {
+        let (g, bits) = (k / spec.group_size, spec.bits);
+        Ok(vec![
+            i32_bytes(&words()?),
+            i32_bytes(&pack::awq_qzeros(&zero, n, g, bits)?),
+            f16::write(&transpose(&scale, n, g)),
+        ])
+    }
 }
 
 #[cfg(test)]

@@ -76,15 +76,8 @@ impl QuantFormat for CompressedTensors {
         v
     }
 
-    fn quantize(
-        &self,
-        spec: &Spec,
-        stream: &Stream,
-        w: &Weights<'_>,
-        n: usize,
-        k: usize,
-    ) -> Result<(Vec<Vec<u8>>, Stats)> {
-        with_weights!(w, w => quantize_typed(self, spec, stream, w, n, k))
+    fn quantize(&self, spec: &Spec, w: &Weights<'_>, n: usize, k: usize) -> Result<Quantized> {
+        with_weights!(w, w => quantize_typed(spec, w, n, k))
     }
 
     fn quantization_config(
@@ -247,56 +240,53 @@ impl QuantFormat for CompressedTensors {
     }
 }
 
-fn quantize_typed<T: Storage>(
-    _f: &CompressedTensors,
-    spec: &Spec,
-    stream: &Stream,
-    w: &[T],
-    n: usize,
-    k: usize,
-) -> Result<(Vec<Vec<u8>>, Stats)> {
-    let recipe = spec.recipe();
+fn quantize_typed<T: Storage>(spec: &Spec, w: &[T], n: usize, k: usize) -> Result<Quantized> {
+    let (shape, recipe) = ((n, k, spec.group_size), spec.recipe());
     let fits_s4 = recipe.q_min >= S4::MIN && recipe.q_max <= S4::MAX;
+    let same = |s: T| s;
     if spec.bits == 4 && fits_s4 && k.is_multiple_of(8) {
         // The plan writes the codes two per byte: the words are those bytes
         // with the format's offset.
-        let (codes, scale, zero) = dynamic::<T, T, S4>(stream, w, n, k, spec.group_size, recipe)?;
-        let words = || pack::compressed_tensors_weight_s4(&codes, n, k);
-        return finish(spec, w, n, k, (&codes, &scale, &zero), words);
+        let (codes, scale, zero, stats) = quantize_weight::<T, T, S4, T>(w, shape, recipe, same)?;
+        let words = move || pack::compressed_tensors_weight_s4(&codes, n, k);
+        return Ok(Quantized::new(
+            stats,
+            tensors(*spec, n, k, scale, zero, words),
+        ));
     }
-    let (codes, scale, zero) = dynamic::<T, T, i8>(stream, w, n, k, spec.group_size, recipe)?;
-    let words = || pack::compressed_tensors_weight(&codes, n, k, spec.bits);
-    finish(spec, w, n, k, (&codes, &scale, &zero), words)
+    let (codes, scale, zero, stats) = quantize_weight::<T, T, i8, T>(w, shape, recipe, same)?;
+    let bits = spec.bits;
+    let words = move || pack::compressed_tensors_weight(&codes, n, k, bits);
+    Ok(Quantized::new(
+        stats,
+        tensors(*spec, n, k, scale, zero, words),
+    ))
 }
 
-/// The tensors of one weight from its codes (`words`: `weight_packed`) and
-/// its report.
-fn finish<T: Storage, Q: IntElement>(
-    spec: &Spec,
-    w: &[T],
+/// The tensors of one weight, `words` giving `weight_packed`.
+fn tensors<T: Storage>(
+    spec: Spec,
     n: usize,
     k: usize,
-    (codes, scale, zero): (&[Q], &[T], &[i32]),
-    words: impl FnOnce() -> groupq::Result<Vec<i32>> + Send,
-) -> Result<(Vec<Vec<u8>>, Stats)> {
-    let (gs, g, bits) = (spec.group_size, k / spec.group_size, spec.bits);
-    pack_and_report(
-        || -> Result<Vec<Vec<u8>>> {
-            let mut out = vec![
-                i32_bytes(&words()?),
-                T::write(scale),
-                [n as i64, k as i64]
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ];
-            if !spec.symmetric {
-                out.push(i32_bytes(&pack::compressed_tensors_zero_point(
-                    zero, n, g, bits,
-                )?));
-            }
-            Ok(out)
-        },
-        || -> Result<Stats> { Stats::of_codes(w, codes, scale, zero, n, k, gs) },
-    )
+    scale: Vec<T>,
+    zero: Vec<i32>,
+    words: impl FnOnce() -> groupq::Result<Vec<i32>> + Send + 'static,
+) -> impl FnOnce() -> Result<Vec<Vec<u8>>> + Send + 'static {
+    move || {
+        let (g, bits) = (k / spec.group_size, spec.bits);
+        let mut out = vec![
+            i32_bytes(&words()?),
+            T::write(&scale),
+            [n as i64, k as i64]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ];
+        if !spec.symmetric {
+            out.push(i32_bytes(&pack::compressed_tensors_zero_point(
+                &zero, n, g, bits,
+            )?));
+        }
+        Ok(out)
+    }
 }

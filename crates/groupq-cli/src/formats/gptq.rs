@@ -127,15 +127,8 @@ impl QuantFormat for Gptq {
         ]
     }
 
-    fn quantize(
-        &self,
-        spec: &Spec,
-        stream: &Stream,
-        w: &Weights<'_>,
-        n: usize,
-        k: usize,
-    ) -> Result<(Vec<Vec<u8>>, Stats)> {
-        with_weights!(w, w => quantize_typed(spec, stream, w, n, k))
+    fn quantize(&self, spec: &Spec, w: &Weights<'_>, n: usize, k: usize) -> Result<Quantized> {
+        with_weights!(w, w => quantize_typed(spec, w, n, k))
     }
 
     fn quantization_config(
@@ -305,50 +298,49 @@ fn is_v2(config: Option<&Value>) -> bool {
     })
 }
 
-fn quantize_typed<T: Storage>(
-    spec: &Spec,
-    stream: &Stream,
-    w: &[T],
-    n: usize,
-    k: usize,
-) -> Result<(Vec<Vec<u8>>, Stats)> {
-    let (gs, recipe) = (spec.group_size, spec.recipe());
+fn quantize_typed<T: Storage>(spec: &Spec, w: &[T], n: usize, k: usize) -> Result<Quantized> {
+    let (shape, recipe) = ((n, k, spec.group_size), spec.recipe());
+    // Loaders read float16 scales: the statistics are of what they restore.
+    let to_f16 = f16::from_f32;
     if spec.bits == 4 && recipe.q_min >= 0 && recipe.q_max <= U4::MAX && k.is_multiple_of(8) {
         // The plan writes the codes two per byte: each word of `qweight` is
         // four bytes of a row.
-        let (codes, scale, zero) = dynamic::<T, f32, U4>(stream, w, n, k, gs, recipe)?;
-        let words = || pack::gptq_qweight_u4(&codes, n, k);
-        return finish(spec, w, n, k, (&codes, &scale, &zero), words);
+        let (codes, scale, zero, stats) =
+            quantize_weight::<T, f32, U4, f16>(w, shape, recipe, to_f16)?;
+        let words = move || pack::gptq_qweight_u4(&codes, n, k);
+        return Ok(Quantized::new(
+            stats,
+            tensors(*spec, n, k, scale, zero, words),
+        ));
     }
-    let (codes, scale, zero) = dynamic::<T, f32, u8>(stream, w, n, k, gs, recipe)?;
-    let words = || pack::gptq_qweight(&codes, n, k, spec.bits);
-    finish(spec, w, n, k, (&codes, &scale, &zero), words)
+    let (codes, scale, zero, stats) = quantize_weight::<T, f32, u8, f16>(w, shape, recipe, to_f16)?;
+    let bits = spec.bits;
+    let words = move || pack::gptq_qweight(&codes, n, k, bits);
+    Ok(Quantized::new(
+        stats,
+        tensors(*spec, n, k, scale, zero, words),
+    ))
 }
 
-/// The tensors of one weight from its codes (`words`: `qweight`) and its
-/// report.
-fn finish<T: Storage, Q: IntElement>(
-    spec: &Spec,
-    w: &[T],
+/// The tensors of one weight, `words` giving `qweight`.
+fn tensors(
+    spec: Spec,
     n: usize,
     k: usize,
-    (codes, scale, zero): (&[Q], &[f32], &[i32]),
-    words: impl FnOnce() -> groupq::Result<Vec<i32>> + Send,
-) -> Result<(Vec<Vec<u8>>, Stats)> {
-    let (gs, g, bits) = (spec.group_size, k / spec.group_size, spec.bits);
-    // Loaders read float16 scales.
-    let scale16: Vec<f16> = scale.iter().map(|&s| f16::from_f32(s)).collect();
-    pack_and_report(
-        || -> Result<Vec<Vec<u8>>> {
-            let g_idx: Vec<i32> = (0..k).map(|i| (i / gs) as i32).collect();
-            let out = vec![
-                i32_bytes(&words()?),
-                i32_bytes(&pack::gptq_qzeros(zero, n, g, bits, GptqZeros::V1)?),
-                f16::write(&transpose(&scale16, n, g)),
-                i32_bytes(&g_idx),
-            ];
-            Ok(out)
-        },
-        || -> Result<Stats> { Stats::of_codes(w, codes, &scale16, zero, n, k, gs) },
-    )
+    scale: Vec<f32>,
+    zero: Vec<i32>,
+    words: impl FnOnce() -> groupq::Result<Vec<i32>> + Send + 'static,
+) -> impl FnOnce() -> Result<Vec<Vec<u8>>> + Send + 'static {
+    move || {
+        let (gs, bits) = (spec.group_size, spec.bits);
+        let g = k / gs;
+        let scale16: Vec<f16> = scale.iter().map(|&s| f16::from_f32(s)).collect();
+        let g_idx: Vec<i32> = (0..k).map(|i| (i / gs) as i32).collect();
+        Ok(vec![
+            i32_bytes(&words()?),
+            i32_bytes(&pack::gptq_qzeros(&zero, n, g, bits, GptqZeros::V1)?),
+            f16::write(&transpose(&scale16, n, g)),
+            i32_bytes(&g_idx),
+        ])
+    }
 }

@@ -127,16 +127,11 @@ impl Spec {
         self.format.imp().outputs(self, prefix, dtype, n, k)
     }
 
-    /// Quantizes a `[n, k]` weight: the bytes of each tensor of
-    /// [`outputs`](Self::outputs), in order, and how much was lost.
-    pub fn quantize(
-        &self,
-        stream: &Stream,
-        w: &Weights<'_>,
-        n: usize,
-        k: usize,
-    ) -> Result<(Vec<Vec<u8>>, Stats)> {
-        self.format.imp().quantize(self, stream, w, n, k)
+    /// Quantizes a `[n, k]` weight (on every core): its statistics now,
+    /// the bytes of each tensor of [`outputs`](Self::outputs), in order,
+    /// when [`Quantized::pack`] is called.
+    pub fn quantize(&self, w: &Weights<'_>, n: usize, k: usize) -> Result<Quantized> {
+        self.format.imp().quantize(self, w, n, k)
     }
 }
 
@@ -167,15 +162,9 @@ pub trait QuantFormat: Sync {
         n: usize,
         k: usize,
     ) -> Vec<OutTensor>;
-    /// The bytes of each tensor of `outputs`, and the error statistics.
-    fn quantize(
-        &self,
-        spec: &Spec,
-        stream: &Stream,
-        w: &Weights<'_>,
-        n: usize,
-        k: usize,
-    ) -> Result<(Vec<Vec<u8>>, Stats)>;
+    /// The codes of a weight and its error statistics, and how to pack
+    /// them into the tensors of `outputs`.
+    fn quantize(&self, spec: &Spec, w: &Weights<'_>, n: usize, k: usize) -> Result<Quantized>;
     /// The `quantization_config` that makes the loaders quantize exactly
     /// `plan.quantized`.
     fn quantization_config(&self, spec: &Spec, layout: &Layout, plan: &ModulePlan)
@@ -255,57 +244,6 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The statistics of a weight against the values a loader restores from
-    /// its codes (`[n, k / PACK]`), scales and zero points (`[n, k / gs]`),
-    /// computed as they are restored: blocks of rows are dequantized into a
-    /// buffer that stays in cache and compared at once, on every core. The
-    /// restored weight is never held whole. The sums are combined in block
-    /// order, so the result does not depend on the thread count.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn of_codes<T: Storage, Q: IntElement, R: Storage>(
-        original: &[T],
-        codes: &[Q],
-        scale: &[R],
-        zero: &[i32],
-        n: usize,
-        k: usize,
-        gs: usize,
-    ) -> Result<Stats> {
-        use rayon::prelude::*;
-        if n == 0 || k == 0 {
-            return Ok(Stats::from_sums(0.0, 0.0, 0.0));
-        }
-        let rows = (Self::CHUNK / k).max(1);
-        let g = k / gs;
-        let partial = (0..n.div_ceil(rows))
-            .into_par_iter()
-            .map(|b| -> Result<(f64, f64, f64)> {
-                let (r0, r1) = (b * rows, ((b + 1) * rows).min(n));
-                let m = r1 - r0;
-                let units = k / Q::PACK;
-                // On the calling thread: the blocks are the parallelism.
-                let serial = Stream::cpu_with_threads(1)?;
-                let restored = dequantize::<Q, R>(
-                    &serial,
-                    &codes[r0 * units..r1 * units],
-                    &scale[r0 * g..r1 * g],
-                    &zero[r0 * g..r1 * g],
-                    m,
-                    k,
-                    gs,
-                )?;
-                Ok(sums(&original[r0 * k..r1 * k], &restored))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let (signal, noise, max) = partial.iter().fold((0.0, 0.0, 0.0f64), |(s, n, m), p| {
-            (s + p.0, n + p.1, m.max(p.2))
-        });
-        Ok(Stats::from_sums(signal, noise, max))
-    }
-
-    /// Elements per block of [`of_codes`](Self::of_codes) (whole rows).
-    const CHUNK: usize = 1 << 16;
-
     fn from_sums(signal: f64, noise: f64, max: f64) -> Stats {
         let sqnr_db = if noise == 0.0 {
             f64::INFINITY
@@ -317,6 +255,132 @@ impl Stats {
             max_abs_error: max,
         }
     }
+}
+
+/// A quantized weight: its statistics, and its tensors packed when the
+/// writer asks for them (so that packing one weight overlaps quantizing the
+/// next).
+pub struct Quantized {
+    pub stats: Stats,
+    pub pack: Box<dyn FnOnce() -> Result<Vec<Vec<u8>>> + Send>,
+}
+
+impl Quantized {
+    /// `stats`, and `pack` to run later.
+    pub(crate) fn new(
+        stats: Stats,
+        pack: impl FnOnce() -> Result<Vec<Vec<u8>>> + Send + 'static,
+    ) -> Quantized {
+        Quantized {
+            stats,
+            pack: Box::new(pack),
+        }
+    }
+}
+
+/// A weight's codes, scales, zero points and statistics.
+pub(crate) type WeightCodes<Q, S> = (Vec<Q>, Vec<S>, Vec<i32>, Stats);
+
+/// Elements per block of [`quantize_weight`] (whole rows).
+const BLOCK_ELEMENTS: usize = 1 << 16;
+
+/// The recipe plan on a `[n, k]` weight, codes `Q` (`[n, k / PACK]`),
+/// scales `S` and zero points (`[n, k / gs]`), with the statistics of the
+/// values a loader restores from them (scales converted by `loader_scale`
+/// to its dtype `R`).
+///
+/// Blocks of rows run on every core (the rayon pool), each on the calling
+/// thread's own serial stream: a block is quantized, dequantized into a
+/// buffer and compared with its input while both are still in cache, so
+/// the weight is read from memory once and the restored weight is never
+/// held whole. The sums are combined in block order: the statistics do not
+/// depend on the thread count.
+pub(crate) fn quantize_weight<T: Storage, S: Element, Q: IntElement, R: Storage>(
+    w: &[T],
+    (n, k, gs): (usize, usize, usize),
+    recipe: Recipe,
+    loader_scale: impl Fn(S) -> R + Sync,
+) -> Result<WeightCodes<Q, S>> {
+    use rayon::prelude::*;
+    let (g, units) = (k / gs, k / Q::PACK);
+    let (mut q, mut s, mut z) = (
+        vec![Q::default(); n * units],
+        vec![S::from_f64(0.0); n * g],
+        vec![0i32; n * g],
+    );
+    if n == 0 || k == 0 {
+        return Ok((q, s, z, Stats::from_sums(0.0, 0.0, 0.0)));
+    }
+    let rows = (BLOCK_ELEMENTS / k).max(1);
+    let serial = Stream::cpu_with_threads(1)?;
+    let plans = |m: usize| -> Result<_> {
+        let quantize = QuantizeDynamicPerGroupDescriptor {
+            outer_size: m,
+            axis_size: k,
+            group_size: gs,
+            recipe,
+            input_element: T::KIND,
+            scale_element: S::KIND,
+            output_element: Q::KIND,
+        };
+        let dequantize = DequantizePerGroupDescriptor {
+            outer_size: m,
+            axis_size: k,
+            group_size: gs,
+            input_element: Q::KIND,
+            output_element: R::KIND,
+        };
+        Ok((
+            QuantizeDynamicPerGroupPlan::<T, S, Q>::select(&serial, &quantize, Default::default())?,
+            DequantizePerGroupPlan::<Q, R>::select(&serial, &dequantize, Default::default())?,
+        ))
+    };
+    // A plan pair for whole blocks, and one for the last, shorter block.
+    let whole = plans(rows.min(n))?;
+    let last = match n % rows {
+        0 => None,
+        m => Some(plans(m)?),
+    };
+    let partial = q
+        .par_chunks_mut(rows * units)
+        .zip(s.par_chunks_mut(rows * g))
+        .zip(z.par_chunks_mut(rows * g))
+        .zip(w.par_chunks(rows * k))
+        .map_init(Vec::new, |restored: &mut Vec<R>, (((qb, sb), zb), wb)| {
+            let m = wb.len() / k;
+            let (quantize, dequantize) = match &last {
+                Some(p) if m != rows.min(n) => p,
+                _ => &whole,
+            };
+            quantize.run(
+                &serial,
+                Workspace::None,
+                QuantizeDynamicPerGroupArgs {
+                    input: TensorRef::new(wb, [m, k])?,
+                    scale: TensorMut::new(sb, [m, g])?,
+                    zero_point: TensorMut::new(zb, [m, g])?,
+                    output: TensorMut::new(qb, [m, units])?,
+                },
+            )?;
+            let scales: Vec<R> = sb.iter().map(|&v| loader_scale(v)).collect();
+            restored.resize(m * k, R::from_f64(0.0));
+            dequantize.run(
+                &serial,
+                Workspace::None,
+                DequantizePerGroupArgs {
+                    input: TensorRef::new(qb, [m, units])?,
+                    scale: TensorRef::new(&scales, [m, g])?,
+                    zero_point: TensorRef::new(zb, [m, g])?,
+                    output: TensorMut::new(&mut restored[..], [m, k])?,
+                },
+            )?;
+            Ok(sums(wb, restored))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (signal, noise, max) = partial.iter().fold((0.0, 0.0, 0.0f64), |(s, n, m), p| {
+        (s + p.0, n + p.1, m.max(p.2))
+    });
+    Ok((q, s, z, Stats::from_sums(signal, noise, max)))
 }
 
 /// `(Σ a², Σ (a − b)², max |a − b|)` of a block, compiled for AVX2 where the
@@ -351,25 +415,34 @@ fn sums_any<T: Storage, R: Storage>(a: &[T], b: &[R]) -> (f64, f64, f64) {
         // Widened to f32 in bulk (exact). Each block's sums are f32 over at
         // most BLOCK / LANES terms per lane (a relative error below 2^-16,
         // ample for a report in dB), then added in f64.
-        let (wa, wb) = (&mut wa[..a.len()], &mut wb[..b.len()]);
-        T::widen(a, wa);
-        R::widen(b, wb);
+        // Padded with zeros to whole lanes (a zero adds nothing to any
+        // sum), so that the loop has no tail to index the lanes by.
+        let len = a.len().next_multiple_of(LANES);
+        T::widen(a, &mut wa[..a.len()]);
+        R::widen(b, &mut wb[..b.len()]);
+        wa[a.len()..len].fill(0.0);
+        wb[b.len()..len].fill(0.0);
+        // The differences in place of the restored values, then one loop
+        // per sum (each vectorizes to whole registers).
+        for (y, &x) in wb[..len].iter_mut().zip(&wa[..len]) {
+            *y = x - *y;
+        }
         let (mut sig, mut noi, mut mx) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
-        let (ea, eb) = (wa.as_chunks::<LANES>(), wb.as_chunks::<LANES>());
-        for (x, y) in ea.0.iter().zip(eb.0) {
+        for x in wa[..len].as_chunks::<LANES>().0 {
             for i in 0..LANES {
-                let d = x[i] - y[i];
                 sig[i] += x[i] * x[i];
-                noi[i] += d * d;
-                // (a compare, not f32::max: it vectorizes)
-                mx[i] = if d.abs() > mx[i] { d.abs() } else { mx[i] };
             }
         }
-        for (i, (&x, &y)) in ea.1.iter().zip(eb.1).enumerate() {
-            let d = x - y;
-            sig[i] += x * x;
-            noi[i] += d * d;
-            mx[i] = if d.abs() > mx[i] { d.abs() } else { mx[i] };
+        for d in wb[..len].as_chunks::<LANES>().0 {
+            for i in 0..LANES {
+                noi[i] += d[i] * d[i];
+                // (a compare, not f32::max: it vectorizes)
+                mx[i] = if d[i].abs() > mx[i] {
+                    d[i].abs()
+                } else {
+                    mx[i]
+                };
+            }
         }
         signal += sig.iter().map(|&v| f64::from(v)).sum::<f64>();
         noise += noi.iter().map(|&v| f64::from(v)).sum::<f64>();
@@ -535,57 +608,6 @@ pub fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
     (0..rows * cols)
         .map(|i| m[(i % rows) * cols + i / rows])
         .collect()
-}
-
-/// A weight's packed outputs and its report: `pack` on one core while
-/// `report` (dequantize and statistics) runs beside it, neither needing the
-/// other.
-pub(crate) fn pack_and_report(
-    pack: impl FnOnce() -> Result<Vec<Vec<u8>>> + Send,
-    report: impl FnOnce() -> Result<Stats> + Send,
-) -> Result<(Vec<Vec<u8>>, Stats)> {
-    let (out, stats) = rayon::join(pack, report);
-    Ok((out?, stats?))
-}
-
-/// The fused recipe plan on one weight: codes, scales and zero points.
-pub(crate) fn dynamic<T: Element, S: Element, Q: IntElement>(
-    stream: &Stream,
-    w: &[T],
-    n: usize,
-    k: usize,
-    gs: usize,
-    recipe: Recipe,
-) -> Result<(Vec<Q>, Vec<S>, Vec<i32>)> {
-    let g = k / gs;
-    let desc = QuantizeDynamicPerGroupDescriptor {
-        outer_size: n,
-        axis_size: k,
-        group_size: gs,
-        recipe,
-        input_element: T::KIND,
-        scale_element: S::KIND,
-        output_element: Q::KIND,
-    };
-    let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(stream, &desc, Default::default())?;
-    // Codes are `[n, k / PACK]` storage units (two 4-bit codes a byte).
-    let units = k / Q::PACK;
-    let (mut q, mut s, mut z) = (
-        vec![Q::default(); n * units],
-        vec![S::from_f64(0.0); n * g],
-        vec![0i32; n * g],
-    );
-    plan.run(
-        stream,
-        Workspace::None,
-        QuantizeDynamicPerGroupArgs {
-            input: TensorRef::new(w, [n, k])?,
-            scale: TensorMut::new(&mut s, [n, g])?,
-            zero_point: TensorMut::new(&mut z, [n, g])?,
-            output: TensorMut::new(&mut q, [n, units])?,
-        },
-    )?;
-    Ok((q, s, z))
 }
 
 /// SPEC §3.2 dequantization of a `[n, k]` weight (codes `[n, k / PACK]`).
