@@ -383,82 +383,180 @@ pub(crate) fn quantize_weight<T: Storage, S: Element, Q: IntElement, R: Storage>
     Ok((q, s, z, Stats::from_sums(signal, noise, max)))
 }
 
-/// `(Σ a², Σ (a − b)², max |a − b|)` of a block, compiled for AVX2 where the
-/// CPU has it. Both forms compute the same operations in the same order
-/// (no fused multiply-add), so the sums are the same on every machine.
+/// Values widened at a time by the sums, and the span of their f32 partial
+/// sums (at most `BLOCK / LANES` terms per lane: a relative error below
+/// 2^-16, ample for a report in dB), then added in f64.
+const BLOCK: usize = 1024;
+/// Independent partial sums: lane `i` takes the elements `i mod LANES` of a
+/// block, in order (a fixed order: deterministic), so that the loop is not
+/// bound by one addition's latency and vectorizes.
+const LANES: usize = 8;
+
+/// `(Σ a², Σ (a − b)², max |a − b|)`, in AVX2 registers where the CPU has
+/// AVX2 and F16C. Both forms compute the same operations on the same lanes
+/// in the same order (no fused multiply-add), so the sums are the same on
+/// every machine.
 fn sums<T: Storage, R: Storage>(a: &[T], b: &[R]) -> (f64, f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above), the only
-        // requirement of a `#[target_feature(enable = "avx2")]` function.
-        return unsafe { sums_avx2(a, b) };
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has AVX2 and F16C (checked just above), the only
+        // requirement of `sums_avx2`; `a` and `b` are slices.
+        return unsafe { x86::sums_avx2(a, b) };
     }
     sums_any(a, b)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn sums_avx2<T: Storage, R: Storage>(a: &[T], b: &[R]) -> (f64, f64, f64) {
-    sums_any(a, b)
+/// The lanes' partial sums of a block added to the running totals.
+#[inline(always)]
+fn add_lanes(
+    (signal, noise, max): &mut (f64, f64, f32),
+    sig: &[f32; LANES],
+    noi: &[f32; LANES],
+    mx: &[f32; LANES],
+) {
+    *signal += sig.iter().map(|&v| f64::from(v)).sum::<f64>();
+    *noise += noi.iter().map(|&v| f64::from(v)).sum::<f64>();
+    *max = mx.iter().fold(*max, |m, &v| m.max(v));
 }
 
+/// One element into lane `i`'s partial sums.
 #[inline(always)]
+fn add_one(
+    i: usize,
+    x: f32,
+    y: f32,
+    sig: &mut [f32; LANES],
+    noi: &mut [f32; LANES],
+    mx: &mut [f32; LANES],
+) {
+    let d = x - y;
+    sig[i] += x * x;
+    noi[i] += d * d;
+    // (a compare, not f32::max: NaN leaves the maximum, as `maxps` does)
+    mx[i] = if d.abs() > mx[i] { d.abs() } else { mx[i] };
+}
+
 fn sums_any<T: Storage, R: Storage>(a: &[T], b: &[R]) -> (f64, f64, f64) {
-    /// Values widened at a time, into buffers on the stack.
-    const BLOCK: usize = 1024;
-    /// Independent sums (a fixed order: deterministic), so that the loop
-    /// is not bound by one addition's latency and vectorizes.
-    const LANES: usize = 8;
-    let (mut signal, mut noise, mut max) = (0.0f64, 0.0f64, 0.0f32);
+    let mut total = (0.0f64, 0.0f64, 0.0f32);
     let (mut wa, mut wb) = ([0f32; BLOCK], [0f32; BLOCK]);
     for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
-        // Widened to f32 in bulk (exact). Each block's sums are f32 over at
-        // most BLOCK / LANES terms per lane (a relative error below 2^-16,
-        // ample for a report in dB), then added in f64.
-        // Padded with zeros to whole lanes (a zero adds nothing to any
-        // sum), so that the loop has no tail to index the lanes by.
-        let len = a.len().next_multiple_of(LANES);
-        T::widen(a, &mut wa[..a.len()]);
-        R::widen(b, &mut wb[..b.len()]);
-        wa[a.len()..len].fill(0.0);
-        wb[b.len()..len].fill(0.0);
-        // The differences in place of the restored values, then one loop
-        // per sum (each vectorizes to whole registers).
-        for (y, &x) in wb[..len].iter_mut().zip(&wa[..len]) {
-            *y = x - *y;
-        }
+        let (wa, wb) = (&mut wa[..a.len()], &mut wb[..b.len()]);
+        T::widen(a, wa);
+        R::widen(b, wb);
         let (mut sig, mut noi, mut mx) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
-        for x in wa[..len].as_chunks::<LANES>().0 {
-            for i in 0..LANES {
-                sig[i] += x[i] * x[i];
-            }
+        for (j, (&x, &y)) in wa.iter().zip(wb.iter()).enumerate() {
+            add_one(j % LANES, x, y, &mut sig, &mut noi, &mut mx);
         }
-        for d in wb[..len].as_chunks::<LANES>().0 {
-            for i in 0..LANES {
-                noi[i] += d[i] * d[i];
-                // (a compare, not f32::max: it vectorizes)
-                mx[i] = if d[i].abs() > mx[i] {
-                    d[i].abs()
-                } else {
-                    mx[i]
-                };
-            }
-        }
-        signal += sig.iter().map(|&v| f64::from(v)).sum::<f64>();
-        noise += noi.iter().map(|&v| f64::from(v)).sum::<f64>();
-        max = mx.iter().fold(max, |m, &v| m.max(v));
+        add_lanes(&mut total, &sig, &noi, &mx);
     }
-    (signal, noise, f64::from(max))
+    (total.0, total.1, f64::from(total.2))
+}
+
+/// The AVX2 form of the report's sums.
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use super::{add_lanes, add_one, Storage, BLOCK, LANES};
+    use groupq::half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    /// Eight values as f32 lanes (exact).
+    pub trait Lanes: Sized {
+        /// # Safety
+        /// AVX2 and F16C are present and `p` is valid for 8 reads.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            // SAFETY: the caller's contract.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+    }
+
+    impl Lanes for bf16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const bf16) -> __m256 {
+            // SAFETY: the caller's contract; a bf16 is the top half of an f32.
+            unsafe {
+                let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+            }
+        }
+    }
+
+    impl Lanes for f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            // SAFETY: the caller's contract (F16C converts exactly).
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+    }
+
+    /// [`super::sums_any`] in registers: the same lanes, the same order.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn sums_avx2<T: Storage, R: Storage>(a: &[T], b: &[R]) -> (f64, f64, f64) {
+        let mut total = (0.0f64, 0.0f64, 0.0f32);
+        let sign = _mm256_set1_ps(-0.0);
+        for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+            let n = a.len().min(b.len());
+            let full = n - n % LANES;
+            let (mut sig, mut noi, mut mx) = (
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+            );
+            let mut j = 0;
+            while j < full {
+                // SAFETY: `j + 8 <= full <= n`, inside both slices; the
+                // CPU features are this function's contract.
+                let (x, y) = unsafe { (T::load8(a.as_ptr().add(j)), R::load8(b.as_ptr().add(j))) };
+                let d = _mm256_sub_ps(x, y);
+                sig = _mm256_add_ps(sig, _mm256_mul_ps(x, x));
+                noi = _mm256_add_ps(noi, _mm256_mul_ps(d, d));
+                mx = _mm256_max_ps(_mm256_andnot_ps(sign, d), mx);
+                j += LANES;
+            }
+            let (mut s, mut e, mut m) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+            // SAFETY: each array holds 8 f32.
+            unsafe {
+                _mm256_storeu_ps(s.as_mut_ptr(), sig);
+                _mm256_storeu_ps(e.as_mut_ptr(), noi);
+                _mm256_storeu_ps(m.as_mut_ptr(), mx);
+            }
+            let (mut x, mut y) = ([0f32; LANES], [0f32; LANES]);
+            T::widen(&a[full..n], &mut x[..n - full]);
+            R::widen(&b[full..n], &mut y[..n - full]);
+            for i in 0..n - full {
+                add_one(i, x[i], y[i], &mut s, &mut e, &mut m);
+            }
+            add_lanes(&mut total, &s, &e, &m);
+        }
+        (total.0, total.1, f64::from(total.2))
+    }
 }
 
 /// Float weight dtypes of a checkpoint.
-pub trait Storage: Element {
+pub trait Storage: Element + StorageLanes {
     fn read(bytes: &[u8]) -> Vec<Self>;
     fn write(values: &[Self]) -> Vec<u8>;
     fn from_f32(v: f32) -> Self;
     /// Exact widening of a slice to f32 (`dst.len() == src.len()`).
     fn widen(src: &[Self], dst: &mut [f32]);
 }
+
+/// The vector loads of [`Storage`] types where the CLI has a vector form.
+#[cfg(target_arch = "x86_64")]
+pub trait StorageLanes: x86::Lanes {}
+#[cfg(target_arch = "x86_64")]
+impl<T: x86::Lanes> StorageLanes for T {}
+#[cfg(not(target_arch = "x86_64"))]
+pub trait StorageLanes {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T> StorageLanes for T {}
 
 macro_rules! storage {
     ($t:ty, $n:literal, $from:expr, $widen:expr) => {
@@ -703,4 +801,91 @@ pub(crate) fn float_list(layout: &Layout, plan: &ModulePlan) -> Vec<String> {
         .filter(|m| !plan.quantized.contains(*m))
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod sums_tests {
+    use super::*;
+
+    fn values<T: Storage>(n: usize, seed: u64) -> Vec<T> {
+        let specials = [f32::NAN, f32::INFINITY, -0.0, 1e-40, -65504.0, 3e38];
+        let mut s = seed | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let v = if s.is_multiple_of(97) {
+                    specials[i % specials.len()]
+                } else {
+                    ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+                };
+                T::from_f32(v)
+            })
+            .collect()
+    }
+
+    fn same(a: (f64, f64, f64), b: (f64, f64, f64)) -> bool {
+        let eq = |x: f64, y: f64| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan());
+        eq(a.0, b.0) && eq(a.1, b.1) && eq(a.2, b.2)
+    }
+
+    fn check<T: Storage, R: Storage>() {
+        for (n, seed) in [
+            (0, 1),
+            (7, 2),
+            (8, 3),
+            (1023, 4),
+            (1024, 5),
+            (3001, 6),
+            (9000, 7),
+        ] {
+            let (a, b) = (values::<T>(n, seed), values::<R>(n, seed ^ 99));
+            // Close values too (the usual case: restored weights).
+            let near: Vec<R> = a
+                .iter()
+                .map(|v| R::from_f32(v.to_f64() as f32 * 1.01))
+                .collect();
+            for b in [&b, &near] {
+                let plain = sums_any(&a, b);
+                let chosen = sums(&a, b);
+                assert!(
+                    same(plain, chosen),
+                    "{n} {:?} {:?}: {plain:?} {chosen:?}",
+                    T::KIND,
+                    R::KIND
+                );
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
+                    // SAFETY: the features were checked just above.
+                    let avx2 = unsafe { x86::sums_avx2(&a, b) };
+                    assert!(
+                        same(plain, avx2),
+                        "{n} {:?} {:?}: {plain:?} {avx2:?}",
+                        T::KIND,
+                        R::KIND
+                    );
+                }
+            }
+        }
+    }
+
+    /// The AVX2 sums equal the plain ones bit for bit, tails, NaN, ±inf,
+    /// ±0 and subnormals included, for every pair of storage types.
+    #[test]
+    fn vector_sums_equal_plain_sums() {
+        check::<bf16, bf16>();
+        check::<bf16, f16>();
+        check::<f16, f16>();
+        check::<f32, f32>();
+        check::<f32, bf16>();
+        check::<f16, f32>();
+    }
+
+    #[test]
+    fn sums_are_what_they_say() {
+        let a = [3.0f32, -4.0, 0.0];
+        let b = [3.0f32, -2.0, 1.0];
+        assert_eq!(sums(&a[..], &b[..]), (25.0, 5.0, 2.0));
+    }
 }
