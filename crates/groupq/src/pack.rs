@@ -701,23 +701,60 @@ pub fn awq_qweight_u4(codes: &[U4], n: usize, k: usize) -> Result<Vec<i32>> {
     if n == 0 || k == 0 {
         return Ok(words);
     }
+    // Bytes `c` of the eight rows of a word (in AWQ's order) as one u64:
+    // its low nibbles are the word of column `2c`, its high nibbles that
+    // of `2c + 1`.
+    let mut put = |c: usize, o: usize, x: u64| {
+        words[2 * c * cols + o] = nibble_word64(x & LOW);
+        words[(2 * c + 1) * cols + o] = nibble_word64((x >> 4) & LOW);
+    };
+    let whole = half - half % 8;
     for (b, block) in codes.chunks(WORDS * 8 * half).enumerate() {
         // The eight rows of each word, in AWQ's order.
         let groups: Vec<[&[U4]; 8]> = block
             .chunks_exact(8 * half)
             .map(|g| std::array::from_fn(|t| &g[AWQ_ORDER[t] * half..][..half]))
             .collect();
-        for c in 0..half {
-            let (even, odd) = words[2 * c * cols..][..2 * cols].split_at_mut(cols);
-            let (even, odd) = (&mut even[b * WORDS..], &mut odd[b * WORDS..]);
-            for ((e, o), rows) in even.iter_mut().zip(odd.iter_mut()).zip(&groups) {
-                let x = u64::from_le_bytes(rows.map(|r| r[c].0));
-                *e = nibble_word64(x & LOW);
-                *o = nibble_word64((x >> 4) & LOW);
+        // Eight bytes of each of the eight rows at a time, transposed in
+        // registers: then byte `t` of `x[j]` is byte `c0 + j` of row `t`.
+        for c0 in (0..whole).step_by(8) {
+            for (i, rows) in groups.iter().enumerate() {
+                let x = transpose_bytes(rows.map(|r| {
+                    let run: &[U4; 8] = r[c0..c0 + 8].try_into().expect("eight bytes");
+                    u64::from_le_bytes(run.map(|u| u.0))
+                }));
+                for (j, &x) in x.iter().enumerate() {
+                    put(c0 + j, b * WORDS + i, x);
+                }
+            }
+        }
+        for c in whole..half {
+            for (i, rows) in groups.iter().enumerate() {
+                put(c, b * WORDS + i, u64::from_le_bytes(rows.map(|r| r[c].0)));
             }
         }
     }
     Ok(words)
+}
+
+/// The transpose of an 8×8 matrix of bytes, row `r` the little-endian bytes
+/// of `m[r]`: byte `c` of the result's row `r` is byte `r` of `m[c]`. Three
+/// rounds swap 1-, 2- and 4-byte blocks between row pairs.
+#[inline(always)]
+fn transpose_bytes(mut m: [u64; 8]) -> [u64; 8] {
+    const ROUNDS: [(u32, u64, [(usize, usize); 4]); 3] = [
+        (8, 0x00ff_00ff_00ff_00ff, [(0, 1), (2, 3), (4, 5), (6, 7)]),
+        (16, 0x0000_ffff_0000_ffff, [(0, 2), (1, 3), (4, 6), (5, 7)]),
+        (32, 0x0000_0000_ffff_ffff, [(0, 4), (1, 5), (2, 6), (3, 7)]),
+    ];
+    for (shift, mask, pairs) in ROUNDS {
+        for (a, b) in pairs {
+            let t = ((m[a] >> shift) ^ m[b]) & mask;
+            m[b] ^= t;
+            m[a] ^= t << shift;
+        }
+    }
+    m
 }
 
 /// The ggml block types of [`gguf_blocks`]: 32 codes a block.
