@@ -742,7 +742,9 @@ pub fn awq_qweight_u4(codes: &[U4], n: usize, k: usize) -> Result<Vec<i32>> {
 /// rounds swap 1-, 2- and 4-byte blocks between row pairs.
 #[inline(always)]
 fn transpose_bytes(mut m: [u64; 8]) -> [u64; 8] {
-    const ROUNDS: [(u32, u64, [(usize, usize); 4]); 3] = [
+    /// A round: block width in bits, mask of a row's kept blocks, row pairs.
+    type Round = (u32, u64, [(usize, usize); 4]);
+    const ROUNDS: [Round; 3] = [
         (8, 0x00ff_00ff_00ff_00ff, [(0, 1), (2, 3), (4, 5), (6, 7)]),
         (16, 0x0000_ffff_0000_ffff, [(0, 2), (1, 3), (4, 6), (5, 7)]),
         (32, 0x0000_0000_ffff_ffff, [(0, 4), (1, 5), (2, 6), (3, 7)]),
