@@ -275,11 +275,51 @@ impl Element for f64 {
     }
 }
 
+/// An f16 as an f32 (exact), inline: what `f16::to_f32` gives (F16C or
+/// not), without its call and feature check per value.
+#[inline(always)]
+pub(crate) fn f16_to_f32(h: f16) -> f32 {
+    let h = u32::from(h.to_bits());
+    let (sign, exp, man) = ((h & 0x8000) << 16, (h >> 10) & 0x1f, h & 0x3ff);
+    match exp {
+        // Zero and subnormals: `man · 2^-24`, exact.
+        0 => f32::from_bits(sign | (man as f32 * (1.0 / 16_777_216.0)).to_bits()),
+        // Infinities; NaN made quiet, its payload kept.
+        0x1f if man == 0 => f32::from_bits(sign | 0x7f80_0000),
+        0x1f => f32::from_bits(sign | 0x7fc0_0000 | (man << 13)),
+        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
+    }
+}
+
+/// `v` rounded to the nearest f16, ties to even, as an f32: what
+/// `f16::from_f32(v).to_f32()` gives, inline (no call per value).
+#[inline(always)]
+pub(crate) fn round_to_f16(v: f32) -> f32 {
+    let a = v.abs();
+    if a.is_nan() {
+        return f16::from_f32(v).to_f32();
+    }
+    if a >= 65520.0 {
+        // At or past the midpoint of f16::MAX and 2^16: infinite.
+        return f32::INFINITY.copysign(v);
+    }
+    if a < 6.103_515_6e-5 {
+        // Below 2^-14 the f16 spacing is 2^-24: `a · 2^24` (exact, below
+        // 2^10) rounded to an integer by the 2^23 addition (ties to even).
+        let n = (a * 16_777_216.0 + 8_388_608.0) - 8_388_608.0;
+        return (n * (1.0 / 16_777_216.0)).copysign(v);
+    }
+    // Normal: the significand to 10 fraction bits, ties to even (a carry
+    // into the exponent is the right result).
+    let b = v.to_bits();
+    f32::from_bits((b + 0x0fff + ((b >> 13) & 1)) & !0x1fff)
+}
+
 impl sealed::FloatSealed for f16 {
     type Math = f32;
     #[inline(always)]
     fn to_math(self) -> f32 {
-        self.to_f32()
+        f16_to_f32(self)
     }
     #[inline(always)]
     fn from_math(m: f32) -> Self {
@@ -298,7 +338,7 @@ impl Element for f16 {
     }
     #[inline]
     fn to_f64(self) -> f64 {
-        f64::from(self.to_f32())
+        f64::from(f16_to_f32(self))
     }
 }
 
@@ -453,6 +493,68 @@ nibble_element!(U4, ElementKind::U4, 0, 15, false);
 
 #[cfg(test)]
 mod tests {
+
+    /// The inline f16 conversions equal `half`'s bit for bit: every f16,
+    /// every midpoint between neighbouring f16 values and its neighbours
+    /// (ties and near-ties), and a sweep of all f32 exponents.
+    #[test]
+    fn inline_f16_conversions_equal_half() {
+        use super::{f16_to_f32, round_to_f16};
+        let same = |v: f32| {
+            let (ours, theirs) = (round_to_f16(v), f16::from_f32(v).to_f32());
+            assert_eq!(
+                ours.to_bits(),
+                theirs.to_bits(),
+                "{v:e} ({:#x})",
+                v.to_bits()
+            );
+        };
+        for h in 0..=u16::MAX {
+            let x = f16::from_bits(h);
+            assert_eq!(f16_to_f32(x).to_bits(), x.to_f32().to_bits(), "{h:#x}");
+            let v = x.to_f32();
+            same(v);
+            if h & 0x7fff < 0x7c00 {
+                // The midpoint to the next f16 away from zero (exact in f32)
+                // and the f32 values beside it.
+                let next = f16::from_bits(h + 1).to_f32();
+                let mid = (v + next) / 2.0;
+                for m in [
+                    mid,
+                    f32::from_bits(mid.to_bits() - 1),
+                    f32::from_bits(mid.to_bits() + 1),
+                ] {
+                    same(m);
+                }
+            }
+        }
+        let edges = [
+            65519.996f32,
+            65520.0,
+            65535.0,
+            65536.0,
+            6.103_515_6e-5,
+            2.980_232_2e-8,
+            5.960_464_5e-8,
+            8.940_697e-8,
+        ];
+        for e in edges {
+            for v in [
+                e,
+                -e,
+                f32::from_bits(e.to_bits() - 1),
+                f32::from_bits(e.to_bits() + 1),
+            ] {
+                same(v);
+            }
+        }
+        let mut b = 0u32;
+        while let Some(next) = b.checked_add(4093) {
+            same(f32::from_bits(b));
+            b = next;
+        }
+    }
+
     use super::sealed::FloatSealed;
     use super::*;
 

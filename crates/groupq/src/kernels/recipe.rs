@@ -31,7 +31,7 @@ impl Arith {
     pub fn r(self, v: f64) -> f64 {
         match self.0 {
             ElementKind::F32 => f64::from(v as f32),
-            ElementKind::F16 => f64::from(f16::from_f32(v as f32)),
+            ElementKind::F16 => f64::from(crate::element::round_to_f16(v as f32)),
             ElementKind::Bf16 => f64::from(bf16::from_f32(v as f32)),
             _ => v,
         }

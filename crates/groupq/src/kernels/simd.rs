@@ -627,7 +627,7 @@ impl<S: Isa> LaneRound<S> for ToF16 {
     }
     #[inline(always)]
     fn rd1(v: f32) -> f32 {
-        half::f16::from_f32(v).to_f32()
+        crate::element::round_to_f16(v)
     }
 }
 
