@@ -678,9 +678,9 @@ pub fn gptq_qweight_u4(codes: &[U4], n: usize, k: usize) -> Result<Vec<i32>> {
 }
 
 /// [`awq_qweight`] of 4-bit codes already packed two per byte (a [`U4`]
-/// tensor `[n, k / 2]`), `n` a multiple of 8 and `k` even: one byte of each
-/// of eight rows gives the words of two columns (low nibbles, high
-/// nibbles), in blocks of rows that write whole cache lines.
+/// tensor `[n, k / 2]`), `n` a multiple of 8 and `k` even: sixteen codes of
+/// each of a word's eight rows give sixteen words (a nibble transpose in
+/// registers), in blocks of rows that write whole cache lines.
 ///
 /// ```
 /// use groupq::{pack, U4};
@@ -704,10 +704,10 @@ pub fn awq_qweight_u4(codes: &[U4], n: usize, k: usize) -> Result<Vec<i32>> {
     // Bytes `c` of the eight rows of a word (in AWQ's order) as one u64:
     // its low nibbles are the word of column `2c`, its high nibbles that
     // of `2c + 1`.
-    let mut put = |c: usize, o: usize, x: u64| {
+    fn put(words: &mut [i32], cols: usize, c: usize, o: usize, x: u64) {
         words[2 * c * cols + o] = nibble_word64(x & LOW);
         words[(2 * c + 1) * cols + o] = nibble_word64((x >> 4) & LOW);
-    };
+    }
     let whole = half - half % 8;
     for (b, block) in codes.chunks(WORDS * 8 * half).enumerate() {
         // The eight rows of each word, in AWQ's order.
@@ -715,39 +715,49 @@ pub fn awq_qweight_u4(codes: &[U4], n: usize, k: usize) -> Result<Vec<i32>> {
             .chunks_exact(8 * half)
             .map(|g| std::array::from_fn(|t| &g[AWQ_ORDER[t] * half..][..half]))
             .collect();
-        // Eight bytes of each of the eight rows at a time, transposed in
-        // registers: then byte `t` of `x[j]` is byte `c0 + j` of row `t`.
+        // Sixteen codes of each of the eight rows at a time (eight bytes,
+        // columns `2 c0 ..`), as an 8×16 matrix of nibbles transposed in
+        // registers: then row `j` holds the words of columns `2 c0 + j`
+        // (low half) and `2 c0 + 8 + j` (high half).
         for c0 in (0..whole).step_by(8) {
             for (i, rows) in groups.iter().enumerate() {
-                let x = transpose_bytes(rows.map(|r| {
-                    let run: &[U4; 8] = r[c0..c0 + 8].try_into().expect("eight bytes");
-                    u64::from_le_bytes(run.map(|u| u.0))
-                }));
-                for (j, &x) in x.iter().enumerate() {
-                    put(c0 + j, b * WORDS + i, x);
+                let mut m = [0u64; 8];
+                for (m, r) in m.iter_mut().zip(rows) {
+                    *m = r[c0..c0 + 8]
+                        .iter()
+                        .rev()
+                        .fold(0, |v, u| v << 8 | u64::from(u.0));
+                }
+                let o = b * WORDS + i;
+                for (j, x) in transpose_nibbles(m).into_iter().enumerate() {
+                    words[(2 * c0 + j) * cols + o] = x as u32 as i32;
+                    words[(2 * c0 + 8 + j) * cols + o] = (x >> 32) as u32 as i32;
                 }
             }
         }
         for c in whole..half {
             for (i, rows) in groups.iter().enumerate() {
-                put(c, b * WORDS + i, u64::from_le_bytes(rows.map(|r| r[c].0)));
+                let x = u64::from_le_bytes(rows.map(|r| r[c].0));
+                put(&mut words, cols, c, b * WORDS + i, x);
             }
         }
     }
     Ok(words)
 }
 
-/// The transpose of an 8×8 matrix of bytes, row `r` the little-endian bytes
-/// of `m[r]`: byte `c` of the result's row `r` is byte `r` of `m[c]`. Three
-/// rounds swap 1-, 2- and 4-byte blocks between row pairs.
+/// The transposes of two 8×8 matrices of nibbles side by side: row `r` of
+/// the first is the low 32 bits of `m[r]` (nibble `c` at bits `4c`), of the
+/// second the high 32 bits; nibble `c` of the result's row `r` (in each
+/// half) is nibble `r` of row `c`. Three rounds swap 1-, 2- and 4-nibble
+/// blocks between row pairs (no block crosses the halves).
 #[inline(always)]
-fn transpose_bytes(mut m: [u64; 8]) -> [u64; 8] {
+fn transpose_nibbles(mut m: [u64; 8]) -> [u64; 8] {
     /// A round: block width in bits, mask of a row's kept blocks, row pairs.
     type Round = (u32, u64, [(usize, usize); 4]);
     const ROUNDS: [Round; 3] = [
-        (8, 0x00ff_00ff_00ff_00ff, [(0, 1), (2, 3), (4, 5), (6, 7)]),
-        (16, 0x0000_ffff_0000_ffff, [(0, 2), (1, 3), (4, 6), (5, 7)]),
-        (32, 0x0000_0000_ffff_ffff, [(0, 4), (1, 5), (2, 6), (3, 7)]),
+        (4, 0x0f0f_0f0f_0f0f_0f0f, [(0, 1), (2, 3), (4, 5), (6, 7)]),
+        (8, 0x00ff_00ff_00ff_00ff, [(0, 2), (1, 3), (4, 6), (5, 7)]),
+        (16, 0x0000_ffff_0000_ffff, [(0, 4), (1, 5), (2, 6), (3, 7)]),
     ];
     for (shift, mask, pairs) in ROUNDS {
         for (a, b) in pairs {
