@@ -315,6 +315,19 @@ pub(crate) fn round_to_f16(v: f32) -> f32 {
     f32::from_bits((b + 0x0fff + ((b >> 13) & 1)) & !0x1fff)
 }
 
+/// `v` rounded to the nearest bf16, ties to even, as an f32: what
+/// `bf16::from_f32(v).to_f32()` gives, inline.
+#[inline(always)]
+pub(crate) fn round_to_bf16(v: f32) -> f32 {
+    if v.is_nan() {
+        return bf16::from_f32(v).to_f32();
+    }
+    // The top 16 bits, ties to even (a carry into the exponent, up to
+    // infinity, is the right result).
+    let b = v.to_bits();
+    f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+}
+
 impl sealed::FloatSealed for f16 {
     type Math = f32;
     #[inline(always)]
@@ -527,6 +540,18 @@ mod tests {
                     same(m);
                 }
             }
+        }
+        for b in (0..=u32::MAX).step_by(4093).chain([
+            0x7f7f_ffff,
+            0x7f7f_8000,
+            0xff7f_8000,
+            0x3f80_8000,
+            0x3f81_8000,
+            1,
+        ]) {
+            let v = f32::from_bits(b);
+            let (ours, theirs) = (super::round_to_bf16(v), bf16::from_f32(v).to_f32());
+            assert_eq!(ours.to_bits(), theirs.to_bits(), "bf16 {v:e} ({b:#x})");
         }
         let edges = [
             65519.996f32,

@@ -32,7 +32,7 @@ impl Arith {
         match self.0 {
             ElementKind::F32 => f64::from(v as f32),
             ElementKind::F16 => f64::from(crate::element::round_to_f16(v as f32)),
-            ElementKind::Bf16 => f64::from(bf16::from_f32(v as f32)),
+            ElementKind::Bf16 => f64::from(crate::element::round_to_bf16(v as f32)),
             _ => v,
         }
     }

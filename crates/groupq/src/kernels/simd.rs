@@ -616,7 +616,7 @@ impl<S: Isa> LaneRound<S> for ToBf16 {
     }
     #[inline(always)]
     fn rd1(v: f32) -> f32 {
-        half::bf16::from_f32(v).to_f32()
+        crate::element::round_to_bf16(v)
     }
 }
 impl<S: Isa> LaneRound<S> for ToF16 {
