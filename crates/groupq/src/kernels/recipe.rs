@@ -119,6 +119,7 @@ pub(crate) struct Extremes {
 /// A group's `(scale, zero_point, offset)` under `recipe`. The scale and the
 /// float offset (0 unless the recipe has one) are values of the arithmetic
 /// dtype.
+#[inline(always)]
 pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, i32, f64) {
     let (min, max) = (e.min, e.max);
     let (q_min, q_max) = (f64::from(recipe.q_min), f64::from(recipe.q_max));
@@ -846,14 +847,21 @@ impl RecipeKernel {
                 let group = &xs[(g0 + j) * gs..][..gs];
                 found[j] = vector.is_some_and(|v| (v.extremes)(group, &mut extremes[j]));
             }
+            // The rule of each group first, in a loop of its own: the groups'
+            // chains of dependent divisions are independent, and a short
+            // loop body lets the core overlap them.
             for j in 0..n {
-                let (g, group) = (g0 + j, &xs[(g0 + j) * gs..][..gs]);
+                let group = &xs[(g0 + j) * gs..][..gs];
                 let from_extremes = if found[j] {
                     self.params_from(&extremes[j])
                 } else {
                     None
                 };
-                let (sv, zv, mv) = from_extremes.unwrap_or_else(|| self.params(group));
+                chosen[j] = from_extremes.unwrap_or_else(|| self.params(group));
+            }
+            for j in 0..n {
+                let g = g0 + j;
+                let (sv, zv, mv) = chosen[j];
                 let (stored, stored_m) = (TScale::from_f64(sv), TScale::from_f64(mv));
                 scale[g] = stored;
                 zero_point[g] = zv;
