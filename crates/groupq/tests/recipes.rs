@@ -891,3 +891,96 @@ fn formula_backends_on_large_problems() {
     // Groups longer than the load buffer.
     formula_equals_scalar::<f32, U4>((4, 6144, 3072), (Recipe::gguf_q4_0().quantize, 0, 15), 5);
 }
+
+/// Codes of `x` (a group of 16 copies) with scale `s`, zero point 0, codes
+/// 0..=255, by `select_with_formula`'s plan for a bf16/f16-arithmetic
+/// division on backend `b` (`None`: the default choice).
+fn divide_codes<T: Element>(x: T, s: T, b: Option<BackendKind>) -> u8 {
+    use groupq::recipe::{Arithmetic, QuantizeFormula, Rounding, ScaleApplication, ZeroPointStage};
+    let formula = QuantizeFormula {
+        scale_application: ScaleApplication::Divide,
+        zero_point_stage: ZeroPointStage::BeforeRounding,
+        rounding: Rounding::TiesEven,
+        arithmetic: Arithmetic::Input,
+    };
+    let stream = Stream::cpu_with_threads(1).unwrap();
+    let desc = QuantizePerGroupDescriptor {
+        outer_size: 1,
+        axis_size: 16,
+        group_size: 16,
+        q_min: 0,
+        q_max: 255,
+        input_element: T::KIND,
+        output_element: ElementKind::U8,
+    };
+    let pref = PlanPreference {
+        prefer_backend: b,
+        ..Default::default()
+    };
+    let plan =
+        QuantizePerGroupPlan::<T, u8>::select_with_formula(&stream, &desc, formula, pref).unwrap();
+    let (xs, mut q) = ([x; 16], [0u8; 16]);
+    plan.run(
+        &stream,
+        Workspace::None,
+        QuantizePerGroupArgs {
+            input: TensorRef::new(&xs, [1, 16]).unwrap(),
+            scale: TensorRef::new(&[s], [1, 1]).unwrap(),
+            zero_point: TensorRef::new(&[0], [1, 1]).unwrap(),
+            output: TensorMut::new(&mut q, [1, 16]).unwrap(),
+        },
+    )
+    .unwrap();
+    assert!(q.iter().all(|&c| c == q[0]), "{q:?}");
+    q[0]
+}
+
+/// A division in bf16/f16 arithmetic computed by the vector kernels' FMA
+/// correction must start from the f32 reciprocal: from the reciprocal
+/// rounded to bf16/f16 the corrected quotient was an ulp off for these
+/// pairs (found by sweeping all bf16 and f16 pairs), and with it the code
+/// (f16 0.5 / 0.99951 = 0.50049 is code 1, not 0).
+#[test]
+fn fma_division_matches_the_divider_where_it_once_did_not() {
+    // (x, s, code): the code is round-half-even of the correctly rounded
+    // quotient in the dtype (`x / s` in f64 rounds once to f32 and once to
+    // the dtype; both roundings are innocuous for a quotient).
+    let bf = [
+        (0x13d3u16, 0x0ffdu16, 214u8),
+        (0x13d3, 0x107d, 107),
+        (0x1562, 0x117b, 231),
+        (0x1562, 0x11fb, 116),
+    ];
+    let hf = [
+        (0x3800u16, 0x3bffu16, 1u8),
+        (0x2633, 0x06a7, 239),
+        (0x3b9c, 0x1ba7, 255),
+        (0x4233, 0x22a7, 239),
+    ];
+    for (x, s, code) in bf {
+        let (x, s) = (bf16::from_bits(x), bf16::from_bits(s));
+        let q = bf16::from_f64(x.to_f64() / s.to_f64())
+            .to_f64()
+            .round_ties_even();
+        assert_eq!(q, f64::from(code), "{x} / {s}");
+        assert_eq!(divide_codes(x, s, None), code, "{x} / {s}");
+        assert_eq!(
+            divide_codes(x, s, Some(BackendKind::Scalar)),
+            code,
+            "{x} / {s}"
+        );
+    }
+    for (x, s, code) in hf {
+        let (x, s) = (f16::from_bits(x), f16::from_bits(s));
+        let q = f16::from_f64(x.to_f64() / s.to_f64())
+            .to_f64()
+            .round_ties_even();
+        assert_eq!(q.min(255.0), f64::from(code), "{x} / {s}");
+        assert_eq!(divide_codes(x, s, None), code, "{x} / {s}");
+        assert_eq!(
+            divide_codes(x, s, Some(BackendKind::Scalar)),
+            code,
+            "{x} / {s}"
+        );
+    }
+}

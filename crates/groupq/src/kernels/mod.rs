@@ -340,7 +340,9 @@ pub(crate) struct GroupExtremes {
 }
 
 /// One group's values for a vector recipe formula: scale `s` (finite, non-zero),
-/// `inv = rd(1 / s)` (finite), the constant `c` added (the zero point, or
+/// `inv` (finite): `rd(1 / s)` in the arithmetic for a reciprocal formula,
+/// the f32 `RN(1 / s)` for a division (the seed of its FMA correction, which
+/// a bf16/f16 reciprocal would leave an ulp off), the constant `c` added (the zero point, or
 /// the zero point plus one half for ggml's half-up), the float `offset`
 /// subtracted first (0: none), and the code range `[lo, hi]`.
 ///

@@ -497,7 +497,14 @@ impl FormulaKernel {
     ) -> bool {
         let (s32, m32) = (s as f32, offset as f32);
         let exact = f64::from(s32).to_bits() == s.to_bits() && f64::from(m32) == offset;
-        let inv = self.arith.r(1.0 / s) as f32;
+        // The reciprocal the formula multiplies by is rounded to its
+        // arithmetic; the one a division's FMA correction starts from must be
+        // the f32 reciprocal (a bf16/f16 one leaves the corrected quotient an
+        // ulp off in rare cases: f16 0.5 / 0.99951 gave 0.5, code 0, not 1).
+        let inv = match self.formula.scale_application {
+            ScaleApplication::Divide => 1.0 / s32,
+            _ => self.arith.r(1.0 / s) as f32,
+        };
         if !exact
             || z.unsigned_abs() >= 1 << 22
             || !s32.is_finite()
