@@ -596,7 +596,10 @@ impl Bench {
         let latency = self
             .rows
             .iter()
+            // Issue 3's latency target is the four SPEC plans'; the recipe
+            // plans' rows are listed above, not judged by it.
             .filter(|r| r.shape == (1, 4096))
+            .filter(|r| !r.plan.starts_with("dynamic") && !r.plan.starts_with("choose"))
             .map(|r| r.of_copy)
             .fold(f64::INFINITY, f64::min);
         if latency.is_finite() {
@@ -605,7 +608,7 @@ impl Bench {
             } else {
                 "MISSED"
             };
-            println!("- 1 × 4096, every plan: worst {latency:.2} of copy speed, i.e. {:.1}× the copy's time (target ≤ 3×) {verdict}", 1.0 / latency);
+            println!("- 1 × 4096, the SPEC plans: worst {latency:.2} of copy speed, i.e. {:.1}× the copy's time (target ≤ 3×) {verdict}", 1.0 / latency);
         }
     }
 }
