@@ -882,6 +882,30 @@ mod sums_tests {
         check::<f16, f32>();
     }
 
+    /// Weights are borrowed from aligned bytes and read from unaligned ones,
+    /// with the same values.
+    #[test]
+    fn weights_borrow_aligned_bytes_and_copy_the_others() {
+        let values: Vec<f32> = (0..9).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let mut bytes = vec![0u8];
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        bytes.push(0);
+        // One of the two windows is aligned for f32, the other not.
+        for start in [0usize, 1] {
+            let window = &bytes[start..start + 36];
+            let Weights::F32(w) = Weights::read(Dtype::F32, window).unwrap() else {
+                panic!("not f32");
+            };
+            let aligned = window.as_ptr().align_offset(4) == 0;
+            assert_eq!(matches!(w, Cow::Borrowed(_)), aligned, "start {start}");
+            let expect: Vec<f32> = window
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert_eq!(&*w, &expect[..], "start {start}");
+        }
+    }
+
     #[test]
     fn sums_are_what_they_say() {
         let a = [3.0f32, -4.0, 0.0];
