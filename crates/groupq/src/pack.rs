@@ -16,6 +16,11 @@
 //! | [`compressed_tensors_zero_point`] | signed zero points `[N, G]` | `[⌈N·bits/32⌉, G]`, packed along N, `z + 2^(bits−1)` |
 //! | [`gguf_blocks`] | codes, `d` (and `m`) per 32-element block | ggml's Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 block bytes |
 //!
+//! [`compressed_tensors_weight_s4`], [`gptq_qweight_u4`] and
+//! [`awq_qweight_u4`] give the same words from 4-bit codes already packed
+//! two per byte (the [`S4`]/[`U4`] tensors the plans write), at memory
+//! speed: no range check is needed, and no byte-per-code copy is made.
+//!
 //! torchao's `PlainLayout` stores codes unpacked, one per byte, row-major
 //! `[M, K]` beside `scale` and `zero_point` `[M, G]`: that is groupq's own
 //! `i8`/`u8` code tensor, so it needs no codec.
