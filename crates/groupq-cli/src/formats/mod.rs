@@ -346,36 +346,54 @@ pub(crate) fn quantize_weight<T: Storage, S: Element, Q: IntElement, R: Storage>
         .zip(s.par_chunks_mut(rows * g))
         .zip(z.par_chunks_mut(rows * g))
         .zip(w.par_chunks(rows * k))
-        .map_init(Vec::new, |restored: &mut Vec<R>, (((qb, sb), zb), wb)| {
-            let m = wb.len() / k;
-            let (quantize, dequantize) = match &last {
-                Some(p) if m != rows.min(n) => p,
-                _ => &whole,
-            };
-            quantize.run(
-                &serial,
-                Workspace::None,
-                QuantizeDynamicPerGroupArgs {
-                    input: TensorRef::new(wb, [m, k])?,
-                    scale: TensorMut::new(sb, [m, g])?,
-                    zero_point: TensorMut::new(zb, [m, g])?,
-                    output: TensorMut::new(qb, [m, units])?,
-                },
-            )?;
-            let scales: Vec<R> = sb.iter().map(|&v| loader_scale(v)).collect();
-            restored.resize(m * k, R::from_f64(0.0));
-            dequantize.run(
-                &serial,
-                Workspace::None,
-                DequantizePerGroupArgs {
-                    input: TensorRef::new(qb, [m, units])?,
-                    scale: TensorRef::new(&scales, [m, g])?,
-                    zero_point: TensorRef::new(zb, [m, g])?,
-                    output: TensorMut::new(&mut restored[..], [m, k])?,
-                },
-            )?;
-            Ok(sums(wb, restored))
-        })
+        .enumerate()
+        .map_init(
+            Vec::new,
+            |restored: &mut Vec<R>, (b, (((qb, sb), zb), wb))| {
+                let m = wb.len() / k;
+                // A block's rows are rows `b · rows ..` of the weight.
+                let in_weight = |e: groupq::Error| match e {
+                    groupq::Error::NonFiniteInput { row, group } => groupq::Error::NonFiniteInput {
+                        row: b * rows + row,
+                        group,
+                    },
+                    e => e,
+                };
+                let (quantize, dequantize) = match &last {
+                    Some(p) if m != rows.min(n) => p,
+                    _ => &whole,
+                };
+                quantize
+                    .run(
+                        &serial,
+                        Workspace::None,
+                        QuantizeDynamicPerGroupArgs {
+                            input: TensorRef::new(wb, [m, k])?,
+                            scale: TensorMut::new(sb, [m, g])?,
+                            zero_point: TensorMut::new(zb, [m, g])?,
+                            output: TensorMut::new(qb, [m, units])?,
+                        },
+                    )
+                    .map_err(in_weight)?;
+                let scales: Vec<R> = sb.iter().map(|&v| loader_scale(v)).collect();
+                restored.resize(m * k, R::from_f64(0.0));
+                dequantize.run(
+                    &serial,
+                    Workspace::None,
+                    DequantizePerGroupArgs {
+                        input: TensorRef::new(qb, [m, units])?,
+                        scale: TensorRef::new(&scales, [m, g])?,
+                        zero_point: TensorRef::new(zb, [m, g])?,
+                        output: TensorMut::new(&mut restored[..], [m, k])?,
+                    },
+                )?;
+                Ok(sums(wb, restored))
+            },
+        )
+        .collect::<Vec<Result<_>>>()
+        // The first failing block in row order (as the plan reports the
+        // first offending group), whichever thread failed first.
+        .into_iter()
         .collect::<Result<Vec<_>>>()?;
     let (signal, noise, max) = partial.iter().fold((0.0, 0.0, 0.0f64), |(s, n, m), p| {
         (s + p.0, n + p.1, m.max(p.2))
@@ -904,6 +922,22 @@ mod sums_tests {
                 .collect();
             assert_eq!(&*w, &expect[..], "start {start}");
         }
+    }
+
+    /// A non-finite weight is refused naming its row in the whole weight,
+    /// the first one in row order, though the rows run in blocks on
+    /// several threads.
+    #[test]
+    fn non_finite_weights_are_refused_with_their_row() {
+        let (n, k, gs) = (700, 256, 128);
+        let mut w = vec![0.25f32; n * k];
+        w[300 * k + 200] = f32::NAN;
+        w[650 * k + 3] = f32::INFINITY;
+        let recipe = Recipe::compressed_tensors_w4a16();
+        let e = quantize_weight::<f32, f32, i8, f32>(&w, (n, k, gs), recipe, |s| s)
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("row 300, group 1"), "{e}");
     }
 
     #[test]
