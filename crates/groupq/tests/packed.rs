@@ -219,12 +219,29 @@ fn packed_codes_need_even_groups() {
     );
 }
 
-/// Nibbles of `codes` (each below 16) as packed bytes.
-fn nibble_bytes(codes: &[u8]) -> Vec<u8> {
-    codes
-        .chunks(2)
-        .map(|p| (p[0] & 0xf) | (p[1] << 4))
+/// `len` random 4-bit codes (`len` even).
+fn random_codes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 60) as u8
+        })
         .collect()
+}
+
+/// 4-bit codes packed two per byte, as `U4` and as `S4` (the same nibbles),
+/// and the signed codes those `S4` bytes hold.
+fn packed_forms(codes: &[u8]) -> (Vec<U4>, Vec<S4>, Vec<i8>) {
+    let wide: Vec<i32> = codes.iter().map(|&c| c.into()).collect();
+    let bytes = pack::nibbles(&wide).unwrap();
+    (
+        bytes.iter().map(|&b| U4(b)).collect(),
+        bytes.iter().map(|&b| S4(b)).collect(),
+        codes.iter().map(|&c| ((c as i8) << 4) >> 4).collect(),
+    )
 }
 
 proptest! {
@@ -240,19 +257,8 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let (n, k) = (n8 * 8, k8 * 8);
-        let mut s = seed | 1;
-        let codes: Vec<u8> = (0..n * k)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 60) as u8
-            })
-            .collect();
-        let bytes = nibble_bytes(&codes);
-        let u4: Vec<U4> = bytes.iter().map(|&b| U4(b)).collect();
-        let s4: Vec<S4> = bytes.iter().map(|&b| S4(b)).collect();
-        let signed: Vec<i8> = codes.iter().map(|&c| ((c as i8) << 4) >> 4).collect();
+        let codes = random_codes(n * k, seed);
+        let (u4, s4, signed) = packed_forms(&codes);
         prop_assert_eq!(
             pack::gptq_qweight_u4(&u4, n, k).unwrap(),
             pack::gptq_qweight(&codes, n, k, 4).unwrap()
@@ -268,7 +274,7 @@ proptest! {
         // AWQ needs only an even k.
         let k2 = k - 2;
         let rows: Vec<u8> = codes.chunks(k).flat_map(|r| r[..k2].to_vec()).collect();
-        let u4: Vec<U4> = nibble_bytes(&rows).iter().map(|&b| U4(b)).collect();
+        let (u4, _, _) = packed_forms(&rows);
         prop_assert_eq!(
             pack::awq_qweight_u4(&u4, n, k2).unwrap(),
             pack::awq_qweight(&rows, n, k2, 4).unwrap()
@@ -435,20 +441,10 @@ proptest! {
         seed in any::<u64>(),
         threads in 1usize..4,
     ) {
-        let (k, mut r) = (groups * g, seed | 1);
-        let codes: Vec<u8> = (0..m * k)
-            .map(|_| {
-                r ^= r << 13;
-                r ^= r >> 7;
-                r ^= r << 17;
-                (r >> 60) as u8
-            })
-            .collect();
-        let bytes = nibble_bytes(&codes);
+        let k = groups * g;
+        let codes = random_codes(m * k, seed);
         let shape = (m, k, g);
-        let u4: Vec<U4> = bytes.iter().map(|&b| U4(b)).collect();
-        let s4: Vec<S4> = bytes.iter().map(|&b| S4(b)).collect();
-        let signed: Vec<i8> = codes.iter().map(|&c| ((c as i8) << 4) >> 4).collect();
+        let (u4, s4, signed) = packed_forms(&codes);
         check_packed_dequantize::<U4, u8, f32>(&codes, &u4, shape, seed, threads)?;
         check_packed_dequantize::<U4, u8, f64>(&codes, &u4, shape, seed, threads)?;
         check_packed_dequantize::<U4, u8, f16>(&codes, &u4, shape, seed, threads)?;

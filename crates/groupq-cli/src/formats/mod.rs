@@ -323,16 +323,9 @@ pub(crate) fn quantize_weight<T: Storage, S: Element, Q: IntElement, R: Storage>
             scale_element: S::KIND,
             output_element: Q::KIND,
         };
-        let dequantize = DequantizePerGroupDescriptor {
-            outer_size: m,
-            axis_size: k,
-            group_size: gs,
-            input_element: Q::KIND,
-            output_element: R::KIND,
-        };
         Ok((
             QuantizeDynamicPerGroupPlan::<T, S, Q>::select(&serial, &quantize, Default::default())?,
-            DequantizePerGroupPlan::<Q, R>::select(&serial, &dequantize, Default::default())?,
+            dequantize_plan::<Q, R>(&serial, m, k, gs)?,
         ))
     };
     // A plan pair for whole blocks, and one for the last, shorter block.
@@ -377,16 +370,7 @@ pub(crate) fn quantize_weight<T: Storage, S: Element, Q: IntElement, R: Storage>
                     .map_err(in_weight)?;
                 let scales: Vec<R> = sb.iter().map(|&v| loader_scale(v)).collect();
                 restored.resize(m * k, R::from_f64(0.0));
-                dequantize.run(
-                    &serial,
-                    Workspace::None,
-                    DequantizePerGroupArgs {
-                        input: TensorRef::new(qb, [m, units])?,
-                        scale: TensorRef::new(&scales, [m, g])?,
-                        zero_point: TensorRef::new(zb, [m, g])?,
-                        output: TensorMut::new(&mut restored[..], [m, k])?,
-                    },
-                )?;
+                dequantize_into(dequantize, &serial, (qb, &scales, zb), restored, (m, k, gs))?;
                 Ok(sums(wb, restored))
             },
         )
@@ -736,6 +720,19 @@ pub(crate) fn dequantize<Q: IntElement, O: Element>(
     k: usize,
     gs: usize,
 ) -> Result<Vec<O>> {
+    let plan = dequantize_plan::<Q, O>(stream, n, k, gs)?;
+    let mut y = vec![O::from_f64(0.0); n * k];
+    dequantize_into(&plan, stream, (codes, scale, zero), &mut y, (n, k, gs))?;
+    Ok(y)
+}
+
+/// The plan of [`dequantize`] for `[n, k]` weights in groups of `gs`.
+fn dequantize_plan<Q: IntElement, O: Element>(
+    stream: &Stream,
+    n: usize,
+    k: usize,
+    gs: usize,
+) -> Result<DequantizePerGroupPlan<Q, O>> {
     let desc = DequantizePerGroupDescriptor {
         outer_size: n,
         axis_size: k,
@@ -743,8 +740,21 @@ pub(crate) fn dequantize<Q: IntElement, O: Element>(
         input_element: Q::KIND,
         output_element: O::KIND,
     };
-    let plan = DequantizePerGroupPlan::<Q, O>::select(stream, &desc, Default::default())?;
-    let mut y = vec![O::from_f64(0.0); n * k];
+    Ok(DequantizePerGroupPlan::<Q, O>::select(
+        stream,
+        &desc,
+        Default::default(),
+    )?)
+}
+
+/// Runs `plan` ([`dequantize_plan`]) into `out` (`[n, k]`).
+fn dequantize_into<Q: IntElement, O: Element>(
+    plan: &DequantizePerGroupPlan<Q, O>,
+    stream: &Stream,
+    (codes, scale, zero): (&[Q], &[O], &[i32]),
+    out: &mut [O],
+    (n, k, gs): (usize, usize, usize),
+) -> Result<()> {
     plan.run(
         stream,
         Workspace::None,
@@ -752,10 +762,10 @@ pub(crate) fn dequantize<Q: IntElement, O: Element>(
             input: TensorRef::new(codes, [n, k / Q::PACK])?,
             scale: TensorRef::new(scale, [n, k / gs])?,
             zero_point: TensorRef::new(zero, [n, k / gs])?,
-            output: TensorMut::new(&mut y, [n, k])?,
+            output: TensorMut::new(out, [n, k])?,
         },
     )?;
-    Ok(y)
+    Ok(())
 }
 
 /// GPTQ and AWQ weights back from codes and `[groups, n]` float16 scales:

@@ -15,7 +15,6 @@ use crate::recipe::{
     Eps, EpsPolicy, Mapping, QuantizeFormula, Recipe, Rounding, ScaleApplication, SymmetricDivisor,
     ZeroPointRule, ZeroPointStage,
 };
-use half::{bf16, f16};
 
 /// Rounding to one arithmetic dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -255,6 +254,7 @@ pub(crate) fn quantize(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::{bf16, f16};
 
     #[test]
     fn fast_round_half_even() {
@@ -609,11 +609,11 @@ impl FormulaKernel {
             match kind {
                 ElementKind::F32 => return quantize_group_f32(xs, g, |v| v, out, q_min, q_max),
                 ElementKind::Bf16 => {
-                    let rd = |v: f32| bf16::from_f32(v).to_f32();
+                    let rd = crate::element::round_to_bf16;
                     return quantize_group_f32(xs, g, rd, out, q_min, q_max);
                 }
                 ElementKind::F16 => {
-                    let rd = |v: f32| f16::from_f32(v).to_f32();
+                    let rd = crate::element::round_to_f16;
                     return quantize_group_f32(xs, g, rd, out, q_min, q_max);
                 }
                 _ => {}
