@@ -6,5 +6,6 @@
 pub mod checkpoint;
 pub mod commands;
 pub mod formats;
+pub mod gguf;
 pub mod layout;
 pub mod tiny;
