@@ -213,7 +213,7 @@ fn checked_config(o: &QuantizeOptions, layout: &Layout, plan: &ModulePlan) -> Re
 }
 
 /// Refuses an output path that is the input, or exists without `--force`.
-fn check_output(input: &Path, output: &Path, force: bool) -> Result<()> {
+pub(crate) fn check_output(input: &Path, output: &Path, force: bool) -> Result<()> {
     let canon_in = input
         .canonicalize()
         .with_context(|| format!("{}: no such file or directory", input.display()))?;
@@ -312,7 +312,7 @@ impl Drop for Staging {
     }
 }
 
-fn progress(total: usize, quiet: bool, what: &str) -> ProgressBar {
+pub(crate) fn progress(total: usize, quiet: bool, what: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(
         Some(total as u64),
         if quiet {
@@ -653,6 +653,27 @@ pub fn report_json(o: &QuantizeOptions, s: &Summary) -> Value {
 
 /// The summary table printed after `quantize`.
 pub fn print_summary(o: &QuantizeOptions, s: &Summary) {
+    print_table(s);
+    let mean =
+        s.quantized.iter().map(|t| t.stats.sqnr_db).sum::<f64>() / s.quantized.len().max(1) as f64;
+    println!(
+        "{} tensors quantized to {} {}-bit group {} ({}), {} kept in float; {:.1} MB -> {:.1} MB in {:.2} s; mean SQNR {:.2} dB",
+        s.quantized.len(),
+        o.spec.format.name(),
+        o.spec.bits,
+        o.spec.group_size,
+        if o.spec.symmetric { "sym" } else { "asym" },
+        s.kept.len(),
+        s.bytes_in as f64 / 1e6,
+        s.bytes_out as f64 / 1e6,
+        s.seconds,
+        mean
+    );
+    println!("wrote {}", o.output.display());
+}
+
+/// The per-tensor lines of the summary.
+pub(crate) fn print_table(s: &Summary) {
     let width = s
         .quantized
         .iter()
@@ -671,22 +692,6 @@ pub fn print_summary(o: &QuantizeOptions, s: &Summary) {
             t.name, shape, t.stats.sqnr_db, t.stats.max_abs_error
         );
     }
-    let mean =
-        s.quantized.iter().map(|t| t.stats.sqnr_db).sum::<f64>() / s.quantized.len().max(1) as f64;
-    println!(
-        "{} tensors quantized to {} {}-bit group {} ({}), {} kept in float; {:.1} MB -> {:.1} MB in {:.2} s; mean SQNR {:.2} dB",
-        s.quantized.len(),
-        o.spec.format.name(),
-        o.spec.bits,
-        o.spec.group_size,
-        if o.spec.symmetric { "sym" } else { "asym" },
-        s.kept.len(),
-        s.bytes_in as f64 / 1e6,
-        s.bytes_out as f64 / 1e6,
-        s.seconds,
-        mean
-    );
-    println!("wrote {}", o.output.display());
 }
 
 /// `groupq dequantize`: float weights back, `quantization_config` removed.

@@ -329,6 +329,11 @@ impl GgmlDtype {
     pub const F16: GgmlDtype = GgmlDtype(1);
     pub const BF16: GgmlDtype = GgmlDtype(30);
 
+    /// A type from an id of the table (for constants; unchecked).
+    pub(crate) const fn const_from_id(id: u32) -> GgmlDtype {
+        GgmlDtype(id)
+    }
+
     fn entry(self) -> &'static (u32, &'static str, u64, u64) {
         DTYPES
             .iter()
@@ -370,6 +375,11 @@ impl GgmlDtype {
     /// Bytes per block.
     pub fn type_size(self) -> u64 {
         self.entry().3
+    }
+
+    /// The library's block quantizer for this type, if it has one.
+    pub fn quant(self) -> Option<groupq::ggml::GgmlType> {
+        groupq::ggml::GgmlType::from_id(self.0)
     }
 }
 

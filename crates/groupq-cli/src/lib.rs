@@ -7,5 +7,8 @@ pub mod checkpoint;
 pub mod commands;
 pub mod formats;
 pub mod gguf;
+pub mod gguf_job;
 pub mod layout;
+pub mod llama_mix;
 pub mod tiny;
+pub mod tiny_gguf;

@@ -18,6 +18,19 @@ struct Cli {
     command: Command,
 }
 
+/// `--format`: a safetensors checkpoint format, or GGUF.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FormatArg {
+    /// compressed-tensors `pack-quantized` (vLLM, SGLang, transformers).
+    CompressedTensors,
+    /// GPTQ, `checkpoint_format: gptq` (GPTQModel, AutoGPTQ, vLLM, exllama, transformers).
+    Gptq,
+    /// AWQ GEMM (transformers, AutoAWQ, vLLM): 4-bit with zero points.
+    Awq,
+    /// GGUF (llama.cpp, ollama, LM Studio): re-quantize an F32/F16/BF16 GGUF as llama-quantize does (`--type`).
+    Gguf,
+}
+
 /// Float dtypes of restored weights.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum FloatDtype {
@@ -37,7 +50,11 @@ enum Command {
         output: PathBuf,
         /// The checkpoint format to write.
         #[arg(long, value_enum)]
-        format: Format,
+        format: FormatArg,
+        /// GGUF only: llama-quantize's type name (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L
+        /// Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS F16 BF16 F32), case-insensitive.
+        #[arg(long = "type", value_name = "TYPE")]
+        gguf_type: Option<String>,
         /// Bits per code.
         #[arg(long, default_value_t = 4)]
         bits: u32,
@@ -71,13 +88,14 @@ enum Command {
     },
     /// Turn a quantized checkpoint back into float weights.
     Dequantize {
-        /// A quantized model directory or file.
+        /// A quantized model directory or file (safetensors, or a GGUF file).
         input: PathBuf,
         /// The output directory.
         #[arg(short, long)]
         output: PathBuf,
         /// The dtype of the restored weights (default: the config's `torch_dtype`, else the
         /// dtype of the checkpoint's other float tensors); `config.json` is updated to match.
+        /// A GGUF input is restored to F16 unless this says otherwise.
         #[arg(long, value_enum)]
         dtype: Option<FloatDtype>,
         /// Replace an existing output.
@@ -89,16 +107,19 @@ enum Command {
     },
     /// List tensors, dtypes and shapes, and the detected quantization format.
     Inspect {
-        /// A model directory or a .safetensors file.
+        /// A model directory, a .safetensors file or a .gguf file.
         path: PathBuf,
     },
     /// Write a small random LLaMA-shaped model (for trying groupq out).
     ExampleModel {
-        /// The output directory.
+        /// The output directory (a file with --gguf).
         output: PathBuf,
         /// Replace an existing output.
         #[arg(long)]
         force: bool,
+        /// Write one of the small GGUF test models instead (f16-gqa4, bf16-tied, f32-narrow).
+        #[arg(long, value_name = "NAME")]
+        gguf: Option<String>,
     },
 }
 
@@ -118,7 +139,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             quiet,
             report,
+            gguf_type,
         } => {
+            let input_is_gguf = groupq_cli::gguf_job::is_gguf(&input);
+            let format = match format {
+                FormatArg::Gguf => {
+                    let Some(name) = gguf_type else {
+                        anyhow::bail!("--format gguf needs --type (e.g. --type Q4_K_M)");
+                    };
+                    if !input_is_gguf {
+                        anyhow::bail!(
+                            "{}: --format gguf re-quantizes a GGUF file (F32, F16 or BF16); convert a Hugging Face checkpoint to GGUF first with llama.cpp's convert_hf_to_gguf.py (--outtype f16)",
+                            input.display()
+                        );
+                    }
+                    let o = groupq_cli::gguf_job::GgufOptions {
+                        input,
+                        output,
+                        ftype: groupq_cli::llama_mix::Ftype::from_name(&name)?,
+                        force,
+                        quiet,
+                        report,
+                    };
+                    let summary = groupq_cli::gguf_job::quantize_gguf(&o)?;
+                    if !quiet {
+                        groupq_cli::gguf_job::print_summary(&o, &summary);
+                    }
+                    return Ok(());
+                }
+                FormatArg::CompressedTensors => Format::CompressedTensors,
+                FormatArg::Gptq => Format::Gptq,
+                FormatArg::Awq => Format::Awq,
+            };
+            if gguf_type.is_some() {
+                anyhow::bail!(
+                    "--type is for --format gguf; the {} format takes --bits and --group-size",
+                    format.name()
+                );
+            }
+            if input_is_gguf {
+                anyhow::bail!(
+                    "{} is a GGUF file: groupq writes GGUF from GGUF (--format gguf --type ...); the {} format needs a safetensors checkpoint",
+                    input.display(),
+                    format.name()
+                );
+            }
             let symmetric = if asym {
                 false
             } else {
@@ -155,6 +220,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             quiet,
         } => {
+            if groupq_cli::gguf_job::is_gguf(&input) {
+                let to = match dtype {
+                    Some(FloatDtype::Float32) => groupq_cli::gguf::GgmlDtype::F32,
+                    Some(FloatDtype::Bfloat16) => groupq_cli::gguf::GgmlDtype::BF16,
+                    _ => groupq_cli::gguf::GgmlDtype::F16,
+                };
+                let n = groupq_cli::gguf_job::dequantize_gguf(&input, &output, to, force, quiet)?;
+                if !quiet {
+                    println!(
+                        "dequantized {n} tensors to {to}; wrote {}",
+                        output.display()
+                    );
+                }
+                return Ok(());
+            }
             let dtype = dtype.map(|d| match d {
                 FloatDtype::Float16 => Dtype::F16,
                 FloatDtype::Bfloat16 => Dtype::BF16,
@@ -165,8 +245,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("dequantized {modules} modules; wrote {}", output.display());
             }
         }
+        Command::Inspect { path } if groupq_cli::gguf_job::is_gguf(&path) => {
+            print!("{}", groupq_cli::gguf_job::inspect_gguf(&path)?)
+        }
         Command::Inspect { path } => print!("{}", commands::inspect(&path)?),
-        Command::ExampleModel { output, force } => {
+        Command::ExampleModel {
+            output,
+            force,
+            gguf: Some(name),
+        } => {
+            if output.exists() && !force {
+                anyhow::bail!(
+                    "{} already exists (use --force to replace it)",
+                    output.display()
+                );
+            }
+            groupq_cli::tiny_gguf::model(&name)?.write(&output)?;
+            println!("wrote {}", output.display());
+        }
+        Command::ExampleModel {
+            output,
+            force,
+            gguf: None,
+        } => {
             groupq_cli::tiny::write_example_model(&output, force)?;
             println!("wrote {}", output.display());
         }

@@ -88,6 +88,7 @@
 pub mod bench_support;
 mod element;
 mod error;
+pub mod ggml;
 mod kernels;
 pub mod pack;
 mod plan;

@@ -244,7 +244,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn from_sums(signal: f64, noise: f64, max: f64) -> Stats {
+    pub(crate) fn from_sums(signal: f64, noise: f64, max: f64) -> Stats {
         let sqnr_db = if noise == 0.0 {
             f64::INFINITY
         } else {
@@ -398,7 +398,7 @@ const LANES: usize = 8;
 /// AVX2 and F16C. Both forms compute the same operations on the same lanes
 /// in the same order (no fused multiply-add), so the sums are the same on
 /// every machine.
-fn sums<T: Storage, R: Storage>(a: &[T], b: &[R]) -> (f64, f64, f64) {
+pub(crate) fn sums<T: Storage, R: Storage>(a: &[T], b: &[R]) -> (f64, f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
         // SAFETY: the CPU has AVX2 and F16C (checked just above), the only

@@ -21,6 +21,7 @@ impl Isa for Avx2 {
     type F = __m256;
     type D = __m256d;
     type I = __m256i;
+    type M = __m256;
 
     #[inline(always)]
     unsafe fn splat_f(v: f32) -> __m256 {
@@ -330,6 +331,54 @@ impl Isa for Avx2 {
             _mm_packus_epi16(words, words)
         };
         _mm_storel_epi64(p.cast(), bytes)
+    }
+    #[inline(always)]
+    unsafe fn lt_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_cmp_ps::<_CMP_LT_OQ>(a, b)
+    }
+    #[inline(always)]
+    unsafe fn gt_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_cmp_ps::<_CMP_GT_OQ>(a, b)
+    }
+    #[inline(always)]
+    unsafe fn eq_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b)
+    }
+    #[inline(always)]
+    unsafe fn and_m(a: __m256, b: __m256) -> __m256 {
+        _mm256_and_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn select_f(m: __m256, a: __m256, b: __m256) -> __m256 {
+        _mm256_blendv_ps(b, a, m)
+    }
+    #[inline(always)]
+    unsafe fn select_i(m: __m256, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_castsi256_ps(b),
+            _mm256_castsi256_ps(a),
+            m,
+        ))
+    }
+    #[inline(always)]
+    unsafe fn abs_f(a: __m256) -> __m256 {
+        _mm256_andnot_ps(_mm256_set1_ps(-0.0), a)
+    }
+    #[inline(always)]
+    unsafe fn sqrt_f(a: __m256) -> __m256 {
+        _mm256_sqrt_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn min_i(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_min_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn nearest_int_f(a: __m256) -> __m256i {
+        let bits = _mm256_castps_si256(_mm256_add_ps(a, _mm256_set1_ps(12582912.0)));
+        _mm256_sub_epi32(
+            _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
+            _mm256_set1_epi32(0x0040_0000),
+        )
     }
 }
 

@@ -20,6 +20,7 @@ impl Isa for Avx512 {
     type F = __m512;
     type D = __m512d;
     type I = __m512i;
+    type M = __mmask16;
 
     #[inline(always)]
     unsafe fn splat_f(v: f32) -> __m512 {
@@ -324,6 +325,53 @@ impl Isa for Avx512 {
     unsafe fn store_codes<Q: crate::IntElement>(p: *mut Q, v: __m512i) {
         // The values are inside Q's range: truncation is exact.
         _mm_storeu_si128(p.cast(), _mm512_cvtepi32_epi8(v))
+    }
+    #[inline(always)]
+    unsafe fn lt_f(a: __m512, b: __m512) -> __mmask16 {
+        _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b)
+    }
+    #[inline(always)]
+    unsafe fn gt_f(a: __m512, b: __m512) -> __mmask16 {
+        _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, b)
+    }
+    #[inline(always)]
+    unsafe fn eq_f(a: __m512, b: __m512) -> __mmask16 {
+        _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b)
+    }
+    #[inline(always)]
+    unsafe fn and_m(a: __mmask16, b: __mmask16) -> __mmask16 {
+        a & b
+    }
+    #[inline(always)]
+    unsafe fn select_f(m: __mmask16, a: __m512, b: __m512) -> __m512 {
+        _mm512_mask_blend_ps(m, b, a)
+    }
+    #[inline(always)]
+    unsafe fn select_i(m: __mmask16, a: __m512i, b: __m512i) -> __m512i {
+        _mm512_mask_blend_epi32(m, b, a)
+    }
+    #[inline(always)]
+    unsafe fn abs_f(a: __m512) -> __m512 {
+        _mm512_castsi512_ps(_mm512_and_si512(
+            _mm512_castps_si512(a),
+            _mm512_set1_epi32(0x7fff_ffff),
+        ))
+    }
+    #[inline(always)]
+    unsafe fn sqrt_f(a: __m512) -> __m512 {
+        _mm512_sqrt_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn min_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_min_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn nearest_int_f(a: __m512) -> __m512i {
+        let bits = _mm512_castps_si512(_mm512_add_ps(a, _mm512_set1_ps(12582912.0)));
+        _mm512_sub_epi32(
+            _mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)),
+            _mm512_set1_epi32(0x0040_0000),
+        )
     }
 }
 

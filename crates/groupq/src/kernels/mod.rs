@@ -11,6 +11,9 @@
 //! happens at group boundaries and every element is computed by the same pure
 //! function, so the output cannot depend on the thread count or chunking.
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(crate) mod ggml;
 pub(crate) mod recipe;
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -32,6 +35,33 @@ use crate::plan::BackendKind;
 use crate::plan::SteBoundary;
 use crate::stream::Stream;
 use crate::tensor::TensorRef;
+
+/// ggml's K-quant scale search for every sub-block of `x` on backend `b`
+/// (see [`ggml`]); `false`, with nothing written, where `b` has no vector
+/// form on this CPU: the caller then runs its scalar search, which gives
+/// the same results.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn ggml_search_on(
+    b: BackendKind,
+    kind: ggml::Search,
+    x: &[f32],
+    out: &mut ggml::SearchOut<'_>,
+) -> bool {
+    match b {
+        BackendKind::Avx512 => avx512::ggml_search(kind, x, out),
+        BackendKind::Avx2 => avx2::ggml_search(kind, x, out),
+        BackendKind::Sse41 => sse41::ggml_search(kind, x, out),
+        _ => false,
+    }
+}
+
+/// [`ggml_search_on`] on the widest backend this CPU has.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn ggml_search(kind: ggml::Search, x: &[f32], out: &mut ggml::SearchOut<'_>) -> bool {
+    [BackendKind::Avx512, BackendKind::Avx2, BackendKind::Sse41]
+        .into_iter()
+        .any(|b| ggml_search_on(b, kind, x, out))
+}
 
 /// Problems with fewer elements than this run on the calling thread: waking
 /// the pool costs more than the work.

@@ -149,6 +149,28 @@ pub(crate) trait Isa {
     /// Whether any bit of `a` is set.
     unsafe fn any_i(a: Self::I) -> bool;
 
+    /// A lane mask, from the compares below: all-ones/all-zeros lanes of an
+    /// `F` on SSE4.1 and AVX2, a k-mask on AVX-512.
+    type M: Copy;
+    /// Ordered compares (false where either lane is NaN), as C's `<`, `>`
+    /// and `==` on floats.
+    unsafe fn lt_f(a: Self::F, b: Self::F) -> Self::M;
+    unsafe fn gt_f(a: Self::F, b: Self::F) -> Self::M;
+    unsafe fn eq_f(a: Self::F, b: Self::F) -> Self::M;
+    unsafe fn and_m(a: Self::M, b: Self::M) -> Self::M;
+    /// `m ? a : b` lane by lane.
+    unsafe fn select_f(m: Self::M, a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn select_i(m: Self::M, a: Self::I, b: Self::I) -> Self::I;
+    /// `|a|` (the sign bit cleared, NaN kept) and the correctly rounded
+    /// square root.
+    unsafe fn abs_f(a: Self::F) -> Self::F;
+    unsafe fn sqrt_f(a: Self::F) -> Self::F;
+    /// Lane-wise `i32` minimum.
+    unsafe fn min_i(a: Self::I, b: Self::I) -> Self::I;
+    /// ggml's `nearest_int`, bit for bit for every input: the low 23 bits
+    /// of `a + 12582912` (rounded to nearest even) minus `0x400000`.
+    unsafe fn nearest_int_f(a: Self::F) -> Self::I;
+
     /// `LANES` codes, sign- or zero-extended; for packed codes
     /// (`Q::PACK == 2`) the `LANES / 2` storage units at `p`.
     unsafe fn load_codes<Q: IntElement>(p: *const Q) -> Self::I;
@@ -1132,6 +1154,41 @@ macro_rules! simd_entry_points {
         use crate::kernels::scalar;
         use crate::kernels::simd::SimdElement;
         use crate::plan::SteBoundary;
+
+        #[target_feature(enable = $features)]
+        unsafe fn ggml_search_tf(
+            kind: crate::kernels::ggml::Search,
+            x: &[f32],
+            out: &mut crate::kernels::ggml::SearchOut<'_>,
+        ) {
+            crate::kernels::ggml::search::<$isa>(kind, x, out)
+        }
+
+        /// ggml's K-quant scale search over every sub-block of `x`, one
+        /// sub-block per lane (see [`crate::kernels::ggml`]); `false`, with
+        /// nothing written, where the CPU lacks the features or `out` is
+        /// too small.
+        pub(crate) fn ggml_search(
+            kind: crate::kernels::ggml::Search,
+            x: &[f32],
+            out: &mut crate::kernels::ggml::SearchOut<'_>,
+        ) -> bool {
+            let n = kind.len();
+            let count = x.len() / n;
+            if !available()
+                || x.len() % n != 0
+                || out.scales.len() < count
+                || out.mins.len() < count
+                || out.codes.len() < x.len()
+            {
+                return false;
+            }
+            // SAFETY: the CPU has the features and the sizes fit (both
+            // checked above); the kernel reads inside `x` and writes one
+            // entry per sub-block of `out`.
+            unsafe { ggml_search_tf(kind, x, out) };
+            true
+        }
 
         #[target_feature(enable = $features)]
         unsafe fn recipe_non_finite_tf<T: crate::kernels::simd::F32Lanes<$isa>>(xs: &[T]) -> bool {

@@ -20,6 +20,7 @@ impl Isa for Sse41 {
     type F = __m128;
     type D = __m128d;
     type I = __m128i;
+    type M = __m128;
 
     #[inline(always)]
     unsafe fn splat_f(v: f32) -> __m128 {
@@ -301,6 +302,50 @@ impl Isa for Sse41 {
             _mm_packus_epi16(words, words)
         };
         p.cast::<i32>().write_unaligned(_mm_cvtsi128_si32(bytes))
+    }
+    #[inline(always)]
+    unsafe fn lt_f(a: __m128, b: __m128) -> __m128 {
+        _mm_cmplt_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn gt_f(a: __m128, b: __m128) -> __m128 {
+        _mm_cmpgt_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn eq_f(a: __m128, b: __m128) -> __m128 {
+        _mm_cmpeq_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn and_m(a: __m128, b: __m128) -> __m128 {
+        _mm_and_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn select_f(m: __m128, a: __m128, b: __m128) -> __m128 {
+        _mm_blendv_ps(b, a, m)
+    }
+    #[inline(always)]
+    unsafe fn select_i(m: __m128, a: __m128i, b: __m128i) -> __m128i {
+        _mm_castps_si128(_mm_blendv_ps(_mm_castsi128_ps(b), _mm_castsi128_ps(a), m))
+    }
+    #[inline(always)]
+    unsafe fn abs_f(a: __m128) -> __m128 {
+        _mm_andnot_ps(_mm_set1_ps(-0.0), a)
+    }
+    #[inline(always)]
+    unsafe fn sqrt_f(a: __m128) -> __m128 {
+        _mm_sqrt_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn min_i(a: __m128i, b: __m128i) -> __m128i {
+        _mm_min_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn nearest_int_f(a: __m128) -> __m128i {
+        let bits = _mm_castps_si128(_mm_add_ps(a, _mm_set1_ps(12582912.0)));
+        _mm_sub_epi32(
+            _mm_and_si128(bits, _mm_set1_epi32(0x007f_ffff)),
+            _mm_set1_epi32(0x0040_0000),
+        )
     }
 }
 

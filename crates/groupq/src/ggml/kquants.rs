@@ -1,0 +1,662 @@
+//! The K-quants, super-blocks of 256: `q2_K`, `q3_K`, `q4_K`, `q5_K`,
+//! `q6_K` (ggml's `quantize_row_q*_K_ref`, `quantize_row_q*_K_impl` and
+//! `dequantize_row_q*_K`).
+//!
+//! Layouts (byte offsets; f16 little-endian):
+//! - `q2_K` (84): scales\[16\] @0 (scale | min << 4), qs\[64\] @16, d @80, dmin @82;
+//! - `q3_K` (110): hmask\[32\] @0, qs\[64\] @32, scales\[12\] @96 (6-bit), d @108;
+//! - `q4_K` (144): d @0, dmin @2, scales\[12\] @4 (6-bit scales and mins), qs\[128\] @16;
+//! - `q5_K` (176): d @0, dmin @2, scales\[12\] @4, qh\[32\] @16, qs\[128\] @48;
+//! - `q6_K` (210): ql\[128\] @0, qh\[64\] @128, scales\[16\] @192 (i8), d @208.
+
+use super::search::{
+    make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants,
+    nearest_int, GROUP_MAX_EPS,
+};
+use super::{read_f16, write_f16};
+
+const QK_K: usize = 256;
+/// Bytes of a `q2_K` super-block.
+pub(crate) const Q2K_BYTES: usize = QK_K / 16 + QK_K / 4 + 4;
+/// Bytes of a `q3_K` super-block.
+pub(crate) const Q3K_BYTES: usize = QK_K / 8 + QK_K / 4 + 12 + 2;
+/// Bytes of a `q4_K` super-block.
+pub(crate) const Q4K_BYTES: usize = 4 + 12 + QK_K / 2;
+/// Bytes of a `q5_K` super-block.
+pub(crate) const Q5K_BYTES: usize = 4 + 12 + QK_K / 8 + QK_K / 2;
+/// Bytes of a `q6_K` super-block.
+pub(crate) const Q6K_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
+
+/// `Σ x²` over a slice, in order.
+fn sum_sq(x: &[f32]) -> f32 {
+    let mut s = 0.0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+/// The imatrix weights `qw[l] · sqrt(sigma2 + x[l]²)` of a sub-block, and
+/// their sum.
+fn imatrix_weights<const N: usize>(xs: &[f32], qw: &[f32], sigma2: f32) -> ([f32; N], f32) {
+    let mut w = [0.0f32; N];
+    for l in 0..N {
+        w[l] = qw[l] * (sigma2 + xs[l] * xs[l]).sqrt();
+    }
+    let mut sumw = 0.0f32;
+    for &v in &w {
+        sumw += v;
+    }
+    (w, sumw)
+}
+
+/// Packs 2-bit codes: `qs[j/4 + l] = L[j+l] | L[j+l+32] << 2 | … << 6`.
+fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
+    for j in (0..QK_K).step_by(128) {
+        for i in 0..32 {
+            qs[j / 4 + i] =
+                l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- q2_K
+
+/// `q2_K` of one row (`quantize_q2_K`).
+pub(crate) fn quantize_q2_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    for (i, (xb, yb)) in x
+        .chunks_exact(QK_K)
+        .zip(y.chunks_exact_mut(Q2K_BYTES))
+        .enumerate()
+    {
+        match qw {
+            None => q2_k_ref(xb, yb),
+            Some(qw) => q2_k_impl(xb, &qw[QK_K * i..QK_K * (i + 1)], yb),
+        }
+    }
+}
+
+/// `quantize_row_q2_K_ref` of one super-block.
+fn q2_k_ref(x: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let mut mins = [0.0f32; 16];
+    let mut scales = [0.0f32; 16];
+    let q4scale = 15.0f32;
+
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..16 {
+        let xs = &x[16 * j..16 * (j + 1)];
+        let mut weights = [0.0f32; 16];
+        for (w, &v) in weights.iter_mut().zip(xs) {
+            *w = v.abs();
+        }
+        let ls = &mut l[16 * j..16 * (j + 1)];
+        (scales[j], mins[j]) = make_qkx2_quants(3, xs, &weights, ls, -0.5, 0.1, 15, true);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+
+    if max_scale > 0.0 {
+        let iscale = q4scale / max_scale;
+        for j in 0..16 {
+            y[j] = nearest_int(iscale * scales[j]) as u8;
+        }
+        write_f16(y, 80, max_scale / q4scale);
+    } else {
+        y[..16].fill(0);
+        write_f16(y, 80, 0.0);
+    }
+    if max_min > 0.0 {
+        let iscale = q4scale / max_min;
+        for j in 0..16 {
+            y[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
+        }
+        write_f16(y, 82, max_min / q4scale);
+    } else {
+        write_f16(y, 82, 0.0);
+    }
+    q2_k_requantize(x, &mut l, y);
+}
+
+/// `quantize_row_q2_K_impl` of one super-block (`qw`: its 256 weights).
+fn q2_k_impl(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let mut mins = [0.0f32; 16];
+    let mut scales = [0.0f32; 16];
+    let mut sw = [0.0f32; 16];
+    let mut ls = [0u8; 16];
+    let mut lm = [0u8; 16];
+
+    let sigma2 = sum_sq(x) / QK_K as f32;
+    for j in 0..16 {
+        let xs = &x[16 * j..16 * (j + 1)];
+        let (weight, sumw) = imatrix_weights::<16>(xs, &qw[16 * j..], sigma2);
+        sw[j] = sumw;
+        let lj = &mut l[16 * j..16 * (j + 1)];
+        (scales[j], mins[j]) = make_qkx3_quants(3, xs, Some(&weight), lj, -0.9, 0.05, 36, false);
+    }
+
+    let dm = make_qp_quants(15, &scales, &mut ls, &sw);
+    let mm = make_qp_quants(15, &mins, &mut lm, &sw);
+    write_f16(y, 80, dm);
+    write_f16(y, 82, mm);
+    for j in 0..16 {
+        y[j] = ls[j] | (lm[j] << 4);
+    }
+    q2_k_requantize(x, &mut l, y);
+}
+
+/// The common tail of both `q2_K` quantizers: requantize with the stored
+/// (f16) scales, then pack.
+fn q2_k_requantize(x: &[f32], l: &mut [u8; QK_K], y: &mut [u8]) {
+    let dall = read_f16(y, 80);
+    let mall = read_f16(y, 82);
+    for j in 0..16 {
+        let d = dall * f32::from(y[j] & 0xF);
+        if d == 0.0 {
+            continue;
+        }
+        let m = mall * f32::from(y[j] >> 4);
+        for ii in 0..16 {
+            let q = nearest_int((x[16 * j + ii] + m) / d).min(3).max(0);
+            l[16 * j + ii] = q as u8;
+        }
+    }
+    pack_2bit(l, &mut y[16..80]);
+}
+
+/// `dequantize_row_q2_K` of one super-block.
+pub(crate) fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
+    let d = read_f16(b, 80);
+    let min = read_f16(b, 82);
+    let mut out = 0;
+    let mut is = 0;
+    for n in (0..QK_K).step_by(128) {
+        let q = &b[16 + n / 4..16 + n / 4 + 32];
+        for shift in (0..8).step_by(2) {
+            for half in 0..2 {
+                let sc = b[is];
+                is += 1;
+                let dl = d * f32::from(sc & 0xF);
+                let ml = min * f32::from(sc >> 4);
+                for &qv in &q[16 * half..16 * half + 16] {
+                    y[out] = dl * f32::from((qv >> shift) & 3) - ml;
+                    out += 1;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- q3_K
+
+/// `q3_K` of one row (`quantize_q3_K`).
+pub(crate) fn quantize_q3_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    for (i, (xb, yb)) in x
+        .chunks_exact(QK_K)
+        .zip(y.chunks_exact_mut(Q3K_BYTES))
+        .enumerate()
+    {
+        match qw {
+            None => q3_k_ref(xb, yb),
+            Some(qw) => q3_k_impl(xb, &qw[QK_K * i..QK_K * (i + 1)], yb),
+        }
+    }
+}
+
+/// Stores the 6-bit `q3_K` scale code `l` (0..64) of sub-block `j`.
+fn q3_k_put_scale(s: &mut [u8], j: usize, l: i32) {
+    if j < 8 {
+        s[j] = (l & 0xF) as u8;
+    } else {
+        s[j - 8] |= ((l & 0xF) << 4) as u8;
+    }
+    s[j % 4 + 8] |= ((l >> 4) << (2 * (j / 4))) as u8;
+}
+
+/// The signed 6-bit `q3_K` scale of sub-block `j` (−32..32).
+fn q3_k_get_scale(s: &[u8], j: usize) -> i8 {
+    let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+    let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (i32::from(low | (high << 4)) - 32) as i8
+}
+
+/// `quantize_row_q3_K_ref` of one super-block.
+fn q3_k_ref(x: &[f32], y: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0.0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut amax = 0.0f32;
+    for j in 0..16 {
+        scales[j] = make_q3_quants(4, &x[16 * j..16 * (j + 1)], &mut l[16 * j..], true);
+        let scale = scales[j].abs();
+        if scale > amax {
+            amax = scale;
+            max_scale = scales[j];
+        }
+    }
+    y[96..108].fill(0);
+    if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        for j in 0..16 {
+            let lj = i32::from(nearest_int(iscale * scales[j]) as i8);
+            q3_k_put_scale(&mut y[96..108], j, lj.min(31).max(-32) + 32);
+        }
+        write_f16(y, 108, 1.0 / iscale);
+    } else {
+        write_f16(y, 108, 0.0);
+    }
+    q3_k_requantize(x, &mut l, y);
+}
+
+/// `quantize_row_q3_K_impl` of one super-block (`qw`: its 256 weights).
+fn q3_k_impl(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0.0f32; 16];
+    let mut sw = [0.0f32; 16];
+    let mut ls = [0i8; 16];
+
+    let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+    for j in 0..16 {
+        let xs = &x[16 * j..16 * (j + 1)];
+        let (weight, sumw) = imatrix_weights::<16>(xs, &qw[16 * j..], sigma2);
+        sw[j] = sumw;
+        scales[j] = make_qx_quants(4, xs, &mut l[16 * j..], 1, Some(&weight));
+    }
+    y[96..108].fill(0);
+    let d_block = make_qx_quants(32, &scales, &mut ls, 1, Some(&sw));
+    for j in 0..16 {
+        q3_k_put_scale(&mut y[96..108], j, i32::from(ls[j]));
+    }
+    write_f16(y, 108, d_block);
+    q3_k_requantize(x, &mut l, y);
+}
+
+/// The common tail of both `q3_K` quantizers: requantize with the stored
+/// scales, split off the high bits into `hmask`, pack the low bits.
+fn q3_k_requantize(x: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
+    let dall = read_f16(y, 108);
+    for j in 0..16 {
+        let sc = q3_k_get_scale(&y[96..108], j);
+        let d = dall * f32::from(sc);
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / d).min(3).max(-4);
+            l[16 * j + ii] = (q + 4) as i8;
+        }
+    }
+
+    let (hmask, rest) = y.split_at_mut(32);
+    hmask.fill(0);
+    let mut m = 0;
+    let mut hm = 1u8;
+    for lj in l.iter_mut() {
+        if *lj > 3 {
+            hmask[m] |= hm;
+            *lj -= 4;
+        }
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm = hm.wrapping_shl(1);
+        }
+    }
+    let lu: [u8; QK_K] = std::array::from_fn(|i| l[i] as u8);
+    pack_2bit(&lu, &mut rest[..64]);
+}
+
+/// `dequantize_row_q3_K` of one super-block.
+pub(crate) fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
+    let d_all = read_f16(b, 108);
+    let hm = &b[..32];
+    let scales = &b[96..108];
+    let mut m = 1u8;
+    let mut out = 0;
+    let mut is = 0;
+    for n in (0..QK_K).step_by(128) {
+        let q = &b[32 + n / 4..32 + n / 4 + 32];
+        for shift in (0..8).step_by(2) {
+            for half in 0..2 {
+                let dl = d_all * f32::from(q3_k_get_scale(scales, is));
+                is += 1;
+                for l in 16 * half..16 * half + 16 {
+                    let low = i32::from((q[l] >> shift) & 3);
+                    let high = if hm[l] & m != 0 { 0 } else { 4 };
+                    y[out] = dl * (low - high) as f32;
+                    out += 1;
+                }
+            }
+            m = m.wrapping_shl(1);
+        }
+    }
+}
+
+// ------------------------------------------------------- q4_K and q5_K
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.
+fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Stores the 6-bit scale `ls` and min `lm` of sub-block `j` (in order
+/// j = 0..8, as ggml does).
+fn put_scale_min_k4(j: usize, ls: u8, lm: u8, q: &mut [u8]) {
+    if j < 4 {
+        q[j] = ls;
+        q[j + 4] = lm;
+    } else {
+        q[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+        q[j - 4] |= (ls >> 4) << 6;
+        q[j] |= (lm >> 4) << 6;
+    }
+}
+
+/// `quantize_row_q4_K_ref` (`nmax` 15) and `quantize_row_q5_K_ref`
+/// (`nmax` 31) up to the codes `l`; writes d, dmin and scales.
+fn q45_k_ref(nmax: i32, x: &[f32], l: &mut [u8; QK_K], y: &mut [u8]) {
+    let mut mins = [0.0f32; 8];
+    let mut scales = [0.0f32; 8];
+    let (rmin, nstep) = if nmax == 15 { (-1.0, 20) } else { (-0.5, 15) };
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * (j + 1)];
+        let av_x = (sum_sq(xs) / 32.0).sqrt();
+        let mut weights = [0.0f32; 32];
+        for (w, &v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        let lj = &mut l[32 * j..32 * (j + 1)];
+        (scales[j], mins[j]) = make_qkx2_quants(nmax, xs, &weights, lj, rmin, 0.1, nstep, false);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    for j in 0..8 {
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        put_scale_min_k4(j, ls, lm, &mut y[4..16]);
+    }
+    write_f16(y, 0, max_scale / 63.0);
+    write_f16(y, 2, max_min / 63.0);
+}
+
+/// `quantize_row_q4_K_impl` (`nmax` 15) and `quantize_row_q5_K_impl`
+/// (`nmax` 31) up to the codes `l`; writes d, dmin and scales.
+fn q45_k_impl(nmax: i32, x: &[f32], qw: Option<&[f32]>, l: &mut [u8; QK_K], y: &mut [u8]) {
+    let mut mins = [0.0f32; 8];
+    let mut scales = [0.0f32; 8];
+    let mut sw = [0.0f32; 8];
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+
+    let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+    let av_x = sigma2.sqrt();
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * (j + 1)];
+        let (weights, sumw) = match qw {
+            Some(qw) => imatrix_weights::<32>(xs, &qw[32 * j..], sigma2),
+            None => {
+                let mut w = [0.0f32; 32];
+                for (w, &v) in w.iter_mut().zip(xs) {
+                    *w = av_x + v.abs();
+                }
+                let mut sumw = 0.0f32;
+                for &v in &w {
+                    sumw += v;
+                }
+                (w, sumw)
+            }
+        };
+        sw[j] = sumw;
+        let lj = &mut l[32 * j..32 * (j + 1)];
+        (scales[j], mins[j]) =
+            make_qkx3_quants(nmax, xs, Some(&weights), lj, -0.9, 0.05, 36, false);
+    }
+    let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
+    let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
+    for j in 0..8 {
+        // q5_K clamps the codes to 63 here, q4_K does not.
+        let (lsj, lmj) = if nmax == 31 {
+            (ls[j].min(63), lm[j].min(63))
+        } else {
+            (ls[j], lm[j])
+        };
+        put_scale_min_k4(j, lsj, lmj, &mut y[4..16]);
+    }
+    write_f16(y, 0, d_block);
+    write_f16(y, 2, m_block);
+}
+
+/// The common requantization of `q4_K`/`q5_K` with the stored scales.
+fn q45_k_requantize(nmax: i32, x: &[f32], l: &mut [u8; QK_K], y: &[u8]) {
+    let dall = read_f16(y, 0);
+    let mall = read_f16(y, 2);
+    for j in 0..8 {
+        let (sc, m) = get_scale_min_k4(j, &y[4..16]);
+        let d = dall * f32::from(sc);
+        if d == 0.0 {
+            continue;
+        }
+        let dm = mall * f32::from(m);
+        for ii in 0..32 {
+            let q = nearest_int((x[32 * j + ii] + dm) / d).min(nmax).max(0);
+            l[32 * j + ii] = q as u8;
+        }
+    }
+}
+
+/// `q4_K` of one row (`quantize_q4_K`).
+pub(crate) fn quantize_q4_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    for (i, (xb, yb)) in x
+        .chunks_exact(QK_K)
+        .zip(y.chunks_exact_mut(Q4K_BYTES))
+        .enumerate()
+    {
+        let mut l = [0u8; QK_K];
+        match qw {
+            None => q45_k_ref(15, xb, &mut l, yb),
+            Some(qw) => q45_k_impl(15, xb, Some(&qw[QK_K * i..QK_K * (i + 1)]), &mut l, yb),
+        }
+        q45_k_requantize(15, xb, &mut l, yb);
+        let q = &mut yb[16..];
+        for j in (0..QK_K).step_by(64) {
+            for i in 0..32 {
+                q[j / 2 + i] = l[j + i] | (l[j + i + 32] << 4);
+            }
+        }
+    }
+}
+
+/// `q5_K` of one row (`quantize_q5_K`).
+pub(crate) fn quantize_q5_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    for (i, (xb, yb)) in x
+        .chunks_exact(QK_K)
+        .zip(y.chunks_exact_mut(Q5K_BYTES))
+        .enumerate()
+    {
+        let mut l = [0u8; QK_K];
+        match qw {
+            None => q45_k_ref(31, xb, &mut l, yb),
+            Some(qw) => q45_k_impl(31, xb, Some(&qw[QK_K * i..QK_K * (i + 1)]), &mut l, yb),
+        }
+        q45_k_requantize(31, xb, &mut l, yb);
+        let (qh, ql) = yb[16..].split_at_mut(32);
+        qh.fill(0);
+        let mut m1 = 1u8;
+        let mut m2 = 2u8;
+        for n in (0..QK_K).step_by(64) {
+            for j in 0..32 {
+                let mut l1 = l[n + j];
+                if l1 > 15 {
+                    l1 -= 16;
+                    qh[j] |= m1;
+                }
+                let mut l2 = l[n + j + 32];
+                if l2 > 15 {
+                    l2 -= 16;
+                    qh[j] |= m2;
+                }
+                ql[n / 2 + j] = l1 | (l2 << 4);
+            }
+            m1 = m1.wrapping_shl(2);
+            m2 = m2.wrapping_shl(2);
+        }
+    }
+}
+
+/// `dequantize_row_q4_K` of one super-block.
+pub(crate) fn dequantize_q4_k(b: &[u8], y: &mut [f32]) {
+    let d = read_f16(b, 0);
+    let min = read_f16(b, 2);
+    for (k, j) in (0..QK_K).step_by(64).enumerate() {
+        let q = &b[16 + j / 2..16 + j / 2 + 32];
+        let (sc1, m1) = get_scale_min_k4(2 * k, &b[4..16]);
+        let (d1, m1) = (d * f32::from(sc1), min * f32::from(m1));
+        let (sc2, m2) = get_scale_min_k4(2 * k + 1, &b[4..16]);
+        let (d2, m2) = (d * f32::from(sc2), min * f32::from(m2));
+        for l in 0..32 {
+            y[j + l] = d1 * f32::from(q[l] & 0xF) - m1;
+            y[j + 32 + l] = d2 * f32::from(q[l] >> 4) - m2;
+        }
+    }
+}
+
+/// `dequantize_row_q5_K` of one super-block.
+pub(crate) fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
+    let d = read_f16(b, 0);
+    let min = read_f16(b, 2);
+    let qh = &b[16..48];
+    let (mut u1, mut u2) = (1u8, 2u8);
+    for (k, j) in (0..QK_K).step_by(64).enumerate() {
+        let ql = &b[48 + j / 2..48 + j / 2 + 32];
+        let (sc1, m1) = get_scale_min_k4(2 * k, &b[4..16]);
+        let (d1, m1) = (d * f32::from(sc1), min * f32::from(m1));
+        let (sc2, m2) = get_scale_min_k4(2 * k + 1, &b[4..16]);
+        let (d2, m2) = (d * f32::from(sc2), min * f32::from(m2));
+        for l in 0..32 {
+            let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
+            let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
+            y[j + l] = d1 * f32::from((ql[l] & 0xF) + h1) - m1;
+            y[j + 32 + l] = d2 * f32::from((ql[l] >> 4) + h2) - m2;
+        }
+        u1 = u1.wrapping_shl(2);
+        u2 = u2.wrapping_shl(2);
+    }
+}
+
+// ---------------------------------------------------------------- q6_K
+
+/// `q6_K` of one row (`quantize_q6_K`: `quantize_row_q6_K_ref` without an
+/// imatrix, `quantize_row_q6_K_impl` with one; they differ only in the
+/// weights of the sub-block search).
+pub(crate) fn quantize_q6_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    for (i, (xb, yb)) in x
+        .chunks_exact(QK_K)
+        .zip(y.chunks_exact_mut(Q6K_BYTES))
+        .enumerate()
+    {
+        q6_k_block(xb, qw.map(|qw| &qw[QK_K * i..QK_K * (i + 1)]), yb);
+    }
+}
+
+fn q6_k_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0.0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for ib in 0..16 {
+        let xs = &x[16 * ib..16 * (ib + 1)];
+        let w = qw.map(|qw| &qw[16 * ib..16 * (ib + 1)]);
+        let scale = make_qx_quants(32, xs, &mut l[16 * ib..], 1, w);
+        scales[ib] = scale;
+        let abs_scale = scale.abs();
+        if abs_scale > max_abs_scale {
+            max_abs_scale = abs_scale;
+            max_scale = scale;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        y.fill(0);
+        write_f16(y, 208, 0.0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    write_f16(y, 208, 1.0 / iscale);
+    for ib in 0..16 {
+        y[192 + ib] = nearest_int(iscale * scales[ib]).min(127) as u8;
+    }
+    let dall = read_f16(y, 208);
+    for j in 0..16 {
+        let d = dall * f32::from(y[192 + j] as i8);
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / d).min(31).max(-32);
+            l[16 * j + ii] = (q + 32) as i8;
+        }
+    }
+    let lu: [u8; QK_K] = std::array::from_fn(|i| l[i] as u8);
+    let (ql, qh) = y[..192].split_at_mut(128);
+    for j in (0..QK_K).step_by(128) {
+        for i in 0..32 {
+            let q1 = lu[j + i] & 0xF;
+            let q2 = lu[j + i + 32] & 0xF;
+            let q3 = lu[j + i + 64] & 0xF;
+            let q4 = lu[j + i + 96] & 0xF;
+            ql[j / 2 + i] = q1 | (q3 << 4);
+            ql[j / 2 + i + 32] = q2 | (q4 << 4);
+            qh[j / 4 + i] = (lu[j + i] >> 4)
+                | ((lu[j + i + 32] >> 4) << 2)
+                | ((lu[j + i + 64] >> 4) << 4)
+                | ((lu[j + i + 96] >> 4) << 6);
+        }
+    }
+}
+
+/// `dequantize_row_q6_K` of one super-block.
+pub(crate) fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
+    let d = read_f16(b, 208);
+    for n in (0..QK_K).step_by(128) {
+        let ql = &b[n / 2..n / 2 + 64];
+        let qh = &b[128 + n / 4..128 + n / 4 + 32];
+        let sc = &b[192 + n / 16..192 + n / 16 + 8];
+        let y = &mut y[n..n + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = i32::from((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32;
+            let q2 = i32::from((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            let q3 = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            let q4 = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            let s = |k: usize| f32::from(sc[is + k] as i8);
+            y[l] = d * s(0) * q1 as f32;
+            y[l + 32] = d * s(2) * q2 as f32;
+            y[l + 64] = d * s(4) * q3 as f32;
+            y[l + 96] = d * s(6) * q4 as f32;
+        }
+    }
+}

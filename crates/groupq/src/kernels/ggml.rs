@@ -1,0 +1,279 @@
+//! ggml's K-quant scale searches, one sub-block per SIMD lane.
+//!
+//! ggml (llama.cpp) quantizes a K-quant super-block by searching, for each
+//! of its sub-blocks, the scale (and minimum) that minimizes a weighted
+//! error: `make_qkx2_quants` (q2_K, q4_K, q5_K) tries up to 21 candidate
+//! scales, `make_qx_quants` (q6_K) 19. The sub-blocks are independent, so
+//! here lane `j` of every vector runs sub-block `j`'s search with exactly
+//! the scalar code's operations in its order (no fused multiply-add, the
+//! same sequential sums, `nearest_int`'s magic-number rounding, the
+//! branches as selects): every lane's result is bit-identical to the
+//! scalar search ([`crate::ggml`]'s, the oracle the tests compare with).
+
+use super::simd::{F32Lanes, Isa};
+
+/// Which search a run of sub-blocks takes, with the weights its type uses
+/// without an importance matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Search {
+    /// q4_K: 32 values, weights `sqrt(Σx²/32) + |x|`, levels 0..=15,
+    /// `make_qkx2_quants(.., -1, 0.1, 20, false)`.
+    Q4K,
+    /// q5_K: as q4_K with levels 0..=31 and `(-0.5, 0.1, 15)`.
+    Q5K,
+    /// q2_K: 16 values, weights `|x|`, levels 0..=3, `(-0.5, 0.1, 15)`,
+    /// absolute errors.
+    Q2K,
+    /// q6_K: 16 values, `make_qx_quants(16, 32, x, L, 1, NULL)`.
+    Q6K,
+}
+
+impl Search {
+    /// Values per sub-block.
+    pub fn len(self) -> usize {
+        match self {
+            Search::Q4K | Search::Q5K => 32,
+            Search::Q2K | Search::Q6K => 16,
+        }
+    }
+}
+
+/// The result of one run: per sub-block its scale, its minimum (`the_min`
+/// of `make_qkx2_quants`; 0 for q6_K) and its codes (`L`, q6_K's with the
+/// `+ nmax` offset).
+pub(crate) struct SearchOut<'a> {
+    pub scales: &'a mut [f32],
+    pub mins: &'a mut [f32],
+    pub codes: &'a mut [u8],
+}
+
+/// `make_qkx2_quants` over lanes: returns `(scale, the_min)`, codes in `l`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn make_qkx2<S: Isa, const N: usize>(
+    x: &[S::F; N],
+    w: &[S::F; N],
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+    l: &mut [S::I; N],
+) -> (S::F, S::F) {
+    let zero = S::splat_f(0.0);
+    let (lo, hi) = (S::splat_i(0), S::splat_i(nmax));
+    let code = |v: S::F| S::max_i(lo, S::min_i(hi, S::nearest_int_f(v)));
+    let err = |d: S::F| if use_mad { S::abs_f(d) } else { S::mul_f(d, d) };
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = w[0];
+    let mut sum_x = S::mul_f(sum_w, x[0]);
+    for i in 1..N {
+        min = S::select_f(S::lt_f(x[i], min), x[i], min);
+        max = S::select_f(S::gt_f(x[i], max), x[i], max);
+        sum_w = S::add_f(sum_w, w[i]);
+        sum_x = S::add_f(sum_x, S::mul_f(w[i], x[i]));
+    }
+    min = S::select_f(S::gt_f(min, zero), zero, min);
+    // Lanes with max == min return early in the scalar code: their results
+    // are replaced at the end, whatever the steps computed.
+    let flat = S::eq_f(max, min);
+    let mut iscale = S::div_f(S::splat_f(nmax as f32), S::sub_f(max, min));
+    let mut scale = S::div_f(S::splat_f(1.0), iscale);
+    let mut best_error = zero;
+    for i in 0..N {
+        let li = code(S::mul_f(iscale, S::sub_f(x[i], min)));
+        l[i] = li;
+        let diff = S::sub_f(S::add_f(S::mul_f(scale, S::i_to_f(li)), min), x[i]);
+        best_error = S::add_f(best_error, S::mul_f(w[i], err(diff)));
+    }
+    if nstep >= 1 {
+        let mut laux = [lo; N];
+        for is in 0..=nstep {
+            // (rmin + rdelta*is + nmax) / (max - min), with the minimum as
+            // the steps so far left it.
+            let c = rmin + rdelta * is as f32 + nmax as f32;
+            iscale = S::div_f(S::splat_f(c), S::sub_f(max, min));
+            let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
+            for i in 0..N {
+                let li = code(S::mul_f(iscale, S::sub_f(x[i], min)));
+                laux[i] = li;
+                let lf = S::i_to_f(li);
+                let wl = S::mul_f(w[i], lf);
+                sum_l = S::add_f(sum_l, wl);
+                sum_l2 = S::add_f(sum_l2, S::mul_f(wl, lf));
+                sum_xl = S::add_f(sum_xl, S::mul_f(wl, x[i]));
+            }
+            let d = S::sub_f(S::mul_f(sum_w, sum_l2), S::mul_f(sum_l, sum_l));
+            let solved = S::gt_f(d, zero);
+            let num_scale = S::sub_f(S::mul_f(sum_w, sum_xl), S::mul_f(sum_x, sum_l));
+            let num_min = S::sub_f(S::mul_f(sum_l2, sum_x), S::mul_f(sum_l, sum_xl));
+            let mut this_scale = S::div_f(num_scale, d);
+            let mut this_min = S::div_f(num_min, d);
+            let positive = S::gt_f(this_min, zero);
+            this_min = S::select_f(positive, zero, this_min);
+            this_scale = S::select_f(positive, S::div_f(sum_xl, sum_l2), this_scale);
+            let mut cur_error = zero;
+            for i in 0..N {
+                let fitted = S::add_f(S::mul_f(this_scale, S::i_to_f(laux[i])), this_min);
+                cur_error = S::add_f(cur_error, S::mul_f(w[i], err(S::sub_f(fitted, x[i]))));
+            }
+            let better = S::and_m(solved, S::lt_f(cur_error, best_error));
+            for i in 0..N {
+                l[i] = S::select_i(better, laux[i], l[i]);
+            }
+            best_error = S::select_f(better, cur_error, best_error);
+            scale = S::select_f(better, this_scale, scale);
+            min = S::select_f(better, this_min, min);
+        }
+    }
+    for li in l.iter_mut() {
+        *li = S::select_i(flat, lo, *li);
+    }
+    (S::select_f(flat, zero, scale), S::sub_f(zero, min))
+}
+
+/// `make_qx_quants(N, nmax, x, L, 1, NULL)` over lanes (weights `x²`):
+/// returns the scale, codes plus `nmax` in `l`.
+#[inline(always)]
+unsafe fn make_qx1<S: Isa, const N: usize>(x: &[S::F; N], nmax: i32, l: &mut [S::I; N]) -> S::F {
+    let zero = S::splat_f(0.0);
+    let (lo, hi) = (S::splat_i(-nmax), S::splat_i(nmax - 1));
+    let code = |v: S::F| S::max_i(lo, S::min_i(hi, S::nearest_int_f(v)));
+    let (mut max, mut amax) = (zero, zero);
+    for xi in x {
+        let ax = S::abs_f(*xi);
+        let larger = S::gt_f(ax, amax);
+        amax = S::select_f(larger, ax, amax);
+        max = S::select_f(larger, *xi, max);
+    }
+    let all_zero = S::lt_f(amax, S::splat_f(1e-15));
+    let mut w = [zero; N];
+    for i in 0..N {
+        w[i] = S::mul_f(x[i], x[i]);
+    }
+    let sums = |iscale: S::F, l: &mut [S::I; N]| {
+        let (mut sumlx, mut suml2) = (zero, zero);
+        for i in 0..N {
+            let li = code(S::mul_f(iscale, x[i]));
+            l[i] = li;
+            let lf = S::i_to_f(li);
+            sumlx = S::add_f(sumlx, S::mul_f(S::mul_f(w[i], x[i]), lf));
+            suml2 = S::add_f(suml2, S::mul_f(S::mul_f(w[i], lf), lf));
+        }
+        (sumlx, suml2)
+    };
+    let (sumlx, suml2) = sums(S::div_f(S::splat_f(-(nmax as f32)), max), l);
+    // C's `suml2 ? sumlx/suml2 : 0` (NaN counts as true).
+    let mut scale = S::select_f(S::eq_f(suml2, zero), zero, S::div_f(sumlx, suml2));
+    let mut best = S::mul_f(scale, sumlx);
+    let mut laux = [S::splat_i(0); N];
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let c = -(nmax as f32 + 0.1f32 * is as f32);
+        let (sumlx, suml2) = sums(S::div_f(S::splat_f(c), max), &mut laux);
+        let better = S::and_m(
+            S::gt_f(suml2, zero),
+            S::gt_f(S::mul_f(sumlx, sumlx), S::mul_f(best, suml2)),
+        );
+        for i in 0..N {
+            l[i] = S::select_i(better, laux[i], l[i]);
+        }
+        scale = S::select_f(better, S::div_f(sumlx, suml2), scale);
+        best = S::select_f(better, S::mul_f(scale, sumlx), best);
+    }
+    let offset = S::splat_i(nmax);
+    for li in l.iter_mut() {
+        *li = S::select_i(all_zero, S::splat_i(0), S::add_i(*li, offset));
+    }
+    S::select_f(all_zero, zero, scale)
+}
+
+/// One vector of `LANES` sub-blocks (`first..`, the lanes past `count`
+/// repeating sub-block 0, their results dropped) through `kind`'s search.
+#[inline(always)]
+unsafe fn lanes<S: Isa, const N: usize>(
+    kind: Search,
+    x: &[f32],
+    first: usize,
+    count: usize,
+    out: &mut SearchOut<'_>,
+) where
+    f32: F32Lanes<S>,
+{
+    let n = S::LANES;
+    let mut buf = [0f32; 16];
+    let mut xs = [S::splat_f(0.0); N];
+    for (i, v) in xs.iter_mut().enumerate() {
+        for (lane, b) in buf.iter_mut().enumerate().take(n) {
+            let j = if first + lane < count {
+                first + lane
+            } else {
+                0
+            };
+            *b = x[N * j + i];
+        }
+        *v = <f32 as F32Lanes<S>>::load(buf.as_ptr());
+    }
+    let mut l = [S::splat_i(0); N];
+    let (scale, min) = match kind {
+        Search::Q6K => (make_qx1::<S, N>(&xs, 32, &mut l), S::splat_f(0.0)),
+        Search::Q2K => {
+            let mut w = [S::splat_f(0.0); N];
+            for i in 0..N {
+                w[i] = S::abs_f(xs[i]);
+            }
+            make_qkx2::<S, N>(&xs, &w, 3, -0.5, 0.1, 15, true, &mut l)
+        }
+        Search::Q4K | Search::Q5K => {
+            let mut sum_x2 = S::splat_f(0.0);
+            for v in &xs {
+                sum_x2 = S::add_f(sum_x2, S::mul_f(*v, *v));
+            }
+            let av_x = S::sqrt_f(S::div_f(sum_x2, S::splat_f(N as f32)));
+            let mut w = [S::splat_f(0.0); N];
+            for i in 0..N {
+                w[i] = S::add_f(av_x, S::abs_f(xs[i]));
+            }
+            if kind == Search::Q4K {
+                make_qkx2::<S, N>(&xs, &w, 15, -1.0, 0.1, 20, false, &mut l)
+            } else {
+                make_qkx2::<S, N>(&xs, &w, 31, -0.5, 0.1, 15, false, &mut l)
+            }
+        }
+    };
+    let keep = n.min(count - first);
+    <f32 as F32Lanes<S>>::store(buf.as_mut_ptr(), scale);
+    out.scales[first..first + keep].copy_from_slice(&buf[..keep]);
+    <f32 as F32Lanes<S>>::store(buf.as_mut_ptr(), min);
+    out.mins[first..first + keep].copy_from_slice(&buf[..keep]);
+    let mut ib = [0i32; 16];
+    for (i, li) in l.iter().enumerate() {
+        S::store_i(ib.as_mut_ptr().cast(), *li);
+        for (lane, &v) in ib.iter().enumerate().take(keep) {
+            out.codes[N * (first + lane) + i] = v as u8;
+        }
+    }
+}
+
+/// Every sub-block of `x` (`kind.len()` values each) through `kind`'s
+/// search, `LANES` at a time. `out`'s slices hold one entry per sub-block
+/// (codes: one per value).
+///
+/// # Safety
+/// The CPU has `S`'s features. `x.len()` is a multiple of `kind.len()`
+/// and `out` has room for every sub-block (the entry points check both).
+#[inline(always)]
+pub(crate) unsafe fn search<S: Isa>(kind: Search, x: &[f32], out: &mut SearchOut<'_>)
+where
+    f32: F32Lanes<S>,
+{
+    let count = x.len() / kind.len();
+    for first in (0..count).step_by(S::LANES) {
+        match kind.len() {
+            32 => lanes::<S, 32>(kind, x, first, count, out),
+            _ => lanes::<S, 16>(kind, x, first, count, out),
+        }
+    }
+}
