@@ -497,7 +497,7 @@ pub fn dequantize_gguf(
             Some(ty) => {
                 let k = t.dims.first().copied().unwrap_or(1) as usize;
                 let rows = t.rows() as usize;
-                let row_bytes = if rows == 0 { 0 } else { t.size as usize / rows };
+                let row_bytes = (t.size as usize).checked_div(rows).unwrap_or(0);
                 let out_size = (new.type_size() as usize) * k;
                 let mut data = vec![0u8; rows * out_size];
                 let per = rows_per_chunk(k);

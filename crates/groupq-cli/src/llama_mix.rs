@@ -386,6 +386,8 @@ fn use_more_bits(i: i64, n: i64) -> bool {
 
 impl State {
     /// `llama_tensor_get_type_impl` for the file types of [`FTYPES`].
+    // The branches follow llama.cpp's, some of which pick the same type.
+    #[allow(clippy::if_same_then_else)]
     fn impl_type(&mut self, hp: &Hparams, f: Ftype, t: &MixTensor<'_>) -> Result<GgmlDtype> {
         use Category::*;
         let q = |n: &str| GgmlDtype::from_name(n).expect("a known type");

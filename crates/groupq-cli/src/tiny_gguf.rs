@@ -225,7 +225,7 @@ impl TinyGguf {
                 let values = (0..n).map(|_| {
                     let x = rng.normal() * 0.02;
                     // About 0.1 % outliers, twenty times larger.
-                    if rng.next() % 1000 == 0 {
+                    if rng.next().is_multiple_of(1000) {
                         x * 20.0
                     } else {
                         x

@@ -90,6 +90,10 @@ pub enum QuantizeKind {
     ChooseQParamsPerGroup,
     /// Scales, zero points and codes in one pass, by a recipe.
     QuantizeDynamicPerGroup,
+    /// `f32` rows to ggml's block formats (llama.cpp's quantizers).
+    QuantizeGgmlBlocks,
+    /// ggml blocks back to `f32`.
+    DequantizeGgmlBlocks,
 }
 
 /// The floating-point type a plan computes in.

@@ -8,6 +8,8 @@
 //! manifest or a manifest entry missing from the folder.
 
 use groupq::ggml::{dequantize_rows, quantize_rows, GgmlType};
+use groupq::*;
+use proptest::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -222,4 +224,259 @@ fn dequantization_round_trips() {
             );
         }
     }
+}
+
+/// Every backend this CPU has that serves the type (the K-quant searches
+/// have vector kernels; the rest run on the scalar backend alone).
+fn backends_for(ty: GgmlType, imatrix: bool) -> Vec<BackendKind> {
+    let all = [
+        BackendKind::Scalar,
+        BackendKind::Sse41,
+        BackendKind::Avx2,
+        BackendKind::Avx512,
+    ];
+    let stream = Stream::cpu_with_threads(1).unwrap();
+    let desc = QuantizeGgmlBlocksDescriptor {
+        rows: 1,
+        n_per_row: ty.block_size(),
+        ggml_type: ty,
+        imatrix,
+    };
+    all.into_iter()
+        .filter(|&b| {
+            let pref = PlanPreference {
+                prefer_backend: Some(b),
+                ..Default::default()
+            };
+            QuantizeGgmlBlocksPlan::select(&stream, &desc, pref).is_ok()
+        })
+        .collect()
+}
+
+/// The plan on `backend` with `threads` threads.
+fn plan_quantize(
+    ty: GgmlType,
+    x: &[f32],
+    n: usize,
+    qw: Option<&[f32]>,
+    backend: BackendKind,
+    threads: usize,
+) -> Vec<u8> {
+    let rows = x.len() / n;
+    let rb = ty.row_bytes(n).unwrap();
+    let stream = Stream::cpu_with_threads(threads).unwrap();
+    let desc = QuantizeGgmlBlocksDescriptor {
+        rows,
+        n_per_row: n,
+        ggml_type: ty,
+        imatrix: qw.is_some(),
+    };
+    let pref = PlanPreference {
+        prefer_backend: Some(backend),
+        ..Default::default()
+    };
+    let plan = QuantizeGgmlBlocksPlan::select(&stream, &desc, pref).unwrap();
+    assert_eq!(plan.sku().backend, backend);
+    let mut out = vec![0u8; rows * rb];
+    plan.run(
+        &stream,
+        Workspace::None,
+        QuantizeGgmlBlocksArgs {
+            input: TensorRef::new(x, [rows, n]).unwrap(),
+            imatrix: qw,
+            output: TensorMut::new(&mut out, [rows, rb]).unwrap(),
+        },
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn every_public_case_through_the_plan_on_every_backend_and_thread_count() {
+    let mut vector = 0;
+    for c in cases() {
+        let backends = backends_for(c.ty, c.imatrix.is_some());
+        vector += backends.len() - 1;
+        for b in backends {
+            for threads in [1, 3] {
+                let got = plan_quantize(c.ty, &c.input, c.n, c.imatrix.as_deref(), b, threads);
+                if let Some(d) = first_diff(c.ty, c.n, &got, &c.blocks) {
+                    panic!("{} on {b} with {threads} threads: {d}", c.file);
+                }
+            }
+        }
+        // The dequantize plan equals the free function.
+        let stream = Stream::cpu_with_threads(2).unwrap();
+        let desc = DequantizeGgmlBlocksDescriptor {
+            rows: c.rows,
+            n_per_row: c.n,
+            ggml_type: c.ty,
+        };
+        let plan = DequantizeGgmlBlocksPlan::select(&stream, &desc, Default::default()).unwrap();
+        let rb = c.ty.row_bytes(c.n).unwrap();
+        let mut a = vec![0f32; c.rows * c.n];
+        plan.run(
+            &stream,
+            Workspace::None,
+            DequantizeGgmlBlocksArgs {
+                input: TensorRef::new(&c.blocks, [c.rows, rb]).unwrap(),
+                output: TensorMut::new(&mut a, [c.rows, c.n]).unwrap(),
+            },
+        )
+        .unwrap();
+        let mut b = vec![0f32; c.rows * c.n];
+        dequantize_rows(c.ty, &c.blocks, c.n, &mut b).unwrap();
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.1") {
+        assert!(vector > 0, "no vector backend was tested");
+    }
+}
+
+/// Finite values a block may hold: ordinary ones, values at many scales,
+/// exact ties of the code grids, ±0, the extremes of f32 and subnormals.
+fn finite() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        12 => -1.0f32..1.0,
+        2 => (-1.0f32..1.0, -40i32..40).prop_map(|(m, e)| m * 2f32.powi(e)),
+        1 => (-64i32..64).prop_map(|k| k as f32 * 0.5),
+        1 => prop::sample::select(vec![
+            0.0f32, -0.0, f32::MAX, -f32::MAX, f32::MIN_POSITIVE, -f32::MIN_POSITIVE,
+            1e-40, -1e-40, f32::from_bits(1), 1e-15, 65504.0, 65520.0, 1e-7,
+        ]),
+    ]
+}
+
+/// A super-block: ordinary values (most often), a scaled copy of them, a
+/// constant, all zero but one value, or ordinary values with ±inf and NaN
+/// sprinkled in.
+fn row_values(n: usize) -> impl Strategy<Value = Vec<f32>> {
+    // Peaked around zero with rare outliers, as weights are.
+    let weight = (-1.0f32..1.0, -1.0f32..1.0, 0u32..64).prop_map(|(a, b, k)| {
+        let v = a * b.abs();
+        if k == 0 {
+            v * 20.0
+        } else {
+            v
+        }
+    });
+    let normal = prop::collection::vec(weight, n);
+    prop_oneof![
+        6 => normal.clone(),
+        2 => prop::collection::vec(finite(), n),
+        1 => finite().prop_map(move |v| vec![v; n]),
+        1 => (finite(), 0..n).prop_map(move |(v, i)| {
+            let mut x = vec![0.0; n];
+            x[i] = v;
+            x
+        }),
+        1 => (normal, prop::collection::vec((0..n, prop::sample::select(vec![
+            f32::INFINITY, f32::NEG_INFINITY, f32::NAN,
+        ])), 1..4)).prop_map(|(mut x, specials)| {
+            for (i, v) in specials {
+                x[i] = v;
+            }
+            x
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Every vector search equals the scalar one, byte for byte, on random
+    /// rows (several super-blocks, so the lanes hold different sub-blocks),
+    /// special values included; any thread count too.
+    #[test]
+    fn every_backend_equals_the_scalar_code(
+        ty in prop::sample::select(vec![GgmlType::Q2K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K]),
+        supers in 1usize..12,
+        rows in 1usize..4,
+        seed_rows in prop::collection::vec(row_values(256), 1..8),
+    ) {
+        let n = 256 * supers;
+        let x: Vec<f32> = (0..rows * supers)
+            .flat_map(|i| seed_rows[i % seed_rows.len()].iter().map(move |v| {
+                // Vary the copies so that lanes differ.
+                if i % 3 == 1 { v * 0.75 } else { *v }
+            }))
+            .collect();
+        let reference = plan_quantize(ty, &x, n, None, BackendKind::Scalar, 1);
+        for b in backends_for(ty, false) {
+            for threads in [1, 2] {
+                let got = plan_quantize(ty, &x, n, None, b, threads);
+                prop_assert!(
+                    got == reference,
+                    "{ty} on {b}, {threads} threads: {:?}",
+                    first_diff(ty, n, &got, &reference)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn plan_errors_name_the_field_and_write_nothing() {
+    let stream = Stream::cpu_with_threads(2).unwrap();
+    let ty = GgmlType::Q4K;
+    let bad = QuantizeGgmlBlocksDescriptor {
+        rows: 2,
+        n_per_row: 300,
+        ggml_type: ty,
+        imatrix: false,
+    };
+    let e = QuantizeGgmlBlocksPlan::select(&stream, &bad, Default::default()).unwrap_err();
+    assert!(e.to_string().contains("n_per_row 300"), "{e}");
+    let e = DequantizeGgmlBlocksPlan::select(
+        &stream,
+        &DequantizeGgmlBlocksDescriptor {
+            rows: 2,
+            n_per_row: 300,
+            ggml_type: ty,
+        },
+        Default::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("n_per_row 300"), "{e}");
+    // Legacy types and imatrix searches have no vector kernel.
+    let pref = PlanPreference {
+        prefer_backend: Some(BackendKind::Neon),
+        ..Default::default()
+    };
+    let desc = QuantizeGgmlBlocksDescriptor {
+        rows: 2,
+        n_per_row: 256,
+        ggml_type: ty,
+        imatrix: true,
+    };
+    assert!(matches!(
+        QuantizeGgmlBlocksPlan::select(&stream, &desc, pref),
+        Err(Error::Unsupported(_))
+    ));
+
+    let plan = QuantizeGgmlBlocksPlan::select(&stream, &desc, Default::default()).unwrap();
+    let x = vec![0.5f32; 512];
+    let qw = vec![1.0f32; 256];
+    let mut out = vec![0xAAu8; 2 * 144];
+    let run = |imatrix: Option<&[f32]>, out: &mut [u8], shape: [usize; 2]| {
+        plan.run(
+            &stream,
+            Workspace::None,
+            QuantizeGgmlBlocksArgs {
+                input: TensorRef::new(&x, [2, 256]).unwrap(),
+                imatrix,
+                output: TensorMut::new(out, shape).unwrap(),
+            },
+        )
+    };
+    let e = run(None, &mut out, [2, 144]).unwrap_err();
+    assert!(e.to_string().contains("imatrix is None"), "{e}");
+    let e = run(Some(&qw[..255]), &mut out, [2, 144]).unwrap_err();
+    assert!(e.to_string().contains("imatrix holds 255"), "{e}");
+    let e = run(Some(&qw), &mut out, [2, 143]).unwrap_err();
+    assert!(e.to_string().contains("output shape [2, 143]"), "{e}");
+    assert!(out.iter().all(|&b| b == 0xAA));
+    run(Some(&qw), &mut out, [2, 144]).unwrap();
+    assert!(out.iter().any(|&b| b != 0xAA));
 }

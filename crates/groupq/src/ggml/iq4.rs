@@ -7,8 +7,8 @@
 //! @2, scales_l\[4\] @4, qs\[128\] @8. Nibbles index [`KVALUES_IQ4NL`];
 //! `qs[16·i + j]` holds weight `32·i + j` (low) and `32·i + 16 + j` (high).
 
+use super::read_f16;
 use super::search::{nearest_int, GROUP_MAX_EPS};
-use super::{read_f16, write_f16};
 
 /// ggml's `kvalues_iq4nl`: the 16 code-book values of `iq4_nl`/`iq4_xs`.
 pub(crate) const KVALUES_IQ4NL: [i8; 16] = [

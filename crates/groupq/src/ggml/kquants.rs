@@ -14,6 +14,8 @@ use super::search::{
     nearest_int, GROUP_MAX_EPS,
 };
 use super::{read_f16, write_f16};
+use crate::kernels::ggml::{Search, SearchOut};
+use crate::plan::BackendKind;
 
 const QK_K: usize = 256;
 /// Bytes of a `q2_K` super-block.
@@ -60,39 +62,145 @@ fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     }
 }
 
-// ---------------------------------------------------------------- q2_K
+/// Values whose sub-block searches run in one call: 8 super-blocks, so
+/// the vector search fills whole vectors and its results stay on the stack.
+const CHUNK: usize = 8 * QK_K;
 
-/// `q2_K` of one row (`quantize_q2_K`).
-pub(crate) fn quantize_q2_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    for (i, (xb, yb)) in x
-        .chunks_exact(QK_K)
-        .zip(y.chunks_exact_mut(Q2K_BYTES))
-        .enumerate()
-    {
-        match qw {
-            None => q2_k_ref(xb, yb),
-            Some(qw) => q2_k_impl(xb, &qw[QK_K * i..QK_K * (i + 1)], yb),
+/// The reference path's sub-block searches over the super-blocks of `x`
+/// (at most [`CHUNK`] values): per sub-block of `kind.len()` values its
+/// scale, its minimum (0 for `q6_K`) and its codes. Backend `b`'s vector
+/// search where it has one (bit-identical, one sub-block per lane), else
+/// the scalar search, one sub-block at a time.
+fn search_subblocks(
+    b: BackendKind,
+    kind: Search,
+    x: &[f32],
+    scales: &mut [f32],
+    mins: &mut [f32],
+    codes: &mut [u8],
+) {
+    let mut out = SearchOut {
+        scales,
+        mins,
+        codes,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if b != BackendKind::Scalar && crate::kernels::ggml_search_on(b, kind, x, &mut out) {
+        return;
+    }
+    let _ = b;
+    let n = kind.len();
+    for (j, xs) in x.chunks_exact(n).enumerate() {
+        (out.scales[j], out.mins[j]) = search_one(kind, xs, &mut out.codes[n * j..n * (j + 1)]);
+    }
+}
+
+/// One sub-block of the reference path's search, scalar (ggml's code):
+/// `(scale, minimum)`, the codes in `l`.
+fn search_one(kind: Search, xs: &[f32], l: &mut [u8]) -> (f32, f32) {
+    match kind {
+        Search::Q2K => {
+            let mut weights = [0.0f32; 16];
+            for (w, &v) in weights.iter_mut().zip(xs) {
+                *w = v.abs();
+            }
+            make_qkx2_quants(3, xs, &weights, l, -0.5, 0.1, 15, true)
+        }
+        Search::Q4K | Search::Q5K => {
+            let av_x = (sum_sq(xs) / 32.0).sqrt();
+            let mut weights = [0.0f32; 32];
+            for (w, &v) in weights.iter_mut().zip(xs) {
+                *w = av_x + v.abs();
+            }
+            let (nmax, rmin, nstep) = if kind == Search::Q4K {
+                (15, -1.0, 20)
+            } else {
+                (31, -0.5, 15)
+            };
+            make_qkx2_quants(nmax, xs, &weights, l, rmin, 0.1, nstep, false)
+        }
+        Search::Q6K => {
+            let mut li = [0i8; 16];
+            let scale = make_qx_quants(32, xs, &mut li, 1, None);
+            for (d, s) in l.iter_mut().zip(li) {
+                *d = s as u8;
+            }
+            (scale, 0.0)
         }
     }
 }
 
-/// `quantize_row_q2_K_ref` of one super-block.
-fn q2_k_ref(x: &[f32], y: &mut [u8]) {
-    let mut l = [0u8; QK_K];
-    let mut mins = [0.0f32; 16];
-    let mut scales = [0.0f32; 16];
+/// Runs `finish(super_block, x, scales, mins, codes, y)` on every
+/// super-block of a row after [`search_subblocks`] of `kind`, a chunk of
+/// super-blocks at a time.
+fn by_chunks(
+    b: BackendKind,
+    kind: Search,
+    x: &[f32],
+    y: &mut [u8],
+    type_size: usize,
+    mut finish: impl FnMut(&[f32], &[f32], &[f32], &mut [u8; QK_K], &mut [u8]),
+) {
+    let per = QK_K / kind.len();
+    let mut scales = [0.0f32; CHUNK / 16];
+    let mut mins = [0.0f32; CHUNK / 16];
+    let mut codes = [0u8; CHUNK];
+    for (xc, yc) in x.chunks(CHUNK).zip(y.chunks_mut(CHUNK / QK_K * type_size)) {
+        let subs = xc.len() / kind.len();
+        search_subblocks(
+            b,
+            kind,
+            xc,
+            &mut scales[..subs],
+            &mut mins[..subs],
+            &mut codes[..xc.len()],
+        );
+        for (k, (xb, yb)) in xc
+            .chunks_exact(QK_K)
+            .zip(yc.chunks_exact_mut(type_size))
+            .enumerate()
+        {
+            let mut l = [0u8; QK_K];
+            l.copy_from_slice(&codes[QK_K * k..QK_K * (k + 1)]);
+            finish(
+                xb,
+                &scales[per * k..per * (k + 1)],
+                &mins[per * k..per * (k + 1)],
+                &mut l,
+                yb,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- q2_K
+
+/// `q2_K` of one row (`quantize_q2_K`).
+/// Without an importance matrix the sub-block searches run on backend `b`.
+pub(crate) fn quantize_q2_k(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    match qw {
+        None => by_chunks(b, Search::Q2K, x, y, Q2K_BYTES, q2_k_ref),
+        Some(qw) => {
+            for (i, (xb, yb)) in x
+                .chunks_exact(QK_K)
+                .zip(y.chunks_exact_mut(Q2K_BYTES))
+                .enumerate()
+            {
+                q2_k_impl(xb, &qw[QK_K * i..QK_K * (i + 1)], yb);
+            }
+        }
+    }
+}
+
+/// `quantize_row_q2_K_ref` of one super-block after its sub-block
+/// searches ([`search_one`] of [`Search::Q2K`]: `scales`, `mins`, codes in
+/// `l`).
+fn q2_k_ref(x: &[f32], scales: &[f32], mins: &[f32], l: &mut [u8; QK_K], y: &mut [u8]) {
     let q4scale = 15.0f32;
 
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..16 {
-        let xs = &x[16 * j..16 * (j + 1)];
-        let mut weights = [0.0f32; 16];
-        for (w, &v) in weights.iter_mut().zip(xs) {
-            *w = v.abs();
-        }
-        let ls = &mut l[16 * j..16 * (j + 1)];
-        (scales[j], mins[j]) = make_qkx2_quants(3, xs, &weights, ls, -0.5, 0.1, 15, true);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -120,7 +228,7 @@ fn q2_k_ref(x: &[f32], y: &mut [u8]) {
     } else {
         write_f16(y, 82, 0.0);
     }
-    q2_k_requantize(x, &mut l, y);
+    q2_k_requantize(x, l, y);
 }
 
 /// `quantize_row_q2_K_impl` of one super-block (`qw`: its 256 weights).
@@ -365,23 +473,12 @@ fn put_scale_min_k4(j: usize, ls: u8, lm: u8, q: &mut [u8]) {
     }
 }
 
-/// `quantize_row_q4_K_ref` (`nmax` 15) and `quantize_row_q5_K_ref`
-/// (`nmax` 31) up to the codes `l`; writes d, dmin and scales.
-fn q45_k_ref(nmax: i32, x: &[f32], l: &mut [u8; QK_K], y: &mut [u8]) {
-    let mut mins = [0.0f32; 8];
-    let mut scales = [0.0f32; 8];
-    let (rmin, nstep) = if nmax == 15 { (-1.0, 20) } else { (-0.5, 15) };
+/// `quantize_row_q4_K_ref` and `quantize_row_q5_K_ref` after the
+/// sub-block searches ([`search_one`]): writes d, dmin and scales.
+fn q45_k_ref(scales: &[f32], mins: &[f32], y: &mut [u8]) {
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..8 {
-        let xs = &x[32 * j..32 * (j + 1)];
-        let av_x = (sum_sq(xs) / 32.0).sqrt();
-        let mut weights = [0.0f32; 32];
-        for (w, &v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
-        }
-        let lj = &mut l[32 * j..32 * (j + 1)];
-        (scales[j], mins[j]) = make_qkx2_quants(nmax, xs, &weights, lj, rmin, 0.1, nstep, false);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -470,61 +567,83 @@ fn q45_k_requantize(nmax: i32, x: &[f32], l: &mut [u8; QK_K], y: &[u8]) {
 }
 
 /// `q4_K` of one row (`quantize_q4_K`).
-pub(crate) fn quantize_q4_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    for (i, (xb, yb)) in x
-        .chunks_exact(QK_K)
-        .zip(y.chunks_exact_mut(Q4K_BYTES))
-        .enumerate()
-    {
-        let mut l = [0u8; QK_K];
-        match qw {
-            None => q45_k_ref(15, xb, &mut l, yb),
-            Some(qw) => q45_k_impl(15, xb, Some(&qw[QK_K * i..QK_K * (i + 1)]), &mut l, yb),
+/// Without an importance matrix the sub-block searches run on backend `b`.
+pub(crate) fn quantize_q4_k(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    q45_k_row(b, 15, x, qw, y, Q4K_BYTES, q4_k_pack);
+}
+
+/// `q4_K`'s code packing.
+fn q4_k_pack(l: &[u8; QK_K], yb: &mut [u8]) {
+    let q = &mut yb[16..];
+    for j in (0..QK_K).step_by(64) {
+        for i in 0..32 {
+            q[j / 2 + i] = l[j + i] | (l[j + i + 32] << 4);
         }
-        q45_k_requantize(15, xb, &mut l, yb);
-        let q = &mut yb[16..];
-        for j in (0..QK_K).step_by(64) {
-            for i in 0..32 {
-                q[j / 2 + i] = l[j + i] | (l[j + i + 32] << 4);
+    }
+}
+
+/// One row of `q4_K` (`nmax` 15) or `q5_K` (`nmax` 31).
+fn q45_k_row(
+    b: BackendKind,
+    nmax: i32,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    y: &mut [u8],
+    type_size: usize,
+    pack: fn(&[u8; QK_K], &mut [u8]),
+) {
+    match qw {
+        None => {
+            let kind = if nmax == 15 { Search::Q4K } else { Search::Q5K };
+            by_chunks(b, kind, x, y, type_size, |xb, scales, mins, l, yb| {
+                q45_k_ref(scales, mins, yb);
+                q45_k_requantize(nmax, xb, l, yb);
+                pack(l, yb);
+            });
+        }
+        Some(qw) => {
+            for (i, (xb, yb)) in x
+                .chunks_exact(QK_K)
+                .zip(y.chunks_exact_mut(type_size))
+                .enumerate()
+            {
+                let mut l = [0u8; QK_K];
+                q45_k_impl(nmax, xb, Some(&qw[QK_K * i..QK_K * (i + 1)]), &mut l, yb);
+                q45_k_requantize(nmax, xb, &mut l, yb);
+                pack(&l, yb);
             }
         }
     }
 }
 
 /// `q5_K` of one row (`quantize_q5_K`).
-pub(crate) fn quantize_q5_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    for (i, (xb, yb)) in x
-        .chunks_exact(QK_K)
-        .zip(y.chunks_exact_mut(Q5K_BYTES))
-        .enumerate()
-    {
-        let mut l = [0u8; QK_K];
-        match qw {
-            None => q45_k_ref(31, xb, &mut l, yb),
-            Some(qw) => q45_k_impl(31, xb, Some(&qw[QK_K * i..QK_K * (i + 1)]), &mut l, yb),
-        }
-        q45_k_requantize(31, xb, &mut l, yb);
-        let (qh, ql) = yb[16..].split_at_mut(32);
-        qh.fill(0);
-        let mut m1 = 1u8;
-        let mut m2 = 2u8;
-        for n in (0..QK_K).step_by(64) {
-            for j in 0..32 {
-                let mut l1 = l[n + j];
-                if l1 > 15 {
-                    l1 -= 16;
-                    qh[j] |= m1;
-                }
-                let mut l2 = l[n + j + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    qh[j] |= m2;
-                }
-                ql[n / 2 + j] = l1 | (l2 << 4);
+/// Without an importance matrix the sub-block searches run on backend `b`.
+pub(crate) fn quantize_q5_k(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    q45_k_row(b, 31, x, qw, y, Q5K_BYTES, q5_k_pack);
+}
+
+/// `q5_K`'s code packing.
+fn q5_k_pack(l: &[u8; QK_K], yb: &mut [u8]) {
+    let (qh, ql) = yb[16..].split_at_mut(32);
+    qh.fill(0);
+    let mut m1 = 1u8;
+    let mut m2 = 2u8;
+    for n in (0..QK_K).step_by(64) {
+        for j in 0..32 {
+            let mut l1 = l[n + j];
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
             }
-            m1 = m1.wrapping_shl(2);
-            m2 = m2.wrapping_shl(2);
+            let mut l2 = l[n + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            ql[n / 2 + j] = l1 | (l2 << 4);
         }
+        m1 = m1.wrapping_shl(2);
+        m2 = m2.wrapping_shl(2);
     }
 }
 
@@ -573,26 +692,42 @@ pub(crate) fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
 /// `q6_K` of one row (`quantize_q6_K`: `quantize_row_q6_K_ref` without an
 /// imatrix, `quantize_row_q6_K_impl` with one; they differ only in the
 /// weights of the sub-block search).
-pub(crate) fn quantize_q6_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    for (i, (xb, yb)) in x
-        .chunks_exact(QK_K)
-        .zip(y.chunks_exact_mut(Q6K_BYTES))
-        .enumerate()
-    {
-        q6_k_block(xb, qw.map(|qw| &qw[QK_K * i..QK_K * (i + 1)]), yb);
+/// Without an importance matrix the sub-block searches run on backend `b`.
+pub(crate) fn quantize_q6_k(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    match qw {
+        None => by_chunks(b, Search::Q6K, x, y, Q6K_BYTES, |xb, scales, _, l, yb| {
+            q6_k_block(xb, scales, l, yb)
+        }),
+        Some(qw) => {
+            for (i, (xb, yb)) in x
+                .chunks_exact(QK_K)
+                .zip(y.chunks_exact_mut(Q6K_BYTES))
+                .enumerate()
+            {
+                let qw = &qw[QK_K * i..QK_K * (i + 1)];
+                let mut l = [0u8; QK_K];
+                let mut scales = [0.0f32; 16];
+                for ib in 0..16 {
+                    let mut li = [0i8; 16];
+                    let w = &qw[16 * ib..16 * (ib + 1)];
+                    scales[ib] =
+                        make_qx_quants(32, &xb[16 * ib..16 * (ib + 1)], &mut li, 1, Some(w));
+                    for (d, s) in l[16 * ib..16 * (ib + 1)].iter_mut().zip(li) {
+                        *d = s as u8;
+                    }
+                }
+                q6_k_block(xb, &scales, &mut l, yb);
+            }
+        }
     }
 }
 
-fn q6_k_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    let mut l = [0i8; QK_K];
-    let mut scales = [0.0f32; 16];
+/// `quantize_row_q6_K_ref` / `_impl` of one super-block after the
+/// sub-block searches (`scales`, codes plus 32 in `l`).
+fn q6_k_block(x: &[f32], scales: &[f32], l: &mut [u8; QK_K], y: &mut [u8]) {
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for ib in 0..16 {
-        let xs = &x[16 * ib..16 * (ib + 1)];
-        let w = qw.map(|qw| &qw[16 * ib..16 * (ib + 1)]);
-        let scale = make_qx_quants(32, xs, &mut l[16 * ib..], 1, w);
-        scales[ib] = scale;
+    for &scale in scales.iter().take(16) {
         let abs_scale = scale.abs();
         if abs_scale > max_abs_scale {
             max_abs_scale = abs_scale;
@@ -617,10 +752,10 @@ fn q6_k_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
         }
         for ii in 0..16 {
             let q = nearest_int(x[16 * j + ii] / d).min(31).max(-32);
-            l[16 * j + ii] = (q + 32) as i8;
+            l[16 * j + ii] = (q + 32) as u8;
         }
     }
-    let lu: [u8; QK_K] = std::array::from_fn(|i| l[i] as u8);
+    let lu = l;
     let (ql, qh) = y[..192].split_at_mut(128);
     for j in (0..QK_K).step_by(128) {
         for i in 0..32 {

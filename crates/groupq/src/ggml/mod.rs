@@ -46,6 +46,12 @@
 //! of range floats to integers, which C leaves undefined): non-finite inputs
 //! never panic here, but their bytes are not promised to match a ggml build.
 
+// The ports keep ggml's loops and clamps in ggml's shape (index loops over
+// several arrays at once, `min` then `max`), so that each line can be read
+// against the C it reproduces.
+#![allow(clippy::needless_range_loop, clippy::manual_clamp)]
+
+use crate::plan::BackendKind;
 use crate::{Error, Result};
 
 mod fp16;
@@ -194,7 +200,7 @@ impl GgmlType {
     /// [`block_size`](Self::block_size) or the size overflows `usize`.
     pub fn row_bytes(self, n: usize) -> Result<usize> {
         let bs = self.block_size();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return Err(Error::InvalidProblem(format!(
                 "ggml {}: a row of {n} weights is not a multiple of the block size {bs}",
                 self.name()
@@ -224,12 +230,12 @@ impl std::fmt::Display for GgmlType {
 /// Checks `n_per_row` and returns the number of rows of `len` values.
 fn rows_of(ty: GgmlType, what: &str, len: usize, n_per_row: usize) -> Result<usize> {
     let bs = ty.block_size();
-    if n_per_row == 0 || n_per_row % bs != 0 {
+    if n_per_row == 0 || !n_per_row.is_multiple_of(bs) {
         return Err(Error::InvalidProblem(format!(
             "ggml {ty}: n_per_row {n_per_row} must be a non-zero multiple of the block size {bs}"
         )));
     }
-    if len % n_per_row != 0 {
+    if !len.is_multiple_of(n_per_row) {
         return Err(Error::InvalidProblem(format!(
             "ggml {ty}: {what} holds {len} values, not a whole number of rows of n_per_row {n_per_row}"
         )));
@@ -283,28 +289,61 @@ pub fn quantize_rows(
             )));
         }
     }
+    let b = fastest_backend();
     for (xr, yr) in x
         .chunks_exact(n_per_row)
         .zip(out.chunks_exact_mut(row_bytes))
     {
-        quantize_row(ty, xr, imatrix, yr);
+        quantize_row(b, ty, xr, imatrix, yr);
     }
     Ok(())
 }
 
-/// One row; the lengths are checked by the caller.
-fn quantize_row(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+/// The backends whose vector K-quant searches this CPU runs, widest first,
+/// then [`BackendKind::Scalar`] (every backend gives the same bytes).
+pub(crate) fn search_backends() -> Vec<BackendKind> {
+    let mut v: Vec<BackendKind> = [BackendKind::Avx512, BackendKind::Avx2, BackendKind::Sse41]
+        .into_iter()
+        .filter(|&b| crate::kernels::cpu_has(b))
+        .collect();
+    v.push(BackendKind::Scalar);
+    v
+}
+
+/// Whether `ty`'s reference path (no importance matrix) has a vector
+/// sub-block search.
+pub(crate) fn has_vector_search(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q2K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
+    )
+}
+
+/// The widest backend of [`search_backends`].
+pub(crate) fn fastest_backend() -> BackendKind {
+    search_backends()[0]
+}
+
+/// One row; the lengths are checked by the caller. The K-quants' sub-block
+/// searches run on backend `b` (any backend: the bytes are the same).
+pub(crate) fn quantize_row(
+    b: BackendKind,
+    ty: GgmlType,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    y: &mut [u8],
+) {
     match ty {
         GgmlType::Q4_0 => legacy::quantize_q4_0(x, qw, y),
         GgmlType::Q4_1 => legacy::quantize_q4_1(x, qw, y),
         GgmlType::Q5_0 => legacy::quantize_q5_0(x, qw, y),
         GgmlType::Q5_1 => legacy::quantize_q5_1(x, qw, y),
         GgmlType::Q8_0 => legacy::quantize_q8_0(x, y),
-        GgmlType::Q2K => kquants::quantize_q2_k(x, qw, y),
+        GgmlType::Q2K => kquants::quantize_q2_k(b, x, qw, y),
         GgmlType::Q3K => kquants::quantize_q3_k(x, qw, y),
-        GgmlType::Q4K => kquants::quantize_q4_k(x, qw, y),
-        GgmlType::Q5K => kquants::quantize_q5_k(x, qw, y),
-        GgmlType::Q6K => kquants::quantize_q6_k(x, qw, y),
+        GgmlType::Q4K => kquants::quantize_q4_k(b, x, qw, y),
+        GgmlType::Q5K => kquants::quantize_q5_k(b, x, qw, y),
+        GgmlType::Q6K => kquants::quantize_q6_k(b, x, qw, y),
         GgmlType::Iq4Nl => iq4::quantize_iq4_nl(x, qw, y),
         GgmlType::Iq4Xs => iq4::quantize_iq4_xs(x, qw, y),
     }
@@ -330,7 +369,7 @@ pub fn dequantize_rows(
     // Validates n_per_row first, with the message that names it.
     rows_of(ty, "out", 0, n_per_row)?;
     let row_bytes = ty.row_bytes(n_per_row)?;
-    if bytes.len() % row_bytes != 0 {
+    if !bytes.len().is_multiple_of(row_bytes) {
         return Err(Error::InvalidProblem(format!(
             "ggml {ty}: bytes holds {} bytes, not a whole number of rows of {row_bytes} bytes \
              (n_per_row {n_per_row})",
@@ -351,7 +390,7 @@ pub fn dequantize_rows(
 }
 
 /// One block; the lengths are checked by the caller.
-fn dequantize_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
+pub(crate) fn dequantize_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
     match ty {
         GgmlType::Q4_0 => legacy::dequantize_q4_0(b, y),
         GgmlType::Q4_1 => legacy::dequantize_q4_1(b, y),

@@ -55,14 +55,6 @@ pub(crate) fn ggml_search_on(
     }
 }
 
-/// [`ggml_search_on`] on the widest backend this CPU has.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn ggml_search(kind: ggml::Search, x: &[f32], out: &mut ggml::SearchOut<'_>) -> bool {
-    [BackendKind::Avx512, BackendKind::Avx2, BackendKind::Sse41]
-        .into_iter()
-        .any(|b| ggml_search_on(b, kind, x, out))
-}
-
 /// Problems with fewer elements than this run on the calling thread: waking
 /// the pool costs more than the work.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;

@@ -42,6 +42,7 @@ mod common;
 mod dequantize_per_group;
 mod dequantize_per_group_backward;
 mod engine;
+mod ggml_blocks;
 mod quantize_dynamic_per_group;
 mod quantize_per_group;
 mod quantize_per_group_backward;
@@ -55,6 +56,10 @@ pub use dequantize_per_group::{
 pub use dequantize_per_group_backward::{
     DequantizePerGroupBackwardArgs, DequantizePerGroupBackwardDescriptor,
     DequantizePerGroupBackwardPlan,
+};
+pub use ggml_blocks::{
+    DequantizeGgmlBlocksArgs, DequantizeGgmlBlocksDescriptor, DequantizeGgmlBlocksPlan,
+    QuantizeGgmlBlocksArgs, QuantizeGgmlBlocksDescriptor, QuantizeGgmlBlocksPlan,
 };
 pub use quantize_dynamic_per_group::{
     QuantizeDynamicPerGroupArgs, QuantizeDynamicPerGroupDescriptor, QuantizeDynamicPerGroupPlan,
