@@ -8,8 +8,9 @@
 //! `qs` holds weight `j` (low) and `j + 16` (high); bit `j` of `qh` the
 //! fifth bit of weight `j`.
 
-use super::search::{c_max, make_qkx3_quants, make_qx_quants, trunc_i32};
+use super::search::{c_max, make_qkx3_quants, make_qx_quants};
 use super::{read_f16, write_f16};
+use crate::kernels::ggml::{legacy_codes, q8_0_codes};
 
 const QK: usize = 32;
 /// Bytes of a `q4_0` block.
@@ -83,21 +84,84 @@ pub(crate) fn quantize_q4_0(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
 
 /// `quantize_row_q4_0_ref` of one block.
 fn q4_0_ref(xb: &[f32], yb: &mut [u8]) {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in xb {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let max = block_abs_max(xb);
     let d = max / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     write_f16(yb, 0, d);
-    pack4(
-        |j| (trunc_i32(xb[j] * id + 8.5) as i8).min(15) as u8,
-        &mut yb[2..],
-    );
+    let l = legacy_codes(block(xb), 0.0, id, 8.5, Some(15));
+    pack4(|j| l[j], &mut yb[2..]);
+}
+
+/// The element of `xb` that ggml's scan `if (amax < fabsf(v)) { amax =
+/// fabsf(v); max = v; }` keeps: the first of largest magnitude (NaN never
+/// wins; `+0.0` when every magnitude is 0). Computed as eight running
+/// maxima, which the compiler turns into vector code (the largest non-NaN
+/// magnitude does not depend on the order it is found in), then a scan for
+/// the first element of that magnitude.
+#[inline]
+fn block_abs_max(xb: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for c in xb.chunks_exact(8) {
+        for k in 0..8 {
+            let a = c[k].abs();
+            acc[k] = if acc[k] < a { a } else { acc[k] };
+        }
+    }
+    let mut amax = 0.0f32;
+    for a in acc {
+        if amax < a {
+            amax = a;
+        }
+    }
+    if amax > 0.0 {
+        xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+    } else {
+        0.0
+    }
+}
+
+/// ggml's `min`/`max` scan (`if (v < min) min = v; if (v > max) max = v;`
+/// from `f32::MAX` / `-f32::MAX`), as running minima and maxima the
+/// compiler vectorizes. Equal to the scan except for which zero it keeps
+/// when both `+0.0` and `-0.0` are present: then (an extremum equal to 0)
+/// the scan itself runs.
+#[inline]
+fn block_min_max(xb: &[f32]) -> (f32, f32) {
+    let mut lo = [f32::MAX; 8];
+    let mut hi = [-f32::MAX; 8];
+    for c in xb.chunks_exact(8) {
+        for k in 0..8 {
+            lo[k] = if c[k] < lo[k] { c[k] } else { lo[k] };
+            hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
+        }
+    }
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for k in 0..8 {
+        if lo[k] < min {
+            min = lo[k];
+        }
+        if hi[k] > max {
+            max = hi[k];
+        }
+    }
+    if min == 0.0 || max == 0.0 {
+        (min, max) = (f32::MAX, -f32::MAX);
+        for &v in xb {
+            if v < min {
+                min = v;
+            }
+            if v > max {
+                max = v;
+            }
+        }
+    }
+    (min, max)
+}
+
+/// A block of 32 values (the callers pass `chunks_exact(32)` slices).
+#[inline(always)]
+fn block(xb: &[f32]) -> &[f32; QK] {
+    xb.try_into().expect("a block of 32 values")
 }
 
 /// `q4_1` of one row (`quantize_q4_1`).
@@ -123,29 +187,19 @@ pub(crate) fn quantize_q4_1(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
 /// `quantize_row_q4_1_ref` (`nmax` 15) and `quantize_row_q5_1_ref`
 /// (`nmax` 31) of one block.
 fn q_1_ref(nmax: i32, xb: &[f32], yb: &mut [u8]) {
-    let mut min = f32::MAX;
-    let mut max = -f32::MAX;
-    for &v in xb {
-        if v < min {
-            min = v;
-        }
-        if v > max {
-            max = v;
-        }
-    }
+    let (min, max) = block_min_max(xb);
     let d = (max - min) / nmax as f32;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     write_f16(yb, 0, d);
     write_f16(yb, 2, min);
     if nmax == 15 {
         // (int8_t)(x0 + 0.5f), then MIN(15, ·).
-        pack4(
-            |j| (trunc_i32((xb[j] - min) * id + 0.5) as i8).min(15) as u8,
-            &mut yb[4..],
-        );
+        let l = legacy_codes(block(xb), min, id, 0.5, Some(15));
+        pack4(|j| l[j], &mut yb[4..]);
     } else {
         // (uint8_t)(x0 + 0.5f), no clamp.
-        let qh = pack_nibbles(|j| trunc_i32((xb[j] - min) * id + 0.5) as u8, &mut yb[8..]);
+        let l = legacy_codes(block(xb), min, id, 0.5, None);
+        let qh = pack_nibbles(|j| l[j], &mut yb[8..]);
         yb[4..8].copy_from_slice(&qh.to_le_bytes());
     }
 }
@@ -171,21 +225,12 @@ pub(crate) fn quantize_q5_0(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
 
 /// `quantize_row_q5_0_ref` of one block.
 fn q5_0_ref(xb: &[f32], yb: &mut [u8]) {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in xb {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let max = block_abs_max(xb);
     let d = max / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     write_f16(yb, 0, d);
-    let qh = pack_nibbles(
-        |j| (trunc_i32(xb[j] * id + 16.5) as i8).min(31) as u8,
-        &mut yb[6..],
-    );
+    let l = legacy_codes(block(xb), 0.0, id, 16.5, Some(31));
+    let qh = pack_nibbles(|j| l[j], &mut yb[6..]);
     yb[2..6].copy_from_slice(&qh.to_le_bytes());
 }
 
@@ -213,17 +258,22 @@ pub(crate) fn quantize_q5_1(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
 /// `q8_0` of one row (`quantize_row_q8_0_ref`; ggml ignores the imatrix).
 pub(crate) fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(Q8_0_BYTES)) {
-        let mut amax = 0.0f32;
-        for &v in xb {
-            amax = c_max(amax, v.abs());
-        }
+        // `amax = MAX(amax, fabsf(v))`: a NaN resets it, so a block with
+        // one takes the scan; otherwise the order does not matter.
+        let amax = if xb.iter().any(|v| v.is_nan()) {
+            let mut amax = 0.0f32;
+            for &v in xb {
+                amax = c_max(amax, v.abs());
+            }
+            amax
+        } else {
+            block_abs_max(xb).abs()
+        };
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         write_f16(yb, 0, d);
-        for (q, &v) in yb[2..].iter_mut().zip(xb) {
-            // roundf: half away from zero, then the int8_t store.
-            *q = trunc_i32((v * id).round()) as u8;
-        }
+        // roundf: half away from zero, then the int8_t store.
+        yb[2..].copy_from_slice(&q8_0_codes(block(xb), id));
     }
 }
 
@@ -288,5 +338,67 @@ pub(crate) fn dequantize_q8_0(b: &[u8], y: &mut [f32]) {
     let d = read_f16(b, 0);
     for (v, &q) in y.iter_mut().zip(&b[2..]) {
         *v = f32::from(q as i8) * d;
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// ggml's scans, element by element in order.
+    fn abs_max_scan(xb: &[f32]) -> f32 {
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in xb {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        max
+    }
+
+    fn min_max_scan(xb: &[f32]) -> (f32, f32) {
+        let (mut min, mut max) = (f32::MAX, -f32::MAX);
+        for &v in xb {
+            if v < min {
+                min = v;
+            }
+            if v > max {
+                max = v;
+            }
+        }
+        (min, max)
+    }
+
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -2.0f32..2.0,
+            // Few distinct magnitudes, so that ties of |x| with both signs are common.
+            3 => prop::sample::select(vec![0.0f32, -0.0, 1.0, -1.0, 0.5, -0.5]),
+            1 => prop::sample::select(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -f32::MAX]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn vectorizable_scans_equal_ggmls(
+            xb in prop::collection::vec(value(), 32),
+            sign in prop::sample::select(vec![0, 1, 2]),
+        ) {
+            // Blocks without negative (or positive) values, whose minimum
+            // (maximum) may be a zero of either sign.
+            let xb: Vec<f32> = match sign {
+                1 => xb.iter().map(|v| if *v < 0.0 { -v } else { *v }).collect(),
+                2 => xb.iter().map(|v| if *v > 0.0 { -v } else { *v }).collect(),
+                _ => xb,
+            };
+            prop_assert_eq!(block_abs_max(&xb).to_bits(), abs_max_scan(&xb).to_bits());
+            let (a, b) = block_min_max(&xb);
+            let (c, d) = min_max_scan(&xb);
+            prop_assert_eq!((a.to_bits(), b.to_bits()), (c.to_bits(), d.to_bits()));
+        }
     }
 }

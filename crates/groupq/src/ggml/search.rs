@@ -20,18 +20,6 @@ pub(crate) fn nearest_int(v: f32) -> i32 {
     ((val.to_bits() as i32) & 0x007F_FFFF) - 0x0040_0000
 }
 
-/// C's `(int)f` as x86-64 computes it (`cvttss2si`): truncation toward zero,
-/// and `i32::MIN` for NaN and values out of range. Narrower C integer
-/// targets (`int8_t`, `uint8_t`) take the low bits of this.
-#[inline]
-pub(crate) fn trunc_i32(f: f32) -> i32 {
-    if f > -2_147_483_904.0 && f < 2_147_483_648.0 {
-        f as i32
-    } else {
-        i32::MIN
-    }
-}
-
 /// ggml's `MAX(a, b)` on floats: `a > b ? a : b` (NaN in `a` or `b` gives `b`).
 #[inline]
 pub(crate) fn c_max(a: f32, b: f32) -> f32 {
@@ -470,11 +458,6 @@ mod tests {
 
     #[test]
     fn c_casts_match_x86() {
-        assert_eq!(trunc_i32(16.9), 16);
-        assert_eq!(trunc_i32(-0.9), 0);
-        assert_eq!(trunc_i32(f32::NAN), i32::MIN);
-        assert_eq!(trunc_i32(3e9), i32::MIN);
-        assert_eq!(trunc_i32(-2_147_483_648.0), i32::MIN);
         assert_eq!(c_max(f32::NAN, 1.0), 1.0);
         assert!(c_max(1.0, f32::NAN).is_nan());
     }

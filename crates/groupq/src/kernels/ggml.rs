@@ -10,6 +10,7 @@
 //! branches as selects): every lane's result is bit-identical to the
 //! scalar search ([`crate::ggml`]'s, the oracle the tests compare with).
 
+#[cfg(target_arch = "x86_64")]
 use super::simd::{F32Lanes, Isa};
 
 /// Which search a run of sub-blocks takes, with the weights its type uses
@@ -47,6 +48,29 @@ pub(crate) struct SearchOut<'a> {
     pub codes: &'a mut [u8],
 }
 
+// Helpers are functions, not closures: a closure does not inherit its
+// caller's target features, so the intrinsics inside one may be called out
+// of line (q6_K ran 15x slower that way).
+
+#[cfg(target_arch = "x86_64")]
+/// `clamp(nearest_int(v), lo, hi)`.
+#[inline(always)]
+unsafe fn clamped_code<S: Isa>(v: S::F, lo: S::I, hi: S::I) -> S::I {
+    S::max_i(lo, S::min_i(hi, S::nearest_int_f(v)))
+}
+
+#[cfg(target_arch = "x86_64")]
+/// The error of a difference: `|d|` (`use_mad`) or `d²`.
+#[inline(always)]
+unsafe fn err_of<S: Isa>(d: S::F, use_mad: bool) -> S::F {
+    if use_mad {
+        S::abs_f(d)
+    } else {
+        S::mul_f(d, d)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 /// `make_qkx2_quants` over lanes: returns `(scale, the_min)`, codes in `l`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -62,8 +86,6 @@ unsafe fn make_qkx2<S: Isa, const N: usize>(
 ) -> (S::F, S::F) {
     let zero = S::splat_f(0.0);
     let (lo, hi) = (S::splat_i(0), S::splat_i(nmax));
-    let code = |v: S::F| S::max_i(lo, S::min_i(hi, S::nearest_int_f(v)));
-    let err = |d: S::F| if use_mad { S::abs_f(d) } else { S::mul_f(d, d) };
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = w[0];
     let mut sum_x = S::mul_f(sum_w, x[0]);
@@ -81,10 +103,10 @@ unsafe fn make_qkx2<S: Isa, const N: usize>(
     let mut scale = S::div_f(S::splat_f(1.0), iscale);
     let mut best_error = zero;
     for i in 0..N {
-        let li = code(S::mul_f(iscale, S::sub_f(x[i], min)));
+        let li = clamped_code::<S>(S::mul_f(iscale, S::sub_f(x[i], min)), lo, hi);
         l[i] = li;
         let diff = S::sub_f(S::add_f(S::mul_f(scale, S::i_to_f(li)), min), x[i]);
-        best_error = S::add_f(best_error, S::mul_f(w[i], err(diff)));
+        best_error = S::add_f(best_error, S::mul_f(w[i], err_of::<S>(diff, use_mad)));
     }
     if nstep >= 1 {
         let mut laux = [lo; N];
@@ -95,7 +117,7 @@ unsafe fn make_qkx2<S: Isa, const N: usize>(
             iscale = S::div_f(S::splat_f(c), S::sub_f(max, min));
             let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
             for i in 0..N {
-                let li = code(S::mul_f(iscale, S::sub_f(x[i], min)));
+                let li = clamped_code::<S>(S::mul_f(iscale, S::sub_f(x[i], min)), lo, hi);
                 laux[i] = li;
                 let lf = S::i_to_f(li);
                 let wl = S::mul_f(w[i], lf);
@@ -115,7 +137,10 @@ unsafe fn make_qkx2<S: Isa, const N: usize>(
             let mut cur_error = zero;
             for i in 0..N {
                 let fitted = S::add_f(S::mul_f(this_scale, S::i_to_f(laux[i])), this_min);
-                cur_error = S::add_f(cur_error, S::mul_f(w[i], err(S::sub_f(fitted, x[i]))));
+                cur_error = S::add_f(
+                    cur_error,
+                    S::mul_f(w[i], err_of::<S>(S::sub_f(fitted, x[i]), use_mad)),
+                );
             }
             let better = S::and_m(solved, S::lt_f(cur_error, best_error));
             for i in 0..N {
@@ -132,13 +157,12 @@ unsafe fn make_qkx2<S: Isa, const N: usize>(
     (S::select_f(flat, zero, scale), S::sub_f(zero, min))
 }
 
+#[cfg(target_arch = "x86_64")]
 /// `make_qx_quants(N, nmax, x, L, 1, NULL)` over lanes (weights `x²`):
 /// returns the scale, codes plus `nmax` in `l`.
 #[inline(always)]
 unsafe fn make_qx1<S: Isa, const N: usize>(x: &[S::F; N], nmax: i32, l: &mut [S::I; N]) -> S::F {
     let zero = S::splat_f(0.0);
-    let (lo, hi) = (S::splat_i(-nmax), S::splat_i(nmax - 1));
-    let code = |v: S::F| S::max_i(lo, S::min_i(hi, S::nearest_int_f(v)));
     let (mut max, mut amax) = (zero, zero);
     for xi in x {
         let ax = S::abs_f(*xi);
@@ -151,18 +175,26 @@ unsafe fn make_qx1<S: Isa, const N: usize>(x: &[S::F; N], nmax: i32, l: &mut [S:
     for i in 0..N {
         w[i] = S::mul_f(x[i], x[i]);
     }
-    let sums = |iscale: S::F, l: &mut [S::I; N]| {
-        let (mut sumlx, mut suml2) = (zero, zero);
+    #[inline(always)]
+    unsafe fn sums<S: Isa, const N: usize>(
+        x: &[S::F; N],
+        w: &[S::F; N],
+        nmax: i32,
+        iscale: S::F,
+        l: &mut [S::I; N],
+    ) -> (S::F, S::F) {
+        let (lo, hi) = (S::splat_i(-nmax), S::splat_i(nmax - 1));
+        let (mut sumlx, mut suml2) = (S::splat_f(0.0), S::splat_f(0.0));
         for i in 0..N {
-            let li = code(S::mul_f(iscale, x[i]));
+            let li = clamped_code::<S>(S::mul_f(iscale, x[i]), lo, hi);
             l[i] = li;
             let lf = S::i_to_f(li);
             sumlx = S::add_f(sumlx, S::mul_f(S::mul_f(w[i], x[i]), lf));
             suml2 = S::add_f(suml2, S::mul_f(S::mul_f(w[i], lf), lf));
         }
         (sumlx, suml2)
-    };
-    let (sumlx, suml2) = sums(S::div_f(S::splat_f(-(nmax as f32)), max), l);
+    }
+    let (sumlx, suml2) = sums::<S, N>(x, &w, nmax, S::div_f(S::splat_f(-(nmax as f32)), max), l);
     // C's `suml2 ? sumlx/suml2 : 0` (NaN counts as true).
     let mut scale = S::select_f(S::eq_f(suml2, zero), zero, S::div_f(sumlx, suml2));
     let mut best = S::mul_f(scale, sumlx);
@@ -172,7 +204,7 @@ unsafe fn make_qx1<S: Isa, const N: usize>(x: &[S::F; N], nmax: i32, l: &mut [S:
             continue;
         }
         let c = -(nmax as f32 + 0.1f32 * is as f32);
-        let (sumlx, suml2) = sums(S::div_f(S::splat_f(c), max), &mut laux);
+        let (sumlx, suml2) = sums::<S, N>(x, &w, nmax, S::div_f(S::splat_f(c), max), &mut laux);
         let better = S::and_m(
             S::gt_f(suml2, zero),
             S::gt_f(S::mul_f(sumlx, sumlx), S::mul_f(best, suml2)),
@@ -190,6 +222,7 @@ unsafe fn make_qx1<S: Isa, const N: usize>(x: &[S::F; N], nmax: i32, l: &mut [S:
     S::select_f(all_zero, zero, scale)
 }
 
+#[cfg(target_arch = "x86_64")]
 /// One vector of `LANES` sub-blocks (`first..`, the lanes past `count`
 /// repeating sub-block 0, their results dropped) through `kind`'s search.
 #[inline(always)]
@@ -257,6 +290,7 @@ unsafe fn lanes<S: Isa, const N: usize>(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Every sub-block of `x` (`kind.len()` values each) through `kind`'s
 /// search, `LANES` at a time. `out`'s slices hold one entry per sub-block
 /// (codes: one per value).
@@ -274,6 +308,223 @@ where
         match kind.len() {
             32 => lanes::<S, 32>(kind, x, first, count, out),
             _ => lanes::<S, 16>(kind, x, first, count, out),
+        }
+    }
+}
+
+/// The codes of one legacy block (32 values) as ggml's reference code
+/// computes them: `t = (int)((x[j] - sub) * id + add)` (C's truncating
+/// conversion, `i32::MIN` for NaN and out-of-range values), then either
+/// `MIN(clamp, (int8_t)t)` or, without `clamp`, the low byte of `t`.
+/// Four values at a time with SSE2 on x86-64 (`cvttps2dq` is exactly that
+/// conversion), one at a time elsewhere.
+pub(crate) fn legacy_codes(
+    xb: &[f32; 32],
+    sub: f32,
+    id: f32,
+    add: f32,
+    clamp: Option<i8>,
+) -> [u8; 32] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: SSE2 is part of the x86-64 baseline; the loads and stores
+        // stay inside `xb` and the local arrays (8 × 4 values of 32).
+        unsafe { legacy_codes_sse2(xb, sub, id, add, clamp) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    legacy_codes_scalar(xb, sub, id, add, clamp)
+}
+
+/// C's `(int)f` as x86-64 computes it (`cvttss2si`): truncation toward
+/// zero, `i32::MIN` for NaN and values out of range.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn c_trunc(f: f32) -> i32 {
+    if f > -2_147_483_904.0 && f < 2_147_483_648.0 {
+        f as i32
+    } else {
+        i32::MIN
+    }
+}
+
+/// [`legacy_codes`], one value at a time (the oracle of the tests).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn legacy_codes_scalar(xb: &[f32; 32], sub: f32, id: f32, add: f32, clamp: Option<i8>) -> [u8; 32] {
+    let mut l = [0u8; 32];
+    for (q, &v) in l.iter_mut().zip(xb) {
+        let t = c_trunc((v - sub) * id + add);
+        *q = match clamp {
+            Some(c) => (t as i8).min(c) as u8,
+            None => t as u8,
+        };
+    }
+    l
+}
+
+/// [`legacy_codes`] with SSE2.
+///
+/// # Safety
+/// The CPU has SSE2 (every x86-64 CPU does).
+#[cfg(target_arch = "x86_64")]
+unsafe fn legacy_codes_sse2(
+    xb: &[f32; 32],
+    sub: f32,
+    id: f32,
+    add: f32,
+    clamp: Option<i8>,
+) -> [u8; 32] {
+    use std::arch::x86_64::*;
+    let (vsub, vid, vadd) = (_mm_set1_ps(sub), _mm_set1_ps(id), _mm_set1_ps(add));
+    let low = _mm_set1_epi32(0xFF);
+    let mut out = [0u8; 32];
+    let mut t = [_mm_setzero_si128(); 8];
+    for (k, tk) in t.iter_mut().enumerate() {
+        let v = _mm_loadu_ps(xb.as_ptr().add(4 * k));
+        let q = _mm_cvttps_epi32(_mm_add_ps(_mm_mul_ps(_mm_sub_ps(v, vsub), vid), vadd));
+        *tk = match clamp {
+            Some(c) => {
+                // (int8_t)t: the low byte, sign-extended; then MIN(c, ·).
+                let s = _mm_srai_epi32(_mm_slli_epi32(q, 24), 24);
+                let c = _mm_set1_epi32(i32::from(c));
+                let gt = _mm_cmpgt_epi32(s, c);
+                _mm_and_si128(
+                    _mm_or_si128(_mm_and_si128(gt, c), _mm_andnot_si128(gt, s)),
+                    low,
+                )
+            }
+            None => _mm_and_si128(q, low),
+        };
+    }
+    // Every lane is 0..=255: the packs do not saturate.
+    for k in 0..2 {
+        let a = _mm_packs_epi32(t[4 * k], t[4 * k + 1]);
+        let b = _mm_packs_epi32(t[4 * k + 2], t[4 * k + 3]);
+        _mm_storeu_si128(out.as_mut_ptr().add(16 * k).cast(), _mm_packus_epi16(a, b));
+    }
+    out
+}
+
+/// The codes of one `q8_0` block: the low byte of `(int)roundf(x[j] * id)`
+/// (C's `roundf`, half away from zero; `i32::MIN` for NaN and values out
+/// of range), four at a time with SSE2 on x86-64.
+pub(crate) fn q8_0_codes(xb: &[f32; 32], id: f32) -> [u8; 32] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: SSE2 is part of the x86-64 baseline; the loads and stores
+        // stay inside `xb` and `out` (8 × 4 values of 32).
+        unsafe { q8_0_codes_sse2(xb, id) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    q8_0_codes_scalar(xb, id)
+}
+
+/// [`q8_0_codes`], one value at a time (the oracle of the tests).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn q8_0_codes_scalar(xb: &[f32; 32], id: f32) -> [u8; 32] {
+    let mut l = [0u8; 32];
+    for (q, &v) in l.iter_mut().zip(xb) {
+        *q = c_trunc((v * id).round()) as u8;
+    }
+    l
+}
+
+/// [`q8_0_codes`] with SSE2: `t = trunc(v)`, then one step away from zero
+/// where `|v − t| ≥ 0.5` (the difference is exact: `t` and `v` share their
+/// leading bits), except where the conversion failed (`i32::MIN`).
+///
+/// # Safety
+/// The CPU has SSE2 (every x86-64 CPU does).
+#[cfg(target_arch = "x86_64")]
+unsafe fn q8_0_codes_sse2(xb: &[f32; 32], id: f32) -> [u8; 32] {
+    use std::arch::x86_64::*;
+    let vid = _mm_set1_ps(id);
+    let half = _mm_set1_ps(0.5);
+    let abs = _mm_castsi128_ps(_mm_set1_epi32(0x7FFF_FFFF));
+    let min = _mm_set1_epi32(i32::MIN);
+    let low = _mm_set1_epi32(0xFF);
+    let mut t = [_mm_setzero_si128(); 8];
+    for (k, tk) in t.iter_mut().enumerate() {
+        let v = _mm_mul_ps(_mm_loadu_ps(xb.as_ptr().add(4 * k)), vid);
+        let q = _mm_cvttps_epi32(v);
+        let diff = _mm_and_ps(_mm_sub_ps(v, _mm_cvtepi32_ps(q)), abs);
+        let up = _mm_andnot_si128(
+            _mm_cmpeq_epi32(q, min),
+            _mm_castps_si128(_mm_cmpge_ps(diff, half)),
+        );
+        // +1 for positive v, −1 for negative: (v < 0 ? -1 : 1) & up.
+        let neg = _mm_castps_si128(_mm_cmplt_ps(v, _mm_setzero_ps()));
+        let step = _mm_and_si128(up, _mm_or_si128(neg, _mm_set1_epi32(1)));
+        *tk = _mm_and_si128(_mm_add_epi32(q, step), low);
+    }
+    let mut out = [0u8; 32];
+    for k in 0..2 {
+        let a = _mm_packs_epi32(t[4 * k], t[4 * k + 1]);
+        let b = _mm_packs_epi32(t[4 * k + 2], t[4 * k + 3]);
+        _mm_storeu_si128(out.as_mut_ptr().add(16 * k).cast(), _mm_packus_epi16(a, b));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            6 => -20.0f32..20.0,
+            // Exact halves and their neighbours: the rounding ties.
+            2 => (-64i32..64).prop_map(|k| k as f32 * 0.5),
+            2 => (-64i32..64, prop::bool::ANY).prop_map(|(k, up)| {
+                let h = k as f32 * 0.5;
+                if up { f32::from_bits(h.to_bits() + 1) } else { f32::from_bits(h.to_bits().saturating_sub(1)) }
+            }),
+            1 => prop::sample::select(vec![
+                0.0f32, -0.0, f32::MAX, -f32::MAX, f32::MIN_POSITIVE, 1e-40, -1e-40,
+                f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 2147483520.0, -2147483648.0,
+                2147483648.0, -2147483904.0, 8388608.5, 8388607.5, 127.5, -127.5, 255.5,
+            ]),
+        ]
+    }
+
+    fn block() -> impl Strategy<Value = [f32; 32]> {
+        prop::collection::vec(value(), 32).prop_map(|v| v.try_into().unwrap())
+    }
+
+    fn scale() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -2.0f32..2.0,
+            1 => prop::sample::select(vec![0.0f32, -0.0, 1.0, 1e30, -1e-30, f32::INFINITY, f32::NAN]),
+        ]
+    }
+
+    #[test]
+    fn c_trunc_is_cvttss2si() {
+        assert_eq!(c_trunc(16.9), 16);
+        assert_eq!(c_trunc(-0.9), 0);
+        assert_eq!(c_trunc(f32::NAN), i32::MIN);
+        assert_eq!(c_trunc(3e9), i32::MIN);
+        assert_eq!(c_trunc(-2_147_483_648.0), i32::MIN);
+        assert_eq!(c_trunc(-2_147_483_904.0), i32::MIN);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn legacy_codes_equal_the_scalar_formula(
+            xb in block(), sub in value(), id in scale(),
+            add in prop::sample::select(vec![0.5f32, 8.5, 16.5]),
+            clamp in prop::sample::select(vec![None, Some(15i8), Some(31)]),
+        ) {
+            prop_assert_eq!(
+                legacy_codes(&xb, sub, id, add, clamp),
+                legacy_codes_scalar(&xb, sub, id, add, clamp)
+            );
+        }
+
+        #[test]
+        fn q8_0_codes_equal_the_scalar_formula(xb in block(), id in scale()) {
+            prop_assert_eq!(q8_0_codes(&xb, id), q8_0_codes_scalar(&xb, id));
         }
     }
 }

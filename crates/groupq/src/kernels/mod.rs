@@ -11,7 +11,6 @@
 //! happens at group boundaries and every element is computed by the same pure
 //! function, so the output cannot depend on the thread count or chunking.
 
-#[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 pub(crate) mod ggml;
 pub(crate) mod recipe;
