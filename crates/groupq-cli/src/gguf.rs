@@ -882,6 +882,43 @@ impl GgufWriter {
     }
 }
 
+/// The property the fuzz target checks (`fuzz/`), also run on its corpus by
+/// the tests: `data` either fails to read with a typed error, or reads as a
+/// file whose tensors lie inside `data`, and what was read writes back to
+/// bytes that read the same. Panics where the property fails; returns
+/// whether `data` read as a GGUF file.
+#[doc(hidden)]
+pub fn fuzz_round_trip(data: &[u8]) -> bool {
+    let Ok(g) = Gguf::parse(data) else {
+        return false;
+    };
+    let mut w = GgufWriter::new();
+    w.alignment = g.alignment;
+    for (k, v) in &g.metadata {
+        w.push_kv(k, v.clone());
+    }
+    for t in &g.tensors {
+        w.push_tensor(&t.name, &t.dims, t.dtype)
+            .expect("a tensor the reader accepted");
+    }
+    let mut out = Vec::new();
+    w.write_header(&mut out).expect("writing to memory");
+    for t in &g.tensors {
+        let d = g.tensor_data(t);
+        assert_eq!(d.len() as u64, t.size);
+        w.write_tensor_data(&mut out, d).expect("writing to memory");
+    }
+    let again = Gguf::parse(&out).expect("what the writer wrote reads back");
+    assert_eq!(again.metadata.len(), g.metadata.len());
+    assert_eq!(again.tensors, w.tensors);
+    for (a, b) in again.metadata.iter().zip(&g.metadata) {
+        assert_eq!(a.0, b.0);
+        // NaN floats compare unequal: compare the serialized forms instead.
+        assert_eq!(format!("{:?}", a.1), format!("{:?}", b.1));
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

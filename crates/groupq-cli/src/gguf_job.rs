@@ -240,18 +240,39 @@ fn check_convertible(p: &Planned<'_>) -> Result<()> {
     )
 }
 
-/// The input rows `[r0, r0 + n)` as f32 (F16 exactly, BF16 by a shift).
+/// Little-endian bytes as a slice of `T`, without a copy, where the host is
+/// little-endian and the bytes are aligned for `T`.
+fn in_place<T: bytemuck::Pod>(b: &[u8]) -> Option<&[T]> {
+    if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice(b).ok()
+    } else {
+        None
+    }
+}
+
+/// The input rows `[r0, r0 + n)` as f32 (F16 exactly, BF16 by a shift),
+/// read in place where the bytes are aligned for their type (tensor data in
+/// a GGUF is 32-byte aligned and the file is mapped at a page boundary).
 fn widen_rows(from: GgmlDtype, src: &[u8], k: usize, r0: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n * k];
     let span = |size: usize| &src[r0 * k * size..(r0 + n) * k * size];
     match from.id() {
-        0 => {
-            for (o, b) in out.iter_mut().zip(span(4).chunks_exact(4)) {
-                *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+        0 => match in_place::<f32>(span(4)) {
+            Some(v) => out.copy_from_slice(v),
+            None => {
+                for (o, b) in out.iter_mut().zip(span(4).chunks_exact(4)) {
+                    *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
             }
-        }
-        1 => f16::widen(&f16::read(span(2)), &mut out),
-        _ => bf16::widen(&bf16::read(span(2)), &mut out),
+        },
+        1 => match in_place::<f16>(span(2)) {
+            Some(v) => f16::widen(v, &mut out),
+            None => f16::widen(&f16::read(span(2)), &mut out),
+        },
+        _ => match in_place::<bf16>(span(2)) {
+            Some(v) => bf16::widen(v, &mut out),
+            None => bf16::widen(&bf16::read(span(2)), &mut out),
+        },
     }
     out
 }
