@@ -62,6 +62,21 @@ fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     }
 }
 
+/// Sub-block `j` of `N` values and its codes, as fixed-size arrays: the
+/// requantization loops over them compile to vector code.
+#[inline(always)]
+fn sub_block<'a, const N: usize, L>(
+    x: &'a [f32],
+    l: &'a mut [L; QK_K],
+    j: usize,
+) -> (&'a [f32; N], &'a mut [L; N]) {
+    let xs = x[N * j..N * (j + 1)].try_into().expect("a whole sub-block");
+    let ls = (&mut l[N * j..N * (j + 1)])
+        .try_into()
+        .expect("a whole sub-block");
+    (xs, ls)
+}
+
 /// Values whose sub-block searches run in one call: 8 super-blocks, so
 /// the vector search fills whole vectors and its results stay on the stack.
 const CHUNK: usize = 8 * QK_K;
@@ -118,6 +133,14 @@ fn search_one(kind: Search, xs: &[f32], l: &mut [u8]) -> (f32, f32) {
                 (31, -0.5, 15)
             };
             make_qkx2_quants(nmax, xs, &weights, l, rmin, 0.1, nstep, false)
+        }
+        Search::Q3K => {
+            let mut li = [0i8; 16];
+            let scale = make_q3_quants(4, xs, &mut li, true);
+            for (d, s) in l.iter_mut().zip(li) {
+                *d = s as u8;
+            }
+            (scale, 0.0)
         }
         Search::Q6K => {
             let mut li = [0i8; 16];
@@ -270,9 +293,10 @@ fn q2_k_requantize(x: &[f32], l: &mut [u8; QK_K], y: &mut [u8]) {
             continue;
         }
         let m = mall * f32::from(y[j] >> 4);
+        let (xs, ls) = sub_block::<16, _>(x, l, j);
         for ii in 0..16 {
-            let q = nearest_int((x[16 * j + ii] + m) / d).min(3).max(0);
-            l[16 * j + ii] = q as u8;
+            let q = nearest_int((xs[ii] + m) / d).min(3).max(0);
+            ls[ii] = q as u8;
         }
     }
     pack_2bit(l, &mut y[16..80]);
@@ -304,15 +328,21 @@ pub(crate) fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
 // ---------------------------------------------------------------- q3_K
 
 /// `q3_K` of one row (`quantize_q3_K`).
-pub(crate) fn quantize_q3_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    for (i, (xb, yb)) in x
-        .chunks_exact(QK_K)
-        .zip(y.chunks_exact_mut(Q3K_BYTES))
-        .enumerate()
-    {
-        match qw {
-            None => q3_k_ref(xb, yb),
-            Some(qw) => q3_k_impl(xb, &qw[QK_K * i..QK_K * (i + 1)], yb),
+/// Without an importance matrix the sub-block searches run on backend `b`.
+pub(crate) fn quantize_q3_k(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    match qw {
+        None => by_chunks(b, Search::Q3K, x, y, Q3K_BYTES, |xb, scales, _, l, yb| {
+            let mut li: [i8; QK_K] = std::array::from_fn(|i| l[i] as i8);
+            q3_k_ref(xb, scales, &mut li, yb)
+        }),
+        Some(qw) => {
+            for (i, (xb, yb)) in x
+                .chunks_exact(QK_K)
+                .zip(y.chunks_exact_mut(Q3K_BYTES))
+                .enumerate()
+            {
+                q3_k_impl(xb, &qw[QK_K * i..QK_K * (i + 1)], yb);
+            }
         }
     }
 }
@@ -334,14 +364,13 @@ fn q3_k_get_scale(s: &[u8], j: usize) -> i8 {
     (i32::from(low | (high << 4)) - 32) as i8
 }
 
-/// `quantize_row_q3_K_ref` of one super-block.
-fn q3_k_ref(x: &[f32], y: &mut [u8]) {
-    let mut l = [0i8; QK_K];
-    let mut scales = [0.0f32; 16];
+/// `quantize_row_q3_K_ref` of one super-block after its sub-block
+/// searches ([`search_one`] of [`Search::Q3K`]: `scales`, codes plus 4 in
+/// `l`).
+fn q3_k_ref(x: &[f32], scales: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
     let mut max_scale = 0.0f32;
     let mut amax = 0.0f32;
     for j in 0..16 {
-        scales[j] = make_q3_quants(4, &x[16 * j..16 * (j + 1)], &mut l[16 * j..], true);
         let scale = scales[j].abs();
         if scale > amax {
             amax = scale;
@@ -359,7 +388,7 @@ fn q3_k_ref(x: &[f32], y: &mut [u8]) {
     } else {
         write_f16(y, 108, 0.0);
     }
-    q3_k_requantize(x, &mut l, y);
+    q3_k_requantize(x, l, y);
 }
 
 /// `quantize_row_q3_K_impl` of one super-block (`qw`: its 256 weights).
@@ -395,25 +424,24 @@ fn q3_k_requantize(x: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
         if d == 0.0 {
             continue;
         }
+        let (xs, ls) = sub_block::<16, _>(x, l, j);
         for ii in 0..16 {
-            let q = nearest_int(x[16 * j + ii] / d).min(3).max(-4);
-            l[16 * j + ii] = (q + 4) as i8;
+            let q = nearest_int(xs[ii] / d).min(3).max(-4);
+            ls[ii] = (q + 4) as i8;
         }
     }
 
     let (hmask, rest) = y.split_at_mut(32);
     hmask.fill(0);
-    let mut m = 0;
-    let mut hm = 1u8;
-    for lj in l.iter_mut() {
-        if *lj > 3 {
-            hmask[m] |= hm;
-            *lj -= 4;
-        }
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm = hm.wrapping_shl(1);
+    // ggml walks the codes with a byte index m (wrapping at 32) and a bit
+    // hm (shifting at each wrap): code 32·g + m sets bit g of hmask[m].
+    // Branch-free, so that the compiler vectorizes it.
+    for g in 0..QK_K / 32 {
+        for m in 0..32 {
+            let lj = &mut l[32 * g + m];
+            let high = u8::from(*lj > 3);
+            hmask[m] |= high << g;
+            *lj -= 4 * high as i8;
         }
     }
     let lu: [u8; QK_K] = std::array::from_fn(|i| l[i] as u8);
@@ -559,9 +587,10 @@ fn q45_k_requantize(nmax: i32, x: &[f32], l: &mut [u8; QK_K], y: &[u8]) {
             continue;
         }
         let dm = mall * f32::from(m);
+        let (xs, ls) = sub_block::<32, _>(x, l, j);
         for ii in 0..32 {
-            let q = nearest_int((x[32 * j + ii] + dm) / d).min(nmax).max(0);
-            l[32 * j + ii] = q as u8;
+            let q = nearest_int((xs[ii] + dm) / d).min(nmax).max(0);
+            ls[ii] = q as u8;
         }
     }
 }
@@ -630,17 +659,11 @@ fn q5_k_pack(l: &[u8; QK_K], yb: &mut [u8]) {
     let mut m2 = 2u8;
     for n in (0..QK_K).step_by(64) {
         for j in 0..32 {
-            let mut l1 = l[n + j];
-            if l1 > 15 {
-                l1 -= 16;
-                qh[j] |= m1;
-            }
-            let mut l2 = l[n + j + 32];
-            if l2 > 15 {
-                l2 -= 16;
-                qh[j] |= m2;
-            }
-            ql[n / 2 + j] = l1 | (l2 << 4);
+            // Branch-free, as in q3_K.
+            let (l1, l2) = (l[n + j], l[n + j + 32]);
+            let (h1, h2) = (u8::from(l1 > 15), u8::from(l2 > 15));
+            qh[j] |= m1 * h1 | m2 * h2;
+            ql[n / 2 + j] = (l1 - 16 * h1) | ((l2 - 16 * h2) << 4);
         }
         m1 = m1.wrapping_shl(2);
         m2 = m2.wrapping_shl(2);
@@ -750,9 +773,10 @@ fn q6_k_block(x: &[f32], scales: &[f32], l: &mut [u8; QK_K], y: &mut [u8]) {
         if d == 0.0 {
             continue;
         }
+        let (xs, ls) = sub_block::<16, _>(x, l, j);
         for ii in 0..16 {
-            let q = nearest_int(x[16 * j + ii] / d).min(31).max(-32);
-            l[16 * j + ii] = (q + 32) as u8;
+            let q = nearest_int(xs[ii] / d).min(31).max(-32);
+            ls[ii] = (q + 32) as u8;
         }
     }
     let lu = l;

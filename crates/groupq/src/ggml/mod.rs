@@ -315,7 +315,7 @@ pub(crate) fn search_backends() -> Vec<BackendKind> {
 pub(crate) fn has_vector_search(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q2K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
     )
 }
 
@@ -340,7 +340,7 @@ pub(crate) fn quantize_row(
         GgmlType::Q5_1 => legacy::quantize_q5_1(x, qw, y),
         GgmlType::Q8_0 => legacy::quantize_q8_0(x, y),
         GgmlType::Q2K => kquants::quantize_q2_k(b, x, qw, y),
-        GgmlType::Q3K => kquants::quantize_q3_k(x, qw, y),
+        GgmlType::Q3K => kquants::quantize_q3_k(b, x, qw, y),
         GgmlType::Q4K => kquants::quantize_q4_k(b, x, qw, y),
         GgmlType::Q5K => kquants::quantize_q5_k(b, x, qw, y),
         GgmlType::Q6K => kquants::quantize_q6_k(b, x, qw, y),

@@ -27,6 +27,8 @@ pub(crate) enum Search {
     Q2K,
     /// q6_K: 16 values, `make_qx_quants(16, 32, x, L, 1, NULL)`.
     Q6K,
+    /// q3_K: 16 values, `make_q3_quants(16, 4, x, L, true)`.
+    Q3K,
 }
 
 impl Search {
@@ -34,7 +36,7 @@ impl Search {
     pub fn len(self) -> usize {
         match self {
             Search::Q4K | Search::Q5K => 32,
-            Search::Q2K | Search::Q6K => 16,
+            Search::Q2K | Search::Q6K | Search::Q3K => 16,
         }
     }
 }
@@ -222,6 +224,80 @@ unsafe fn make_qx1<S: Isa, const N: usize>(x: &[S::F; N], nmax: i32, l: &mut [S:
     S::select_f(all_zero, zero, scale)
 }
 
+/// `make_q3_quants(N, nmax, x, L, true)` over lanes: returns the scale,
+/// codes plus `nmax` in `l`. The scalar code stops its five passes early
+/// once a pass changes nothing; a lane that runs on (because another lane
+/// changed) repeats that pass on the same state and so changes nothing
+/// either.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn make_q3<S: Isa, const N: usize>(x: &[S::F; N], nmax: i32, l: &mut [S::I; N]) -> S::F {
+    let zero = S::splat_f(0.0);
+    let (lo, hi) = (S::splat_i(-nmax), S::splat_i(nmax - 1));
+    let (mut max, mut amax) = (zero, zero);
+    for xi in x {
+        let ax = S::abs_f(*xi);
+        let larger = S::gt_f(ax, amax);
+        amax = S::select_f(larger, ax, amax);
+        max = S::select_f(larger, *xi, max);
+    }
+    let all_zero = S::lt_f(amax, S::splat_f(1e-15));
+    let iscale = S::div_f(S::splat_f(-(nmax as f32)), max);
+    let mut wx = [zero; N];
+    let mut w = [zero; N];
+    let (mut sumlx, mut suml2) = (zero, zero);
+    for i in 0..N {
+        let li = clamped_code::<S>(S::mul_f(iscale, x[i]), lo, hi);
+        l[i] = li;
+        w[i] = S::mul_f(x[i], x[i]);
+        wx[i] = S::mul_f(w[i], x[i]);
+        let lf = S::i_to_f(li);
+        sumlx = S::add_f(sumlx, S::mul_f(wx[i], lf));
+        suml2 = S::add_f(suml2, S::mul_f(S::mul_f(w[i], lf), lf));
+    }
+    let (one, none) = (S::splat_i(1), S::splat_i(0));
+    for _ in 0..5 {
+        let mut changed = none;
+        for i in 0..N {
+            let li = S::i_to_f(l[i]);
+            let slx0 = S::sub_f(sumlx, S::mul_f(wx[i], li));
+            let sl20 = S::sub_f(suml2, S::mul_f(S::mul_f(w[i], li), li));
+            let new_l = clamped_code::<S>(S::div_f(S::mul_f(x[i], sl20), slx0), lo, hi);
+            let nl = S::i_to_f(new_l);
+            let slx = S::add_f(slx0, S::mul_f(wx[i], nl));
+            let sl2 = S::add_f(sl20, S::mul_f(S::mul_f(w[i], nl), nl));
+            // slx0 > 0, the code changes, sl2 > 0 and the error shrinks.
+            let accept = S::and_m(
+                S::and_m(
+                    S::gt_f(slx0, zero),
+                    S::gt_f(S::abs_f(S::sub_f(nl, li)), zero),
+                ),
+                S::and_m(
+                    S::gt_f(sl2, zero),
+                    S::gt_f(
+                        S::mul_f(S::mul_f(slx, slx), suml2),
+                        S::mul_f(S::mul_f(sumlx, sumlx), sl2),
+                    ),
+                ),
+            );
+            l[i] = S::select_i(accept, new_l, l[i]);
+            sumlx = S::select_f(accept, slx, sumlx);
+            suml2 = S::select_f(accept, sl2, suml2);
+            changed = S::or_i(changed, S::select_i(accept, one, none));
+        }
+        // Every lane's pass changed nothing: so would every later one.
+        if !S::any_i(changed) {
+            break;
+        }
+    }
+    let offset = S::splat_i(nmax);
+    for li in l.iter_mut() {
+        *li = S::select_i(all_zero, S::splat_i(0), S::add_i(*li, offset));
+    }
+    let scale = S::select_f(S::gt_f(suml2, zero), S::div_f(sumlx, suml2), zero);
+    S::select_f(all_zero, zero, scale)
+}
+
 #[cfg(target_arch = "x86_64")]
 /// One vector of `LANES` sub-blocks (`first..`, the lanes past `count`
 /// repeating sub-block 0, their results dropped) through `kind`'s search.
@@ -252,6 +328,7 @@ unsafe fn lanes<S: Isa, const N: usize>(
     let mut l = [S::splat_i(0); N];
     let (scale, min) = match kind {
         Search::Q6K => (make_qx1::<S, N>(&xs, 32, &mut l), S::splat_f(0.0)),
+        Search::Q3K => (make_q3::<S, N>(&xs, 4, &mut l), S::splat_f(0.0)),
         Search::Q2K => {
             let mut w = [S::splat_f(0.0); N];
             for i in 0..N {
