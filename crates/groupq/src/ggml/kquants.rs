@@ -662,7 +662,7 @@ fn q5_k_pack(l: &[u8; QK_K], yb: &mut [u8]) {
             // Branch-free, as in q3_K.
             let (l1, l2) = (l[n + j], l[n + j + 32]);
             let (h1, h2) = (u8::from(l1 > 15), u8::from(l2 > 15));
-            qh[j] |= m1 * h1 | m2 * h2;
+            qh[j] |= (m1 * h1) | (m2 * h2);
             ql[n / 2 + j] = (l1 - 16 * h1) | ((l2 - 16 * h2) << 4);
         }
         m1 = m1.wrapping_shl(2);
