@@ -6,6 +6,7 @@
 use crate::commands::{check_output, progress, Summary, TensorReport};
 use crate::formats::{sums, Stats, Storage};
 use crate::gguf::{GgmlDtype, Gguf, GgufWriter, TensorInfo, Value};
+use crate::imatrix::Imatrix;
 use crate::llama_mix::{choose_types, tensor_order, Ftype, Hparams, MixTensor};
 use anyhow::{bail, Context, Result};
 use groupq::ggml;
@@ -25,6 +26,9 @@ pub struct GgufOptions {
     pub quiet: bool,
     /// Where to write the `--report` JSON.
     pub report: Option<PathBuf>,
+    /// llama-imatrix's importance-matrix file (`--imatrix`), as given on
+    /// the command line (llama-quantize records the path in the output).
+    pub imatrix: Option<PathBuf>,
 }
 
 /// The keys llama-quantize drops from the input's metadata (the two
@@ -58,6 +62,8 @@ pub fn is_gguf(path: &Path) -> bool {
 struct Planned<'a> {
     info: &'a TensorInfo,
     to: GgmlDtype,
+    /// The importance of each column (per matrix of a 3-D weight).
+    imatrix: Option<&'a [f32]>,
 }
 
 /// Maps a file read-only.
@@ -94,12 +100,28 @@ pub fn quantize_gguf(o: &GgufOptions) -> Result<Summary> {
             dtype: t.dtype,
         })
         .collect();
-    let types = choose_types(&hp, o.ftype, &mix)?;
+    let imatrix = match &o.imatrix {
+        Some(path) => Some(Imatrix::load(path)?),
+        None => None,
+    };
+    // llama-quantize passes an importance matrix only when it has entries.
+    let imatrix = imatrix.filter(|m| !m.values.is_empty());
+    let types = choose_types(&hp, o.ftype, &mix, imatrix.is_some())?;
     let plan: Vec<Planned<'_>> = order
         .iter()
         .zip(types)
-        .map(|(info, to)| Planned { info, to })
-        .collect();
+        .map(|(info, to)| -> Result<Planned<'_>> {
+            let weights = match &imatrix {
+                Some(m) if info.dtype != to => importance(m, info, to, o.ftype)?,
+                _ => None,
+            };
+            Ok(Planned {
+                info,
+                to,
+                imatrix: weights,
+            })
+        })
+        .collect::<Result<_>>()?;
     for p in &plan {
         check_convertible(p)?;
     }
@@ -112,6 +134,32 @@ pub fn quantize_gguf(o: &GgufOptions) -> Result<Summary> {
     }
     w.push_kv("general.quantization_version", Value::U32(QNT_VERSION));
     w.push_kv("general.file_type", Value::U32(o.ftype.id));
+    if let (Some(m), Some(path)) = (&imatrix, &o.imatrix) {
+        // llama-quantize's overrides, in its order: strings cut to 127
+        // bytes, integers written as UINT32.
+        let cut = |s: &[u8]| s[..s.len().min(127)].to_vec();
+        let path = path.as_os_str().as_encoded_bytes();
+        set_kv(&mut w, "quantize.imatrix.file", Value::String(cut(path)));
+        if let Some(d) = m.datasets.first() {
+            set_kv(
+                &mut w,
+                "quantize.imatrix.dataset",
+                Value::String(cut(d.as_bytes())),
+            );
+        }
+        set_kv(
+            &mut w,
+            "quantize.imatrix.entries_count",
+            Value::U32(m.values.len() as u32),
+        );
+        if m.chunk_count > 0 {
+            set_kv(
+                &mut w,
+                "quantize.imatrix.chunks_count",
+                Value::U32(m.chunk_count as u32),
+            );
+        }
+    }
     for p in &plan {
         w.push_tensor(&p.info.name, &p.info.dims, p.to)?;
     }
@@ -186,6 +234,49 @@ pub fn quantize_gguf(o: &GgufOptions) -> Result<Summary> {
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(summary)
+}
+
+/// ggml's `gguf_set_val_*`: an existing key is removed, the new one goes
+/// last.
+fn set_kv(w: &mut GgufWriter, key: &str, value: Value) {
+    w.metadata.retain(|(k, _)| k != key);
+    w.push_kv(key, value);
+}
+
+/// The importance weights llama-quantize uses for a tensor quantized to
+/// `to`: none where the matrix has no entry for it; an entry of the wrong
+/// size is an error (but for the token embedding, which goes without).
+fn importance<'m>(
+    m: &'m Imatrix,
+    info: &TensorInfo,
+    to: GgmlDtype,
+    ftype: Ftype,
+) -> Result<Option<&'m [f32]>> {
+    let ne0 = info.dims.first().copied().unwrap_or(1);
+    let ne2 = info.dims.get(2).copied().unwrap_or(1);
+    let found = match m.values.get(&info.name) {
+        None => None,
+        Some(v) if v.len() as u64 == ne0 * ne2 => Some(v.as_slice()),
+        Some(v) => {
+            if !crate::llama_mix::is_token_embd(&info.name) {
+                bail!(
+                    "the importance matrix holds {} values for {}, which needs {} (ne0 {ne0} × ne2 {ne2})",
+                    v.len(),
+                    info.name,
+                    ne0 * ne2
+                );
+            }
+            None
+        }
+    };
+    if found.is_none() && crate::llama_mix::requires_imatrix(&info.name, to, ftype) {
+        bail!(
+            "the importance matrix has no entry for {}, which {} quantizes to {to}: llama-quantize refuses this too",
+            info.name,
+            ftype.name
+        );
+    }
+    Ok(found)
 }
 
 /// The `--report` JSON: every quantized tensor's type, SQNR and largest
@@ -308,6 +399,7 @@ fn convert(p: &Planned<'_>, src: &[u8]) -> Result<(Vec<u8>, Option<Stats>)> {
     let row_bytes = size as usize / rows;
     let per = rows_per_chunk(k);
     let from = p.info.dtype;
+    let rows_per_matrix = p.info.dims.get(1).copied().unwrap_or(1).max(1) as usize;
     match p.to.quant() {
         Some(ty) => {
             let parts: Vec<(f64, f64, f64)> = data
@@ -316,7 +408,7 @@ fn convert(p: &Planned<'_>, src: &[u8]) -> Result<(Vec<u8>, Option<Stats>)> {
                 .map(|(c, out)| -> Result<(f64, f64, f64)> {
                     let n = out.len() / row_bytes;
                     let x = widen_rows(from, src, k, c * per, n);
-                    ggml::quantize_rows(ty, &x, k, None, out)?;
+                    quantize_chunk(ty, &x, k, c * per, rows_per_matrix, p.imatrix, out)?;
                     let mut back = vec![0f32; x.len()];
                     ggml::dequantize_rows(ty, out, k, &mut back)?;
                     Ok(sums::<f32, f32>(&x, &back))
@@ -338,6 +430,39 @@ fn convert(p: &Planned<'_>, src: &[u8]) -> Result<(Vec<u8>, Option<Stats>)> {
             Ok((data, None))
         }
     }
+}
+
+/// Rows `r0..` of a tensor (`x`, whole rows of `k`) to `ty`, each matrix's
+/// rows (of a 3-D weight) with that matrix's importance weights.
+fn quantize_chunk(
+    ty: ggml::GgmlType,
+    x: &[f32],
+    k: usize,
+    r0: usize,
+    rows_per_matrix: usize,
+    imatrix: Option<&[f32]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let Some(im) = imatrix else {
+        ggml::quantize_rows(ty, x, k, None, out)?;
+        return Ok(());
+    };
+    let row_bytes = ty.row_bytes(k)?;
+    let rows = x.len() / k;
+    let mut r = 0;
+    while r < rows {
+        let matrix = (r0 + r) / rows_per_matrix;
+        let n = (rows_per_matrix - (r0 + r) % rows_per_matrix).min(rows - r);
+        ggml::quantize_rows(
+            ty,
+            &x[r * k..(r + n) * k],
+            k,
+            Some(&im[matrix * k..(matrix + 1) * k]),
+            &mut out[r * row_bytes..(r + n) * row_bytes],
+        )?;
+        r += n;
+    }
+    Ok(())
 }
 
 /// A file written beside `output` under a temporary name and renamed over

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod formats;
 pub mod gguf;
 pub mod gguf_job;
+pub mod imatrix;
 pub mod layout;
 pub mod llama_mix;
 pub mod tiny;

@@ -53,6 +53,11 @@ pub const FTYPES: &[Ftype] = &[
         base: t(10),
     },
     Ftype {
+        name: "Q2_K_S",
+        id: 21,
+        base: t(10),
+    },
+    Ftype {
         name: "Q3_K_S",
         id: 11,
         base: t(11),
@@ -333,12 +338,18 @@ pub struct MixTensor<'a> {
 /// The ggml type of every tensor (in the order given, which must be
 /// [`tensor_order`]'s) under `ftype`, as llama-quantize chooses them.
 /// Counters run in that order, as in llama.cpp.
+///
+/// `has_imatrix` is whether an importance matrix is given (llama.cpp's
+/// `qs.has_imatrix`, which a few rules read). Q2_K_S needs one for its
+/// Q2_K tensors, as llama-quantize does.
 pub fn choose_types(
     hp: &Hparams,
     ftype: Ftype,
     tensors: &[MixTensor<'_>],
+    has_imatrix: bool,
 ) -> Result<Vec<GgmlDtype>> {
     let mut s = State {
+        has_imatrix,
         n_attention_wv: tensors
             .iter()
             .filter(|t| {
@@ -363,13 +374,36 @@ pub fn choose_types(
                 new = s.impl_type(hp, ftype, t)?;
                 new = fallback(t, new)?;
             }
+            if !has_imatrix && requires_imatrix(t.name, new, ftype) {
+                bail!(
+                    "{}: this quantization ({}) requires an importance matrix (--imatrix FILE): \
+                     {} would be {new}",
+                    t.name,
+                    ftype.name,
+                    t.name
+                );
+            }
             Ok(new)
         })
         .collect()
 }
 
+/// Whether `name` is a token embedding (`tensor_name_match_token_embd`).
+pub fn is_token_embd(name: &str) -> bool {
+    category(name) == Category::TokenEmbd
+}
+
+/// llama.cpp's `tensor_requires_imatrix` for the types groupq writes: the
+/// Q2_K tensors of a Q2_K_S file, but the token embedding and the output.
+pub fn requires_imatrix(name: &str, to: GgmlDtype, ftype: Ftype) -> bool {
+    !matches!(category(name), Category::TokenEmbd | Category::Output)
+        && to.name() == "Q2_K"
+        && ftype.is("Q2_K_S")
+}
+
 #[derive(Default)]
 struct State {
+    has_imatrix: bool,
     n_attention_wv: i64,
     i_attention_wv: i64,
     n_ffn: i64,
@@ -416,6 +450,8 @@ impl State {
             let gqa4 = hp.n_gqa() >= 4;
             if f.is("Q2_K") {
                 new = q(if gqa4 { "Q4_K" } else { "Q3_K" });
+            } else if f.is("Q2_K_S") && gqa4 {
+                new = q("Q4_K");
             } else if f.is("Q3_K_M") {
                 new = q(if self.i_attention_wv < 2 {
                     "Q5_K"
@@ -450,6 +486,10 @@ impl State {
             let (i, n) = layer(self.i_ffn_down, self.n_ffn)?;
             if f.is("Q2_K") {
                 new = q("Q3_K");
+            } else if f.is("Q2_K_S") {
+                if i < n / 8 {
+                    new = q("Q4_K");
+                }
             } else if f.is("Q3_K_M") {
                 new = q(if i < n / 16 {
                     "Q5_K"
@@ -472,13 +512,16 @@ impl State {
                 } else if use_more_bits(i, n) {
                     new = q("Q6_K");
                 }
-            } else if i < n / 8 && (f.is("IQ4_NL") || f.is("IQ4_XS")) {
-                // (without an importance matrix)
+            } else if i < n / 8 && (f.is("IQ4_NL") || f.is("IQ4_XS")) && !self.has_imatrix {
                 new = q("Q5_K");
             } else if f.is("Q5_K_M") && use_more_bits(i, n) {
                 new = q("Q6_K");
             } else if f.is("Q4_K_S") && !hp.falcon() && i < n / 8 {
                 new = q("Q5_K");
+            } else if (f.is("Q4_0") || f.is("Q5_0")) && self.has_imatrix && i < n / 8 {
+                // llama.cpp guards the first ffn_down layers of Q4_0/Q5_0
+                // files made with an importance matrix.
+                new = q(if f.is("Q4_0") { "Q4_1" } else { "Q5_1" });
             }
             self.i_ffn_down += 1;
         } else if cat == AttnOutput {

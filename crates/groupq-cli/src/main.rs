@@ -52,9 +52,14 @@ enum Command {
         #[arg(long, value_enum)]
         format: FormatArg,
         /// GGUF only: llama-quantize's type name (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L
-        /// Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS F16 BF16 F32), case-insensitive.
+        /// Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS F16 BF16 F32; Q2_K_S with --imatrix),
+        /// case-insensitive.
         #[arg(long = "type", value_name = "TYPE")]
         gguf_type: Option<String>,
+        /// With --format gguf: llama-imatrix's importance matrix (GGUF or the
+        /// legacy .dat), as llama-quantize's --imatrix. Needed by Q2_K_S.
+        #[arg(long, value_name = "FILE")]
+        imatrix: Option<PathBuf>,
         /// Bits per code.
         #[arg(long, default_value_t = 4)]
         bits: u32,
@@ -140,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quiet,
             report,
             gguf_type,
+            imatrix,
         } => {
             let input_is_gguf = groupq_cli::gguf_job::is_gguf(&input);
             let format = match format {
@@ -160,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         force,
                         quiet,
                         report,
+                        imatrix,
                     };
                     let summary = groupq_cli::gguf_job::quantize_gguf(&o)?;
                     if !quiet {
@@ -174,6 +181,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if gguf_type.is_some() {
                 anyhow::bail!(
                     "--type is for --format gguf; the {} format takes --bits and --group-size",
+                    format.name()
+                );
+            }
+            if imatrix.is_some() {
+                anyhow::bail!(
+                    "--imatrix is for --format gguf; the {} format does not use an importance matrix",
                     format.name()
                 );
             }

@@ -54,6 +54,7 @@ fn options(input: &Path, output: &Path, ftype: &str) -> GgufOptions {
         force: true,
         quiet: true,
         report: None,
+        imatrix: None,
     }
 }
 
@@ -86,6 +87,120 @@ fn every_type_matches_llama_quantize_byte_for_byte() {
     }
     assert_eq!(checked, MODELS.len() * 19);
     assert!(differ.is_empty(), "differ from llama-quantize: {differ:?}");
+}
+
+/// With llama-imatrix's importance matrix (GGUF and legacy formats, in
+/// `tests/imatrix/`): the same bytes as llama-quantize with `--imatrix`
+/// (`tests/gguf_imatrix_reference.json`, made by
+/// `scripts/gguf_imatrix_reference.py`: the importance reaches the block
+/// quantizers, the mixture's imatrix rules, Q2_K_S, and the four
+/// `quantize.imatrix.*` keys the tool records). The binary runs in the
+/// imatrix folder with the bare file name, which the output records.
+#[test]
+fn with_an_importance_matrix_every_type_matches_llama_quantize() {
+    let refs: serde_json::Value =
+        serde_json::from_str(include_str!("gguf_imatrix_reference.json")).unwrap();
+    let imdir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/imatrix");
+    let dir = scratch("imatrix");
+    let (mut checked, mut differ) = (0, Vec::new());
+    for m in MODELS {
+        let table = refs[m.name].as_object().unwrap();
+        let input = dir.join(format!("{}.gguf", m.name));
+        m.write(&input).unwrap();
+        assert_eq!(sha256(&input), table["input"].as_str().unwrap());
+        for kind in ["gguf", "dat"] {
+            let file = format!("{}.imatrix.{kind}", m.name);
+            assert_eq!(
+                sha256(&imdir.join(&file)),
+                table[&format!("imatrix_{kind}")].as_str().unwrap()
+            );
+            for (key, expected) in table.iter() {
+                let Some(ftype) = key.strip_suffix(&format!("/{kind}")) else {
+                    continue;
+                };
+                // Every type with the GGUF file; a few with the legacy one.
+                if kind == "dat" && !["Q4_0", "Q4_K_M", "IQ4_XS", "Q2_K_S"].contains(&ftype) {
+                    continue;
+                }
+                let out = dir.join(format!("{}-{ftype}-{kind}.gguf", m.name));
+                let status = Command::new(env!("CARGO_BIN_EXE_groupq"))
+                    .current_dir(&imdir)
+                    .args([
+                        "quantize",
+                        input.to_str().unwrap(),
+                        "-o",
+                        out.to_str().unwrap(),
+                    ])
+                    .args(["--format", "gguf", "--type", ftype, "--imatrix", &file])
+                    .args(["--quiet", "--force"])
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "{} {ftype} {kind}", m.name);
+                if sha256(&out) != expected.as_str().unwrap() {
+                    differ.push(format!("{} {ftype} {kind}", m.name));
+                }
+                std::fs::remove_file(&out).unwrap();
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, MODELS.len() * (17 + 4));
+    assert!(differ.is_empty(), "differ from llama-quantize: {differ:?}");
+}
+
+/// Q2_K_S without an importance matrix, a matrix of the wrong size and a
+/// matrix that is not one are refused, naming the problem; `--imatrix`
+/// with another format too.
+#[test]
+fn importance_matrix_errors() {
+    let dir = scratch("imatrix-errors");
+    let input = dir.join("in.gguf");
+    model("f16-gqa4").unwrap().write(&input).unwrap();
+    let out = dir.join("out.gguf");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "quantize",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        groupq(&args)
+    };
+    let (ok, _, err) = run(&["--format", "gguf", "--type", "Q2_K_S"]);
+    assert!(
+        !ok && err.contains("requires an importance matrix"),
+        "{err}"
+    );
+    // Another model's matrix: the widths differ.
+    let other =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/imatrix/f32-narrow.imatrix.gguf");
+    let (ok, _, err) = run(&[
+        "--format",
+        "gguf",
+        "--type",
+        "Q4_K_M",
+        "--imatrix",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("the importance matrix holds"), "{err}");
+    let junk = dir.join("junk.dat");
+    std::fs::write(&junk, b"not an imatrix").unwrap();
+    let (ok, _, err) = run(&[
+        "--format",
+        "gguf",
+        "--type",
+        "Q4_0",
+        "--imatrix",
+        junk.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("not an importance matrix"), "{err}");
+    let (ok, _, err) = run(&["--format", "gptq", "--imatrix", junk.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("--imatrix is for --format gguf"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 /// The binary's GGUF path: routing, the summary, the report, inspect and
