@@ -11,6 +11,6 @@ for target in $(cargo +nightly fuzz list); do
     cp -r "corpus/$target/." "$work/"
     echo "== $target: $seconds s"
     cargo +nightly fuzz run "$target" "$work" -- -max_total_time="$seconds" -max_len=65536 2>&1 \
-        | grep -E "^#[0-9]+ +DONE|ERROR|panicked|SUMMARY" || true
+        | grep -E "DONE|^Done [0-9]+ runs|ERROR|panicked|SUMMARY" || true
     rm -rf "$work"
 done

@@ -5,6 +5,7 @@
 /// `f32` → IEEE binary16 bits, as ggml's `GGML_FP32_TO_FP16`: round to
 /// nearest even, subnormal results, overflow to ±∞, and every NaN to the
 /// quiet NaN `0x7E00` with the input's sign.
+#[inline]
 pub fn fp32_to_fp16(f: f32) -> u16 {
     let scale_to_inf = f32::from_bits(0x7780_0000); // 2^112
     let scale_to_zero = f32::from_bits(0x0880_0000); // 2^-110
@@ -29,6 +30,7 @@ pub fn fp32_to_fp16(f: f32) -> u16 {
 }
 
 /// IEEE binary16 bits → `f32`, exactly (ggml's `GGML_FP16_TO_FP32`).
+#[inline]
 pub fn fp16_to_fp32(h: u16) -> f32 {
     let w = u32::from(h) << 16;
     let sign = w & 0x8000_0000;

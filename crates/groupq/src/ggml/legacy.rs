@@ -93,69 +93,16 @@ fn q4_0_ref(xb: &[f32], yb: &mut [u8]) {
 }
 
 /// The element of `xb` that ggml's scan `if (amax < fabsf(v)) { amax =
-/// fabsf(v); max = v; }` keeps: the first of largest magnitude (NaN never
-/// wins; `+0.0` when every magnitude is 0). Computed as eight running
-/// maxima, which the compiler turns into vector code (the largest non-NaN
-/// magnitude does not depend on the order it is found in), then a scan for
-/// the first element of that magnitude.
+/// fabsf(v); max = v; }` keeps (`kernels::ggml::block_abs_max`).
 #[inline]
 fn block_abs_max(xb: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for c in xb.chunks_exact(8) {
-        for k in 0..8 {
-            let a = c[k].abs();
-            acc[k] = if acc[k] < a { a } else { acc[k] };
-        }
-    }
-    let mut amax = 0.0f32;
-    for a in acc {
-        if amax < a {
-            amax = a;
-        }
-    }
-    if amax > 0.0 {
-        xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
-    } else {
-        0.0
-    }
+    crate::kernels::ggml::block_abs_max(block(xb)).1
 }
 
-/// ggml's `min`/`max` scan (`if (v < min) min = v; if (v > max) max = v;`
-/// from `f32::MAX` / `-f32::MAX`), as running minima and maxima the
-/// compiler vectorizes. Equal to the scan except for which zero it keeps
-/// when both `+0.0` and `-0.0` are present: then (an extremum equal to 0)
-/// the scan itself runs.
+/// ggml's `min`/`max` scan (`kernels::ggml::block_min_max`).
 #[inline]
 fn block_min_max(xb: &[f32]) -> (f32, f32) {
-    let mut lo = [f32::MAX; 8];
-    let mut hi = [-f32::MAX; 8];
-    for c in xb.chunks_exact(8) {
-        for k in 0..8 {
-            lo[k] = if c[k] < lo[k] { c[k] } else { lo[k] };
-            hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
-        }
-    }
-    let (mut min, mut max) = (f32::MAX, -f32::MAX);
-    for k in 0..8 {
-        if lo[k] < min {
-            min = lo[k];
-        }
-        if hi[k] > max {
-            max = hi[k];
-        }
-    }
-    if min == 0.0 || max == 0.0 {
-        (min, max) = (f32::MAX, -f32::MAX);
-        for &v in xb {
-            if v < min {
-                min = v;
-            }
-            if v > max {
-                max = v;
-            }
-        }
-    }
-    (min, max)
+    crate::kernels::ggml::block_min_max(block(xb))
 }
 
 /// A block of 32 values (the callers pass `chunks_exact(32)` slices).

@@ -395,6 +395,7 @@ where
 /// `MIN(clamp, (int8_t)t)` or, without `clamp`, the low byte of `t`.
 /// Four values at a time with SSE2 on x86-64 (`cvttps2dq` is exactly that
 /// conversion), one at a time elsewhere.
+#[inline]
 pub(crate) fn legacy_codes(
     xb: &[f32; 32],
     sub: f32,
@@ -442,6 +443,7 @@ fn legacy_codes_scalar(xb: &[f32; 32], sub: f32, id: f32, add: f32, clamp: Optio
 /// # Safety
 /// The CPU has SSE2 (every x86-64 CPU does).
 #[cfg(target_arch = "x86_64")]
+#[inline(always)]
 unsafe fn legacy_codes_sse2(
     xb: &[f32; 32],
     sub: f32,
@@ -483,6 +485,7 @@ unsafe fn legacy_codes_sse2(
 /// The codes of one `q8_0` block: the low byte of `(int)roundf(x[j] * id)`
 /// (C's `roundf`, half away from zero; `i32::MIN` for NaN and values out
 /// of range), four at a time with SSE2 on x86-64.
+#[inline]
 pub(crate) fn q8_0_codes(xb: &[f32; 32], id: f32) -> [u8; 32] {
     #[cfg(target_arch = "x86_64")]
     {
@@ -511,6 +514,7 @@ fn q8_0_codes_scalar(xb: &[f32; 32], id: f32) -> [u8; 32] {
 /// # Safety
 /// The CPU has SSE2 (every x86-64 CPU does).
 #[cfg(target_arch = "x86_64")]
+#[inline(always)]
 unsafe fn q8_0_codes_sse2(xb: &[f32; 32], id: f32) -> [u8; 32] {
     use std::arch::x86_64::*;
     let vid = _mm_set1_ps(id);
@@ -539,6 +543,87 @@ unsafe fn q8_0_codes_sse2(xb: &[f32; 32], id: f32) -> [u8; 32] {
         _mm_storeu_si128(out.as_mut_ptr().add(16 * k).cast(), _mm_packus_epi16(a, b));
     }
     out
+}
+
+/// The largest magnitude in a block of 32 and the first element of that
+/// magnitude, as ggml's scan `if (amax < fabsf(v)) { amax = fabsf(v); max =
+/// v; }` leaves them (NaN never wins; `(0, +0)` when every magnitude is 0).
+/// The largest non-NaN magnitude does not depend on the order it is found
+/// in, so SSE2 finds it four lanes at a time (`maxps` keeps its second
+/// operand when the first is NaN), then the first element of that
+/// magnitude.
+#[inline]
+pub(crate) fn block_abs_max(xb: &[f32; 32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of the x86-64 baseline; the loads stay inside
+    // `xb` (8 × 4 values of 32).
+    let amax = unsafe {
+        use std::arch::x86_64::*;
+        let mask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFF_FFFF));
+        let mut acc = _mm_setzero_ps();
+        for k in 0..8 {
+            let a = _mm_and_ps(_mm_loadu_ps(xb.as_ptr().add(4 * k)), mask);
+            acc = _mm_max_ps(a, acc);
+        }
+        // The lanes hold no NaN: the reduction's order does not matter.
+        let acc = _mm_max_ps(acc, _mm_movehl_ps(acc, acc));
+        let acc = _mm_max_ps(acc, _mm_shuffle_ps(acc, acc, 1));
+        _mm_cvtss_f32(acc)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let amax = xb
+        .iter()
+        .fold(0.0f32, |m, v| if m < v.abs() { v.abs() } else { m });
+    if amax > 0.0 {
+        let max = xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+        (amax, max)
+    } else {
+        (0.0, 0.0)
+    }
+}
+
+/// ggml's `min`/`max` scan of a block of 32 (`if (v < min) min = v;` and
+/// `if (v > max) max = v;` from `f32::MAX` / `-f32::MAX`; NaN never wins), four
+/// lanes at a time with SSE2. It equals the scan but for which zero it
+/// keeps when both `+0.0` and `-0.0` are present: when an extremum is 0,
+/// the scan itself runs.
+#[inline]
+pub(crate) fn block_min_max(xb: &[f32; 32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: SSE2 is part of the x86-64 baseline; the loads stay
+        // inside `xb` (8 × 4 values of 32).
+        let (min, max) = unsafe {
+            use std::arch::x86_64::*;
+            let mut lo = _mm_set1_ps(f32::MAX);
+            let mut hi = _mm_set1_ps(-f32::MAX);
+            for k in 0..8 {
+                let v = _mm_loadu_ps(xb.as_ptr().add(4 * k));
+                // minps/maxps keep the second operand when the first is NaN.
+                lo = _mm_min_ps(v, lo);
+                hi = _mm_max_ps(v, hi);
+            }
+            let lo = _mm_min_ps(lo, _mm_movehl_ps(lo, lo));
+            let lo = _mm_min_ps(lo, _mm_shuffle_ps(lo, lo, 1));
+            let hi = _mm_max_ps(hi, _mm_movehl_ps(hi, hi));
+            let hi = _mm_max_ps(hi, _mm_shuffle_ps(hi, hi, 1));
+            (_mm_cvtss_f32(lo), _mm_cvtss_f32(hi))
+        };
+        if min != 0.0 && max != 0.0 {
+            return (min, max);
+        }
+    }
+    // The scan, in ggml's order.
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in xb {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
 }
 
 #[cfg(test)]
