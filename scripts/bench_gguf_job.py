@@ -8,7 +8,8 @@ is the golden folder's `make_gguf.py --big PATH` (~0.98 GB F16: hidden 2048, ffn
 vocab 32000). Run:
   cargo build --release -p groupq-cli
   python3 scripts/bench_gguf_job.py BIG.gguf [--types Q4_0,Q8_0,Q4_K_M] [--reps 3]
-Prints a markdown table (median seconds of --reps runs each).
+Prints a markdown table (median seconds of --reps runs each; every output, the copy's too, is
+removed and the disk synced before each run, untimed).
 """
 import argparse, ctypes, hashlib, os, statistics, subprocess, sys, tempfile, time
 
@@ -16,9 +17,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gguf_reference import FTYPES, QParams, sha256  # noqa: E402
 
 
-def timed(f, reps):
+def timed(f, reps, out):
+    """Median seconds of `reps` runs of f; `out` (the file f writes) is removed before each run
+    (untimed), so that no run pays for unlinking the previous one's output."""
     ts = []
     for _ in range(reps):
+        if os.path.exists(out):
+            os.remove(out)
+        subprocess.run(['sync'], check=False)
         t0 = time.perf_counter()
         f()
         ts.append(time.perf_counter() - t0)
@@ -45,7 +51,7 @@ def main():
     out = tempfile.mkdtemp(prefix='gguf-bench-', dir=os.path.dirname(os.path.abspath(a.big)))
     subprocess.run(['cat', a.big], check=True, stdout=subprocess.DEVNULL)  # warm the page cache
     cp_dst = os.path.join(out, 'copy.gguf')
-    cp_s = timed(lambda: subprocess.run(['cp', a.big, cp_dst], check=True), a.reps)
+    cp_s = timed(lambda: subprocess.run(['cp', a.big, cp_dst], check=True), a.reps, cp_dst)
     os.remove(cp_dst)
     print(f'{a.big}: {size / 1e9:.3f} GB, cp {cp_s:.2f} s, 2 threads, page cache warm, '
           f'median of {a.reps} (groupq, cp) / {a.llama_reps} (llama-quantize) runs\n')
@@ -75,8 +81,8 @@ def main():
             subprocess.run([a.groupq, 'quantize', a.big, '-o', ours, '--format', 'gguf', '--type', name,
                             '--quiet', '--force'], check=True)
 
-        t_llama = timed(run_llama, a.llama_reps)
-        t_ours = timed(run_groupq, a.reps)
+        t_llama = timed(run_llama, a.llama_reps, ref)
+        t_ours = timed(run_groupq, a.reps, ours)
         same = sha256(ref) == sha256(ours)
         bad += not same
         print(f'| {name} | {t_llama:.2f} | {t_ours:.2f} | {t_llama / t_ours:.1f}x | {t_ours / cp_s:.2f} | '

@@ -344,8 +344,17 @@ fn in_place<T: bytemuck::Pod>(b: &[u8]) -> Option<&[T]> {
 /// The input rows `[r0, r0 + n)` as f32 (F16 exactly, BF16 by a shift),
 /// read in place where the bytes are aligned for their type (tensor data in
 /// a GGUF is 32-byte aligned and the file is mapped at a page boundary).
-fn widen_rows(from: GgmlDtype, src: &[u8], k: usize, r0: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; n * k];
+/// `out` is a scratch buffer, resized to the rows.
+fn widen_rows<'b>(
+    from: GgmlDtype,
+    src: &[u8],
+    k: usize,
+    r0: usize,
+    n: usize,
+    out: &'b mut Vec<f32>,
+) -> &'b mut [f32] {
+    out.resize(n * k, 0.0);
+    let out = &mut out[..n * k];
     let span = |size: usize| &src[r0 * k * size..(r0 + n) * k * size];
     match from.id() {
         0 => match in_place::<f32>(span(4)) {
@@ -357,12 +366,12 @@ fn widen_rows(from: GgmlDtype, src: &[u8], k: usize, r0: usize, n: usize) -> Vec
             }
         },
         1 => match in_place::<f16>(span(2)) {
-            Some(v) => f16::widen(v, &mut out),
-            None => f16::widen(&f16::read(span(2)), &mut out),
+            Some(v) => f16::widen(v, out),
+            None => f16::widen(&f16::read(span(2)), out),
         },
         _ => match in_place::<bf16>(span(2)) {
-            Some(v) => bf16::widen(v, &mut out),
-            None => bf16::widen(&bf16::read(span(2)), &mut out),
+            Some(v) => bf16::widen(v, out),
+            None => bf16::widen(&bf16::read(span(2)), out),
         },
     }
     out
@@ -402,17 +411,22 @@ fn convert(p: &Planned<'_>, src: &[u8]) -> Result<(Vec<u8>, Option<Stats>)> {
     let rows_per_matrix = p.info.dims.get(1).copied().unwrap_or(1).max(1) as usize;
     match p.to.quant() {
         Some(ty) => {
+            // Scratch buffers live as long as a rayon task, not a chunk:
+            // fresh 256 KiB buffers per chunk cost page faults and zeroing.
             let parts: Vec<(f64, f64, f64)> = data
                 .par_chunks_mut(per * row_bytes)
                 .enumerate()
-                .map(|(c, out)| -> Result<(f64, f64, f64)> {
-                    let n = out.len() / row_bytes;
-                    let x = widen_rows(from, src, k, c * per, n);
-                    quantize_chunk(ty, &x, k, c * per, rows_per_matrix, p.imatrix, out)?;
-                    let mut back = vec![0f32; x.len()];
-                    ggml::dequantize_rows(ty, out, k, &mut back)?;
-                    Ok(sums::<f32, f32>(&x, &back))
-                })
+                .map_init(
+                    || (Vec::new(), Vec::new()),
+                    |(xbuf, back), (c, out)| -> Result<(f64, f64, f64)> {
+                        let n = out.len() / row_bytes;
+                        let x = widen_rows(from, src, k, c * per, n, xbuf);
+                        quantize_chunk(ty, x, k, c * per, rows_per_matrix, p.imatrix, out)?;
+                        back.resize(x.len(), 0.0);
+                        ggml::dequantize_rows(ty, out, k, &mut back[..x.len()])?;
+                        Ok(sums::<f32, f32>(x, &back[..x.len()]))
+                    },
+                )
                 .collect::<Result<_>>()?;
             let (s, e, m) = parts.iter().fold((0.0, 0.0, 0.0f64), |a, b| {
                 (a.0 + b.0, a.1 + b.1, a.2.max(b.2))
@@ -422,10 +436,10 @@ fn convert(p: &Planned<'_>, src: &[u8]) -> Result<(Vec<u8>, Option<Stats>)> {
         None => {
             data.par_chunks_mut(per * row_bytes)
                 .enumerate()
-                .for_each(|(c, out)| {
+                .for_each_init(Vec::new, |xbuf, (c, out)| {
                     let n = out.len() / row_bytes;
-                    let x = widen_rows(from, src, k, c * per, n);
-                    write_floats(p.to, &x, out);
+                    let x = widen_rows(from, src, k, c * per, n, xbuf);
+                    write_floats(p.to, x, out);
                 });
             Ok((data, None))
         }
@@ -650,10 +664,10 @@ pub fn dequantize_gguf(
                 if rows > 0 && k > 0 {
                     data.par_chunks_mut(per * out_size)
                         .zip(src.par_chunks(per * row_bytes))
-                        .try_for_each(|(o, s)| -> Result<()> {
-                            let mut x = vec![0f32; o.len() / out_size * k];
-                            ggml::dequantize_rows(ty, s, k, &mut x)?;
-                            write_floats(new, &x, o);
+                        .try_for_each_init(Vec::new, |x, (o, s)| -> Result<()> {
+                            x.resize(o.len() / out_size * k, 0.0);
+                            ggml::dequantize_rows(ty, s, k, x)?;
+                            write_floats(new, x, o);
                             Ok(())
                         })?;
                 }
