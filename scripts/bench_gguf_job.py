@@ -14,7 +14,7 @@ removed and the disk synced before each run, untimed).
 import argparse, ctypes, hashlib, os, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gguf_reference import FTYPES, QParams, sha256  # noqa: E402
+from gguf_reference import FTYPES, load_llama, sha256  # noqa: E402
 
 
 def timed(f, reps, out):
@@ -39,14 +39,7 @@ def main():
     ap.add_argument('--reps', type=int, default=3)
     ap.add_argument('--llama-reps', type=int, default=1)
     a = ap.parse_args()
-    libdir = os.environ.get('LLAMA_LIBDIR', 'package/bins/linux-x64')
-    for lib in ['libggml-base.so', 'libggml.v0.5.0.so']:
-        ctypes.CDLL(os.path.join(libdir, lib), mode=ctypes.RTLD_GLOBAL)
-    llama = ctypes.CDLL(os.path.join(libdir, 'libllama.v0.5.0.so'), mode=ctypes.RTLD_GLOBAL)
-    llama.llama_model_quantize_default_params.restype = QParams
-    llama.llama_model_quantize.restype = ctypes.c_uint32
-    llama.llama_model_quantize.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(QParams)]
-    llama.llama_backend_init()
+    llama = load_llama()
     size = os.path.getsize(a.big)
     out = tempfile.mkdtemp(prefix='gguf-bench-', dir=os.path.dirname(os.path.abspath(a.big)))
     subprocess.run(['cat', a.big], check=True, stdout=subprocess.DEVNULL)  # warm the page cache

@@ -22,7 +22,7 @@ import numpy as np
 import gguf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gguf_reference import FTYPES, MODELS, QParams, sha256  # noqa: E402
+from gguf_reference import FTYPES, MODELS, load_llama, sha256  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMDIR = os.path.join(ROOT, 'crates', 'groupq-cli', 'tests', 'imatrix')
@@ -92,14 +92,7 @@ def main():
     ap.add_argument('--groupq', default=os.path.join(ROOT, 'target', 'release', 'groupq'))
     ap.add_argument('--compare', action='store_true')
     a = ap.parse_args()
-    libdir = os.environ.get('LLAMA_LIBDIR', 'package/bins/linux-x64')
-    for lib in ['libggml-base.so', 'libggml.v0.5.0.so']:
-        ctypes.CDLL(os.path.join(libdir, lib), mode=ctypes.RTLD_GLOBAL)
-    llama = ctypes.CDLL(os.path.join(libdir, 'libllama.v0.5.0.so'), mode=ctypes.RTLD_GLOBAL)
-    llama.llama_model_quantize_default_params.restype = QParams
-    llama.llama_model_quantize.restype = ctypes.c_uint32
-    llama.llama_model_quantize.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(QParams)]
-    llama.llama_backend_init()
+    llama = load_llama()
     os.makedirs(IMDIR, exist_ok=True)
     work = tempfile.mkdtemp(prefix='gguf-imatrix-ref-')
     table, differ, total = {}, 0, 0

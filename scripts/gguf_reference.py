@@ -32,6 +32,20 @@ class QParams(ctypes.Structure):  # llama_model_quantize_params, 64 bytes in lla
                 ('max_buf_size', ctypes.c_uint64)]
 
 
+def load_llama():
+    """llama.cpp's libllama from $LLAMA_LIBDIR, with llama_model_quantize declared and the
+    backend initialized."""
+    libdir = os.environ.get('LLAMA_LIBDIR', 'package/bins/linux-x64')
+    for lib in ['libggml-base.so', 'libggml.v0.5.0.so']:
+        ctypes.CDLL(os.path.join(libdir, lib), mode=ctypes.RTLD_GLOBAL)
+    llama = ctypes.CDLL(os.path.join(libdir, 'libllama.v0.5.0.so'), mode=ctypes.RTLD_GLOBAL)
+    llama.llama_model_quantize_default_params.restype = QParams
+    llama.llama_model_quantize.restype = ctypes.c_uint32
+    llama.llama_model_quantize.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(QParams)]
+    llama.llama_backend_init()
+    return llama
+
+
 def sha256(path):
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -46,14 +60,7 @@ def main():
     ap.add_argument('--out', default=None)
     ap.add_argument('--compare', action='store_true')
     a = ap.parse_args()
-    libdir = os.environ.get('LLAMA_LIBDIR', 'package/bins/linux-x64')
-    for lib in ['libggml-base.so', 'libggml.v0.5.0.so']:
-        ctypes.CDLL(os.path.join(libdir, lib), mode=ctypes.RTLD_GLOBAL)
-    llama = ctypes.CDLL(os.path.join(libdir, 'libllama.v0.5.0.so'), mode=ctypes.RTLD_GLOBAL)
-    llama.llama_model_quantize_default_params.restype = QParams
-    llama.llama_model_quantize.restype = ctypes.c_uint32
-    llama.llama_model_quantize.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(QParams)]
-    llama.llama_backend_init()
+    llama = load_llama()
     out = a.out or tempfile.mkdtemp(prefix='gguf-ref-')
     os.makedirs(out, exist_ok=True)
     table, differ = {}, 0

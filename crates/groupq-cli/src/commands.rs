@@ -256,24 +256,32 @@ pub(crate) fn check_output(input: &Path, output: &Path, force: bool) -> Result<(
     Ok(())
 }
 
-/// A temporary directory beside `output`, renamed to it by `commit`, removed
-/// when dropped uncommitted: nothing is left half-written at `output`.
-struct Staging {
-    tmp: PathBuf,
+/// A temporary directory or file beside `output`, renamed to it by
+/// `commit`, removed when dropped uncommitted: nothing is left half-written
+/// at `output`.
+pub(crate) struct Staging {
+    pub tmp: PathBuf,
     output: PathBuf,
+    file: bool,
     done: bool,
 }
 
 impl Staging {
-    fn new(output: &Path) -> Result<Staging> {
+    /// `output`'s temporary name: `.NAME.groupq-tmp-PID` beside it.
+    fn tmp_name(output: &Path, what: &str) -> Result<PathBuf> {
         let name = output
             .file_name()
-            .ok_or_else(|| anyhow!("{}: not a directory name", output.display()))?;
-        let tmp = output.with_file_name(format!(
+            .ok_or_else(|| anyhow!("{}: not a {what} name", output.display()))?;
+        Ok(output.with_file_name(format!(
             ".{}.groupq-tmp-{}",
             name.to_string_lossy(),
             std::process::id()
-        ));
+        )))
+    }
+
+    /// A temporary directory for a checkpoint written to `output`.
+    pub(crate) fn dir(output: &Path) -> Result<Staging> {
+        let tmp = Self::tmp_name(output, "directory")?;
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
@@ -282,12 +290,38 @@ impl Staging {
         Ok(Staging {
             tmp,
             output: output.to_path_buf(),
+            file: false,
             done: false,
         })
     }
 
-    fn commit(mut self) -> Result<()> {
-        if self.output.is_dir() {
+    /// A temporary file for a single-file output (GGUF), its parent
+    /// folders created.
+    pub(crate) fn file(output: &Path) -> Result<Staging> {
+        let tmp = Self::tmp_name(output, "file")?;
+        if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        Ok(Staging {
+            tmp,
+            output: output.to_path_buf(),
+            file: true,
+            done: false,
+        })
+    }
+
+    /// Moves the finished output into place (a file output never replaces
+    /// a directory).
+    pub(crate) fn commit(mut self) -> Result<()> {
+        if self.file {
+            if self.output.is_dir() {
+                bail!(
+                    "{} is a directory: choose a file name for the output",
+                    self.output.display()
+                );
+            }
+        } else if self.output.is_dir() {
             std::fs::remove_dir_all(&self.output)?;
         } else if self.output.exists() {
             std::fs::remove_file(&self.output)?;
@@ -307,7 +341,11 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.done {
-            let _ = std::fs::remove_dir_all(&self.tmp);
+            let _ = if self.file {
+                std::fs::remove_file(&self.tmp)
+            } else {
+                std::fs::remove_dir_all(&self.tmp)
+            };
         }
     }
 }
@@ -467,7 +505,7 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
 
     let existing: std::collections::BTreeSet<&str> =
         ckpt.tensors().map(|(_, t)| t.name.as_str()).collect();
-    let staging = Staging::new(&o.output)?;
+    let staging = Staging::dir(&o.output)?;
     let bar = progress(summary.bytes_in, o.quiet, "quantizing");
     let mut weight_map = BTreeMap::new();
     let mut total_size = 0usize;
@@ -753,7 +791,7 @@ pub fn dequantize(
                 .is_some_and(|m| parts.contains_key(&format!("{m}{marker}")))
         })
     };
-    let staging = Staging::new(output)?;
+    let staging = Staging::dir(output)?;
     let total: usize = ckpt.tensors().map(|(_, t)| t.end - t.start).sum();
     let bar = progress(total, quiet, "dequantizing");
     let (mut weight_map, mut total_size, mut modules) = (BTreeMap::new(), 0usize, 0usize);

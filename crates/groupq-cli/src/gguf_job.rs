@@ -3,7 +3,7 @@
 //! same per-tensor types (see [`llama_mix`](crate::llama_mix)), metadata,
 //! tensor order and padding — on every core.
 
-use crate::commands::{check_output, progress, Summary, TensorReport};
+use crate::commands::{check_output, progress, Staging, Summary, TensorReport};
 use crate::formats::{sums, Stats, Storage};
 use crate::gguf::{GgmlDtype, Gguf, GgufWriter, TensorInfo, Value};
 use crate::imatrix::Imatrix;
@@ -164,13 +164,8 @@ pub fn quantize_gguf(o: &GgufOptions) -> Result<Summary> {
         w.push_tensor(&p.info.name, &p.info.dims, p.to)?;
     }
 
-    let staged = StagedFile::new(&o.output)?;
-    let file = std::fs::File::create(&staged.tmp)
-        .with_context(|| format!("cannot create {}", staged.tmp.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 22, file);
-    let werr = |e: std::io::Error| {
-        anyhow::Error::new(e).context(format!("cannot write {}", staged.tmp.display()))
-    };
+    let (staged, mut out) = create_staged(&o.output)?;
+    let werr = write_error(&staged.tmp);
     w.write_header(&mut out).map_err(werr)?;
     let total: u64 = plan.iter().map(|p| p.info.size).sum();
     let bar = progress(total as usize, o.quiet, "quantizing");
@@ -479,60 +474,18 @@ fn quantize_chunk(
     Ok(())
 }
 
-/// A file written beside `output` under a temporary name and renamed over
-/// it when complete; removed when dropped uncommitted.
-struct StagedFile {
-    tmp: PathBuf,
-    output: PathBuf,
-    done: bool,
+/// A staged output file with a large buffer, and the error of a failed
+/// write naming it.
+fn create_staged(output: &Path) -> Result<(Staging, BufWriter<std::fs::File>)> {
+    let staged = Staging::file(output)?;
+    let file = std::fs::File::create(&staged.tmp)
+        .with_context(|| format!("cannot create {}", staged.tmp.display()))?;
+    Ok((staged, BufWriter::with_capacity(1 << 22, file)))
 }
 
-impl StagedFile {
-    fn new(output: &Path) -> Result<StagedFile> {
-        let name = output
-            .file_name()
-            .with_context(|| format!("{}: not a file name", output.display()))?;
-        if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        let tmp = output.with_file_name(format!(
-            ".{}.groupq-tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        Ok(StagedFile {
-            tmp,
-            output: output.to_path_buf(),
-            done: false,
-        })
-    }
-
-    fn commit(mut self) -> Result<()> {
-        if self.output.is_dir() {
-            bail!(
-                "{} is a directory: choose a file name for the GGUF output",
-                self.output.display()
-            );
-        }
-        std::fs::rename(&self.tmp, &self.output).with_context(|| {
-            format!(
-                "cannot rename {} to {}",
-                self.tmp.display(),
-                self.output.display()
-            )
-        })?;
-        self.done = true;
-        Ok(())
-    }
-}
-
-impl Drop for StagedFile {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
+/// The error of a failed write to `path`.
+fn write_error(path: &Path) -> impl Fn(std::io::Error) -> anyhow::Error + Copy + '_ {
+    move |e| anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
 }
 
 /// `groupq inspect` of a GGUF file: metadata (arrays summarized), tensors
@@ -637,13 +590,8 @@ pub fn dequantize_gguf(
         "{}: no block-quantized tensors to dequantize",
         input.display()
     );
-    let staged = StagedFile::new(output)?;
-    let file = std::fs::File::create(&staged.tmp)
-        .with_context(|| format!("cannot create {}", staged.tmp.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 22, file);
-    let werr = |e: std::io::Error| {
-        anyhow::Error::new(e).context(format!("cannot write {}", staged.tmp.display()))
-    };
+    let (staged, mut out) = create_staged(output)?;
+    let werr = write_error(&staged.tmp);
     w.write_header(&mut out).map_err(werr)?;
     let bar = progress(
         g.tensors.iter().map(|t| t.size as usize).sum(),

@@ -14,7 +14,6 @@ use groupq_cli::tiny::{write_model, TinyConfig};
 use safetensors::Dtype;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const SMALL: TinyConfig = TinyConfig {
     hidden: 64,
@@ -26,24 +25,11 @@ const SMALL: TinyConfig = TinyConfig {
     shards: 2,
 };
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::groupq;
 
-fn groupq(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_groupq"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn scratch(name: &str) -> PathBuf {
+    common::scratch("cli", name)
 }
 
 fn model(dir: &Path) -> PathBuf {
