@@ -89,6 +89,15 @@ pub fn quantize_gguf(o: &GgufOptions) -> Result<Summary> {
             g.alignment
         );
     }
+    if let Some((_, v)) = g.metadata.iter().find(|(k, _)| k == "split.count") {
+        if !matches!(v, Value::U16(0 | 1)) {
+            bail!(
+                "{}: one part of a split GGUF model (split.count {v:?}); merge the parts first \
+                 (llama.cpp's llama-gguf-split --merge), groupq reads single files",
+                o.input.display()
+            );
+        }
+    }
     let hp = Hparams::from_gguf(&g).with_context(|| o.input.display().to_string())?;
     let mut order: Vec<&TensorInfo> = g.tensors.iter().collect();
     order.sort_by(|a, b| tensor_order(&a.name, &b.name));

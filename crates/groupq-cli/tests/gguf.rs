@@ -321,6 +321,28 @@ fn gguf_errors_are_clear_and_write_nothing() {
         "Q4_0",
     ]);
     assert!(!ok && stderr.contains("convert_hf_to_gguf.py"), "{stderr}");
+    // One part of a split model is refused: the other parts' tensors
+    // would be missing.
+    let bytes = std::fs::read(&input).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut w = groupq_cli::gguf::GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.push_kv(k, v.clone());
+    }
+    w.push_kv("split.count", Value::U16(2));
+    for t in &g.tensors {
+        w.push_tensor(&t.name, &t.dims, t.dtype).unwrap();
+    }
+    let mut split = Vec::new();
+    w.write_header(&mut split).unwrap();
+    for t in &g.tensors {
+        w.write_tensor_data(&mut split, g.tensor_data(t)).unwrap();
+    }
+    let part = dir.join("part-00001-of-00002.gguf");
+    std::fs::write(&part, split).unwrap();
+    let e = quantize_gguf(&options(&part, &out, "Q4_0")).unwrap_err();
+    assert!(format!("{e:#}").contains("split GGUF model"), "{e:#}");
+    assert!(!out.exists());
     // Re-quantizing a quantized file is refused, as llama-quantize does.
     let q = dir.join("q.gguf");
     quantize_gguf(&options(&input, &q, "Q8_0")).unwrap();
