@@ -13,7 +13,10 @@ fn files(dir: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
         let p = e.unwrap().path();
-        if p.is_file() && p.extension().is_none_or(|e| e != "md") {
+        let hidden = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if p.is_file() && !hidden && p.extension().is_none_or(|e| e != "md") {
             out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
         }
     }
