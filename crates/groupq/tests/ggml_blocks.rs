@@ -390,7 +390,10 @@ proptest! {
     /// special values included; any thread count too.
     #[test]
     fn every_backend_equals_the_scalar_code(
-        ty in prop::sample::select(vec![GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K]),
+        ty in prop::sample::select(vec![
+            GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K,
+            GgmlType::Iq4Nl, GgmlType::Iq4Xs,
+        ]),
         supers in 1usize..12,
         rows in 1usize..4,
         seed_rows in prop::collection::vec(row_values(256), 1..8),

@@ -9,6 +9,8 @@
 
 use super::read_f16;
 use super::search::{nearest_int, GROUP_MAX_EPS};
+use crate::kernels::ggml::Search;
+use crate::plan::BackendKind;
 
 /// ggml's `kvalues_iq4nl`: the 16 code-book values of `iq4_nl`/`iq4_xs`.
 pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
@@ -24,8 +26,10 @@ pub(crate) const IQ4_XS_BYTES: usize = 2 + 2 + 4 + 128;
 const NTRY: i32 = 7;
 
 /// ggml's `best_index_int8`: the index of the code-book value nearest to
-/// `x` by binary search (ties and NaN go to the upper neighbour).
-pub(crate) fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
+/// `x` by binary search (ties and NaN go to the upper neighbour); the
+/// oracle of [`best_index_branchless`], which the quantizers use.
+#[cfg(test)]
+fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
     let n = val.len();
     if x <= f32::from(val[0]) {
         return 0;
@@ -50,6 +54,80 @@ pub(crate) fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
     }
 }
 
+/// The block-scale search of ggml's `quantize_row_iq4_nl_impl` for one
+/// block of 32 with its weights (`ntry` tries each side): the scalar oracle
+/// of the vector search (`kernels::ggml`, `Search::Iq4`).
+pub(crate) fn search_block(xb: &[f32], weight: &[f32; 32], ntry: i32, values: &[i8; 16]) -> f32 {
+    const BLOCK: usize = 32;
+    let v0 = f32::from(values[0]);
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in xb {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let mut d = if ntry > 0 { -max / v0 } else { max / v0 };
+    let mut id = 1.0 / d;
+    let mut sumqx = 0.0f32;
+    let mut sumq2 = 0.0f32;
+    for j in 0..BLOCK {
+        let al = id * xb[j];
+        let li = best_index_branchless(values, al);
+        let q = f32::from(values[li]);
+        let w = weight[j];
+        sumqx += w * q * xb[j];
+        sumq2 += w * q * q;
+    }
+    d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+    let mut best = d * sumqx;
+    for itry in -ntry..=ntry {
+        id = (itry + i32::from(values[0])) as f32 / max;
+        sumqx = 0.0;
+        sumq2 = 0.0;
+        for j in 0..BLOCK {
+            let al = id * xb[j];
+            let li = best_index_branchless(values, al);
+            let q = f32::from(values[li]);
+            let w = weight[j];
+            sumqx += w * q * xb[j];
+            sumq2 += w * q * q;
+        }
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    d
+}
+
+/// [`best_index_int8`] without branches (the codes are data: a binary
+/// search on them mispredicts about every other step), for the final
+/// requantization: below the first value 0, from the last value (and NaN)
+/// 15, else the nearer of the neighbours around `x` (a tie goes up).
+#[inline]
+fn best_index_branchless(val: &[i8; 16], x: f32) -> usize {
+    // mu: the first index whose value exceeds x (1..=15 inside the range).
+    let mut mu = 1usize;
+    for &v in &val[1..15] {
+        mu += usize::from(f32::from(v) <= x);
+    }
+    let nearer_low = x - f32::from(val[mu - 1]) < f32::from(val[mu]) - x;
+    let inside = mu - usize::from(nearer_low);
+    if x <= f32::from(val[0]) {
+        0
+    } else if x >= f32::from(val[15]) || x.is_nan() {
+        15
+    } else {
+        inside
+    }
+}
+
 /// What `quantize_row_iq4_nl_impl` writes besides the nibbles.
 struct Iq4Header {
     /// The f16 super-block scale `dh[0]`.
@@ -63,18 +141,20 @@ struct Iq4Header {
 /// ggml's `quantize_row_iq4_nl_impl` with `block_size` 32 for a
 /// super-block `x` of 32 (`iq4_nl`) or 256 (`iq4_xs`) weights; `qw` holds
 /// the super-block's importance weights. Writes the nibbles to `q4`.
+/// `scales_in`, when given, holds the blocks' scales as the search found
+/// them (the vector search): the search is skipped.
 fn quantize_iq4_impl(
     x: &[f32],
     qw: Option<&[f32]>,
     ntry: i32,
     values: &[i8; 16],
     q4: &mut [u8],
+    scales_in: Option<&[f32]>,
 ) -> Iq4Header {
     const BLOCK: usize = 32;
     let super_block_size = x.len();
     let nb = super_block_size / BLOCK;
     let mut scales = [0.0f32; 8];
-    let mut weight = [0.0f32; BLOCK];
     let mut l = [0u8; 256];
     let mut head = Iq4Header {
         d: super::fp32_to_fp16(0.0),
@@ -90,70 +170,30 @@ fn quantize_iq4_impl(
 
     q4[..super_block_size / 2].fill(0);
 
-    let v0 = f32::from(values[0]);
     let mut max_scale = 0.0f32;
     let mut amax_scale = 0.0f32;
     for ib in 0..nb {
         let xb = &x[ib * BLOCK..(ib + 1) * BLOCK];
-        let lb = &mut l[ib * BLOCK..(ib + 1) * BLOCK];
-        match qw {
-            Some(qw) => {
-                let qw = &qw[ib * BLOCK..];
-                for j in 0..BLOCK {
-                    weight[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
-                }
-            }
+        let d = match scales_in {
+            Some(sc) => sc[ib],
             None => {
-                for j in 0..BLOCK {
-                    weight[j] = xb[j] * xb[j];
+                let mut weight = [0.0f32; BLOCK];
+                match qw {
+                    Some(qw) => {
+                        let qw = &qw[ib * BLOCK..];
+                        for j in 0..BLOCK {
+                            weight[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+                        }
+                    }
+                    None => {
+                        for j in 0..BLOCK {
+                            weight[j] = xb[j] * xb[j];
+                        }
+                    }
                 }
+                search_block(xb, &weight, ntry, values)
             }
-        }
-        let mut amax = 0.0f32;
-        let mut max = 0.0f32;
-        for &v in xb {
-            let ax = v.abs();
-            if ax > amax {
-                amax = ax;
-                max = v;
-            }
-        }
-        if amax < GROUP_MAX_EPS {
-            scales[ib] = 0.0;
-            continue;
-        }
-        let mut d = if ntry > 0 { -max / v0 } else { max / v0 };
-        let mut id = 1.0 / d;
-        let mut sumqx = 0.0f32;
-        let mut sumq2 = 0.0f32;
-        for j in 0..BLOCK {
-            let al = id * xb[j];
-            let li = best_index_int8(values, al);
-            lb[j] = li as u8;
-            let q = f32::from(values[li]);
-            let w = weight[j];
-            sumqx += w * q * xb[j];
-            sumq2 += w * q * q;
-        }
-        d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-        let mut best = d * sumqx;
-        for itry in -ntry..=ntry {
-            id = (itry + i32::from(values[0])) as f32 / max;
-            sumqx = 0.0;
-            sumq2 = 0.0;
-            for j in 0..BLOCK {
-                let al = id * xb[j];
-                let li = best_index_int8(values, al);
-                let q = f32::from(values[li]);
-                let w = weight[j];
-                sumqx += w * q * xb[j];
-                sumq2 += w * q * q;
-            }
-            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                d = sumqx / sumq2;
-                best = d * sumqx;
-            }
-        }
+        };
         scales[ib] = d;
         let abs_d = d.abs();
         if abs_d > amax_scale {
@@ -173,7 +213,7 @@ fn quantize_iq4_impl(
             let xb = &x[ib * BLOCK..(ib + 1) * BLOCK];
             let lb = &mut l[ib * BLOCK..(ib + 1) * BLOCK];
             for j in 0..BLOCK {
-                lb[j] = best_index_int8(values, idl * xb[j]) as u8;
+                lb[j] = best_index_branchless(values, idl * xb[j]) as u8;
             }
             let ls = ls + 32;
             let l_l = (ls & 0xF) as u8;
@@ -194,7 +234,7 @@ fn quantize_iq4_impl(
                 0.0
             };
             for j in 0..super_block_size {
-                l[j] = best_index_int8(values, id * x[j]) as u8;
+                l[j] = best_index_branchless(values, id * x[j]) as u8;
             }
         }
     }
@@ -207,31 +247,92 @@ fn quantize_iq4_impl(
     head
 }
 
-/// `iq4_nl` of one row (`quantize_iq4_nl`).
-pub(crate) fn quantize_iq4_nl(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    for (ib, (xb, yb)) in x
-        .chunks_exact(32)
-        .zip(y.chunks_exact_mut(IQ4_NL_BYTES))
-        .enumerate()
-    {
-        let qwb = qw.map(|qw| &qw[32 * ib..32 * (ib + 1)]);
-        let head = quantize_iq4_impl(xb, qwb, NTRY, &KVALUES_IQ4NL, &mut yb[2..]);
-        yb[..2].copy_from_slice(&head.d.to_le_bytes());
+/// The block scales of a row without an importance matrix, from the
+/// vector search on backend `b` (or the scalar one), a chunk at a time:
+/// `f(first_block, scales, x_chunk, y_chunk)`.
+fn with_scales(
+    b: BackendKind,
+    x: &[f32],
+    y: &mut [u8],
+    super_block: usize,
+    type_size: usize,
+    mut f: impl FnMut(&[f32], &[f32], &mut [u8]),
+) {
+    const CHUNK: usize = 2048;
+    let (mut scales, mut mins, mut codes) =
+        ([0.0f32; CHUNK / 32], [0.0f32; CHUNK / 32], [0u8; CHUNK]);
+    let per = CHUNK / super_block;
+    for (xc, yc) in x.chunks(CHUNK).zip(y.chunks_mut(per * type_size)) {
+        let nb = xc.len() / 32;
+        super::kquants::search_subblocks(
+            b,
+            Search::Iq4,
+            xc,
+            &mut scales[..nb],
+            &mut mins[..nb],
+            &mut codes[..xc.len()],
+        );
+        f(&scales[..nb], xc, yc);
     }
 }
 
-/// `iq4_xs` of one row (`quantize_iq4_xs`).
-pub(crate) fn quantize_iq4_xs(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    for (ib, (xb, yb)) in x
-        .chunks_exact(256)
-        .zip(y.chunks_exact_mut(IQ4_XS_BYTES))
-        .enumerate()
-    {
-        let qwb = qw.map(|qw| &qw[256 * ib..256 * (ib + 1)]);
-        let head = quantize_iq4_impl(xb, qwb, NTRY, &KVALUES_IQ4NL, &mut yb[8..]);
+/// `iq4_nl` of one row (`quantize_iq4_nl`); without an importance matrix
+/// the block-scale searches run on backend `b`.
+pub(crate) fn quantize_iq4_nl(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let one = |xb: &[f32], qwb: Option<&[f32]>, sc: Option<&[f32]>, yb: &mut [u8]| {
+        let head = quantize_iq4_impl(xb, qwb, NTRY, &KVALUES_IQ4NL, &mut yb[2..], sc);
+        yb[..2].copy_from_slice(&head.d.to_le_bytes());
+    };
+    match qw {
+        None => with_scales(b, x, y, 32, IQ4_NL_BYTES, |scales, xc, yc| {
+            for (i, (xb, yb)) in xc
+                .chunks_exact(32)
+                .zip(yc.chunks_exact_mut(IQ4_NL_BYTES))
+                .enumerate()
+            {
+                one(xb, None, Some(&scales[i..i + 1]), yb);
+            }
+        }),
+        Some(qw) => {
+            for (ib, (xb, yb)) in x
+                .chunks_exact(32)
+                .zip(y.chunks_exact_mut(IQ4_NL_BYTES))
+                .enumerate()
+            {
+                one(xb, Some(&qw[32 * ib..32 * (ib + 1)]), None, yb);
+            }
+        }
+    }
+}
+
+/// `iq4_xs` of one row (`quantize_iq4_xs`); without an importance matrix
+/// the block-scale searches run on backend `b`.
+pub(crate) fn quantize_iq4_xs(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let one = |xb: &[f32], qwb: Option<&[f32]>, sc: Option<&[f32]>, yb: &mut [u8]| {
+        let head = quantize_iq4_impl(xb, qwb, NTRY, &KVALUES_IQ4NL, &mut yb[8..], sc);
         yb[..2].copy_from_slice(&head.d.to_le_bytes());
         yb[2..4].copy_from_slice(&head.scales_h.to_le_bytes());
         yb[4..8].copy_from_slice(&head.scales_l);
+    };
+    match qw {
+        None => with_scales(b, x, y, 256, IQ4_XS_BYTES, |scales, xc, yc| {
+            for (i, (xb, yb)) in xc
+                .chunks_exact(256)
+                .zip(yc.chunks_exact_mut(IQ4_XS_BYTES))
+                .enumerate()
+            {
+                one(xb, None, Some(&scales[8 * i..8 * (i + 1)]), yb);
+            }
+        }),
+        Some(qw) => {
+            for (ib, (xb, yb)) in x
+                .chunks_exact(256)
+                .zip(y.chunks_exact_mut(IQ4_XS_BYTES))
+                .enumerate()
+            {
+                one(xb, Some(&qw[256 * ib..256 * (ib + 1)]), None, yb);
+            }
+        }
     }
 }
 
@@ -265,6 +366,32 @@ pub(crate) fn dequantize_iq4_xs(b: &[u8], y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_branchless_index_equals_the_binary_search() {
+        let v = &KVALUES_IQ4NL;
+        let mut seed = 0x9e37_79b9u32;
+        let mut xs: Vec<f32> = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+        for k in -130..=130 {
+            // Every integer, every half (the ties) and their neighbours.
+            for h in [k as f32, k as f32 + 0.5] {
+                xs.extend([
+                    h,
+                    f32::from_bits(h.to_bits() + 1),
+                    f32::from_bits(h.to_bits().max(1) - 1),
+                ]);
+            }
+        }
+        for _ in 0..100_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            xs.push((seed as f32 / u32::MAX as f32 - 0.5) * 300.0);
+        }
+        for x in xs {
+            assert_eq!(best_index_branchless(v, x), best_index_int8(v, x), "{x}");
+        }
+    }
 
     #[test]
     fn best_index_picks_nearest_and_breaks_ties_upward() {

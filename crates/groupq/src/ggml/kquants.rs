@@ -86,7 +86,7 @@ const CHUNK: usize = 8 * QK_K;
 /// scale, its minimum (0 for `q6_K`) and its codes. Backend `b`'s vector
 /// search where it has one (bit-identical, one sub-block per lane), else
 /// the scalar search, one sub-block at a time.
-fn search_subblocks(
+pub(crate) fn search_subblocks(
     b: BackendKind,
     kind: Search,
     x: &[f32],
@@ -133,6 +133,14 @@ fn search_one(kind: Search, xs: &[f32], l: &mut [u8]) -> (f32, f32) {
                 (31, -0.5, 15)
             };
             make_qkx2_quants(nmax, xs, &weights, l, rmin, 0.1, nstep, false)
+        }
+        Search::Iq4 => {
+            let mut weight = [0.0f32; 32];
+            for (w, &v) in weight.iter_mut().zip(xs) {
+                *w = v * v;
+            }
+            let scale = super::iq4::search_block(xs, &weight, 7, &super::iq4::KVALUES_IQ4NL);
+            (scale, 0.0)
         }
         Search::Q3K => {
             let mut li = [0i8; 16];

@@ -315,7 +315,13 @@ pub(crate) fn search_backends() -> Vec<BackendKind> {
 pub(crate) fn has_vector_search(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
+        GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
+            | GgmlType::Iq4Nl
+            | GgmlType::Iq4Xs
     )
 }
 
@@ -344,8 +350,8 @@ pub(crate) fn quantize_row(
         GgmlType::Q4K => kquants::quantize_q4_k(b, x, qw, y),
         GgmlType::Q5K => kquants::quantize_q5_k(b, x, qw, y),
         GgmlType::Q6K => kquants::quantize_q6_k(b, x, qw, y),
-        GgmlType::Iq4Nl => iq4::quantize_iq4_nl(x, qw, y),
-        GgmlType::Iq4Xs => iq4::quantize_iq4_xs(x, qw, y),
+        GgmlType::Iq4Nl => iq4::quantize_iq4_nl(b, x, qw, y),
+        GgmlType::Iq4Xs => iq4::quantize_iq4_xs(b, x, qw, y),
     }
 }
 

@@ -29,13 +29,17 @@ pub(crate) enum Search {
     Q6K,
     /// q3_K: 16 values, `make_q3_quants(16, 4, x, L, true)`.
     Q3K,
+    /// iq4_nl / iq4_xs: 32 values, weights `x²`, the block scale of
+    /// `quantize_row_iq4_nl_impl` (`ntry` 7); no codes (the callers
+    /// requantize with the final scales).
+    Iq4,
 }
 
 impl Search {
     /// Values per sub-block.
     pub fn len(self) -> usize {
         match self {
-            Search::Q4K | Search::Q5K => 32,
+            Search::Q4K | Search::Q5K | Search::Iq4 => 32,
             Search::Q2K | Search::Q6K | Search::Q3K => 16,
         }
     }
@@ -298,6 +302,93 @@ unsafe fn make_q3<S: Isa, const N: usize>(x: &[S::F; N], nmax: i32, l: &mut [S::
     S::select_f(all_zero, zero, scale)
 }
 
+/// `iq4_nl`'s code book (ggml's `kvalues_iq4nl`) as floats.
+#[cfg(target_arch = "x86_64")]
+const IQ4_VALUES: [f32; 16] = [
+    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0,
+    89.0, 113.0,
+];
+
+/// The code-book value `best_index_int8` picks for `al`, without branches:
+/// at most the first value (`al ≤ −127`), at least the last (`al ≥ 113`,
+/// and NaN), else the nearer of the largest value `≤ al` and the smallest
+/// value `> al` (a tie goes up), as ggml's binary search finds them.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn iq4_nearest<S: Isa>(al: S::F) -> S::F {
+    let v = |k: usize| S::splat_f(IQ4_VALUES[k]);
+    let mut lo = v(0);
+    for k in 1..15 {
+        lo = S::select_f(S::lt_f(al, v(k)), lo, v(k));
+    }
+    let mut hi = v(15);
+    for k in (1..15).rev() {
+        hi = S::select_f(S::lt_f(al, v(k)), v(k), hi);
+    }
+    let q = S::select_f(S::lt_f(S::sub_f(al, lo), S::sub_f(hi, al)), lo, hi);
+    // al ≤ −127 ⇔ al < the float after −127; al ≥ 113 ⇔ al > the float
+    // before 113 (both false for NaN, as in ggml).
+    let q = S::select_f(
+        S::lt_f(al, S::splat_f(f32::from_bits(0xC2FD_FFFF))),
+        v(0),
+        q,
+    );
+    S::select_f(
+        S::gt_f(al, S::splat_f(f32::from_bits(0x42E1_FFFF))),
+        v(15),
+        q,
+    )
+}
+
+/// `Σ (w·q)·x` and `Σ (w·q)·q` with `q` the code-book value of `id·x`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn iq4_sums<S: Isa, const N: usize>(x: &[S::F; N], w: &[S::F; N], id: S::F) -> (S::F, S::F) {
+    let (mut sumqx, mut sumq2) = (S::splat_f(0.0), S::splat_f(0.0));
+    for i in 0..N {
+        let q = iq4_nearest::<S>(S::mul_f(id, x[i]));
+        let wq = S::mul_f(w[i], q);
+        sumqx = S::add_f(sumqx, S::mul_f(wq, x[i]));
+        sumq2 = S::add_f(sumq2, S::mul_f(wq, q));
+    }
+    (sumqx, sumq2)
+}
+
+/// The block scale of ggml's `quantize_row_iq4_nl_impl` (weights `x²`,
+/// `ntry` 7) over lanes: 0 for blocks whose largest magnitude is under
+/// `GROUP_MAX_EPS`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn iq4_scale<S: Isa, const N: usize>(x: &[S::F; N]) -> S::F {
+    let zero = S::splat_f(0.0);
+    let mut w = [zero; N];
+    let (mut amax, mut max) = (zero, zero);
+    for i in 0..N {
+        w[i] = S::mul_f(x[i], x[i]);
+        let ax = S::abs_f(x[i]);
+        let larger = S::gt_f(ax, amax);
+        amax = S::select_f(larger, ax, amax);
+        max = S::select_f(larger, x[i], max);
+    }
+    let small = S::lt_f(amax, S::splat_f(1e-15));
+    // d = -max / values[0]; id = 1 / d.
+    let d0 = S::div_f(S::mul_f(max, S::splat_f(-1.0)), S::splat_f(IQ4_VALUES[0]));
+    let (sumqx, sumq2) = iq4_sums::<S, N>(x, &w, S::div_f(S::splat_f(1.0), d0));
+    let mut d = S::select_f(S::gt_f(sumq2, zero), S::div_f(sumqx, sumq2), zero);
+    let mut best = S::mul_f(d, sumqx);
+    for itry in -7i32..=7 {
+        let id = S::div_f(S::splat_f((itry - 127) as f32), max);
+        let (sumqx, sumq2) = iq4_sums::<S, N>(x, &w, id);
+        let better = S::and_m(
+            S::gt_f(sumq2, zero),
+            S::gt_f(S::mul_f(sumqx, sumqx), S::mul_f(best, sumq2)),
+        );
+        d = S::select_f(better, S::div_f(sumqx, sumq2), d);
+        best = S::select_f(better, S::mul_f(d, sumqx), best);
+    }
+    S::select_f(small, zero, d)
+}
+
 #[cfg(target_arch = "x86_64")]
 /// One vector of `LANES` sub-blocks (`first..`, the lanes past `count`
 /// repeating sub-block 0, their results dropped) through `kind`'s search.
@@ -329,6 +420,7 @@ unsafe fn lanes<S: Isa, const N: usize>(
     let (scale, min) = match kind {
         Search::Q6K => (make_qx1::<S, N>(&xs, 32, &mut l), S::splat_f(0.0)),
         Search::Q3K => (make_q3::<S, N>(&xs, 4, &mut l), S::splat_f(0.0)),
+        Search::Iq4 => (iq4_scale::<S, N>(&xs), S::splat_f(0.0)),
         Search::Q2K => {
             let mut w = [S::splat_f(0.0); N];
             for i in 0..N {
