@@ -397,18 +397,26 @@ proptest! {
         supers in 1usize..12,
         rows in 1usize..4,
         seed_rows in prop::collection::vec(row_values(256), 1..8),
+        with_imatrix in prop::bool::ANY,
+        imatrix_seed in prop::collection::vec(0.01f32..20.0, 256),
     ) {
         let n = 256 * supers;
+        // An importance matrix (positive weights; some zero) for the
+        // types whose weighted search is vectorized too.
+        let imatrix: Option<Vec<f32>> = (with_imatrix && backends_for(ty, true).len() > 1).then(|| {
+            (0..n).map(|j| if j % 97 == 5 { 0.0 } else { imatrix_seed[j % 256] }).collect()
+        });
+        let qw = imatrix.as_deref();
         let x: Vec<f32> = (0..rows * supers)
             .flat_map(|i| seed_rows[i % seed_rows.len()].iter().map(move |v| {
                 // Vary the copies so that lanes differ.
                 if i % 3 == 1 { v * 0.75 } else { *v }
             }))
             .collect();
-        let reference = plan_quantize(ty, &x, n, None, BackendKind::Scalar, 1);
-        for b in backends_for(ty, false) {
+        let reference = plan_quantize(ty, &x, n, qw, BackendKind::Scalar, 1);
+        for b in backends_for(ty, qw.is_some()) {
             for threads in [1, 2] {
-                let got = plan_quantize(ty, &x, n, None, b, threads);
+                let got = plan_quantize(ty, &x, n, qw, b, threads);
                 prop_assert!(
                     got == reference,
                     "{ty} on {b}, {threads} threads: {:?}",
@@ -442,7 +450,7 @@ fn plan_errors_name_the_field_and_write_nothing() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("n_per_row 300"), "{e}");
-    // Legacy types and imatrix searches have no vector kernel.
+    // No machine here has NEON.
     let pref = PlanPreference {
         prefer_backend: Some(BackendKind::Neon),
         ..Default::default()

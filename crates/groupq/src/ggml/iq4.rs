@@ -268,6 +268,7 @@ fn with_scales(
             b,
             Search::Iq4,
             xc,
+            &[],
             &mut scales[..nb],
             &mut mins[..nb],
             &mut codes[..xc.len()],

@@ -86,15 +86,21 @@ const CHUNK: usize = 8 * QK_K;
 /// scale, its minimum (0 for `q6_K`) and its codes. Backend `b`'s vector
 /// search where it has one (bit-identical, one sub-block per lane), else
 /// the scalar search, one sub-block at a time.
+///
+/// `weights` holds one weight per value for the weighted kinds (the
+/// importance-matrix searches), and is empty otherwise.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn search_subblocks(
     b: BackendKind,
     kind: Search,
     x: &[f32],
+    weights: &[f32],
     scales: &mut [f32],
     mins: &mut [f32],
     codes: &mut [u8],
 ) {
     let mut out = SearchOut {
+        weights,
         scales,
         mins,
         codes,
@@ -106,14 +112,21 @@ pub(crate) fn search_subblocks(
     let _ = b;
     let n = kind.len();
     for (j, xs) in x.chunks_exact(n).enumerate() {
-        (out.scales[j], out.mins[j]) = search_one(kind, xs, &mut out.codes[n * j..n * (j + 1)]);
+        let ws = if kind.weighted() {
+            &out.weights[n * j..n * (j + 1)]
+        } else {
+            &[]
+        };
+        (out.scales[j], out.mins[j]) = search_one(kind, xs, ws, &mut out.codes[n * j..n * (j + 1)]);
     }
 }
 
 /// One sub-block of the reference path's search, scalar (ggml's code):
 /// `(scale, minimum)`, the codes in `l`.
-fn search_one(kind: Search, xs: &[f32], l: &mut [u8]) -> (f32, f32) {
+fn search_one(kind: Search, xs: &[f32], ws: &[f32], l: &mut [u8]) -> (f32, f32) {
     match kind {
+        Search::Q4KW => make_qkx3_quants(15, xs, Some(ws), l, -0.9, 0.05, 36, false),
+        Search::Q5KW => make_qkx3_quants(31, xs, Some(ws), l, -0.9, 0.05, 36, false),
         Search::Q2K => {
             let mut weights = [0.0f32; 16];
             for (w, &v) in weights.iter_mut().zip(xs) {
@@ -182,6 +195,7 @@ fn by_chunks(
             b,
             kind,
             xc,
+            &[],
             &mut scales[..subs],
             &mut mins[..subs],
             &mut codes[..xc.len()],
@@ -537,40 +551,16 @@ fn q45_k_ref(scales: &[f32], mins: &[f32], y: &mut [u8]) {
     write_f16(y, 2, max_min / 63.0);
 }
 
-/// `quantize_row_q4_K_impl` (`nmax` 15) and `quantize_row_q5_K_impl`
-/// (`nmax` 31) up to the codes `l`; writes d, dmin and scales.
-fn q45_k_impl(nmax: i32, x: &[f32], qw: Option<&[f32]>, l: &mut [u8; QK_K], y: &mut [u8]) {
-    let mut mins = [0.0f32; 8];
-    let mut scales = [0.0f32; 8];
-    let mut sw = [0.0f32; 8];
+/// The end of `quantize_row_q4_K_impl` (`nmax` 15) and
+/// `quantize_row_q5_K_impl` (`nmax` 31) after the sub-block searches
+/// ([`search_one`] of [`Search::Q4KW`] / [`Search::Q5KW`]: `scales`,
+/// `mins`, and `sw` the sums of the weights): the 6-bit scales and mins by
+/// `make_qp_quants`, d and dmin.
+fn q45_k_scales(nmax: i32, scales: &[f32], mins: &[f32], sw: &[f32], y: &mut [u8]) {
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
-
-    let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
-    let av_x = sigma2.sqrt();
-    for j in 0..8 {
-        let xs = &x[32 * j..32 * (j + 1)];
-        let (weights, sumw) = match qw {
-            Some(qw) => imatrix_weights::<32>(xs, &qw[32 * j..], sigma2),
-            None => {
-                let mut w = [0.0f32; 32];
-                for (w, &v) in w.iter_mut().zip(xs) {
-                    *w = av_x + v.abs();
-                }
-                let mut sumw = 0.0f32;
-                for &v in &w {
-                    sumw += v;
-                }
-                (w, sumw)
-            }
-        };
-        sw[j] = sumw;
-        let lj = &mut l[32 * j..32 * (j + 1)];
-        (scales[j], mins[j]) =
-            make_qkx3_quants(nmax, xs, Some(&weights), lj, -0.9, 0.05, 36, false);
-    }
-    let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
-    let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
+    let d_block = make_qp_quants(63, scales, &mut ls, sw);
+    let m_block = make_qp_quants(63, mins, &mut lm, sw);
     for j in 0..8 {
         // q5_K clamps the codes to 63 here, q4_K does not.
         let (lsj, lmj) = if nmax == 31 {
@@ -639,15 +629,56 @@ fn q45_k_row(
             });
         }
         Some(qw) => {
-            for (i, (xb, yb)) in x
-                .chunks_exact(QK_K)
-                .zip(y.chunks_exact_mut(type_size))
-                .enumerate()
+            // The weights and their per-sub-block sums first (they need
+            // the super-block's σ²), then the searches over a chunk of
+            // super-blocks on the vector backend, then each super-block's
+            // scales (make_qp_quants), requantization and packing.
+            let kind = if nmax == 15 {
+                Search::Q4KW
+            } else {
+                Search::Q5KW
+            };
+            let mut w = [0.0f32; CHUNK];
+            let mut sw = [0.0f32; CHUNK / 32];
+            let (mut scales, mut mins) = ([0.0f32; CHUNK / 32], [0.0f32; CHUNK / 32]);
+            let mut codes = [0u8; CHUNK];
+            let per = CHUNK / QK_K;
+            for ((xc, yc), qc) in x
+                .chunks(CHUNK)
+                .zip(y.chunks_mut(per * type_size))
+                .zip(qw.chunks(CHUNK))
             {
-                let mut l = [0u8; QK_K];
-                q45_k_impl(nmax, xb, Some(&qw[QK_K * i..QK_K * (i + 1)]), &mut l, yb);
-                q45_k_requantize(nmax, xb, &mut l, yb);
-                pack(&l, yb);
+                for (k, (xb, qb)) in xc.chunks_exact(QK_K).zip(qc.chunks_exact(QK_K)).enumerate() {
+                    let sigma2 = 2.0 * sum_sq(xb) / QK_K as f32;
+                    for j in 0..8 {
+                        let (wj, s) =
+                            imatrix_weights::<32>(&xb[32 * j..32 * (j + 1)], &qb[32 * j..], sigma2);
+                        w[QK_K * k + 32 * j..QK_K * k + 32 * (j + 1)].copy_from_slice(&wj);
+                        sw[8 * k + j] = s;
+                    }
+                }
+                let subs = xc.len() / 32;
+                search_subblocks(
+                    b,
+                    kind,
+                    xc,
+                    &w[..xc.len()],
+                    &mut scales[..subs],
+                    &mut mins[..subs],
+                    &mut codes[..xc.len()],
+                );
+                for (k, (xb, yb)) in xc
+                    .chunks_exact(QK_K)
+                    .zip(yc.chunks_exact_mut(type_size))
+                    .enumerate()
+                {
+                    let mut l = [0u8; QK_K];
+                    l.copy_from_slice(&codes[QK_K * k..QK_K * (k + 1)]);
+                    let r = 8 * k..8 * (k + 1);
+                    q45_k_scales(nmax, &scales[r.clone()], &mins[r.clone()], &sw[r], yb);
+                    q45_k_requantize(nmax, xb, &mut l, yb);
+                    pack(&l, yb);
+                }
             }
         }
     }

@@ -310,9 +310,13 @@ pub(crate) fn search_backends() -> Vec<BackendKind> {
     v
 }
 
-/// Whether `ty`'s reference path (no importance matrix) has a vector
-/// sub-block search.
-pub(crate) fn has_vector_search(ty: GgmlType) -> bool {
+/// Whether `ty`'s quantizer has a vector search: the reference paths (no
+/// importance matrix) of the K-quants and iq4 types, and q4_K / q5_K with
+/// one.
+pub(crate) fn has_vector_search(ty: GgmlType, imatrix: bool) -> bool {
+    if imatrix {
+        return matches!(ty, GgmlType::Q4K | GgmlType::Q5K);
+    }
     matches!(
         ty,
         GgmlType::Q2K

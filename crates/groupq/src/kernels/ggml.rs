@@ -33,13 +33,23 @@ pub(crate) enum Search {
     /// `quantize_row_iq4_nl_impl` (`ntry` 7); no codes (the callers
     /// requantize with the final scales).
     Iq4,
+    /// q4_K with an importance matrix: given weights, levels 0..=15,
+    /// `make_qkx3_quants(32, 15, x, w, L, .., -0.9, 0.05, 36, false)`.
+    Q4KW,
+    /// q5_K with an importance matrix: as [`Search::Q4KW`], levels 0..=31.
+    Q5KW,
 }
 
 impl Search {
+    /// Whether the search takes its weights from [`SearchOut::weights`].
+    pub fn weighted(self) -> bool {
+        matches!(self, Search::Q4KW | Search::Q5KW)
+    }
+
     /// Values per sub-block.
     pub fn len(self) -> usize {
         match self {
-            Search::Q4K | Search::Q5K | Search::Iq4 => 32,
+            Search::Q4K | Search::Q5K | Search::Iq4 | Search::Q4KW | Search::Q5KW => 32,
             Search::Q2K | Search::Q6K | Search::Q3K => 16,
         }
     }
@@ -49,6 +59,9 @@ impl Search {
 /// of `make_qkx2_quants`; 0 for q6_K) and its codes (`L`, q6_K's with the
 /// `+ nmax` offset).
 pub(crate) struct SearchOut<'a> {
+    /// Input: one weight per value for the [`Search::weighted`] kinds
+    /// (empty otherwise).
+    pub weights: &'a [f32],
     pub scales: &'a mut [f32],
     pub mins: &'a mut [f32],
     pub codes: &'a mut [u8],
@@ -416,8 +429,24 @@ unsafe fn lanes<S: Isa, const N: usize>(
         }
         *v = <f32 as F32Lanes<S>>::load(buf.as_ptr());
     }
+    let mut ws = [S::splat_f(0.0); N];
+    if kind.weighted() {
+        for (i, v) in ws.iter_mut().enumerate() {
+            for (lane, b) in buf.iter_mut().enumerate().take(n) {
+                let j = if first + lane < count {
+                    first + lane
+                } else {
+                    0
+                };
+                *b = out.weights[N * j + i];
+            }
+            *v = <f32 as F32Lanes<S>>::load(buf.as_ptr());
+        }
+    }
     let mut l = [S::splat_i(0); N];
     let (scale, min) = match kind {
+        Search::Q4KW => make_qkx2::<S, N>(&xs, &ws, 15, -0.9, 0.05, 36, false, &mut l),
+        Search::Q5KW => make_qkx2::<S, N>(&xs, &ws, 31, -0.9, 0.05, 36, false, &mut l),
         Search::Q6K => (make_qx1::<S, N>(&xs, 32, &mut l), S::splat_f(0.0)),
         Search::Q3K => (make_q3::<S, N>(&xs, 4, &mut l), S::splat_f(0.0)),
         Search::Iq4 => (iq4_scale::<S, N>(&xs), S::splat_f(0.0)),

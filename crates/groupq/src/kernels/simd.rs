@@ -1180,6 +1180,7 @@ macro_rules! simd_entry_points {
                 || out.scales.len() < count
                 || out.mins.len() < count
                 || out.codes.len() < x.len()
+                || (kind.weighted() && out.weights.len() != x.len())
             {
                 return false;
             }

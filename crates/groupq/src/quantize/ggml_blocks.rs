@@ -59,12 +59,12 @@ fn byte_layout(plan: &'static str, rows: usize, n: usize, ty: GgmlType) -> Resul
 /// Quantizes rows of `f32` weights to ggml blocks, bit-exact with
 /// llama.cpp's `ggml_quantize_chunk` (and so with `llama-quantize`).
 ///
-/// Rows run in parallel on the stream's threads. The K-quants `q2_K`,
-/// `q4_K`, `q5_K` and `q6_K` without an importance matrix search their
-/// sub-block scales on the vector backend (one sub-block per lane, each
-/// lane doing ggml's scalar operations in ggml's order); every other case
-/// runs ggml's scalar code. Every backend and thread count gives the same
-/// bytes.
+/// Rows run in parallel on the stream's threads. The K-quants and iq4
+/// types without an importance matrix, and q4_K / q5_K with one, search
+/// their sub-block scales on the vector backend (one sub-block per lane,
+/// each lane doing ggml's scalar operations in ggml's order); every other
+/// case runs ggml's scalar code. Every backend and thread count gives the
+/// same bytes.
 ///
 /// ```
 /// use groupq::*;
@@ -106,8 +106,8 @@ impl QuantizeGgmlBlocksPlan {
     /// Validates `desc` and chooses the backend. `n_per_row` not a multiple
     /// of the block size, or a problem larger than memory can address, is
     /// `InvalidProblem`; a preferred backend this CPU lacks, or one with no
-    /// kernel for the type (only the K-quant searches without an importance
-    /// matrix have vector kernels), is `Unsupported`.
+    /// kernel for the type (the legacy types and most importance-matrix
+    /// searches have none), is `Unsupported`.
     pub fn select(
         stream: &Stream,
         desc: &QuantizeGgmlBlocksDescriptor,
@@ -116,7 +116,7 @@ impl QuantizeGgmlBlocksPlan {
         let _ = stream;
         let ty = desc.ggml_type;
         let row_bytes = byte_layout(QPLAN, desc.rows, desc.n_per_row, ty)?;
-        let vector = !desc.imatrix && ggml::has_vector_search(ty);
+        let vector = ggml::has_vector_search(ty, desc.imatrix);
         let layout = super::common::Layout::new(QPLAN, desc.rows, row_bytes, row_bytes.max(1))?;
         let (core, ()) = PlanCore::new::<f32, ()>(
             QPLAN,
