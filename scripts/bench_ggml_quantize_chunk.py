@@ -32,6 +32,8 @@ def main():
     ap.add_argument('--reps', type=int, default=3)
     ap.add_argument('--types', default=','.join(GGML_IDS))
     ap.add_argument('--example', default='target/release/examples/ggml_bench')
+    ap.add_argument('--imatrix', action='store_true',
+                    help='both quantize with the importance matrix 1 + (column % 7)')
     a = ap.parse_args()
     libdir = os.environ.get('LLAMA_LIBDIR', 'package/bins/linux-x64')
     base = ctypes.CDLL(os.path.join(libdir, 'libggml-base.so'), mode=ctypes.RTLD_GLOBAL)
@@ -47,12 +49,16 @@ def main():
         res = subprocess.run([a.example, '--rows', str(a.rows), '--cols', str(a.cols),
                               '--threads', str(a.threads), '--reps', str(a.reps),
                               '--types', a.types, '--save-input', inp,
-                              '--save-output', os.path.join(tmp, 'out'), '--json'],
+                              '--save-output', os.path.join(tmp, 'out'), '--json']
+                             + (['--imatrix'] if a.imatrix else []),
                              check=True, capture_output=True, text=True)
         ours = {j['type']: j for j in map(json.loads, res.stdout.split('\n')[:-1])}
         x = np.fromfile(inp, dtype=np.float32).reshape(a.rows, a.cols)
+        qw = (1.0 + (np.arange(a.cols) % 7)).astype(np.float32) if a.imatrix else None
+        qw_ptr = qw.ctypes.data if qw is not None else None
         print(f'ggml_quantize_chunk (llama.cpp 0ad4a86, libggml-base: baseline x86-64) vs '
-              f'groupq, f32 [{a.rows} x {a.cols}], {a.threads} threads, same data\n')
+              f'groupq, f32 [{a.rows} x {a.cols}], {a.threads} threads, same data'
+              f'{", importance matrix 1 + column % 7" if a.imatrix else ""}\n')
         print('| type | ggml s | groupq s | groupq backend | speed-up | groupq fraction of copy | same bytes |')
         print('|---|---|---|---|---|---|---|')
         for name in a.types.split(','):
@@ -64,7 +70,7 @@ def main():
             def work(r0):
                 r1 = min(a.rows, r0 + per)
                 if r1 > r0:
-                    chunk(ty, x[r0:r1].ctypes.data, out[r0:r1].ctypes.data, 0, r1 - r0, a.cols, None)
+                    chunk(ty, x[r0:r1].ctypes.data, out[r0:r1].ctypes.data, 0, r1 - r0, a.cols, qw_ptr)
 
             def once():
                 ts = [threading.Thread(target=work, args=(r0,)) for r0 in range(0, a.rows, per)]

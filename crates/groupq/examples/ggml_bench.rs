@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The input is `rows × cols` weight-like f32 values (uniform ±0.06 with one
-//! outlier × 20 in every 1000, no imatrix). `--save-input FILE` writes them
+//! outlier × 20 in every 1000; `--imatrix` adds an importance matrix). `--save-input FILE` writes them
 //! (raw little-endian f32) so that `scripts/bench_ggml_quantize_chunk.py`
 //! can time llama.cpp's own `ggml_quantize_chunk` on the same data; `--json`
 //! prints one JSON object per type for that script, and `--save-output
@@ -29,6 +29,7 @@ struct Opts {
     save_output: Option<String>,
     json: bool,
     backend: Option<BackendKind>,
+    imatrix: bool,
 }
 
 fn parse() -> std::result::Result<Opts, String> {
@@ -42,6 +43,7 @@ fn parse() -> std::result::Result<Opts, String> {
         save_output: None,
         json: false,
         backend: None,
+        imatrix: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -61,6 +63,7 @@ fn parse() -> std::result::Result<Opts, String> {
             "--save-input" => o.save = Some(value()?),
             "--save-output" => o.save_output = Some(value()?),
             "--json" => o.json = true,
+            "--imatrix" => o.imatrix = true,
             "--backend" => {
                 let v = value()?;
                 o.backend = Some(
@@ -77,7 +80,7 @@ fn parse() -> std::result::Result<Opts, String> {
             }
             "-h" | "--help" => {
                 return Err("usage: ggml_bench [--rows N] [--cols N] [--threads N] [--reps N] \
-                            [--types q4_0,q4_K,...] [--save-input FILE] [--save-output PREFIX] [--json] [--backend scalar|sse4.1|avx2|avx512]"
+                            [--types q4_0,q4_K,...] [--save-input FILE] [--save-output PREFIX] [--json] [--backend scalar|sse4.1|avx2|avx512] [--imatrix]"
                     .into())
             }
             other => return Err(format!("unknown option {other} (try --help)")),
@@ -106,6 +109,10 @@ fn main() {
         std::fs::write(path, bytes).expect("write --save-input");
     }
     let stream = Stream::cpu_with_threads(o.threads).expect("threads");
+    // `--imatrix`: a fixed importance matrix, 1 to 7 by column.
+    let qw: Option<Vec<f32>> = o
+        .imatrix
+        .then(|| (0..o.cols).map(|j| 1.0 + (j % 7) as f32).collect());
     if !o.json {
         println!(
             "ggml block quantizers, f32 [{} x {}], {} threads (median of {} samples)\n",
@@ -122,7 +129,7 @@ fn main() {
             rows: o.rows,
             n_per_row: o.cols,
             ggml_type: ty,
-            imatrix: false,
+            imatrix: o.imatrix,
         };
         let pref = PlanPreference {
             prefer_backend: o.backend,
@@ -139,7 +146,7 @@ fn main() {
                 Workspace::None,
                 QuantizeGgmlBlocksArgs {
                     input: TensorRef::new(&x, [o.rows, o.cols]).unwrap(),
-                    imatrix: None,
+                    imatrix: qw.as_deref(),
                     output: TensorMut::new(&mut out, [o.rows, rb]).unwrap(),
                 },
             )
