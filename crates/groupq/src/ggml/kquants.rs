@@ -126,6 +126,19 @@ pub(crate) fn search_subblocks(
 fn search_one(kind: Search, xs: &[f32], ws: &[f32], l: &mut [u8]) -> (f32, f32) {
     match kind {
         Search::Q4KW => make_qkx3_quants(15, xs, Some(ws), l, -0.9, 0.05, 36, false),
+        Search::Q6KW | Search::Q4_0W | Search::Q5_0W => {
+            let nmax = match kind {
+                Search::Q6KW => 32,
+                Search::Q4_0W => 8,
+                _ => 16,
+            };
+            let mut li = [0i8; 32];
+            let scale = make_qx_quants(nmax, xs, &mut li[..xs.len()], 1, Some(ws));
+            for (d, s) in l.iter_mut().zip(li) {
+                *d = s as u8;
+            }
+            (scale, 0.0)
+        }
         Search::Q5KW => make_qkx3_quants(31, xs, Some(ws), l, -0.9, 0.05, 36, false),
         Search::Q2K => {
             let mut weights = [0.0f32; 16];
@@ -171,6 +184,36 @@ fn search_one(kind: Search, xs: &[f32], ws: &[f32], l: &mut [u8]) -> (f32, f32) 
             }
             (scale, 0.0)
         }
+    }
+}
+
+/// A weighted search (`kind.weighted()`) over a row, [`CHUNK`] values at a
+/// time: `fill(offset, values, weights)` writes the chunk's weights,
+/// `finish(offset, scales, codes)` takes its sub-blocks' results.
+pub(crate) fn weighted_by_chunks(
+    b: BackendKind,
+    kind: Search,
+    x: &[f32],
+    mut fill: impl FnMut(usize, &[f32], &mut [f32]),
+    mut finish: impl FnMut(usize, &[f32], &[u8]),
+) {
+    let mut w = [0.0f32; CHUNK];
+    let (mut scales, mut mins) = ([0.0f32; CHUNK / 16], [0.0f32; CHUNK / 16]);
+    let mut codes = [0u8; CHUNK];
+    for (c, xc) in x.chunks(CHUNK).enumerate() {
+        let n = xc.len();
+        let subs = n / kind.len();
+        fill(c * CHUNK, xc, &mut w[..n]);
+        search_subblocks(
+            b,
+            kind,
+            xc,
+            &w[..n],
+            &mut scales[..subs],
+            &mut mins[..subs],
+            &mut codes[..n],
+        );
+        finish(c * CHUNK, &scales[..subs], &codes[..n]);
     }
 }
 
@@ -760,27 +803,21 @@ pub(crate) fn quantize_q6_k(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &m
         None => by_chunks(b, Search::Q6K, x, y, Q6K_BYTES, |xb, scales, _, l, yb| {
             q6_k_block(xb, scales, l, yb)
         }),
-        Some(qw) => {
-            for (i, (xb, yb)) in x
-                .chunks_exact(QK_K)
-                .zip(y.chunks_exact_mut(Q6K_BYTES))
-                .enumerate()
-            {
-                let qw = &qw[QK_K * i..QK_K * (i + 1)];
-                let mut l = [0u8; QK_K];
-                let mut scales = [0.0f32; 16];
-                for ib in 0..16 {
-                    let mut li = [0i8; 16];
-                    let w = &qw[16 * ib..16 * (ib + 1)];
-                    scales[ib] =
-                        make_qx_quants(32, &xb[16 * ib..16 * (ib + 1)], &mut li, 1, Some(w));
-                    for (d, s) in l[16 * ib..16 * (ib + 1)].iter_mut().zip(li) {
-                        *d = s as u8;
-                    }
+        Some(qw) => weighted_by_chunks(
+            b,
+            Search::Q6KW,
+            x,
+            |at, xc, w| w.copy_from_slice(&qw[at..at + xc.len()]),
+            |at, scales, codes| {
+                for (k, xb) in x[at..at + codes.len()].chunks_exact(QK_K).enumerate() {
+                    let i = at / QK_K + k;
+                    let mut l = [0u8; QK_K];
+                    l.copy_from_slice(&codes[QK_K * k..QK_K * (k + 1)]);
+                    let yb = &mut y[Q6K_BYTES * i..Q6K_BYTES * (i + 1)];
+                    q6_k_block(xb, &scales[16 * k..16 * (k + 1)], &mut l, yb);
                 }
-                q6_k_block(xb, &scales, &mut l, yb);
-            }
-        }
+            },
+        ),
     }
 }
 

@@ -8,9 +8,11 @@
 //! `qs` holds weight `j` (low) and `j + 16` (high); bit `j` of `qh` the
 //! fifth bit of weight `j`.
 
-use super::search::{c_max, make_qkx3_quants, make_qx_quants};
+use super::kquants::weighted_by_chunks;
+use super::search::{c_max, make_qkx3_quants};
 use super::{read_f16, write_f16};
-use crate::kernels::ggml::{legacy_codes, q8_0_codes};
+use crate::kernels::ggml::{legacy_codes, q8_0_codes, Search};
+use crate::plan::BackendKind;
 
 const QK: usize = 32;
 /// Bytes of a `q4_0` block.
@@ -65,21 +67,51 @@ fn pack_nibbles(l: impl Fn(usize) -> u8, qs: &mut [u8]) -> u32 {
 }
 
 /// `q4_0` of one row (`quantize_q4_0`).
-pub(crate) fn quantize_q4_0(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    let blocks = x.chunks_exact(QK).zip(y.chunks_exact_mut(Q4_0_BYTES));
+/// With an importance matrix the block searches run on backend `b`.
+pub(crate) fn quantize_q4_0(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     match qw {
-        None => blocks.for_each(|(xb, yb)| q4_0_ref(xb, yb)),
-        Some(qw) => {
-            let sigma2 = row_sigma2(x);
-            for ((xb, yb), qwb) in blocks.zip(qw.chunks_exact(QK)) {
-                let weight = block_weights(xb, qwb, sigma2);
-                let mut l = [0i8; QK];
-                let d = make_qx_quants(8, xb, &mut l, 1, Some(&weight));
-                write_f16(yb, 0, d);
-                pack4(|j| l[j] as u8, &mut yb[2..]);
-            }
+        None => {
+            let blocks = x.chunks_exact(QK).zip(y.chunks_exact_mut(Q4_0_BYTES));
+            blocks.for_each(|(xb, yb)| q4_0_ref(xb, yb))
         }
+        Some(qw) => weighted_blocks(b, Search::Q4_0W, x, qw, |i, d, l| {
+            let yb = &mut y[Q4_0_BYTES * i..Q4_0_BYTES * (i + 1)];
+            write_f16(yb, 0, d);
+            pack4(|j| l[j], &mut yb[2..]);
+        }),
     }
+}
+
+/// The importance-matrix path of q4_0 / q5_0: the blocks' weights (with
+/// the row's σ²), the searches of `kind` on backend `b`, then
+/// `finish(block, scale, codes)` per block.
+fn weighted_blocks(
+    b: BackendKind,
+    kind: Search,
+    x: &[f32],
+    qw: &[f32],
+    mut finish: impl FnMut(usize, f32, &[u8]),
+) {
+    let sigma2 = row_sigma2(x);
+    weighted_by_chunks(
+        b,
+        kind,
+        x,
+        |at, xc, w| {
+            for ((xb, qb), wb) in xc
+                .chunks_exact(QK)
+                .zip(qw[at..].chunks_exact(QK))
+                .zip(w.chunks_exact_mut(QK))
+            {
+                wb.copy_from_slice(&block_weights(xb, qb, sigma2));
+            }
+        },
+        |at, scales, codes| {
+            for (k, &d) in scales.iter().enumerate() {
+                finish(at / QK + k, d, &codes[QK * k..QK * (k + 1)]);
+            }
+        },
+    );
 }
 
 /// `quantize_row_q4_0_ref` of one block.
@@ -152,21 +184,19 @@ fn q_1_ref(nmax: i32, xb: &[f32], yb: &mut [u8]) {
 }
 
 /// `q5_0` of one row (`quantize_q5_0`).
-pub(crate) fn quantize_q5_0(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    let blocks = x.chunks_exact(QK).zip(y.chunks_exact_mut(Q5_0_BYTES));
+/// With an importance matrix the block searches run on backend `b`.
+pub(crate) fn quantize_q5_0(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     match qw {
-        None => blocks.for_each(|(xb, yb)| q5_0_ref(xb, yb)),
-        Some(qw) => {
-            let sigma2 = row_sigma2(x);
-            for ((xb, yb), qwb) in blocks.zip(qw.chunks_exact(QK)) {
-                let weight = block_weights(xb, qwb, sigma2);
-                let mut l = [0i8; QK];
-                let d = make_qx_quants(16, xb, &mut l, 1, Some(&weight));
-                write_f16(yb, 0, d);
-                let qh = pack_nibbles(|j| l[j] as u8, &mut yb[6..]);
-                yb[2..6].copy_from_slice(&qh.to_le_bytes());
-            }
+        None => {
+            let blocks = x.chunks_exact(QK).zip(y.chunks_exact_mut(Q5_0_BYTES));
+            blocks.for_each(|(xb, yb)| q5_0_ref(xb, yb))
         }
+        Some(qw) => weighted_blocks(b, Search::Q5_0W, x, qw, |i, d, l| {
+            let yb = &mut y[Q5_0_BYTES * i..Q5_0_BYTES * (i + 1)];
+            write_f16(yb, 0, d);
+            let qh = pack_nibbles(|j| l[j], &mut yb[6..]);
+            yb[2..6].copy_from_slice(&qh.to_le_bytes());
+        }),
     }
 }
 

@@ -38,19 +38,37 @@ pub(crate) enum Search {
     Q4KW,
     /// q5_K with an importance matrix: as [`Search::Q4KW`], levels 0..=31.
     Q5KW,
+    /// q6_K with an importance matrix: 16 values,
+    /// `make_qx_quants(16, 32, x, L, 1, weights)`.
+    Q6KW,
+    /// q4_0 with an importance matrix: 32 values,
+    /// `make_qx_quants(32, 8, x, L, 1, weights)`.
+    Q4_0W,
+    /// q5_0 with an importance matrix: 32 values,
+    /// `make_qx_quants(32, 16, x, L, 1, weights)`.
+    Q5_0W,
 }
 
 impl Search {
     /// Whether the search takes its weights from [`SearchOut::weights`].
     pub fn weighted(self) -> bool {
-        matches!(self, Search::Q4KW | Search::Q5KW)
+        matches!(
+            self,
+            Search::Q4KW | Search::Q5KW | Search::Q6KW | Search::Q4_0W | Search::Q5_0W
+        )
     }
 
     /// Values per sub-block.
     pub fn len(self) -> usize {
         match self {
-            Search::Q4K | Search::Q5K | Search::Iq4 | Search::Q4KW | Search::Q5KW => 32,
-            Search::Q2K | Search::Q6K | Search::Q3K => 16,
+            Search::Q4K
+            | Search::Q5K
+            | Search::Iq4
+            | Search::Q4KW
+            | Search::Q5KW
+            | Search::Q4_0W
+            | Search::Q5_0W => 32,
+            Search::Q2K | Search::Q6K | Search::Q3K | Search::Q6KW => 16,
         }
     }
 }
@@ -177,10 +195,15 @@ unsafe fn make_qkx2<S: Isa, const N: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-/// `make_qx_quants(N, nmax, x, L, 1, NULL)` over lanes (weights `x²`):
-/// returns the scale, codes plus `nmax` in `l`.
+/// `make_qx_quants(N, nmax, x, L, 1, weights)` over lanes (weights `x²`
+/// when none are given): returns the scale, codes plus `nmax` in `l`.
 #[inline(always)]
-unsafe fn make_qx1<S: Isa, const N: usize>(x: &[S::F; N], nmax: i32, l: &mut [S::I; N]) -> S::F {
+unsafe fn make_qx1<S: Isa, const N: usize>(
+    x: &[S::F; N],
+    weights: Option<&[S::F; N]>,
+    nmax: i32,
+    l: &mut [S::I; N],
+) -> S::F {
     let zero = S::splat_f(0.0);
     let (mut max, mut amax) = (zero, zero);
     for xi in x {
@@ -192,7 +215,10 @@ unsafe fn make_qx1<S: Isa, const N: usize>(x: &[S::F; N], nmax: i32, l: &mut [S:
     let all_zero = S::lt_f(amax, S::splat_f(1e-15));
     let mut w = [zero; N];
     for i in 0..N {
-        w[i] = S::mul_f(x[i], x[i]);
+        w[i] = match weights {
+            Some(ws) => ws[i],
+            None => S::mul_f(x[i], x[i]),
+        };
     }
     #[inline(always)]
     unsafe fn sums<S: Isa, const N: usize>(
@@ -447,7 +473,16 @@ unsafe fn lanes<S: Isa, const N: usize>(
     let (scale, min) = match kind {
         Search::Q4KW => make_qkx2::<S, N>(&xs, &ws, 15, -0.9, 0.05, 36, false, &mut l),
         Search::Q5KW => make_qkx2::<S, N>(&xs, &ws, 31, -0.9, 0.05, 36, false, &mut l),
-        Search::Q6K => (make_qx1::<S, N>(&xs, 32, &mut l), S::splat_f(0.0)),
+        Search::Q6K => (make_qx1::<S, N>(&xs, None, 32, &mut l), S::splat_f(0.0)),
+        Search::Q6KW => (
+            make_qx1::<S, N>(&xs, Some(&ws), 32, &mut l),
+            S::splat_f(0.0),
+        ),
+        Search::Q4_0W => (make_qx1::<S, N>(&xs, Some(&ws), 8, &mut l), S::splat_f(0.0)),
+        Search::Q5_0W => (
+            make_qx1::<S, N>(&xs, Some(&ws), 16, &mut l),
+            S::splat_f(0.0),
+        ),
         Search::Q3K => (make_q3::<S, N>(&xs, 4, &mut l), S::splat_f(0.0)),
         Search::Iq4 => (iq4_scale::<S, N>(&xs), S::splat_f(0.0)),
         Search::Q2K => {
