@@ -393,6 +393,7 @@ proptest! {
         ty in prop::sample::select(vec![
             GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K,
             GgmlType::Iq4Nl, GgmlType::Iq4Xs, GgmlType::Q4_0, GgmlType::Q5_0,
+            GgmlType::Q4_1, GgmlType::Q5_1,
         ]),
         supers in 1usize..12,
         rows in 1usize..4,

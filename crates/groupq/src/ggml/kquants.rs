@@ -126,10 +126,12 @@ pub(crate) fn search_subblocks(
 fn search_one(kind: Search, xs: &[f32], ws: &[f32], l: &mut [u8]) -> (f32, f32) {
     match kind {
         Search::Q4KW => make_qkx3_quants(15, xs, Some(ws), l, -0.9, 0.05, 36, false),
-        Search::Q6KW | Search::Q4_0W | Search::Q5_0W => {
+        Search::Q2KW => make_qkx3_quants(3, xs, Some(ws), l, -0.9, 0.05, 36, false),
+        Search::Q6KW | Search::Q4_0W | Search::Q5_0W | Search::Q3KW => {
             let nmax = match kind {
                 Search::Q6KW => 32,
                 Search::Q4_0W => 8,
+                Search::Q3KW => 4,
                 _ => 16,
             };
             let mut li = [0i8; 32];
@@ -189,13 +191,13 @@ fn search_one(kind: Search, xs: &[f32], ws: &[f32], l: &mut [u8]) -> (f32, f32) 
 
 /// A weighted search (`kind.weighted()`) over a row, [`CHUNK`] values at a
 /// time: `fill(offset, values, weights)` writes the chunk's weights,
-/// `finish(offset, scales, codes)` takes its sub-blocks' results.
+/// `finish(offset, scales, mins, codes)` takes its sub-blocks' results.
 pub(crate) fn weighted_by_chunks(
     b: BackendKind,
     kind: Search,
     x: &[f32],
     mut fill: impl FnMut(usize, &[f32], &mut [f32]),
-    mut finish: impl FnMut(usize, &[f32], &[u8]),
+    mut finish: impl FnMut(usize, &[f32], &[f32], &[u8]),
 ) {
     let mut w = [0.0f32; CHUNK];
     let (mut scales, mut mins) = ([0.0f32; CHUNK / 16], [0.0f32; CHUNK / 16]);
@@ -213,7 +215,7 @@ pub(crate) fn weighted_by_chunks(
             &mut mins[..subs],
             &mut codes[..n],
         );
-        finish(c * CHUNK, &scales[..subs], &codes[..n]);
+        finish(c * CHUNK, &scales[..subs], &mins[..subs], &codes[..n]);
     }
 }
 
@@ -268,15 +270,10 @@ fn by_chunks(
 pub(crate) fn quantize_q2_k(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     match qw {
         None => by_chunks(b, Search::Q2K, x, y, Q2K_BYTES, q2_k_ref),
-        Some(qw) => {
-            for (i, (xb, yb)) in x
-                .chunks_exact(QK_K)
-                .zip(y.chunks_exact_mut(Q2K_BYTES))
-                .enumerate()
-            {
-                q2_k_impl(xb, &qw[QK_K * i..QK_K * (i + 1)], yb);
-            }
-        }
+        Some(qw) => weighted_k(b, Search::Q2KW, x, qw, 1.0, |xb, scales, mins, sw, l, i| {
+            let yb = &mut y[Q2K_BYTES * i..Q2K_BYTES * (i + 1)];
+            q2_k_finish(xb, scales, mins, sw, l, yb);
+        }),
     }
 }
 
@@ -319,32 +316,28 @@ fn q2_k_ref(x: &[f32], scales: &[f32], mins: &[f32], l: &mut [u8; QK_K], y: &mut
     q2_k_requantize(x, l, y);
 }
 
-/// `quantize_row_q2_K_impl` of one super-block (`qw`: its 256 weights).
-fn q2_k_impl(x: &[f32], qw: &[f32], y: &mut [u8]) {
-    let mut l = [0u8; QK_K];
-    let mut mins = [0.0f32; 16];
-    let mut scales = [0.0f32; 16];
-    let mut sw = [0.0f32; 16];
+/// The end of `quantize_row_q2_K_impl` after the sub-block searches
+/// ([`Search::Q2KW`]: `scales`, `mins`, codes in `l`; `sw` the sums of the
+/// weights): the 4-bit scales and mins by `make_qp_quants`, then the
+/// requantization.
+fn q2_k_finish(
+    x: &[f32],
+    scales: &[f32],
+    mins: &[f32],
+    sw: &[f32],
+    l: &mut [u8; QK_K],
+    y: &mut [u8],
+) {
     let mut ls = [0u8; 16];
     let mut lm = [0u8; 16];
-
-    let sigma2 = sum_sq(x) / QK_K as f32;
-    for j in 0..16 {
-        let xs = &x[16 * j..16 * (j + 1)];
-        let (weight, sumw) = imatrix_weights::<16>(xs, &qw[16 * j..], sigma2);
-        sw[j] = sumw;
-        let lj = &mut l[16 * j..16 * (j + 1)];
-        (scales[j], mins[j]) = make_qkx3_quants(3, xs, Some(&weight), lj, -0.9, 0.05, 36, false);
-    }
-
-    let dm = make_qp_quants(15, &scales, &mut ls, &sw);
-    let mm = make_qp_quants(15, &mins, &mut lm, &sw);
+    let dm = make_qp_quants(15, scales, &mut ls, sw);
+    let mm = make_qp_quants(15, mins, &mut lm, sw);
     write_f16(y, 80, dm);
     write_f16(y, 82, mm);
     for j in 0..16 {
         y[j] = ls[j] | (lm[j] << 4);
     }
-    q2_k_requantize(x, &mut l, y);
+    q2_k_requantize(x, l, y);
 }
 
 /// The common tail of both `q2_K` quantizers: requantize with the stored
@@ -400,15 +393,11 @@ pub(crate) fn quantize_q3_k(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &m
             let mut li: [i8; QK_K] = std::array::from_fn(|i| l[i] as i8);
             q3_k_ref(xb, scales, &mut li, yb)
         }),
-        Some(qw) => {
-            for (i, (xb, yb)) in x
-                .chunks_exact(QK_K)
-                .zip(y.chunks_exact_mut(Q3K_BYTES))
-                .enumerate()
-            {
-                q3_k_impl(xb, &qw[QK_K * i..QK_K * (i + 1)], yb);
-            }
-        }
+        Some(qw) => weighted_k(b, Search::Q3KW, x, qw, 2.0, |xb, scales, _, sw, l, i| {
+            let yb = &mut y[Q3K_BYTES * i..Q3K_BYTES * (i + 1)];
+            let mut li: [i8; QK_K] = std::array::from_fn(|k| l[k] as i8);
+            q3_k_finish(xb, scales, sw, &mut li, yb);
+        }),
     }
 }
 
@@ -456,27 +445,63 @@ fn q3_k_ref(x: &[f32], scales: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
     q3_k_requantize(x, l, y);
 }
 
-/// `quantize_row_q3_K_impl` of one super-block (`qw`: its 256 weights).
-fn q3_k_impl(x: &[f32], qw: &[f32], y: &mut [u8]) {
-    let mut l = [0i8; QK_K];
-    let mut scales = [0.0f32; 16];
-    let mut sw = [0.0f32; 16];
+/// The end of `quantize_row_q3_K_impl` after the sub-block searches
+/// ([`Search::Q3KW`]: `scales`, codes plus 4 in `l`; `sw` the sums of the
+/// weights): the 6-bit scales by `make_qx_quants`, then the
+/// requantization.
+fn q3_k_finish(x: &[f32], scales: &[f32], sw: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
     let mut ls = [0i8; 16];
-
-    let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
-    for j in 0..16 {
-        let xs = &x[16 * j..16 * (j + 1)];
-        let (weight, sumw) = imatrix_weights::<16>(xs, &qw[16 * j..], sigma2);
-        sw[j] = sumw;
-        scales[j] = make_qx_quants(4, xs, &mut l[16 * j..], 1, Some(&weight));
-    }
     y[96..108].fill(0);
-    let d_block = make_qx_quants(32, &scales, &mut ls, 1, Some(&sw));
+    let d_block = make_qx_quants(32, scales, &mut ls, 1, Some(sw));
     for j in 0..16 {
         q3_k_put_scale(&mut y[96..108], j, i32::from(ls[j]));
     }
     write_f16(y, 108, d_block);
-    q3_k_requantize(x, &mut l, y);
+    q3_k_requantize(x, l, y);
+}
+
+/// The importance-matrix path of q2_K (σ² factor 1) and q3_K (2): per
+/// super-block σ² = factor·Σx²/256, the sub-blocks' weights
+/// `qw·sqrt(σ² + x²)` and their sums, the searches of `kind` on backend
+/// `b`, then `finish(x, scales, mins, sums, codes, super_block)`.
+fn weighted_k(
+    b: BackendKind,
+    kind: Search,
+    x: &[f32],
+    qw: &[f32],
+    sigma_factor: f32,
+    mut finish: impl FnMut(&[f32], &[f32], &[f32], &[f32], &mut [u8; QK_K], usize),
+) {
+    let mut sw = [0.0f32; CHUNK / 16];
+    let sw_cell = std::cell::RefCell::new(&mut sw);
+    weighted_by_chunks(
+        b,
+        kind,
+        x,
+        |at, xc, w| {
+            let mut sw = sw_cell.borrow_mut();
+            for (k, xb) in xc.chunks_exact(QK_K).enumerate() {
+                let sigma2 = sigma_factor * sum_sq(xb) / QK_K as f32;
+                for j in 0..16 {
+                    let o = QK_K * k + 16 * j;
+                    let (wj, s) =
+                        imatrix_weights::<16>(&xb[16 * j..16 * (j + 1)], &qw[at + o..], sigma2);
+                    w[o..o + 16].copy_from_slice(&wj);
+                    sw[16 * k + j] = s;
+                }
+            }
+        },
+        |at, scales, mins, codes| {
+            let sw = sw_cell.borrow();
+            for (k, xb) in x[at..at + codes.len()].chunks_exact(QK_K).enumerate() {
+                let mut l = [0u8; QK_K];
+                l.copy_from_slice(&codes[QK_K * k..QK_K * (k + 1)]);
+                let r = 16 * k..16 * (k + 1);
+                let (s, m) = (&scales[r.clone()], &mins[r.clone()]);
+                finish(xb, s, m, &sw[r], &mut l, at / QK_K + k);
+            }
+        },
+    );
 }
 
 /// The common tail of both `q3_K` quantizers: requantize with the stored
@@ -808,7 +833,7 @@ pub(crate) fn quantize_q6_k(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &m
             Search::Q6KW,
             x,
             |at, xc, w| w.copy_from_slice(&qw[at..at + xc.len()]),
-            |at, scales, codes| {
+            |at, scales, _, codes| {
                 for (k, xb) in x[at..at + codes.len()].chunks_exact(QK_K).enumerate() {
                     let i = at / QK_K + k;
                     let mut l = [0u8; QK_K];

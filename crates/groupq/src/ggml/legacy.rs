@@ -9,7 +9,7 @@
 //! fifth bit of weight `j`.
 
 use super::kquants::weighted_by_chunks;
-use super::search::{c_max, make_qkx3_quants};
+use super::search::c_max;
 use super::{read_f16, write_f16};
 use crate::kernels::ggml::{legacy_codes, q8_0_codes, Search};
 use crate::plan::BackendKind;
@@ -74,7 +74,7 @@ pub(crate) fn quantize_q4_0(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &m
             let blocks = x.chunks_exact(QK).zip(y.chunks_exact_mut(Q4_0_BYTES));
             blocks.for_each(|(xb, yb)| q4_0_ref(xb, yb))
         }
-        Some(qw) => weighted_blocks(b, Search::Q4_0W, x, qw, |i, d, l| {
+        Some(qw) => weighted_blocks(b, Search::Q4_0W, x, qw, |i, d, _, l| {
             let yb = &mut y[Q4_0_BYTES * i..Q4_0_BYTES * (i + 1)];
             write_f16(yb, 0, d);
             pack4(|j| l[j], &mut yb[2..]);
@@ -84,13 +84,13 @@ pub(crate) fn quantize_q4_0(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &m
 
 /// The importance-matrix path of q4_0 / q5_0: the blocks' weights (with
 /// the row's σ²), the searches of `kind` on backend `b`, then
-/// `finish(block, scale, codes)` per block.
+/// `finish(block, scale, the_min, codes)` per block.
 fn weighted_blocks(
     b: BackendKind,
     kind: Search,
     x: &[f32],
     qw: &[f32],
-    mut finish: impl FnMut(usize, f32, &[u8]),
+    mut finish: impl FnMut(usize, f32, f32, &[u8]),
 ) {
     let sigma2 = row_sigma2(x);
     weighted_by_chunks(
@@ -106,9 +106,9 @@ fn weighted_blocks(
                 wb.copy_from_slice(&block_weights(xb, qb, sigma2));
             }
         },
-        |at, scales, codes| {
-            for (k, &d) in scales.iter().enumerate() {
-                finish(at / QK + k, d, &codes[QK * k..QK * (k + 1)]);
+        |at, scales, mins, codes| {
+            for (k, (&d, &m)) in scales.iter().zip(mins).enumerate() {
+                finish(at / QK + k, d, m, &codes[QK * k..QK * (k + 1)]);
             }
         },
     );
@@ -144,22 +144,20 @@ fn block(xb: &[f32]) -> &[f32; QK] {
 }
 
 /// `q4_1` of one row (`quantize_q4_1`).
-pub(crate) fn quantize_q4_1(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    let blocks = x.chunks_exact(QK).zip(y.chunks_exact_mut(Q4_1_BYTES));
+/// With an importance matrix the block searches (make_qkx3_quants, as
+/// q4_K's) run on backend `b`.
+pub(crate) fn quantize_q4_1(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     match qw {
-        None => blocks.for_each(|(xb, yb)| q_1_ref(15, xb, yb)),
-        Some(qw) => {
-            let sigma2 = row_sigma2(x);
-            for ((xb, yb), qwb) in blocks.zip(qw.chunks_exact(QK)) {
-                let weight = block_weights(xb, qwb, sigma2);
-                let mut l = [0u8; QK];
-                let (d, min) =
-                    make_qkx3_quants(15, xb, Some(&weight), &mut l, -0.9, 0.05, 36, false);
-                write_f16(yb, 0, d);
-                write_f16(yb, 2, -min);
-                pack4(|j| l[j], &mut yb[4..]);
-            }
+        None => {
+            let blocks = x.chunks_exact(QK).zip(y.chunks_exact_mut(Q4_1_BYTES));
+            blocks.for_each(|(xb, yb)| q_1_ref(15, xb, yb))
         }
+        Some(qw) => weighted_blocks(b, Search::Q4KW, x, qw, |i, d, min, l| {
+            let yb = &mut y[Q4_1_BYTES * i..Q4_1_BYTES * (i + 1)];
+            write_f16(yb, 0, d);
+            write_f16(yb, 2, -min);
+            pack4(|j| l[j], &mut yb[4..]);
+        }),
     }
 }
 
@@ -191,7 +189,7 @@ pub(crate) fn quantize_q5_0(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &m
             let blocks = x.chunks_exact(QK).zip(y.chunks_exact_mut(Q5_0_BYTES));
             blocks.for_each(|(xb, yb)| q5_0_ref(xb, yb))
         }
-        Some(qw) => weighted_blocks(b, Search::Q5_0W, x, qw, |i, d, l| {
+        Some(qw) => weighted_blocks(b, Search::Q5_0W, x, qw, |i, d, _, l| {
             let yb = &mut y[Q5_0_BYTES * i..Q5_0_BYTES * (i + 1)];
             write_f16(yb, 0, d);
             let qh = pack_nibbles(|j| l[j], &mut yb[6..]);
@@ -212,23 +210,21 @@ fn q5_0_ref(xb: &[f32], yb: &mut [u8]) {
 }
 
 /// `q5_1` of one row (`quantize_q5_1`).
-pub(crate) fn quantize_q5_1(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    let blocks = x.chunks_exact(QK).zip(y.chunks_exact_mut(Q5_1_BYTES));
+/// With an importance matrix the block searches (make_qkx3_quants, as
+/// q5_K's) run on backend `b`.
+pub(crate) fn quantize_q5_1(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     match qw {
-        None => blocks.for_each(|(xb, yb)| q_1_ref(31, xb, yb)),
-        Some(qw) => {
-            let sigma2 = row_sigma2(x);
-            for ((xb, yb), qwb) in blocks.zip(qw.chunks_exact(QK)) {
-                let weight = block_weights(xb, qwb, sigma2);
-                let mut l = [0u8; QK];
-                let (d, min) =
-                    make_qkx3_quants(31, xb, Some(&weight), &mut l, -0.9, 0.05, 36, false);
-                write_f16(yb, 0, d);
-                write_f16(yb, 2, -min);
-                let qh = pack_nibbles(|j| l[j], &mut yb[8..]);
-                yb[4..8].copy_from_slice(&qh.to_le_bytes());
-            }
+        None => {
+            let blocks = x.chunks_exact(QK).zip(y.chunks_exact_mut(Q5_1_BYTES));
+            blocks.for_each(|(xb, yb)| q_1_ref(31, xb, yb))
         }
+        Some(qw) => weighted_blocks(b, Search::Q5KW, x, qw, |i, d, min, l| {
+            let yb = &mut y[Q5_1_BYTES * i..Q5_1_BYTES * (i + 1)];
+            write_f16(yb, 0, d);
+            write_f16(yb, 2, -min);
+            let qh = pack_nibbles(|j| l[j], &mut yb[8..]);
+            yb[4..8].copy_from_slice(&qh.to_le_bytes());
+        }),
     }
 }
 

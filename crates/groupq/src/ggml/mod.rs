@@ -311,14 +311,12 @@ pub(crate) fn search_backends() -> Vec<BackendKind> {
 }
 
 /// Whether `ty`'s quantizer has a vector search: the reference paths (no
-/// importance matrix) of the K-quants and iq4 types, and q4_0, q5_0, q4_K,
-/// q5_K and q6_K with one.
+/// importance matrix) of the K-quants and iq4 types, and with one every
+/// type but q8_0 (which ignores it) and the iq4 types.
 pub(crate) fn has_vector_search(ty: GgmlType, imatrix: bool) -> bool {
     if imatrix {
-        return matches!(
-            ty,
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
-        );
+        // Every weighted search but iq4's.
+        return !matches!(ty, GgmlType::Q8_0 | GgmlType::Iq4Nl | GgmlType::Iq4Xs);
     }
     matches!(
         ty,
@@ -348,9 +346,9 @@ pub(crate) fn quantize_row(
 ) {
     match ty {
         GgmlType::Q4_0 => legacy::quantize_q4_0(b, x, qw, y),
-        GgmlType::Q4_1 => legacy::quantize_q4_1(x, qw, y),
+        GgmlType::Q4_1 => legacy::quantize_q4_1(b, x, qw, y),
         GgmlType::Q5_0 => legacy::quantize_q5_0(b, x, qw, y),
-        GgmlType::Q5_1 => legacy::quantize_q5_1(x, qw, y),
+        GgmlType::Q5_1 => legacy::quantize_q5_1(b, x, qw, y),
         GgmlType::Q8_0 => legacy::quantize_q8_0(x, y),
         GgmlType::Q2K => kquants::quantize_q2_k(b, x, qw, y),
         GgmlType::Q3K => kquants::quantize_q3_k(b, x, qw, y),

@@ -38,6 +38,12 @@ pub(crate) enum Search {
     Q4KW,
     /// q5_K with an importance matrix: as [`Search::Q4KW`], levels 0..=31.
     Q5KW,
+    /// q2_K with an importance matrix: 16 values, levels 0..=3,
+    /// `make_qkx3_quants(16, 3, x, w, L, .., -0.9, 0.05, 36, false)`.
+    Q2KW,
+    /// q3_K with an importance matrix: 16 values,
+    /// `make_qx_quants(16, 4, x, L, 1, weights)`.
+    Q3KW,
     /// q6_K with an importance matrix: 16 values,
     /// `make_qx_quants(16, 32, x, L, 1, weights)`.
     Q6KW,
@@ -54,7 +60,13 @@ impl Search {
     pub fn weighted(self) -> bool {
         matches!(
             self,
-            Search::Q4KW | Search::Q5KW | Search::Q6KW | Search::Q4_0W | Search::Q5_0W
+            Search::Q4KW
+                | Search::Q5KW
+                | Search::Q6KW
+                | Search::Q4_0W
+                | Search::Q5_0W
+                | Search::Q2KW
+                | Search::Q3KW
         )
     }
 
@@ -68,7 +80,12 @@ impl Search {
             | Search::Q5KW
             | Search::Q4_0W
             | Search::Q5_0W => 32,
-            Search::Q2K | Search::Q6K | Search::Q3K | Search::Q6KW => 16,
+            Search::Q2K
+            | Search::Q6K
+            | Search::Q3K
+            | Search::Q6KW
+            | Search::Q2KW
+            | Search::Q3KW => 16,
         }
     }
 }
@@ -191,7 +208,11 @@ unsafe fn make_qkx2<S: Isa, const N: usize>(
     for li in l.iter_mut() {
         *li = S::select_i(flat, lo, *li);
     }
-    (S::select_f(flat, zero, scale), S::sub_f(zero, min))
+    // -min exactly as C negates (-(+0) is -0): q4_1/q5_1 store it as is.
+    (
+        S::select_f(flat, zero, scale),
+        S::mul_f(min, S::splat_f(-1.0)),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -479,6 +500,8 @@ unsafe fn lanes<S: Isa, const N: usize>(
             S::splat_f(0.0),
         ),
         Search::Q4_0W => (make_qx1::<S, N>(&xs, Some(&ws), 8, &mut l), S::splat_f(0.0)),
+        Search::Q3KW => (make_qx1::<S, N>(&xs, Some(&ws), 4, &mut l), S::splat_f(0.0)),
+        Search::Q2KW => make_qkx2::<S, N>(&xs, &ws, 3, -0.9, 0.05, 36, false, &mut l),
         Search::Q5_0W => (
             make_qx1::<S, N>(&xs, Some(&ws), 16, &mut l),
             S::splat_f(0.0),
