@@ -72,32 +72,23 @@ pub(crate) fn search_block(xb: &[f32], weight: &[f32; 32], ntry: i32, values: &[
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }
-    let mut d = if ntry > 0 { -max / v0 } else { max / v0 };
-    let mut id = 1.0 / d;
-    let mut sumqx = 0.0f32;
-    let mut sumq2 = 0.0f32;
-    for j in 0..BLOCK {
-        let al = id * xb[j];
-        let li = best_index_branchless(values, al);
-        let q = f32::from(values[li]);
-        let w = weight[j];
-        sumqx += w * q * xb[j];
-        sumq2 += w * q * q;
-    }
-    d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-    let mut best = d * sumqx;
-    for itry in -ntry..=ntry {
-        id = (itry + i32::from(values[0])) as f32 / max;
-        sumqx = 0.0;
-        sumq2 = 0.0;
+    // Σ w·q·x and Σ w·q·q with q the code-book value of id·x.
+    let sums = |id: f32| {
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
         for j in 0..BLOCK {
-            let al = id * xb[j];
-            let li = best_index_branchless(values, al);
-            let q = f32::from(values[li]);
+            let q = f32::from(values[best_index_branchless(values, id * xb[j])]);
             let w = weight[j];
             sumqx += w * q * xb[j];
             sumq2 += w * q * q;
         }
+        (sumqx, sumq2)
+    };
+    let mut d = if ntry > 0 { -max / v0 } else { max / v0 };
+    let (sumqx, sumq2) = sums(1.0 / d);
+    d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+    let mut best = d * sumqx;
+    for itry in -ntry..=ntry {
+        let (sumqx, sumq2) = sums((itry + i32::from(values[0])) as f32 / max);
         if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
             d = sumqx / sumq2;
             best = d * sumqx;

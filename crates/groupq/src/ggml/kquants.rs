@@ -38,18 +38,17 @@ fn sum_sq(x: &[f32]) -> f32 {
     s
 }
 
-/// The imatrix weights `qw[l] · sqrt(sigma2 + x[l]²)` of a sub-block, and
-/// their sum.
-fn imatrix_weights<const N: usize>(xs: &[f32], qw: &[f32], sigma2: f32) -> ([f32; N], f32) {
-    let mut w = [0.0f32; N];
-    for l in 0..N {
-        w[l] = qw[l] * (sigma2 + xs[l] * xs[l]).sqrt();
+/// The importance weights `qw[l] · sqrt(sigma2 + x[l]²)` of a sub-block
+/// into `w`; returns their sum (in order).
+fn imatrix_weights_into(xs: &[f32], qw: &[f32], sigma2: f32, w: &mut [f32]) -> f32 {
+    for ((w, &x), &q) in w.iter_mut().zip(xs).zip(qw) {
+        *w = q * (sigma2 + x * x).sqrt();
     }
     let mut sumw = 0.0f32;
-    for &v in &w {
+    for &v in w.iter() {
         sumw += v;
     }
-    (w, sumw)
+    sumw
 }
 
 /// Packs 2-bit codes: `qs[j/4 + l] = L[j+l] | L[j+l+32] << 2 | … << 6`.
@@ -460,8 +459,8 @@ fn q3_k_finish(x: &[f32], scales: &[f32], sw: &[f32], l: &mut [i8; QK_K], y: &mu
     q3_k_requantize(x, l, y);
 }
 
-/// The importance-matrix path of q2_K (σ² factor 1) and q3_K (2): per
-/// super-block σ² = factor·Σx²/256, the sub-blocks' weights
+/// The importance-matrix path of q2_K (σ² factor 1), q3_K, q4_K and q5_K
+/// (2): per super-block σ² = factor·Σx²/256, the sub-blocks' weights
 /// `qw·sqrt(σ² + x²)` and their sums, the searches of `kind` on backend
 /// `b`, then `finish(x, scales, mins, sums, codes, super_block)`.
 fn weighted_k(
@@ -480,14 +479,14 @@ fn weighted_k(
         x,
         |at, xc, w| {
             let mut sw = sw_cell.borrow_mut();
+            let n = kind.len();
+            let per = QK_K / n;
             for (k, xb) in xc.chunks_exact(QK_K).enumerate() {
                 let sigma2 = sigma_factor * sum_sq(xb) / QK_K as f32;
-                for j in 0..16 {
-                    let o = QK_K * k + 16 * j;
-                    let (wj, s) =
-                        imatrix_weights::<16>(&xb[16 * j..16 * (j + 1)], &qw[at + o..], sigma2);
-                    w[o..o + 16].copy_from_slice(&wj);
-                    sw[16 * k + j] = s;
+                for j in 0..per {
+                    let o = QK_K * k + n * j;
+                    let (wb, qb) = (&mut w[o..o + n], &qw[at + o..at + o + n]);
+                    sw[per * k + j] = imatrix_weights_into(&xb[n * j..n * (j + 1)], qb, sigma2, wb);
                 }
             }
         },
@@ -496,7 +495,8 @@ fn weighted_k(
             for (k, xb) in x[at..at + codes.len()].chunks_exact(QK_K).enumerate() {
                 let mut l = [0u8; QK_K];
                 l.copy_from_slice(&codes[QK_K * k..QK_K * (k + 1)]);
-                let r = 16 * k..16 * (k + 1);
+                let per = QK_K / kind.len();
+                let r = per * k..per * (k + 1);
                 let (s, m) = (&scales[r.clone()], &mins[r.clone()]);
                 finish(xb, s, m, &sw[r], &mut l, at / QK_K + k);
             }
@@ -697,57 +697,17 @@ fn q45_k_row(
             });
         }
         Some(qw) => {
-            // The weights and their per-sub-block sums first (they need
-            // the super-block's σ²), then the searches over a chunk of
-            // super-blocks on the vector backend, then each super-block's
-            // scales (make_qp_quants), requantization and packing.
             let kind = if nmax == 15 {
                 Search::Q4KW
             } else {
                 Search::Q5KW
             };
-            let mut w = [0.0f32; CHUNK];
-            let mut sw = [0.0f32; CHUNK / 32];
-            let (mut scales, mut mins) = ([0.0f32; CHUNK / 32], [0.0f32; CHUNK / 32]);
-            let mut codes = [0u8; CHUNK];
-            let per = CHUNK / QK_K;
-            for ((xc, yc), qc) in x
-                .chunks(CHUNK)
-                .zip(y.chunks_mut(per * type_size))
-                .zip(qw.chunks(CHUNK))
-            {
-                for (k, (xb, qb)) in xc.chunks_exact(QK_K).zip(qc.chunks_exact(QK_K)).enumerate() {
-                    let sigma2 = 2.0 * sum_sq(xb) / QK_K as f32;
-                    for j in 0..8 {
-                        let (wj, s) =
-                            imatrix_weights::<32>(&xb[32 * j..32 * (j + 1)], &qb[32 * j..], sigma2);
-                        w[QK_K * k + 32 * j..QK_K * k + 32 * (j + 1)].copy_from_slice(&wj);
-                        sw[8 * k + j] = s;
-                    }
-                }
-                let subs = xc.len() / 32;
-                search_subblocks(
-                    b,
-                    kind,
-                    xc,
-                    &w[..xc.len()],
-                    &mut scales[..subs],
-                    &mut mins[..subs],
-                    &mut codes[..xc.len()],
-                );
-                for (k, (xb, yb)) in xc
-                    .chunks_exact(QK_K)
-                    .zip(yc.chunks_exact_mut(type_size))
-                    .enumerate()
-                {
-                    let mut l = [0u8; QK_K];
-                    l.copy_from_slice(&codes[QK_K * k..QK_K * (k + 1)]);
-                    let r = 8 * k..8 * (k + 1);
-                    q45_k_scales(nmax, &scales[r.clone()], &mins[r.clone()], &sw[r], yb);
-                    q45_k_requantize(nmax, xb, &mut l, yb);
-                    pack(&l, yb);
-                }
-            }
+            weighted_k(b, kind, x, qw, 2.0, |xb, scales, mins, sw, l, i| {
+                let yb = &mut y[type_size * i..type_size * (i + 1)];
+                q45_k_scales(nmax, scales, mins, sw, yb);
+                q45_k_requantize(nmax, xb, l, yb);
+                pack(l, yb);
+            })
         }
     }
 }
