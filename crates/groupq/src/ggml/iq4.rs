@@ -240,32 +240,12 @@ fn quantize_iq4_impl(
 
 /// The block scales of a row without an importance matrix, from the
 /// vector search on backend `b` (or the scalar one), a chunk at a time:
-/// `f(first_block, scales, x_chunk, y_chunk)`.
-fn with_scales(
-    b: BackendKind,
-    x: &[f32],
-    y: &mut [u8],
-    super_block: usize,
-    type_size: usize,
-    mut f: impl FnMut(&[f32], &[f32], &mut [u8]),
-) {
-    const CHUNK: usize = 2048;
-    let (mut scales, mut mins, mut codes) =
-        ([0.0f32; CHUNK / 32], [0.0f32; CHUNK / 32], [0u8; CHUNK]);
-    let per = CHUNK / super_block;
-    for (xc, yc) in x.chunks(CHUNK).zip(y.chunks_mut(per * type_size)) {
-        let nb = xc.len() / 32;
-        super::kquants::search_subblocks(
-            b,
-            Search::Iq4,
-            xc,
-            &[],
-            &mut scales[..nb],
-            &mut mins[..nb],
-            &mut codes[..xc.len()],
-        );
-        f(&scales[..nb], xc, yc);
-    }
+/// `f(offset, scales)`.
+fn with_scales(b: BackendKind, x: &[f32], mut f: impl FnMut(usize, &[f32])) {
+    let no_weights = |_: usize, _: &[f32], _: &mut [f32]| {};
+    super::kquants::search_chunks(b, Search::Iq4, x, no_weights, |at, scales, _, _| {
+        f(at, scales)
+    });
 }
 
 /// `iq4_nl` of one row (`quantize_iq4_nl`); without an importance matrix
@@ -276,13 +256,11 @@ pub(crate) fn quantize_iq4_nl(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: 
         yb[..2].copy_from_slice(&head.d.to_le_bytes());
     };
     match qw {
-        None => with_scales(b, x, y, 32, IQ4_NL_BYTES, |scales, xc, yc| {
-            for (i, (xb, yb)) in xc
-                .chunks_exact(32)
-                .zip(yc.chunks_exact_mut(IQ4_NL_BYTES))
-                .enumerate()
-            {
-                one(xb, None, Some(&scales[i..i + 1]), yb);
+        None => with_scales(b, x, |at, scales| {
+            for (k, xb) in x[at..at + 32 * scales.len()].chunks_exact(32).enumerate() {
+                let i = at / 32 + k;
+                let yb = &mut y[IQ4_NL_BYTES * i..IQ4_NL_BYTES * (i + 1)];
+                one(xb, None, Some(&scales[k..k + 1]), yb);
             }
         }),
         Some(qw) => {
@@ -307,13 +285,11 @@ pub(crate) fn quantize_iq4_xs(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: 
         yb[4..8].copy_from_slice(&head.scales_l);
     };
     match qw {
-        None => with_scales(b, x, y, 256, IQ4_XS_BYTES, |scales, xc, yc| {
-            for (i, (xb, yb)) in xc
-                .chunks_exact(256)
-                .zip(yc.chunks_exact_mut(IQ4_XS_BYTES))
-                .enumerate()
-            {
-                one(xb, None, Some(&scales[8 * i..8 * (i + 1)]), yb);
+        None => with_scales(b, x, |at, scales| {
+            for (k, xb) in x[at..at + 32 * scales.len()].chunks_exact(256).enumerate() {
+                let i = at / 256 + k;
+                let yb = &mut y[IQ4_XS_BYTES * i..IQ4_XS_BYTES * (i + 1)];
+                one(xb, None, Some(&scales[8 * k..8 * (k + 1)]), yb);
             }
         }),
         Some(qw) => {

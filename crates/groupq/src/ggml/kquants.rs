@@ -188,10 +188,12 @@ fn search_one(kind: Search, xs: &[f32], ws: &[f32], l: &mut [u8]) -> (f32, f32) 
     }
 }
 
-/// A weighted search (`kind.weighted()`) over a row, [`CHUNK`] values at a
-/// time: `fill(offset, values, weights)` writes the chunk's weights,
-/// `finish(offset, scales, mins, codes)` takes its sub-blocks' results.
-pub(crate) fn weighted_by_chunks(
+/// The sub-block searches of `kind` over a row, [`CHUNK`] values at a time
+/// (so that a vector search fills whole vectors and its results stay on
+/// the stack): for the weighted kinds `fill(offset, values, weights)`
+/// first writes the chunk's weights (it is not called otherwise), then
+/// `finish(offset, scales, mins, codes)` takes the chunk's results.
+pub(crate) fn search_chunks(
     b: BackendKind,
     kind: Search,
     x: &[f32],
@@ -204,12 +206,17 @@ pub(crate) fn weighted_by_chunks(
     for (c, xc) in x.chunks(CHUNK).enumerate() {
         let n = xc.len();
         let subs = n / kind.len();
-        fill(c * CHUNK, xc, &mut w[..n]);
+        let weights: &[f32] = if kind.weighted() {
+            fill(c * CHUNK, xc, &mut w[..n]);
+            &w[..n]
+        } else {
+            &[]
+        };
         search_subblocks(
             b,
             kind,
             xc,
-            &w[..n],
+            weights,
             &mut scales[..subs],
             &mut mins[..subs],
             &mut codes[..n],
@@ -230,36 +237,17 @@ fn by_chunks(
     mut finish: impl FnMut(&[f32], &[f32], &[f32], &mut [u8; QK_K], &mut [u8]),
 ) {
     let per = QK_K / kind.len();
-    let mut scales = [0.0f32; CHUNK / 16];
-    let mut mins = [0.0f32; CHUNK / 16];
-    let mut codes = [0u8; CHUNK];
-    for (xc, yc) in x.chunks(CHUNK).zip(y.chunks_mut(CHUNK / QK_K * type_size)) {
-        let subs = xc.len() / kind.len();
-        search_subblocks(
-            b,
-            kind,
-            xc,
-            &[],
-            &mut scales[..subs],
-            &mut mins[..subs],
-            &mut codes[..xc.len()],
-        );
-        for (k, (xb, yb)) in xc
-            .chunks_exact(QK_K)
-            .zip(yc.chunks_exact_mut(type_size))
-            .enumerate()
-        {
+    let no_weights = |_: usize, _: &[f32], _: &mut [f32]| {};
+    search_chunks(b, kind, x, no_weights, |at, scales, mins, codes| {
+        for (k, xb) in x[at..at + codes.len()].chunks_exact(QK_K).enumerate() {
+            let i = at / QK_K + k;
             let mut l = [0u8; QK_K];
             l.copy_from_slice(&codes[QK_K * k..QK_K * (k + 1)]);
-            finish(
-                xb,
-                &scales[per * k..per * (k + 1)],
-                &mins[per * k..per * (k + 1)],
-                &mut l,
-                yb,
-            );
+            let r = per * k..per * (k + 1);
+            let yb = &mut y[type_size * i..type_size * (i + 1)];
+            finish(xb, &scales[r.clone()], &mins[r], &mut l, yb);
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------- q2_K
@@ -473,7 +461,7 @@ fn weighted_k(
 ) {
     let mut sw = [0.0f32; CHUNK / 16];
     let sw_cell = std::cell::RefCell::new(&mut sw);
-    weighted_by_chunks(
+    search_chunks(
         b,
         kind,
         x,
@@ -788,7 +776,7 @@ pub(crate) fn quantize_q6_k(b: BackendKind, x: &[f32], qw: Option<&[f32]>, y: &m
         None => by_chunks(b, Search::Q6K, x, y, Q6K_BYTES, |xb, scales, _, l, yb| {
             q6_k_block(xb, scales, l, yb)
         }),
-        Some(qw) => weighted_by_chunks(
+        Some(qw) => search_chunks(
             b,
             Search::Q6KW,
             x,

@@ -8,7 +8,7 @@
 //! `qs` holds weight `j` (low) and `j + 16` (high); bit `j` of `qh` the
 //! fifth bit of weight `j`.
 
-use super::kquants::weighted_by_chunks;
+use super::kquants::search_chunks;
 use super::search::c_max;
 use super::{read_f16, write_f16};
 use crate::kernels::ggml::{legacy_codes, q8_0_codes, Search};
@@ -93,7 +93,7 @@ fn weighted_blocks(
     mut finish: impl FnMut(usize, f32, f32, &[u8]),
 ) {
     let sigma2 = row_sigma2(x);
-    weighted_by_chunks(
+    search_chunks(
         b,
         kind,
         x,

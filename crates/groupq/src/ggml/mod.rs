@@ -299,17 +299,6 @@ pub fn quantize_rows(
     Ok(())
 }
 
-/// The backends whose vector K-quant searches this CPU runs, widest first,
-/// then [`BackendKind::Scalar`] (every backend gives the same bytes).
-pub(crate) fn search_backends() -> Vec<BackendKind> {
-    let mut v: Vec<BackendKind> = [BackendKind::Avx512, BackendKind::Avx2, BackendKind::Sse41]
-        .into_iter()
-        .filter(|&b| crate::kernels::cpu_has(b))
-        .collect();
-    v.push(BackendKind::Scalar);
-    v
-}
-
 /// Whether `ty`'s quantizer has a vector search: the reference paths (no
 /// importance matrix) of the K-quants and iq4 types, and with one every
 /// type but q8_0 (which ignores it) and the iq4 types.
@@ -330,9 +319,13 @@ pub(crate) fn has_vector_search(ty: GgmlType, imatrix: bool) -> bool {
     )
 }
 
-/// The widest backend of [`search_backends`].
+/// The widest backend this CPU has (every backend gives the same bytes;
+/// the scalar one where there is no vector backend).
 pub(crate) fn fastest_backend() -> BackendKind {
-    search_backends()[0]
+    [BackendKind::Avx512, BackendKind::Avx2, BackendKind::Sse41]
+        .into_iter()
+        .find(|&b| crate::kernels::cpu_has(b))
+        .unwrap_or(BackendKind::Scalar)
 }
 
 /// One row; the lengths are checked by the caller. The K-quants' sub-block

@@ -450,6 +450,31 @@ unsafe fn iq4_scale<S: Isa, const N: usize>(x: &[S::F; N]) -> S::F {
 }
 
 #[cfg(target_arch = "x86_64")]
+/// Element `i` of sub-blocks `first..first + LANES` of `src` (`N` values
+/// each) in lane order, vector `i` of the result; lanes past `count`
+/// repeat sub-block 0.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn gather<S: Isa, const N: usize>(src: &[f32], first: usize, count: usize) -> [S::F; N]
+where
+    f32: F32Lanes<S>,
+{
+    let mut buf = [0f32; 16];
+    let mut v = [S::splat_f(0.0); N];
+    for (i, vi) in v.iter_mut().enumerate() {
+        for (lane, b) in buf.iter_mut().enumerate().take(S::LANES) {
+            let j = if first + lane < count {
+                first + lane
+            } else {
+                0
+            };
+            *b = src[N * j + i];
+        }
+        *vi = <f32 as F32Lanes<S>>::load(buf.as_ptr());
+    }
+    v
+}
+
 /// One vector of `LANES` sub-blocks (`first..`, the lanes past `count`
 /// repeating sub-block 0, their results dropped) through `kind`'s search.
 #[inline(always)]
@@ -462,34 +487,12 @@ unsafe fn lanes<S: Isa, const N: usize>(
 ) where
     f32: F32Lanes<S>,
 {
-    let n = S::LANES;
-    let mut buf = [0f32; 16];
-    let mut xs = [S::splat_f(0.0); N];
-    for (i, v) in xs.iter_mut().enumerate() {
-        for (lane, b) in buf.iter_mut().enumerate().take(n) {
-            let j = if first + lane < count {
-                first + lane
-            } else {
-                0
-            };
-            *b = x[N * j + i];
-        }
-        *v = <f32 as F32Lanes<S>>::load(buf.as_ptr());
-    }
-    let mut ws = [S::splat_f(0.0); N];
-    if kind.weighted() {
-        for (i, v) in ws.iter_mut().enumerate() {
-            for (lane, b) in buf.iter_mut().enumerate().take(n) {
-                let j = if first + lane < count {
-                    first + lane
-                } else {
-                    0
-                };
-                *b = out.weights[N * j + i];
-            }
-            *v = <f32 as F32Lanes<S>>::load(buf.as_ptr());
-        }
-    }
+    let xs = gather::<S, N>(x, first, count);
+    let ws = if kind.weighted() {
+        gather::<S, N>(out.weights, first, count)
+    } else {
+        [S::splat_f(0.0); N]
+    };
     let mut l = [S::splat_i(0); N];
     let (scale, min) = match kind {
         Search::Q4KW => make_qkx2::<S, N>(&xs, &ws, 15, -0.9, 0.05, 36, false, &mut l),
@@ -532,7 +535,8 @@ unsafe fn lanes<S: Isa, const N: usize>(
             }
         }
     };
-    let keep = n.min(count - first);
+    let keep = S::LANES.min(count - first);
+    let mut buf = [0f32; 16];
     <f32 as F32Lanes<S>>::store(buf.as_mut_ptr(), scale);
     out.scales[first..first + keep].copy_from_slice(&buf[..keep]);
     <f32 as F32Lanes<S>>::store(buf.as_mut_ptr(), min);
