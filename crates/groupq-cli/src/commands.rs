@@ -48,6 +48,38 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+impl Summary {
+    /// The mean SQNR of the quantized tensors (0 when there are none).
+    pub fn mean_sqnr_db(&self) -> f64 {
+        self.quantized.iter().map(|t| t.stats.sqnr_db).sum::<f64>()
+            / self.quantized.len().max(1) as f64
+    }
+
+    /// The report's per-tensor entries (a non-finite SQNR as `null`).
+    pub fn tensors_json(&self) -> Value {
+        let finite = |v: f64| if v.is_finite() { json!(v) } else { json!(null) };
+        self.quantized
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "shape": t.shape,
+                    "sqnr_db": finite(t.stats.sqnr_db),
+                    "max_abs_error": t.stats.max_abs_error,
+                })
+            })
+            .collect()
+    }
+
+    /// The report's entries of the tensors kept, with the reason.
+    pub fn kept_json(&self) -> Value {
+        self.kept
+            .iter()
+            .map(|(n, why)| json!({"name": n, "reason": why}))
+            .collect()
+    }
+}
+
 /// `*` and `?` wildcards (matching the whole name), else a substring match.
 /// `--ignore` patterns are tried on the module name and on the tensor name.
 pub fn matches_pattern(pattern: &str, name: &str) -> bool {
@@ -669,7 +701,6 @@ fn quantize_tensor(
 
 /// The `--report` JSON.
 pub fn report_json(o: &QuantizeOptions, s: &Summary) -> Value {
-    let finite = |v: f64| if v.is_finite() { json!(v) } else { json!(null) };
     json!({
         "input": o.input.display().to_string(),
         "output": o.output.display().to_string(),
@@ -679,21 +710,14 @@ pub fn report_json(o: &QuantizeOptions, s: &Summary) -> Value {
         "symmetric": o.spec.symmetric,
         "bytes_in": s.bytes_in,
         "bytes_out": s.bytes_out,
-        "tensors": s.quantized.iter().map(|t| json!({
-            "name": t.name,
-            "shape": t.shape,
-            "sqnr_db": finite(t.stats.sqnr_db),
-            "max_abs_error": t.stats.max_abs_error,
-        })).collect::<Vec<_>>(),
-        "kept_in_float": s.kept.iter().map(|(n, why)| json!({"name": n, "reason": why})).collect::<Vec<_>>(),
+        "tensors": s.tensors_json(),
+        "kept_in_float": s.kept_json(),
     })
 }
 
 /// The summary table printed after `quantize`.
 pub fn print_summary(o: &QuantizeOptions, s: &Summary) {
     print_table(s);
-    let mean =
-        s.quantized.iter().map(|t| t.stats.sqnr_db).sum::<f64>() / s.quantized.len().max(1) as f64;
     println!(
         "{} tensors quantized to {} {}-bit group {} ({}), {} kept in float; {:.1} MB -> {:.1} MB in {:.2} s; mean SQNR {:.2} dB",
         s.quantized.len(),
@@ -705,7 +729,7 @@ pub fn print_summary(o: &QuantizeOptions, s: &Summary) {
         s.bytes_in as f64 / 1e6,
         s.bytes_out as f64 / 1e6,
         s.seconds,
-        mean
+        s.mean_sqnr_db()
     );
     println!("wrote {}", o.output.display());
 }

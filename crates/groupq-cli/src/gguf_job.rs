@@ -287,7 +287,6 @@ fn importance<'m>(
 /// error, and the tensors kept or converted.
 pub fn report_json(o: &GgufOptions, s: &Summary) -> serde_json::Value {
     use serde_json::json;
-    let finite = |v: f64| if v.is_finite() { json!(v) } else { json!(null) };
     json!({
         "input": o.input.display().to_string(),
         "output": o.output.display().to_string(),
@@ -295,21 +294,14 @@ pub fn report_json(o: &GgufOptions, s: &Summary) -> serde_json::Value {
         "type": o.ftype.name,
         "bytes_in": s.bytes_in,
         "bytes_out": s.bytes_out,
-        "tensors": s.quantized.iter().map(|t| json!({
-            "name": t.name,
-            "shape": t.shape,
-            "sqnr_db": finite(t.stats.sqnr_db),
-            "max_abs_error": t.stats.max_abs_error,
-        })).collect::<Vec<_>>(),
-        "kept": s.kept.iter().map(|(n, why)| json!({"name": n, "reason": why})).collect::<Vec<_>>(),
+        "tensors": s.tensors_json(),
+        "kept": s.kept_json(),
     })
 }
 
 /// The summary table printed after the job.
 pub fn print_summary(o: &GgufOptions, s: &Summary) {
     crate::commands::print_table(s);
-    let mean =
-        s.quantized.iter().map(|t| t.stats.sqnr_db).sum::<f64>() / s.quantized.len().max(1) as f64;
     println!(
         "{} tensors quantized to GGUF {}, {} kept or converted; {:.1} MB -> {:.1} MB in {:.2} s; mean SQNR {:.2} dB",
         s.quantized.len(),
@@ -318,7 +310,7 @@ pub fn print_summary(o: &GgufOptions, s: &Summary) {
         s.bytes_in as f64 / 1e6,
         s.bytes_out as f64 / 1e6,
         s.seconds,
-        mean
+        s.mean_sqnr_db()
     );
     println!("wrote {}", o.output.display());
 }
