@@ -86,6 +86,10 @@
 #![warn(missing_docs)]
 
 pub mod bench_support;
+#[cfg(feature = "wgpu")]
+mod device;
+#[cfg(feature = "wgpu")]
+mod device_tensor;
 mod element;
 mod error;
 pub mod ggml;
@@ -106,6 +110,12 @@ pub use plan::{
 pub use quantize::*;
 pub use stream::{Stream, Workspace};
 pub use tensor::{TensorMut, TensorRef};
+
+#[cfg(feature = "wgpu")]
+pub use device_tensor::{DeviceBuffer, DeviceElement, DeviceTensorMut, DeviceTensorRef};
+/// The `wgpu` crate groupq's device streams are built on (feature `wgpu`).
+#[cfg(feature = "wgpu")]
+pub use wgpu;
 
 /// `half`'s `f16` and `bf16`, the half-precision element types.
 pub use half;

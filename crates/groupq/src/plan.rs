@@ -45,6 +45,9 @@ pub enum BackendKind {
     Avx512,
     /// aarch64 NEON.
     Neon,
+    /// A GPU through wgpu (Vulkan, Metal, DX12): plans selected on a
+    /// device stream (feature `wgpu`).
+    Wgpu,
 }
 
 impl BackendKind {
@@ -56,6 +59,7 @@ impl BackendKind {
             BackendKind::Avx2 => "avx2",
             BackendKind::Avx512 => "avx512",
             BackendKind::Neon => "neon",
+            BackendKind::Wgpu => "wgpu",
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct Stream {
     threads: usize,
     /// `None` for a single-threaded stream: work runs on the calling thread.
     pool: Option<Arc<ThreadPool>>,
+    /// The device of a device stream.
+    #[cfg(feature = "wgpu")]
+    device: Option<Arc<crate::device::WgpuDevice>>,
 }
 
 /// Live pools by thread count, so that streams of one size share one pool.
@@ -66,10 +69,7 @@ impl Stream {
     /// on the calling thread alone.
     pub fn cpu() -> Stream {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Stream::cpu_with_threads(n).unwrap_or(Stream {
-            threads: 1,
-            pool: None,
-        })
+        Stream::cpu_with_threads(n).unwrap_or(Stream::with_pool(1, None))
     }
 
     /// A CPU stream with exactly `n` threads (`n ≥ 1`; the calling thread
@@ -79,25 +79,43 @@ impl Stream {
             0 => Err(Error::InvalidProblem(
                 "Stream::cpu_with_threads: n 0 must be at least 1".into(),
             )),
-            1 => Ok(Stream {
-                threads: 1,
-                pool: None,
-            }),
-            _ => Ok(Stream {
-                threads: n,
-                pool: Some(shared_pool(n)?),
-            }),
+            1 => Ok(Stream::with_pool(1, None)),
+            _ => Ok(Stream::with_pool(n, Some(shared_pool(n)?))),
         }
     }
 
-    /// Number of threads `run` uses on this stream.
+    fn with_pool(threads: usize, pool: Option<Arc<ThreadPool>>) -> Stream {
+        Stream {
+            threads,
+            pool,
+            #[cfg(feature = "wgpu")]
+            device: None,
+        }
+    }
+
+    /// Number of CPU threads `run` uses on this stream (1 on a device
+    /// stream, whose work runs on the device).
     pub fn threads(&self) -> usize {
         self.threads
     }
 
+    /// Whether this is a device stream (plans selected on it run on the GPU).
+    pub fn is_device(&self) -> bool {
+        #[cfg(feature = "wgpu")]
+        if self.device.is_some() {
+            return true;
+        }
+        false
+    }
+
     /// Waits for all queued work. CPU streams finish their work inside
-    /// `run`, so this returns `Ok(())` at once.
+    /// `run`, so this returns `Ok(())` at once; a device stream waits until
+    /// the device has finished everything enqueued so far.
     pub fn synchronize(&self) -> Result<()> {
+        #[cfg(feature = "wgpu")]
+        if let Some(d) = &self.device {
+            return d.wait();
+        }
         Ok(())
     }
 
@@ -107,8 +125,69 @@ impl Stream {
     }
 }
 
+#[cfg(feature = "wgpu")]
+impl Stream {
+    /// A device stream on the default GPU adapter (a high-performance one
+    /// where there are several; `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` are
+    /// honoured). `Error::Backend` saying what to install when the machine
+    /// has no adapter. Plans selected on it run on the device: `run_device`
+    /// enqueues, [`synchronize`](Self::synchronize) waits.
+    ///
+    /// ```no_run
+    /// let stream = groupq::Stream::wgpu()?;
+    /// assert!(stream.is_device());
+    /// println!("{}", stream.device_name().unwrap_or_default());
+    /// # Ok::<(), groupq::Error>(())
+    /// ```
+    pub fn wgpu() -> Result<Stream> {
+        let device = crate::device::open_default()?;
+        Ok(Stream {
+            device: Some(Arc::new(device)),
+            ..Stream::with_pool(1, None)
+        })
+    }
+
+    /// A device stream on an existing device and queue (interop with other
+    /// wgpu code: groupq's work goes into the same queue, in order). f64
+    /// plans need the device to have been created with `SHADER_INT64`.
+    pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue) -> Stream {
+        let device = crate::device::WgpuDevice::new(device, queue);
+        Stream {
+            device: Some(Arc::new(device)),
+            ..Stream::with_pool(1, None)
+        }
+    }
+
+    /// The wgpu device of a device stream.
+    pub fn wgpu_device(&self) -> Option<&wgpu::Device> {
+        self.device.as_ref().map(|d| &d.device)
+    }
+
+    /// The wgpu queue of a device stream.
+    pub fn wgpu_queue(&self) -> Option<&wgpu::Queue> {
+        self.device.as_ref().map(|d| &d.queue)
+    }
+
+    /// The adapter's name (for example `"llvmpipe (LLVM 15.0.6, 256 bits)"`).
+    pub fn device_name(&self) -> Option<String> {
+        self.device.as_ref().map(|d| d.info.name.clone())
+    }
+
+    pub(crate) fn device(&self) -> Option<&Arc<crate::device::WgpuDevice>> {
+        self.device.as_ref()
+    }
+}
+
 impl fmt::Debug for Stream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        #[cfg(feature = "wgpu")]
+        if let Some(d) = &self.device {
+            return f
+                .debug_struct("Stream")
+                .field("device", &d.info.name)
+                .field("backend", &d.info.backend)
+                .finish();
+        }
         f.debug_struct("Stream")
             .field("device", &"cpu")
             .field("threads", &self.threads)

@@ -40,7 +40,29 @@ fn check_view<const N: usize>(len: usize, shape: &[usize; N], stride: &[usize; N
     Ok(())
 }
 
-fn dense<const N: usize>(shape: &[usize; N]) -> Result<[usize; N]> {
+/// Checks that a buffer of `len` elements holds a view of `shape`/`stride`
+/// starting at element `offset` (`BufferTooSmall` names the end it needs).
+#[cfg(feature = "wgpu")]
+pub(crate) fn check_view_at<const N: usize>(
+    len: usize,
+    offset: usize,
+    shape: &[usize; N],
+    stride: &[usize; N],
+) -> Result<()> {
+    let needed = span(shape, stride)
+        .and_then(|n| if n == 0 { Some(0) } else { n.checked_add(offset) })
+        .ok_or_else(|| {
+            Error::InvalidProblem(format!(
+                "tensor view at offset {offset} with shape {shape:?} and stride {stride:?} spans more than usize::MAX elements"
+            ))
+        })?;
+    if len < needed {
+        return Err(Error::BufferTooSmall { needed, got: len });
+    }
+    Ok(())
+}
+
+pub(crate) fn dense<const N: usize>(shape: &[usize; N]) -> Result<[usize; N]> {
     dense_strides(shape).ok_or_else(|| {
         Error::InvalidProblem(format!(
             "tensor shape {shape:?} has more than usize::MAX elements"

@@ -13,6 +13,8 @@
 
 #[allow(unsafe_code)]
 pub(crate) mod ggml;
+#[cfg(feature = "wgpu")]
+pub(crate) mod gpu;
 pub(crate) mod recipe;
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]

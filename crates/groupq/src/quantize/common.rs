@@ -85,7 +85,7 @@ impl Layout {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.outer == 0 || self.axis == 0
     }
 }
@@ -147,18 +147,45 @@ pub(crate) struct PlanCore {
 }
 
 impl PlanCore {
-    /// Chooses the backend and kernel (honouring `pref`) for a plan whose
-    /// float element is `T`; `lookup` gives the op's kernel on a backend.
-    pub fn new<T: Element, K>(
+    /// The core of a plan selected on a device stream (`backend` Wgpu), or
+    /// `None` on a CPU stream. A preferred CPU backend on a device stream,
+    /// or the Wgpu backend on a CPU stream, is `Unsupported`.
+    pub fn for_stream<T: Element>(
         plan: &'static str,
         op: QuantizeKind,
         aux_element: Option<ElementKind>,
         layout: Layout,
         pref: PlanPreference,
-        lookup: impl Fn(BackendKind) -> Option<K>,
-    ) -> Result<(PlanCore, K)> {
-        let (backend, kernel) = kernels::choose(pref.prefer_backend, lookup)
-            .map_err(|why| Error::Unsupported(format!("{plan}: {why}")))?;
+        stream: &Stream,
+    ) -> Result<Option<PlanCore>> {
+        let device = stream.is_device();
+        match (device, pref.prefer_backend) {
+            (true, Some(b)) if b != BackendKind::Wgpu => Err(Error::Unsupported(format!(
+                "{plan}: prefer_backend {b} cannot run on a device stream (only wgpu can)"
+            ))),
+            (false, Some(BackendKind::Wgpu)) => Err(Error::Unsupported(format!(
+                "{plan}: prefer_backend wgpu needs a device stream (Stream::wgpu, feature `wgpu`)"
+            ))),
+            (false, _) => Ok(None),
+            (true, _) => Ok(Some(PlanCore::with_backend::<T>(
+                plan,
+                op,
+                aux_element,
+                layout,
+                BackendKind::Wgpu,
+            ))),
+        }
+    }
+
+    /// The core of a plan on `backend`, with the family's precision
+    /// guarantee for float element `T`.
+    pub fn with_backend<T: Element>(
+        plan: &'static str,
+        op: QuantizeKind,
+        aux_element: Option<ElementKind>,
+        layout: Layout,
+        backend: BackendKind,
+    ) -> PlanCore {
         let math_precision = if T::KIND == ElementKind::F64 {
             MathPrecision::F64
         } else {
@@ -168,7 +195,7 @@ impl PlanCore {
             MathPrecision::F64 => ElementKind::F64,
             MathPrecision::F32 => ElementKind::F32,
         };
-        let core = PlanCore {
+        PlanCore {
             plan,
             layout,
             sku: KernelSku {
@@ -184,8 +211,99 @@ impl PlanCore {
                     deterministic: true,
                 },
             },
+        }
+    }
+
+    /// [`new`](Self::new) for a plan that also runs on device streams: on
+    /// a device stream the core names the wgpu backend and the device half
+    /// is compiled from `device` (`Err(reason)`: the op has no exact device
+    /// form, `Unsupported`); the CPU kernel is then the scalar one (a host
+    /// `run` refuses device plans before it gets there).
+    #[allow(clippy::too_many_arguments)]
+    pub fn select_on<T: Element, K>(
+        plan: &'static str,
+        op: QuantizeKind,
+        aux_element: Option<ElementKind>,
+        layout: Layout,
+        pref: PlanPreference,
+        stream: &Stream,
+        lookup: impl Fn(BackendKind) -> Option<K>,
+        device: std::result::Result<(GpuOp, ElementKind, ElementKind), String>,
+    ) -> Result<(PlanCore, K, Option<GpuPlan>)> {
+        let on_device = PlanCore::for_stream::<T>(plan, op, aux_element, layout, pref, stream)?;
+        let cpu_pref = match on_device {
+            Some(_) => PlanPreference {
+                prefer_backend: Some(BackendKind::Scalar),
+                ..pref
+            },
+            None => pref,
         };
+        let (core, kernel) =
+            PlanCore::new::<T, K>(plan, op, aux_element, layout, cpu_pref, lookup)?;
+        match on_device {
+            None => Ok((core, kernel, None)),
+            Some(device_core) => {
+                let (gop, float, code) = device.map_err(|why| {
+                    Error::Unsupported(format!("{plan}: not available on a device stream: {why}"))
+                })?;
+                let gpu = GpuPlan::new(stream, plan, gop, float, code)?;
+                Ok((device_core, kernel, Some(gpu)))
+            }
+        }
+    }
+
+    /// The device half of a plan, for `run_device` (`Unsupported` for a
+    /// plan selected on a CPU stream).
+    #[cfg(feature = "wgpu")]
+    pub fn device_half<'p>(&self, gpu: &'p Option<GpuPlan>) -> Result<&'p GpuPlan> {
+        gpu.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: run_device needs a plan selected on a device stream; this one was selected on a CPU stream",
+                self.plan
+            ))
+        })
+    }
+
+    /// Fails with `WorkspaceTooSmall` when `workspace` is smaller than the plan needs.
+    pub fn check_workspace(&self, workspace: &Workspace<'_>) -> Result<()> {
+        let needed = self.workspace_size();
+        if workspace.len() < needed {
+            return Err(Error::WorkspaceTooSmall {
+                needed,
+                got: workspace.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Chooses the backend and kernel (honouring `pref`) for a plan whose
+    /// float element is `T`; `lookup` gives the op's kernel on a backend.
+    pub fn new<T: Element, K>(
+        plan: &'static str,
+        op: QuantizeKind,
+        aux_element: Option<ElementKind>,
+        layout: Layout,
+        pref: PlanPreference,
+        lookup: impl Fn(BackendKind) -> Option<K>,
+    ) -> Result<(PlanCore, K)> {
+        let (backend, kernel) = kernels::choose(pref.prefer_backend, lookup)
+            .map_err(|why| Error::Unsupported(format!("{plan}: {why}")))?;
+        let core = PlanCore::with_backend::<T>(plan, op, aux_element, layout, backend);
         Ok((core, kernel))
+    }
+
+    /// A host-slice `run` needs a CPU plan on a CPU stream: device data is
+    /// never copied behind the caller's back (`Unsupported` naming
+    /// `run_device`).
+    pub fn check_host_run(&self, stream: &Stream) -> Result<()> {
+        if self.sku.backend == BackendKind::Wgpu || stream.is_device() {
+            return Err(Error::Unsupported(format!(
+                "{}: run takes host slices on a CPU stream; on a device stream pass device tensors to \
+                 run_device (groupq never copies host data to the device behind your back)",
+                self.plan
+            )));
+        }
+        Ok(())
     }
 
     /// Scratch bytes `run` needs: none for this family.
@@ -210,7 +328,14 @@ impl PlanCore {
             }
         }
         for v in all() {
-            let needed = span(&v.shape, &v.stride).ok_or_else(|| {
+            let needed = span(&v.shape, &v.stride).and_then(|n| {
+                if n == 0 {
+                    Some(0)
+                } else {
+                    n.checked_add(v.offset)
+                }
+            });
+            let needed = needed.ok_or_else(|| {
                 invalid(
                     self.plan,
                     format!(
@@ -260,13 +385,8 @@ impl PlanCore {
         T: Send,
         F: Fn(usize, usize, usize, &mut [T]) + Sync,
     {
-        let needed = self.workspace_size();
-        if workspace.len() < needed {
-            return Err(Error::WorkspaceTooSmall {
-                needed,
-                got: workspace.len(),
-            });
-        }
+        self.check_host_run(stream)?;
+        self.check_workspace(workspace)?;
         if !self.layout.is_empty() {
             let mut grid = self.layout.grid();
             grid.group_size /= pack;
@@ -282,6 +402,8 @@ pub(crate) struct View {
     pub shape: [usize; 2],
     pub stride: [usize; 2],
     pub len: usize,
+    /// First element of the view in its buffer (0 for host slices).
+    pub offset: usize,
     pub expected: [usize; 2],
 }
 
@@ -292,11 +414,174 @@ impl View {
             shape: t.shape,
             stride: t.stride,
             len: t.data.len(),
+            offset: 0,
             expected,
         }
     }
 
+    #[cfg(feature = "wgpu")]
+    pub fn of_device<T>(
+        name: &'static str,
+        t: &crate::device_tensor::DeviceTensorRef<'_, T, 2>,
+        expected: [usize; 2],
+    ) -> View {
+        View {
+            name,
+            shape: t.shape,
+            stride: t.stride,
+            len: t.buffer.len(),
+            offset: t.offset,
+            expected,
+        }
+    }
+
+    #[cfg(feature = "wgpu")]
+    pub fn of_device_mut<T>(
+        name: &'static str,
+        t: &crate::device_tensor::DeviceTensorMut<'_, T, 2>,
+        expected: [usize; 2],
+    ) -> View {
+        View::of_device(name, &t.as_ref(), expected)
+    }
+
     pub fn of_mut<T>(name: &'static str, t: &TensorMut<'_, T, 2>, expected: [usize; 2]) -> View {
         View::of(name, &t.as_ref(), expected)
+    }
+}
+
+/// The device half of a plan selected on a device stream: the device and
+/// the compiled program (feature `wgpu`; uninhabited without it).
+#[cfg(feature = "wgpu")]
+#[derive(Clone)]
+pub(crate) struct GpuPlan {
+    dev: std::sync::Arc<crate::device::WgpuDevice>,
+    program: crate::kernels::gpu::Program,
+}
+
+/// Uninhabited without the `wgpu` feature.
+#[cfg(not(feature = "wgpu"))]
+#[derive(Clone, Debug)]
+pub(crate) enum GpuPlan {}
+
+// A plan's device half holds handles to immutable wgpu objects (a pipeline,
+// a device); a panic elsewhere cannot leave them half-updated.
+#[cfg(feature = "wgpu")]
+impl std::panic::UnwindSafe for GpuPlan {}
+#[cfg(feature = "wgpu")]
+impl std::panic::RefUnwindSafe for GpuPlan {}
+
+#[cfg(feature = "wgpu")]
+impl std::fmt::Debug for GpuPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuPlan")
+            .field("device", &self.dev.info.name)
+            .field("program", &self.program)
+            .finish()
+    }
+}
+
+#[cfg(feature = "wgpu")]
+pub(crate) use crate::kernels::gpu::Op as GpuOp;
+
+/// Without the `wgpu` feature the ops are only names.
+#[cfg(not(feature = "wgpu"))]
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum GpuOp {
+    Quantize,
+    Dequantize,
+    QuantizeBackward(crate::plan::SteBoundary),
+    DequantizeBackward,
+}
+
+impl GpuPlan {
+    /// The program of `op` for floats `float` and codes `code` on the
+    /// stream's device.
+    pub fn new(
+        stream: &Stream,
+        plan: &'static str,
+        op: GpuOp,
+        float: ElementKind,
+        code: ElementKind,
+    ) -> Result<GpuPlan> {
+        #[cfg(feature = "wgpu")]
+        if let Some(dev) = stream.device() {
+            let program = crate::kernels::gpu::Program::new(dev, plan, op, float, code)?;
+            return Ok(GpuPlan {
+                dev: dev.clone(),
+                program,
+            });
+        }
+        let _ = (stream, op, float, code);
+        Err(Error::Unsupported(format!(
+            "{plan}: device plans need a device stream (feature `wgpu`)"
+        )))
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl GpuPlan {
+    /// The device of a `run_device` call: the plan's, which must be the
+    /// stream's and every buffer's (`ids`).
+    pub fn check(&self, plan: &str, stream: &Stream, buffers: &[(&str, u64)]) -> Result<()> {
+        match stream.device() {
+            Some(d) if d.id == self.dev.id => {}
+            Some(_) => {
+                return Err(Error::InvalidProblem(format!(
+                    "{plan}: the stream's device is not the one the plan was selected on"
+                )))
+            }
+            None => {
+                return Err(Error::Unsupported(format!(
+                    "{plan}: run_device needs the device stream the plan was selected on, not a CPU stream"
+                )))
+            }
+        }
+        for &(name, id) in buffers {
+            if id != self.dev.id {
+                return Err(Error::InvalidProblem(format!(
+                    "{plan}: {name} lives on another device than the plan's"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues the program (see `kernels::gpu::Program::enqueue`).
+    pub fn enqueue(
+        &self,
+        layout: &Layout,
+        q_range: (i32, i32),
+        operands: &[crate::kernels::gpu::Operand<'_>],
+    ) -> Result<()> {
+        let l = layout;
+        self.program.enqueue(
+            &self.dev,
+            l.outer,
+            l.num_groups,
+            l.group_size,
+            q_range.0,
+            q_range.1,
+            operands,
+        )
+    }
+}
+
+/// A device view as a dispatch operand: storage `kind`, `per_group` units
+/// per group.
+#[cfg(feature = "wgpu")]
+pub(crate) fn operand<'a, T>(
+    v: &crate::device_tensor::DeviceTensorRef<'a, T, 2>,
+    kind: ElementKind,
+    per_group: usize,
+) -> crate::kernels::gpu::Operand<'a> {
+    crate::kernels::gpu::Operand {
+        buffer: &v.buffer.buffer,
+        geo: crate::kernels::gpu::Geometry {
+            kind,
+            offset: v.offset,
+            stride: v.stride[0],
+            per_group,
+        },
     }
 }

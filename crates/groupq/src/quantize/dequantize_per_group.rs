@@ -1,12 +1,17 @@
 //! `DequantizePerGroupPlan`: integer codes → float (SPEC §3.2).
 
-use super::common::{check_kind, Layout, PlanCore, View};
+use super::common::{check_kind, GpuOp, GpuPlan, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
 use crate::kernels::{row_slice, DequantizeKernel};
 use crate::plan::{PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
+#[cfg(feature = "wgpu")]
+use {
+    super::common::operand,
+    crate::device_tensor::{DeviceTensorMut, DeviceTensorRef},
+};
 
 const PLAN: &str = "DequantizePerGroupPlan";
 
@@ -47,6 +52,21 @@ pub struct DequantizePerGroupArgs<'a, TQ, TOut> {
     pub output: TensorMut<'a, TOut, 2>,
 }
 
+/// The device tensors of one dequantization on a device stream (feature
+/// `wgpu`): as [`DequantizePerGroupArgs`], in device memory.
+#[cfg(feature = "wgpu")]
+#[derive(Debug)]
+pub struct DequantizePerGroupDeviceArgs<'a, TQ, TOut> {
+    /// `[outer_size, axis_size / PACK]` codes.
+    pub input: DeviceTensorRef<'a, TQ, 2>,
+    /// `[outer_size, num_groups]` scales.
+    pub scale: DeviceTensorRef<'a, TOut, 2>,
+    /// `[outer_size, num_groups]` zero points.
+    pub zero_point: DeviceTensorRef<'a, i32, 2>,
+    /// `[outer_size, axis_size]` values written.
+    pub output: DeviceTensorMut<'a, TOut, 2>,
+}
+
 /// Dequantizes each group: `y = M(q - z) * s`, the difference exact in
 /// integers, the product in `f32` (`f64` for `f64` output) and the result
 /// rounded to nearest-even into `TOut` (SPEC §3.2).
@@ -78,6 +98,9 @@ pub struct DequantizePerGroupArgs<'a, TQ, TOut> {
 pub struct DequantizePerGroupPlan<TQ: IntElement, TOut: Element> {
     core: PlanCore,
     kernel: DequantizeKernel<TQ, TOut>,
+    /// The device half, for plans selected on a device stream.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    gpu: Option<GpuPlan>,
 }
 
 impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
@@ -89,7 +112,6 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
         desc: &DequantizePerGroupDescriptor,
         pref: PlanPreference,
     ) -> Result<Self> {
-        let _ = stream;
         check_kind(PLAN, "input_element", desc.input_element, "TQ", TQ::KIND)?;
         check_kind(
             PLAN,
@@ -101,15 +123,17 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         layout.check_pack(PLAN, TQ::KIND, TQ::PACK)?;
         let op = QuantizeKind::DequantizePerGroup;
-        let (core, kernel) = PlanCore::new::<TOut, _>(
+        let (core, kernel, gpu) = PlanCore::select_on::<TOut, _>(
             PLAN,
             op,
             Some(TQ::KIND),
             layout,
             pref,
+            stream,
             crate::kernels::dequantize::<TQ, TOut>,
+            Ok((GpuOp::Dequantize, TOut::KIND, TQ::KIND)),
         )?;
-        Ok(DequantizePerGroupPlan { core, kernel })
+        Ok(DequantizePerGroupPlan { core, kernel, gpu })
     }
 
     /// Checks `args` against the descriptor: shapes (`InvalidProblem`), slice
@@ -128,6 +152,59 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
     }
 
     plan_info_methods!();
+
+    /// [`can_implement`](Self::can_implement) for device tensors.
+    #[cfg(feature = "wgpu")]
+    pub fn can_implement_device(
+        &self,
+        args: &DequantizePerGroupDeviceArgs<'_, TQ, TOut>,
+    ) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[
+                View::of_device("input", &args.input, l.codes_shape(TQ::PACK)),
+                View::of_device("scale", &args.scale, l.param_shape()),
+                View::of_device("zero_point", &args.zero_point, l.param_shape()),
+            ],
+            &[View::of_device_mut("output", &args.output, l.data_shape())],
+        )
+    }
+
+    /// Enqueues the dequantization of device tensors on the device stream
+    /// the plan was selected on (feature `wgpu`), bit-identical to the CPU
+    /// backends; errors as [`QuantizePerGroupPlan::run_device`](crate::QuantizePerGroupPlan::run_device).
+    #[cfg(feature = "wgpu")]
+    pub fn run_device(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: DequantizePerGroupDeviceArgs<'_, TQ, TOut>,
+    ) -> Result<()> {
+        let gpu = self.core.device_half(&self.gpu)?;
+        gpu.check(
+            PLAN,
+            stream,
+            &[
+                ("input", args.input.buffer.device_id()),
+                ("scale", args.scale.buffer.device_id()),
+                ("zero_point", args.zero_point.buffer.device_id()),
+                ("output", args.output.buffer.device_id()),
+            ],
+        )?;
+        self.can_implement_device(&args)?;
+        self.core.check_workspace(&workspace)?;
+        if self.core.layout.is_empty() {
+            return Ok(());
+        }
+        let gs = self.core.layout.group_size;
+        let operands = [
+            operand(&args.output.as_ref(), TOut::KIND, gs),
+            operand(&args.input, TQ::KIND, gs / TQ::PACK),
+            operand(&args.scale, TOut::KIND, 1),
+            operand(&args.zero_point, ElementKind::I32, 1),
+        ];
+        gpu.enqueue(&self.core.layout, (0, 0), &operands)
+    }
 
     /// Dequantizes `args.input` into `args.output`. Calls `can_implement`
     /// first; on error nothing is written.

@@ -1,14 +1,19 @@
 //! `DequantizePerGroupBackwardPlan`: the gradient of the dequantization
 //! (SPEC §3.4).
 
-use super::common::{Layout, PlanCore, View};
-use crate::element::{Element, IntElement};
+use super::common::{GpuOp, GpuPlan, Layout, PlanCore, View};
+use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
 use crate::kernels::{row_slice, DequantizeBackwardKernel};
 use crate::plan::{PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 use std::marker::PhantomData;
+#[cfg(feature = "wgpu")]
+use {
+    super::common::operand,
+    crate::device_tensor::{DeviceTensorMut, DeviceTensorRef},
+};
 
 const PLAN: &str = "DequantizePerGroupBackwardPlan";
 
@@ -42,6 +47,19 @@ pub struct DequantizePerGroupBackwardArgs<'a, TOut> {
     pub grad_input: TensorMut<'a, TOut, 2>,
 }
 
+/// The device tensors of one dequantize-backward call on a device stream
+/// (feature `wgpu`): as [`DequantizePerGroupBackwardArgs`], in device memory.
+#[cfg(feature = "wgpu")]
+#[derive(Debug)]
+pub struct DequantizePerGroupBackwardDeviceArgs<'a, TOut> {
+    /// `[outer_size, axis_size]` gradient with respect to the dequantized values.
+    pub grad_output: DeviceTensorRef<'a, TOut, 2>,
+    /// `[outer_size, num_groups]` scales.
+    pub scale: DeviceTensorRef<'a, TOut, 2>,
+    /// `[outer_size, axis_size]` gradient written.
+    pub grad_input: DeviceTensorMut<'a, TOut, 2>,
+}
+
 /// Gradient of [`DequantizePerGroupPlan`](crate::DequantizePerGroupPlan):
 /// `grad_input = M(dy) * s`, stored as `TOut` (SPEC §3.4).
 ///
@@ -67,6 +85,9 @@ pub struct DequantizePerGroupBackwardPlan<TQ: IntElement, TOut: Element> {
     core: PlanCore,
     kernel: DequantizeBackwardKernel<TOut>,
     codes: PhantomData<fn() -> TQ>,
+    /// The device half, for plans selected on a device stream.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    gpu: Option<GpuPlan>,
 }
 
 impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
@@ -78,21 +99,23 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
         desc: &DequantizePerGroupBackwardDescriptor,
         pref: PlanPreference,
     ) -> Result<Self> {
-        let _ = stream;
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         let op = QuantizeKind::DequantizePerGroupBackward;
-        let (core, kernel) = PlanCore::new::<TOut, _>(
+        let (core, kernel, gpu) = PlanCore::select_on::<TOut, _>(
             PLAN,
             op,
             Some(TQ::KIND),
             layout,
             pref,
+            stream,
             crate::kernels::dequantize_backward::<TOut>,
+            Ok((GpuOp::DequantizeBackward, TOut::KIND, ElementKind::S8)),
         )?;
         Ok(DequantizePerGroupBackwardPlan {
             core,
             kernel,
             codes: PhantomData,
+            gpu,
         })
     }
 
@@ -111,6 +134,61 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
     }
 
     plan_info_methods!();
+
+    /// [`can_implement`](Self::can_implement) for device tensors.
+    #[cfg(feature = "wgpu")]
+    pub fn can_implement_device(
+        &self,
+        args: &DequantizePerGroupBackwardDeviceArgs<'_, TOut>,
+    ) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[
+                View::of_device("grad_output", &args.grad_output, l.data_shape()),
+                View::of_device("scale", &args.scale, l.param_shape()),
+            ],
+            &[View::of_device_mut(
+                "grad_input",
+                &args.grad_input,
+                l.data_shape(),
+            )],
+        )
+    }
+
+    /// Enqueues the gradient of device tensors on the device stream the
+    /// plan was selected on (feature `wgpu`), bit-identical to the CPU
+    /// backends; errors as
+    /// [`QuantizePerGroupPlan::run_device`](crate::QuantizePerGroupPlan::run_device).
+    #[cfg(feature = "wgpu")]
+    pub fn run_device(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: DequantizePerGroupBackwardDeviceArgs<'_, TOut>,
+    ) -> Result<()> {
+        let gpu = self.core.device_half(&self.gpu)?;
+        gpu.check(
+            PLAN,
+            stream,
+            &[
+                ("grad_output", args.grad_output.buffer.device_id()),
+                ("scale", args.scale.buffer.device_id()),
+                ("grad_input", args.grad_input.buffer.device_id()),
+            ],
+        )?;
+        self.can_implement_device(&args)?;
+        self.core.check_workspace(&workspace)?;
+        if self.core.layout.is_empty() {
+            return Ok(());
+        }
+        let gs = self.core.layout.group_size;
+        let operands = [
+            operand(&args.grad_input.as_ref(), TOut::KIND, gs),
+            operand(&args.grad_output, TOut::KIND, gs),
+            operand(&args.scale, TOut::KIND, 1),
+        ];
+        gpu.enqueue(&self.core.layout, (0, 0), &operands)
+    }
 
     /// Writes the gradient into `args.grad_input`. Calls `can_implement`
     /// first; on error nothing is written.

@@ -50,9 +50,13 @@ mod quantize_per_group_backward;
 pub use choose_qparams_per_group::{
     ChooseQParamsPerGroupArgs, ChooseQParamsPerGroupDescriptor, ChooseQParamsPerGroupPlan,
 };
+#[cfg(feature = "wgpu")]
+pub use dequantize_per_group::DequantizePerGroupDeviceArgs;
 pub use dequantize_per_group::{
     DequantizePerGroupArgs, DequantizePerGroupDescriptor, DequantizePerGroupPlan,
 };
+#[cfg(feature = "wgpu")]
+pub use dequantize_per_group_backward::DequantizePerGroupBackwardDeviceArgs;
 pub use dequantize_per_group_backward::{
     DequantizePerGroupBackwardArgs, DequantizePerGroupBackwardDescriptor,
     DequantizePerGroupBackwardPlan,
@@ -64,9 +68,13 @@ pub use ggml_blocks::{
 pub use quantize_dynamic_per_group::{
     QuantizeDynamicPerGroupArgs, QuantizeDynamicPerGroupDescriptor, QuantizeDynamicPerGroupPlan,
 };
+#[cfg(feature = "wgpu")]
+pub use quantize_per_group::QuantizePerGroupDeviceArgs;
 pub use quantize_per_group::{
     QuantizePerGroupArgs, QuantizePerGroupDescriptor, QuantizePerGroupPlan,
 };
+#[cfg(feature = "wgpu")]
+pub use quantize_per_group_backward::QuantizePerGroupBackwardDeviceArgs;
 pub use quantize_per_group_backward::{
     QuantizePerGroupBackwardArgs, QuantizePerGroupBackwardDescriptor, QuantizePerGroupBackwardPlan,
     SteBoundary,

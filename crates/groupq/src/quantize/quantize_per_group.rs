@@ -1,6 +1,6 @@
 //! `QuantizePerGroupPlan`: float → integer codes (SPEC §3.1).
 
-use super::common::{check_code_range, check_kind, Layout, PlanCore, View};
+use super::common::{check_code_range, check_kind, GpuOp, GpuPlan, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
 use crate::kernels::recipe::{FormulaKernel, VectorRecipe};
@@ -10,6 +10,11 @@ use crate::plan::{PlanPreference, QuantizeKind};
 use crate::recipe::QuantizeFormula;
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
+#[cfg(feature = "wgpu")]
+use {
+    super::common::operand,
+    crate::device_tensor::{DeviceTensorMut, DeviceTensorRef},
+};
 
 const PLAN: &str = "QuantizePerGroupPlan";
 
@@ -54,6 +59,21 @@ pub struct QuantizePerGroupArgs<'a, TIn, TOut> {
     pub output: TensorMut<'a, TOut, 2>,
 }
 
+/// The device tensors of one forward call on a device stream (feature
+/// `wgpu`): as [`QuantizePerGroupArgs`], in device memory.
+#[cfg(feature = "wgpu")]
+#[derive(Debug)]
+pub struct QuantizePerGroupDeviceArgs<'a, TIn, TOut> {
+    /// `[outer_size, axis_size]` values to quantize.
+    pub input: DeviceTensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` scales.
+    pub scale: DeviceTensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` zero points.
+    pub zero_point: DeviceTensorRef<'a, i32, 2>,
+    /// `[outer_size, axis_size / PACK]` codes written.
+    pub output: DeviceTensorMut<'a, TOut, 2>,
+}
+
 /// Quantizes each group of the last axis with its own scale and zero point:
 /// `q = clamp(round_half_to_even((s != 0 ? x / s : 0) + z), q_min, q_max)`
 /// computed in `f32` (`f64` for `f64` input), exactly as SPEC §3.1 defines.
@@ -89,6 +109,9 @@ pub struct QuantizePerGroupPlan<TIn: Element, TOut: IntElement> {
     q_min: i32,
     q_max: i32,
     kernel: Forward<TIn, TOut>,
+    /// The device half, for plans selected on a device stream.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    gpu: Option<GpuPlan>,
 }
 
 /// The forward's arithmetic: SPEC §3.1's kernel (one code per byte on a
@@ -164,7 +187,6 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         formula: QuantizeFormula,
         pref: PlanPreference,
     ) -> Result<Self> {
-        let _ = stream;
         check_kind(PLAN, "input_element", desc.input_element, "TIn", TIn::KIND)?;
         check_kind(
             PLAN,
@@ -192,12 +214,20 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
                 .map(|v| Forward::Vector(formula_kernel, v)),
         };
         let aux = Some(TOut::KIND);
-        let (core, kernel) = PlanCore::new::<TIn, _>(PLAN, op, aux, layout, pref, lookup)?;
+        let device = match spec {
+            true => Ok((GpuOp::Quantize, TIn::KIND, TOut::KIND)),
+            false => Err(format!(
+                "the formula {formula:?} runs on CPU streams only (SPEC §3.1's runs on both)"
+            )),
+        };
+        let (core, kernel, gpu) =
+            PlanCore::select_on::<TIn, _>(PLAN, op, aux, layout, pref, stream, lookup, device)?;
         Ok(QuantizePerGroupPlan {
             core,
             q_min: desc.q_min,
             q_max: desc.q_max,
             kernel,
+            gpu,
         })
     }
 
@@ -221,6 +251,67 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
     }
 
     plan_info_methods!();
+
+    /// [`can_implement`](Self::can_implement) for device tensors: the same
+    /// checks, with each view's `offset` counted in its buffer's length.
+    #[cfg(feature = "wgpu")]
+    pub fn can_implement_device(
+        &self,
+        args: &QuantizePerGroupDeviceArgs<'_, TIn, TOut>,
+    ) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[
+                View::of_device("input", &args.input, l.data_shape()),
+                View::of_device("scale", &args.scale, l.param_shape()),
+                View::of_device("zero_point", &args.zero_point, l.param_shape()),
+            ],
+            &[View::of_device_mut(
+                "output",
+                &args.output,
+                l.codes_shape(TOut::PACK),
+            )],
+        )
+    }
+
+    /// Enqueues the quantization of device tensors on the device stream the
+    /// plan was selected on (feature `wgpu`); `stream.synchronize()` or a
+    /// download waits for it. The codes are bit-identical to the CPU
+    /// backends'. Errors as [`run`](Self::run), before anything is
+    /// enqueued; a plan selected on a CPU stream, another stream or a
+    /// buffer of another device is an error too.
+    #[cfg(feature = "wgpu")]
+    pub fn run_device(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: QuantizePerGroupDeviceArgs<'_, TIn, TOut>,
+    ) -> Result<()> {
+        let gpu = self.core.device_half(&self.gpu)?;
+        gpu.check(
+            PLAN,
+            stream,
+            &[
+                ("input", args.input.buffer.device_id()),
+                ("scale", args.scale.buffer.device_id()),
+                ("zero_point", args.zero_point.buffer.device_id()),
+                ("output", args.output.buffer.device_id()),
+            ],
+        )?;
+        self.can_implement_device(&args)?;
+        self.core.check_workspace(&workspace)?;
+        if self.core.layout.is_empty() {
+            return Ok(());
+        }
+        let gs = self.core.layout.group_size;
+        let operands = [
+            operand(&args.output.as_ref(), TOut::KIND, gs / TOut::PACK),
+            operand(&args.input, TIn::KIND, gs),
+            operand(&args.scale, TIn::KIND, 1),
+            operand(&args.zero_point, ElementKind::I32, 1),
+        ];
+        gpu.enqueue(&self.core.layout, (self.q_min, self.q_max), &operands)
+    }
 
     /// Quantizes `args.input` into `args.output`. Calls `can_implement`
     /// first; on error nothing is written.

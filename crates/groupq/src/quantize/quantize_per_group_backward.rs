@@ -1,7 +1,7 @@
 //! `QuantizePerGroupBackwardPlan`: the straight-through estimator of the
 //! forward (SPEC §3.3).
 
-use super::common::{check_code_order, check_kind, Layout, PlanCore, View};
+use super::common::{check_code_order, check_kind, GpuOp, GpuPlan, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind};
 use crate::error::Result;
 use crate::kernels::{row_slice, QuantizeBackwardKernel};
@@ -9,6 +9,11 @@ pub use crate::plan::SteBoundary;
 use crate::plan::{PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
+#[cfg(feature = "wgpu")]
+use {
+    super::common::operand,
+    crate::device_tensor::{DeviceTensorMut, DeviceTensorRef},
+};
 
 const PLAN: &str = "QuantizePerGroupBackwardPlan";
 
@@ -53,6 +58,23 @@ pub struct QuantizePerGroupBackwardArgs<'a, TIn> {
     pub grad_input: TensorMut<'a, TIn, 2>,
 }
 
+/// The device tensors of one straight-through backward on a device stream
+/// (feature `wgpu`): as [`QuantizePerGroupBackwardArgs`], in device memory.
+#[cfg(feature = "wgpu")]
+#[derive(Debug)]
+pub struct QuantizePerGroupBackwardDeviceArgs<'a, TIn> {
+    /// `[outer_size, axis_size]` gradient of the loss with respect to the output.
+    pub grad_output: DeviceTensorRef<'a, TIn, 2>,
+    /// `[outer_size, axis_size]` forward input.
+    pub input: DeviceTensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` scales.
+    pub scale: DeviceTensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` zero points.
+    pub zero_point: DeviceTensorRef<'a, i32, 2>,
+    /// `[outer_size, axis_size]` gradient written.
+    pub grad_input: DeviceTensorMut<'a, TIn, 2>,
+}
+
 /// Straight-through gradient of [`QuantizePerGroupPlan`](crate::QuantizePerGroupPlan):
 /// `grad_input = (inside && s != 0) ? M(dy) / s : 0`, where `inside` tests the
 /// forward's unclamped rounded value `r` against `[q_min, q_max]` as the
@@ -90,6 +112,9 @@ pub struct QuantizePerGroupBackwardPlan<TIn: Element> {
     q_max: i32,
     boundary: SteBoundary,
     kernel: QuantizeBackwardKernel<TIn>,
+    /// The device half, for plans selected on a device stream.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    gpu: Option<GpuPlan>,
 }
 
 impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
@@ -102,18 +127,23 @@ impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
         desc: &QuantizePerGroupBackwardDescriptor,
         pref: PlanPreference,
     ) -> Result<Self> {
-        let _ = stream;
         check_kind(PLAN, "input_element", desc.input_element, "TIn", TIn::KIND)?;
         let layout = Layout::new(PLAN, desc.outer_size, desc.axis_size, desc.group_size)?;
         check_code_order(PLAN, desc.q_min, desc.q_max)?;
         let op = QuantizeKind::QuantizePerGroupBackward;
-        let (core, kernel) = PlanCore::new::<TIn, _>(
+        let (core, kernel, gpu) = PlanCore::select_on::<TIn, _>(
             PLAN,
             op,
             None,
             layout,
             pref,
+            stream,
             crate::kernels::quantize_backward::<TIn>,
+            Ok((
+                GpuOp::QuantizeBackward(desc.boundary),
+                TIn::KIND,
+                ElementKind::S8,
+            )),
         )?;
         Ok(QuantizePerGroupBackwardPlan {
             core,
@@ -121,6 +151,7 @@ impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
             q_max: desc.q_max,
             boundary: desc.boundary,
             kernel,
+            gpu,
         })
     }
 
@@ -141,6 +172,67 @@ impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
     }
 
     plan_info_methods!();
+
+    /// [`can_implement`](Self::can_implement) for device tensors.
+    #[cfg(feature = "wgpu")]
+    pub fn can_implement_device(
+        &self,
+        args: &QuantizePerGroupBackwardDeviceArgs<'_, TIn>,
+    ) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[
+                View::of_device("grad_output", &args.grad_output, l.data_shape()),
+                View::of_device("input", &args.input, l.data_shape()),
+                View::of_device("scale", &args.scale, l.param_shape()),
+                View::of_device("zero_point", &args.zero_point, l.param_shape()),
+            ],
+            &[View::of_device_mut(
+                "grad_input",
+                &args.grad_input,
+                l.data_shape(),
+            )],
+        )
+    }
+
+    /// Enqueues the straight-through gradient of device tensors on the
+    /// device stream the plan was selected on (feature `wgpu`),
+    /// bit-identical to the CPU backends; errors as
+    /// [`QuantizePerGroupPlan::run_device`](crate::QuantizePerGroupPlan::run_device).
+    #[cfg(feature = "wgpu")]
+    pub fn run_device(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: QuantizePerGroupBackwardDeviceArgs<'_, TIn>,
+    ) -> Result<()> {
+        let gpu = self.core.device_half(&self.gpu)?;
+        gpu.check(
+            PLAN,
+            stream,
+            &[
+                ("grad_output", args.grad_output.buffer.device_id()),
+                ("input", args.input.buffer.device_id()),
+                ("scale", args.scale.buffer.device_id()),
+                ("zero_point", args.zero_point.buffer.device_id()),
+                ("grad_input", args.grad_input.buffer.device_id()),
+            ],
+        )?;
+        self.can_implement_device(&args)?;
+        self.core.check_workspace(&workspace)?;
+        if self.core.layout.is_empty() {
+            return Ok(());
+        }
+        let gs = self.core.layout.group_size;
+        let operands = [
+            operand(&args.grad_input.as_ref(), TIn::KIND, gs),
+            operand(&args.grad_output, TIn::KIND, gs),
+            operand(&args.scale, TIn::KIND, 1),
+            operand(&args.zero_point, ElementKind::I32, 1),
+            operand(&args.input, TIn::KIND, gs),
+        ];
+        gpu.enqueue(&self.core.layout, (self.q_min, self.q_max), &operands)
+    }
 
     /// Writes the straight-through gradient into `args.grad_input`. Calls
     /// `can_implement` first; on error nothing is written.
