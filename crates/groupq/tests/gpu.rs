@@ -367,7 +367,11 @@ fn random_case<T: Element + DeviceElement, Q: IntElement + DeviceElement>(
         SteBoundary::Inclusive
     };
     let z_small: Vec<i32> = z.iter().map(|&v| v.clamp(-300, 300)).collect();
-    let z = if rng.next().is_multiple_of(2) { &z } else { &z_small };
+    let z = if rng.next().is_multiple_of(2) {
+        &z
+    } else {
+        &z_small
+    };
     check_inverse_and_gradients::<T, Q>(
         gpu,
         rows,
@@ -484,4 +488,407 @@ fn exhaustive_bf16_inputs() {
     if let Some(gpu) = gpu() {
         exhaustive::<bf16>(gpu);
     }
+}
+
+/// A second device on the same adapter with a storage binding of `binding`
+/// bytes at most and the given features, wrapped as a stream.
+fn small_device(binding: u64, features: wgpu::Features) -> Stream {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .unwrap();
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: binding,
+        ..adapter.limits()
+    };
+    let desc = wgpu::DeviceDescriptor {
+        required_features: features,
+        required_limits: limits,
+        ..Default::default()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&desc)).unwrap();
+    Stream::from_wgpu(device, queue)
+}
+
+/// Problems cut into many chunks (whole rows, and runs of groups within a
+/// row) on a device whose storage bindings hold 4 KiB: same bits.
+#[test]
+fn problems_larger_than_a_binding_are_chunked() {
+    if gpu().is_none() {
+        return;
+    }
+    let small = small_device(4096, wgpu::Features::SHADER_INT64);
+    for (seed, shape) in [
+        (1u64, (9usize, 40usize, 32usize)),
+        (2, (3, 3, 512)),
+        (3, (1, 200, 8)),
+    ] {
+        let at = Placement {
+            offset: [3, 1, 5],
+            pad: [2, 1, 3],
+        };
+        random_case::<f32, i8>(&small, seed, shape, at);
+        random_case::<bf16, U4>(&small, seed, shape, at);
+        random_case::<f64, u8>(&small, seed, (shape.0, shape.1, shape.2 / 4), at);
+    }
+    // One group larger than a binding cannot be cut.
+    let desc = QuantizePerGroupDescriptor {
+        outer_size: 1,
+        axis_size: 2048,
+        group_size: 2048,
+        q_min: -8,
+        q_max: 7,
+        input_element: ElementKind::F32,
+        output_element: ElementKind::S8,
+    };
+    let plan = QuantizePerGroupPlan::<f32, i8>::select(&small, &desc, Default::default()).unwrap();
+    let x = DeviceBuffer::<f32>::zeros(&small, 2048).unwrap();
+    let s = DeviceBuffer::<f32>::zeros(&small, 1).unwrap();
+    let z = DeviceBuffer::<i32>::zeros(&small, 1).unwrap();
+    let mut q = DeviceBuffer::<i8>::zeros(&small, 2048).unwrap();
+    let err = plan
+        .run_device(
+            &small,
+            Workspace::None,
+            QuantizePerGroupDeviceArgs {
+                input: x.view([1, 2048]).unwrap(),
+                scale: s.view([1, 1]).unwrap(),
+                zero_point: z.view([1, 1]).unwrap(),
+                output: q.view_mut([1, 2048]).unwrap(),
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Unsupported(m) if m.contains("storage binding")),
+        "{err}"
+    );
+}
+
+/// A tensor larger than the device's real storage binding (128 MiB on
+/// lavapipe): 36 × 2^20 f32 values, most groups with a zero scale (cheap),
+/// every zero point different, so a misplaced chunk shows.
+#[test]
+fn a_tensor_larger_than_the_real_binding() {
+    let Some(gpu) = gpu() else { return };
+    let limit = gpu
+        .wgpu_device()
+        .unwrap()
+        .limits()
+        .max_storage_buffer_binding_size as usize;
+    let cols = 1 << 20;
+    let rows = (limit / 4).div_ceil(cols) + 4;
+    let gs = 256;
+    let g = cols / gs;
+    let mut rng = Rng(77);
+    let x: Vec<f32> = (0..rows * cols)
+        .map(|i| (i % 1000) as f32 * 0.37 - 170.0)
+        .collect();
+    let s: Vec<f32> = (0..rows * g)
+        .map(|i| if i % 97 == 0 { 0.75 } else { 0.0 })
+        .collect();
+    let z: Vec<i32> = (0..rows * g)
+        .map(|_| (rng.next() % 200) as i32 - 100)
+        .collect();
+    let at = Placement {
+        offset: [0; 3],
+        pad: [0; 3],
+    };
+    check_quantize::<f32, i8>(gpu, rows, cols, gs, &x, &s, &z, (-128, 127), at);
+}
+
+/// Several plans in a row on one stream: quantize on the device, then
+/// dequantize the device codes, then one download; equal to the CPU chain.
+#[test]
+fn plans_in_a_row_on_one_stream() {
+    let Some(gpu) = gpu() else { return };
+    let (rows, cols, gs) = (16, 512, 64);
+    let g = cols / gs;
+    let mut rng = Rng(5);
+    let x: Vec<bf16> = (0..rows * cols).map(|_| value(rng.next())).collect();
+    let s: Vec<bf16> = (0..rows * g).map(|_| scale(rng.next())).collect();
+    let z: Vec<i32> = (0..rows * g).map(|_| (rng.next() % 16) as i32).collect();
+    let qd = QuantizePerGroupDescriptor {
+        outer_size: rows,
+        axis_size: cols,
+        group_size: gs,
+        q_min: 0,
+        q_max: 15,
+        input_element: ElementKind::Bf16,
+        output_element: ElementKind::U4,
+    };
+    let dd = DequantizePerGroupDescriptor {
+        outer_size: rows,
+        axis_size: cols,
+        group_size: gs,
+        input_element: ElementKind::U4,
+        output_element: ElementKind::Bf16,
+    };
+    // CPU chain.
+    let cpu = Stream::cpu();
+    let mut q = vec![U4(0); rows * cols / 2];
+    let mut want = vec![bf16::ZERO; rows * cols];
+    QuantizePerGroupPlan::<bf16, U4>::select(&cpu, &qd, Default::default())
+        .unwrap()
+        .run(
+            &cpu,
+            Workspace::None,
+            QuantizePerGroupArgs {
+                input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                scale: TensorRef::new(&s, [rows, g]).unwrap(),
+                zero_point: TensorRef::new(&z, [rows, g]).unwrap(),
+                output: TensorMut::new(&mut q, [rows, cols / 2]).unwrap(),
+            },
+        )
+        .unwrap();
+    DequantizePerGroupPlan::<U4, bf16>::select(&cpu, &dd, Default::default())
+        .unwrap()
+        .run(
+            &cpu,
+            Workspace::None,
+            DequantizePerGroupArgs {
+                input: TensorRef::new(&q, [rows, cols / 2]).unwrap(),
+                scale: TensorRef::new(&s, [rows, g]).unwrap(),
+                zero_point: TensorRef::new(&z, [rows, g]).unwrap(),
+                output: TensorMut::new(&mut want, [rows, cols]).unwrap(),
+            },
+        )
+        .unwrap();
+    // Device chain, no host round trip in between.
+    let quant = QuantizePerGroupPlan::<bf16, U4>::select(gpu, &qd, Default::default()).unwrap();
+    let dequant = DequantizePerGroupPlan::<U4, bf16>::select(gpu, &dd, Default::default()).unwrap();
+    let dx = DeviceBuffer::from_slice(gpu, &x).unwrap();
+    let ds = DeviceBuffer::from_slice(gpu, &s).unwrap();
+    let dz = DeviceBuffer::from_slice(gpu, &z).unwrap();
+    let mut dq = DeviceBuffer::<U4>::zeros(gpu, q.len()).unwrap();
+    let mut dy = DeviceBuffer::<bf16>::zeros(gpu, want.len()).unwrap();
+    for _ in 0..3 {
+        quant
+            .run_device(
+                gpu,
+                Workspace::None,
+                QuantizePerGroupDeviceArgs {
+                    input: dx.view([rows, cols]).unwrap(),
+                    scale: ds.view([rows, g]).unwrap(),
+                    zero_point: dz.view([rows, g]).unwrap(),
+                    output: dq.view_mut([rows, cols / 2]).unwrap(),
+                },
+            )
+            .unwrap();
+        dequant
+            .run_device(
+                gpu,
+                Workspace::None,
+                DequantizePerGroupDeviceArgs {
+                    input: dq.view([rows, cols / 2]).unwrap(),
+                    scale: ds.view([rows, g]).unwrap(),
+                    zero_point: dz.view([rows, g]).unwrap(),
+                    output: dy.view_mut([rows, cols]).unwrap(),
+                },
+            )
+            .unwrap();
+    }
+    gpu.synchronize().unwrap();
+    assert_eq!(bytes(&dq.to_vec(gpu).unwrap()), bytes(&q));
+    assert_eq!(bytes(&dy.to_vec(gpu).unwrap()), bytes(&want));
+}
+
+#[test]
+fn device_buffers_round_trip_and_partial_writes_keep_neighbours() {
+    let Some(gpu) = gpu() else { return };
+    let v: Vec<i8> = (0..37).map(|i| i as i8 - 18).collect();
+    let mut b = DeviceBuffer::from_slice(gpu, &v).unwrap();
+    assert_eq!(b.to_vec(gpu).unwrap(), v);
+    b.write(gpu, 5, &[100, 101, 102]).unwrap();
+    let mut w = v.clone();
+    w[5..8].copy_from_slice(&[100, 101, 102]);
+    assert_eq!(b.to_vec(gpu).unwrap(), w);
+    assert_eq!(
+        b.write(gpu, 36, &[1, 2]).unwrap_err(),
+        Error::BufferTooSmall {
+            needed: 38,
+            got: 37
+        }
+    );
+    let h: Vec<f16> = (0..5).map(|i| f16::from_f32(i as f32)).collect();
+    assert_eq!(
+        DeviceBuffer::from_slice(gpu, &h)
+            .unwrap()
+            .to_vec(gpu)
+            .unwrap(),
+        h
+    );
+    assert!(DeviceBuffer::<f32>::zeros(gpu, 0)
+        .unwrap()
+        .to_vec(gpu)
+        .unwrap()
+        .is_empty());
+}
+
+fn host_args<'a>(
+    x: &'a [f32],
+    s: &'a [f32],
+    z: &'a [i32],
+    q: &'a mut [i8],
+) -> QuantizePerGroupArgs<'a, f32, i8> {
+    QuantizePerGroupArgs {
+        input: TensorRef::new(x, [2, 8]).unwrap(),
+        scale: TensorRef::new(s, [2, 2]).unwrap(),
+        zero_point: TensorRef::new(z, [2, 2]).unwrap(),
+        output: TensorMut::new(q, [2, 8]).unwrap(),
+    }
+}
+
+fn device_args<'a>(
+    x: &'a DeviceBuffer<f32>,
+    s: &'a DeviceBuffer<f32>,
+    z: &'a DeviceBuffer<i32>,
+    q: &'a mut DeviceBuffer<i8>,
+) -> QuantizePerGroupDeviceArgs<'a, f32, i8> {
+    QuantizePerGroupDeviceArgs {
+        input: x.view([2, 8]).unwrap(),
+        scale: s.view([2, 2]).unwrap(),
+        zero_point: z.view([2, 2]).unwrap(),
+        output: q.view_mut([2, 8]).unwrap(),
+    }
+}
+
+/// Every misuse is a typed error, before anything is enqueued.
+#[test]
+fn device_errors_are_typed() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = Stream::cpu();
+    let desc = QuantizePerGroupDescriptor {
+        outer_size: 2,
+        axis_size: 8,
+        group_size: 4,
+        q_min: -8,
+        q_max: 7,
+        input_element: ElementKind::F32,
+        output_element: ElementKind::S8,
+    };
+    let unsupported = |r: Result<()>, needle: &str| match r {
+        Err(Error::Unsupported(m)) => assert!(m.contains(needle), "{m}"),
+        other => panic!("expected Unsupported containing {needle:?}, got {other:?}"),
+    };
+    let dplan = QuantizePerGroupPlan::<f32, i8>::select(gpu, &desc, Default::default()).unwrap();
+    let cplan = QuantizePerGroupPlan::<f32, i8>::select(&cpu, &desc, Default::default()).unwrap();
+    assert_eq!(dplan.sku().backend, BackendKind::Wgpu);
+    assert_ne!(cplan.sku().backend, BackendKind::Wgpu);
+
+    let (x, s, z) = ([1.0f32; 16], [0.5f32; 4], [0i32; 4]);
+    let mut q = [0i8; 16];
+    unsupported(
+        dplan.run(gpu, Workspace::None, host_args(&x, &s, &z, &mut q)),
+        "run_device",
+    );
+    unsupported(
+        dplan.run(&cpu, Workspace::None, host_args(&x, &s, &z, &mut q)),
+        "run_device",
+    );
+    unsupported(
+        cplan.run(gpu, Workspace::None, host_args(&x, &s, &z, &mut q)),
+        "run_device",
+    );
+    assert_eq!(q, [0; 16], "nothing written");
+
+    let dx = DeviceBuffer::from_slice(gpu, &x).unwrap();
+    let ds = DeviceBuffer::from_slice(gpu, &s).unwrap();
+    let dz = DeviceBuffer::from_slice(gpu, &z).unwrap();
+    let mut dq = DeviceBuffer::<i8>::zeros(gpu, 16).unwrap();
+    // A device plan on a CPU stream, a CPU plan on the device.
+    unsupported(
+        dplan.run_device(&cpu, Workspace::None, device_args(&dx, &ds, &dz, &mut dq)),
+        "CPU stream",
+    );
+    unsupported(
+        cplan.run_device(gpu, Workspace::None, device_args(&dx, &ds, &dz, &mut dq)),
+        "CPU stream",
+    );
+    // Shapes, lengths and strides as on the host.
+    let mut a = device_args(&dx, &ds, &dz, &mut dq);
+    a.input.shape = [2, 4];
+    assert!(matches!(
+        dplan.run_device(gpu, Workspace::None, a),
+        Err(Error::InvalidProblem(m)) if m.contains("input shape [2, 4]")
+    ));
+    let mut a = device_args(&dx, &ds, &dz, &mut dq);
+    a.input.offset = 3;
+    assert_eq!(
+        dplan.run_device(gpu, Workspace::None, a).unwrap_err(),
+        Error::BufferTooSmall {
+            needed: 19,
+            got: 16
+        }
+    );
+    let mut a = device_args(&dx, &ds, &dz, &mut dq);
+    a.scale.stride = [0, 2];
+    assert!(matches!(
+        dplan.run_device(gpu, Workspace::None, a),
+        Err(Error::InvalidProblem(m)) if m.contains("last-axis stride")
+    ));
+    let mut a = device_args(&dx, &ds, &dz, &mut dq);
+    a.output.stride = [4, 1];
+    assert!(matches!(
+        dplan.run_device(gpu, Workspace::None, a),
+        Err(Error::InvalidProblem(m)) if m.contains("overlap")
+    ));
+    assert_eq!(
+        dq.to_vec(gpu).unwrap(),
+        [0; 16],
+        "nothing enqueued on error"
+    );
+
+    // A buffer of another device.
+    let other = small_device(1 << 20, wgpu::Features::empty());
+    let foreign = DeviceBuffer::from_slice(&other, &x).unwrap();
+    let mut a = device_args(&dx, &ds, &dz, &mut dq);
+    a.input = foreign.view([2, 8]).unwrap();
+    assert!(matches!(
+        dplan.run_device(gpu, Workspace::None, a),
+        Err(Error::InvalidProblem(m)) if m.contains("another device")
+    ));
+    // f64 needs 64-bit integers on the device.
+    let d64 = QuantizePerGroupDescriptor {
+        input_element: ElementKind::F64,
+        ..desc
+    };
+    let err =
+        QuantizePerGroupPlan::<f64, i8>::select(&other, &d64, Default::default()).unwrap_err();
+    unsupported(Err(err.clone()), "SHADER_INT64");
+    unsupported(Err(err), "SHADER_F64");
+
+    // Backend preferences.
+    let prefer = |b| PlanPreference {
+        prefer_backend: Some(b),
+        ..Default::default()
+    };
+    let e = QuantizePerGroupPlan::<f32, i8>::select(gpu, &desc, prefer(BackendKind::Scalar));
+    unsupported(e.map(|_| ()), "device stream");
+    let e = QuantizePerGroupPlan::<f32, i8>::select(&cpu, &desc, prefer(BackendKind::Wgpu));
+    unsupported(e.map(|_| ()), "device stream");
+    assert!(QuantizePerGroupPlan::<f32, i8>::select(gpu, &desc, prefer(BackendKind::Wgpu)).is_ok());
+
+    // Plans without a device form refuse device streams at select.
+    let torch = groupq::recipe::Recipe::torch_per_channel_group(-128, 127).quantize;
+    let e =
+        QuantizePerGroupPlan::<f32, i8>::select_with_formula(gpu, &desc, torch, Default::default());
+    unsupported(e.map(|_| ()), "CPU streams only");
+
+    // Too large for the device.
+    let max = gpu.wgpu_device().unwrap().limits().max_buffer_size;
+    let err = DeviceBuffer::<f32>::zeros(gpu, (max / 4 + 1) as usize).unwrap_err();
+    unsupported(Err(err), "max_buffer_size");
+    // Device buffers need a device stream.
+    unsupported(DeviceBuffer::from_slice(&cpu, &x).map(|_| ()), "CPU stream");
+}
+
+/// Plans stay Send, Sync and unwind-safe with a device half.
+#[test]
+fn plans_are_send_sync_unwind_safe() {
+    fn check<T: Send + Sync + Unpin + std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}
+    check::<QuantizePerGroupPlan<f32, i8>>();
+    check::<DequantizePerGroupPlan<U4, bf16>>();
+    check::<QuantizePerGroupBackwardPlan<f16>>();
+    check::<DequantizePerGroupBackwardPlan<u8, f64>>();
 }

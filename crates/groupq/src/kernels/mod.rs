@@ -97,7 +97,9 @@ pub(crate) fn choose<K>(
     let usable = |b: BackendKind| if cpu_has(b) { lookup(b) } else { None };
     match prefer {
         Some(b) => usable(b).map(|k| (b, k)).ok_or_else(|| {
-            let why = if cpu_has(b) {
+            let why = if b == BackendKind::Wgpu {
+                "needs a device stream (Stream::wgpu, feature `wgpu`)"
+            } else if cpu_has(b) {
                 "has no kernel for this op and element type"
             } else {
                 "is not available on this CPU"

@@ -98,7 +98,6 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
         desc: &ChooseQParamsPerGroupDescriptor,
         pref: PlanPreference,
     ) -> Result<Self> {
-        let _ = stream;
         check_kind(PLAN, "input_element", desc.input_element, "TIn", TIn::KIND)?;
         check_kind(
             PLAN,
@@ -112,6 +111,7 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
         let op = QuantizeKind::ChooseQParamsPerGroup;
         let (core, engine) = select_engine::<TIn, TScale>(
             PLAN,
+            stream,
             op,
             Some(TScale::KIND),
             layout,

@@ -94,6 +94,17 @@ fn invalid(plan: &str, what: String) -> Error {
     Error::InvalidProblem(format!("{plan}: {what}"))
 }
 
+/// Plans with no device form refuse device streams at `select`
+/// (`Unsupported`), rather than run on the CPU behind the caller's back.
+pub(crate) fn refuse_device(plan: &str, stream: &Stream) -> Result<()> {
+    if stream.is_device() {
+        return Err(Error::Unsupported(format!(
+            "{plan}: runs on CPU streams only (it has no device form yet)"
+        )));
+    }
+    Ok(())
+}
+
 /// A descriptor's element kind must be the type parameter's (`Unsupported`).
 pub(crate) fn check_kind(
     plan: &str,

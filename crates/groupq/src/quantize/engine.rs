@@ -51,8 +51,10 @@ pub(super) fn check_recipe(
 /// per byte for `nibbles`), else the scalar
 /// engine. The plan's precision guarantee names the recipe's arithmetic:
 /// its intermediate values are held in that dtype.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn select_engine<TIn: Element, TScale: Element>(
     plan: &'static str,
+    stream: &Stream,
     op: QuantizeKind,
     aux: Option<ElementKind>,
     layout: Layout,
@@ -60,6 +62,12 @@ pub(super) fn select_engine<TIn: Element, TScale: Element>(
     nibbles: bool,
     pref: PlanPreference,
 ) -> Result<(PlanCore, RecipeEngine<TIn>)> {
+    if PlanCore::for_stream::<TIn>(plan, op, None, layout, pref, stream)?.is_some() {
+        return Err(Error::Unsupported(format!(
+            "{plan}: recipes run on CPU streams only so far; on a device stream, choose the \
+             parameters on the CPU and quantize with QuantizePerGroupPlan on the device"
+        )));
+    }
     let kernel = RecipeKernel::new(recipe, TIn::KIND, TScale::KIND);
     let with_codes = op == QuantizeKind::QuantizeDynamicPerGroup;
     let lookup = |b: BackendKind| match b {
@@ -160,6 +168,7 @@ impl<T: Element> RecipeEngine<T> {
         codes: Option<TensorMut<'_, TOut, 2>>,
         offset: Option<TensorMut<'_, TScale, 2>>,
     ) -> Result<()> {
+        core.check_host_run(stream)?;
         let l = core.layout;
         if l.outer == 0 || l.axis == 0 {
             return Ok(());

@@ -2,6 +2,7 @@
 //! weights to and from ggml's block formats ([`crate::ggml`]), exactly as
 //! llama.cpp's `ggml_quantize_chunk` and `dequantize_row_*`.
 
+use super::common::refuse_device;
 use super::common::{PlanCore, View};
 use crate::error::{Error, Result};
 use crate::ggml::{self, GgmlType};
@@ -113,7 +114,7 @@ impl QuantizeGgmlBlocksPlan {
         desc: &QuantizeGgmlBlocksDescriptor,
         pref: PlanPreference,
     ) -> Result<Self> {
-        let _ = stream;
+        refuse_device(QPLAN, stream)?;
         let ty = desc.ggml_type;
         let row_bytes = byte_layout(QPLAN, desc.rows, desc.n_per_row, ty)?;
         let vector = ggml::has_vector_search(ty, desc.imatrix);
@@ -179,6 +180,7 @@ impl QuantizeGgmlBlocksPlan {
         workspace: Workspace<'_>,
         args: QuantizeGgmlBlocksArgs<'_>,
     ) -> Result<()> {
+        self.core.check_host_run(stream)?;
         self.can_implement(&args)?;
         if self.desc.n_per_row == 0 {
             return Ok(());
@@ -239,7 +241,7 @@ impl DequantizeGgmlBlocksPlan {
         desc: &DequantizeGgmlBlocksDescriptor,
         pref: PlanPreference,
     ) -> Result<Self> {
-        let _ = stream;
+        refuse_device(DPLAN, stream)?;
         let row_bytes = byte_layout(DPLAN, desc.rows, desc.n_per_row, desc.ggml_type)?;
         let n = desc.n_per_row;
         let layout = super::common::Layout::new(DPLAN, desc.rows, n, n.max(1))?;

@@ -104,7 +104,6 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
         desc: &QuantizeDynamicPerGroupDescriptor,
         pref: PlanPreference,
     ) -> Result<Self> {
-        let _ = stream;
         check_kind(PLAN, "input_element", desc.input_element, "TIn", TIn::KIND)?;
         check_kind(
             PLAN,
@@ -126,6 +125,7 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
         let op = QuantizeKind::QuantizeDynamicPerGroup;
         let (core, engine) = select_engine::<TIn, TScale>(
             PLAN,
+            stream,
             op,
             Some(TOut::KIND),
             layout,
