@@ -6,7 +6,13 @@
 //! cargo run --release -p groupq --example bench                 # the full table
 //! cargo run --release -p groupq --example bench -- --quick      # one shape, one rep
 //! cargo run --release -p groupq --example bench -- --filter bf16 --threads 2
+//! cargo run --release -p groupq --features wgpu --example bench -- --device   # + the GPU column
 //! ```
+//!
+//! "device GB/s" (with `--device`, feature `wgpu`) times the same plan on
+//! the default GPU adapter: inputs already in device memory, `run_device`
+//! plus `synchronize`, the same bytes counted. On Mesa's lavapipe (Vulkan on
+//! the CPU) it is a smoke test of the device path, not a speed claim.
 //!
 //! GB/s counts the bytes each run reads and writes (data, scales and zero
 //! points). "× copy" divides that by the rate of a plain parallel copy of the
@@ -28,6 +34,8 @@ struct Options {
     reps: usize,
     filter: Option<String>,
     threads: Vec<usize>,
+    /// Also time the SPEC plans on the default GPU adapter.
+    device: bool,
 }
 
 fn parse() -> std::result::Result<Options, String> {
@@ -37,11 +45,13 @@ fn parse() -> std::result::Result<Options, String> {
         reps: 5,
         filter: None,
         threads: vec![1, 2],
+        device: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--no-scalar" => o.no_scalar = true,
+            "--device" => o.device = true,
             "--quick" => {
                 o.quick = true;
                 o.reps = 1;
@@ -56,7 +66,7 @@ fn parse() -> std::result::Result<Options, String> {
                     .collect::<std::result::Result<_, _>>()?;
             }
             "-h" | "--help" => return Err(
-                "usage: bench [--quick] [--no-scalar] [--reps N] [--filter TEXT] [--threads 1,2]"
+                "usage: bench [--quick] [--no-scalar] [--device] [--reps N] [--filter TEXT] [--threads 1,2]"
                     .into(),
             ),
             other => return Err(format!("unknown option {other} (try --help)")),
@@ -76,11 +86,16 @@ struct Row {
     gbps: f64,
     of_copy: f64,
     vs_scalar: f64,
+    /// GB/s of the same plan on the GPU stream, where measured.
+    device_gbps: Option<f64>,
 }
 
 struct Bench {
     o: Options,
     rows: Vec<Row>,
+    /// The GPU stream of `--device`, and the device timings by row key.
+    device: Option<Stream>,
+    device_times: std::collections::HashMap<String, f64>,
 }
 
 impl Bench {
@@ -105,8 +120,18 @@ impl Bench {
         select: impl Fn(PlanPreference) -> Result<P>,
         sku: impl Fn(&P) -> KernelSku,
         mut run: impl FnMut(&P),
+        device: impl FnOnce(&Stream, usize) -> Option<f64>,
     ) -> Result<()> {
         let reps = self.o.reps;
+        let key = format!("{plan} {dtypes} {shape:?} {group}");
+        let device_seconds = match (&self.device, self.device_times.get(&key)) {
+            (_, Some(&t)) => Some(t),
+            (Some(gpu), None) => device(gpu, reps),
+            (None, None) => None,
+        };
+        if let Some(t) = device_seconds {
+            self.device_times.insert(key, t);
+        }
         let best = select(PlanPreference::default())?;
         let scalar = select(PlanPreference {
             prefer_backend: Some(BackendKind::Scalar),
@@ -129,6 +154,7 @@ impl Bench {
             gbps,
             of_copy: t_copy / t,
             vs_scalar: t_scalar / t,
+            device_gbps: device_seconds.map(|t| bytes as f64 / t / 1e9),
         };
         print_row(&row);
         self.rows.push(row);
@@ -181,6 +207,7 @@ impl Bench {
                 };
                 plan.run(stream, Workspace::None, args).unwrap()
             },
+            |gpu, reps| gpu_bench::forward::<T, Q>(gpu, &desc, &x, &s, &z, reps),
         )
     }
 
@@ -225,6 +252,7 @@ impl Bench {
                 };
                 plan.run(stream, Workspace::None, args).unwrap()
             },
+            |gpu, reps| gpu_bench::dequantize::<Q, T>(gpu, &desc, &q, &s, &z, reps),
         )
     }
 
@@ -272,6 +300,7 @@ impl Bench {
                 };
                 plan.run(stream, Workspace::None, args).unwrap()
             },
+            |gpu, reps| gpu_bench::quantize_backward::<T>(gpu, &desc, [&dy, &x, &s], &z, reps),
         )
     }
 
@@ -315,6 +344,7 @@ impl Bench {
                 };
                 plan.run(stream, Workspace::None, args).unwrap()
             },
+            |gpu, reps| gpu_bench::dequantize_backward::<T>(gpu, &desc, &dy, &s, reps),
         )
     }
 
@@ -378,6 +408,7 @@ impl Bench {
                     plan.run(stream, Workspace::None, args).unwrap()
                 }
             },
+            |_, _| None,
         )
     }
 
@@ -424,6 +455,7 @@ impl Bench {
                 };
                 plan.run(stream, Workspace::None, args).unwrap()
             },
+            |_, _| None,
         )
     }
 
@@ -615,7 +647,7 @@ impl Bench {
 
 fn print_row(r: &Row) {
     println!(
-        "| {:<19} | {:<9} | {:>5} × {:<5} | {:>5} | {:>7} | {:<7} | {:>6.2} | {:>6.2} | {:>8.1}× |",
+        "| {:<19} | {:<9} | {:>5} × {:<5} | {:>5} | {:>7} | {:<7} | {:>6.2} | {:>6.2} | {:>8.1}× | {:>10} |",
         r.plan,
         r.dtypes,
         r.shape.0,
@@ -625,7 +657,8 @@ fn print_row(r: &Row) {
         r.backend,
         r.gbps,
         r.of_copy,
-        r.vs_scalar
+        r.vs_scalar,
+        r.device_gbps.map_or("-".to_string(), |g| format!("{g:.3}"))
     );
 }
 
@@ -660,15 +693,194 @@ fn main() {
         }
     }
     println!();
-    println!("| plan                | dtypes    | shape         | group | threads | backend |   GB/s | × copy | vs scalar |");
-    println!("|---------------------|-----------|---------------|-------|---------|---------|--------|--------|-----------|");
+    let device = o.device.then(gpu_bench::stream).flatten();
+    if let Some(gpu) = &device {
+        println!("device column: {gpu:?}");
+    }
+    println!("| plan                | dtypes    | shape         | group | threads | backend |   GB/s | × copy | vs scalar | device GB/s |");
+    println!("|---------------------|-----------|---------------|-------|---------|---------|--------|--------|-----------|-------------|");
     let mut bench = Bench {
         o,
         rows: Vec::new(),
+        device,
+        device_times: Default::default(),
     };
     if let Err(e) = bench.run_all() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
     bench.targets();
+}
+
+/// The device column (feature `wgpu`): the SPEC plans on the default GPU
+/// adapter, inputs resident in device memory, median seconds of `run_device`
+/// plus `synchronize`.
+#[cfg(feature = "wgpu")]
+mod gpu_bench {
+    use groupq::*;
+    use std::time::Instant;
+
+    pub fn stream() -> Option<Stream> {
+        Stream::wgpu().map_err(|e| eprintln!("--device: {e}")).ok()
+    }
+
+    fn median(gpu: &Stream, reps: usize, mut run: impl FnMut() -> Result<()>) -> Option<f64> {
+        // The first run compiles the pipeline.
+        run().ok()?;
+        gpu.synchronize().ok()?;
+        let mut t: Vec<f64> = (0..reps.max(1))
+            .map(|_| {
+                let start = Instant::now();
+                run().and_then(|()| gpu.synchronize()).ok()?;
+                Some(start.elapsed().as_secs_f64())
+            })
+            .collect::<Option<_>>()?;
+        t.sort_by(f64::total_cmp);
+        Some(t[t.len() / 2])
+    }
+
+    fn up<T: DeviceElement>(gpu: &Stream, v: &[T]) -> Option<DeviceBuffer<T>> {
+        DeviceBuffer::from_slice(gpu, v).ok()
+    }
+
+    pub fn forward<T: Element, Q: IntElement>(
+        gpu: &Stream,
+        desc: &QuantizePerGroupDescriptor,
+        x: &[T],
+        s: &[T],
+        z: &[i32],
+        reps: usize,
+    ) -> Option<f64> {
+        let plan = QuantizePerGroupPlan::<T, Q>::select(gpu, desc, Default::default()).ok()?;
+        let (rows, cols, g) = (desc.outer_size, desc.axis_size, desc.num_groups());
+        let (dx, ds, dz) = (up(gpu, x)?, up(gpu, s)?, up(gpu, z)?);
+        let mut dq = DeviceBuffer::<Q>::zeros(gpu, rows * cols / Q::PACK).ok()?;
+        median(gpu, reps, || {
+            let args = QuantizePerGroupDeviceArgs {
+                input: dx.view([rows, cols])?,
+                scale: ds.view([rows, g])?,
+                zero_point: dz.view([rows, g])?,
+                output: dq.view_mut([rows, cols / Q::PACK])?,
+            };
+            plan.run_device(gpu, Workspace::None, args)
+        })
+    }
+
+    pub fn dequantize<Q: IntElement, T: Element>(
+        gpu: &Stream,
+        desc: &DequantizePerGroupDescriptor,
+        q: &[Q],
+        s: &[T],
+        z: &[i32],
+        reps: usize,
+    ) -> Option<f64> {
+        let plan = DequantizePerGroupPlan::<Q, T>::select(gpu, desc, Default::default()).ok()?;
+        let (rows, cols, g) = (desc.outer_size, desc.axis_size, desc.num_groups());
+        let (dq, ds, dz) = (up(gpu, q)?, up(gpu, s)?, up(gpu, z)?);
+        let mut dy = DeviceBuffer::<T>::zeros(gpu, rows * cols).ok()?;
+        median(gpu, reps, || {
+            let args = DequantizePerGroupDeviceArgs {
+                input: dq.view([rows, cols / Q::PACK])?,
+                scale: ds.view([rows, g])?,
+                zero_point: dz.view([rows, g])?,
+                output: dy.view_mut([rows, cols])?,
+            };
+            plan.run_device(gpu, Workspace::None, args)
+        })
+    }
+
+    pub fn quantize_backward<T: Element>(
+        gpu: &Stream,
+        desc: &QuantizePerGroupBackwardDescriptor,
+        [dy, x, s]: [&[T]; 3],
+        z: &[i32],
+        reps: usize,
+    ) -> Option<f64> {
+        let plan = QuantizePerGroupBackwardPlan::<T>::select(gpu, desc, Default::default()).ok()?;
+        let (rows, cols, g) = (desc.outer_size, desc.axis_size, desc.num_groups());
+        let (ddy, dx, ds, dz) = (up(gpu, dy)?, up(gpu, x)?, up(gpu, s)?, up(gpu, z)?);
+        let mut dgx = DeviceBuffer::<T>::zeros(gpu, rows * cols).ok()?;
+        median(gpu, reps, || {
+            let args = QuantizePerGroupBackwardDeviceArgs {
+                grad_output: ddy.view([rows, cols])?,
+                input: dx.view([rows, cols])?,
+                scale: ds.view([rows, g])?,
+                zero_point: dz.view([rows, g])?,
+                grad_input: dgx.view_mut([rows, cols])?,
+            };
+            plan.run_device(gpu, Workspace::None, args)
+        })
+    }
+
+    pub fn dequantize_backward<T: Element>(
+        gpu: &Stream,
+        desc: &DequantizePerGroupBackwardDescriptor,
+        dy: &[T],
+        s: &[T],
+        reps: usize,
+    ) -> Option<f64> {
+        let plan =
+            DequantizePerGroupBackwardPlan::<i8, T>::select(gpu, desc, Default::default()).ok()?;
+        let (rows, cols, g) = (desc.outer_size, desc.axis_size, desc.num_groups());
+        let (ddy, ds) = (up(gpu, dy)?, up(gpu, s)?);
+        let mut dgx = DeviceBuffer::<T>::zeros(gpu, rows * cols).ok()?;
+        median(gpu, reps, || {
+            let args = DequantizePerGroupBackwardDeviceArgs {
+                grad_output: ddy.view([rows, cols])?,
+                scale: ds.view([rows, g])?,
+                grad_input: dgx.view_mut([rows, cols])?,
+            };
+            plan.run_device(gpu, Workspace::None, args)
+        })
+    }
+}
+
+/// Without the `wgpu` feature there is no device column.
+#[cfg(not(feature = "wgpu"))]
+#[allow(clippy::extra_unused_type_parameters)]
+mod gpu_bench {
+    use groupq::*;
+
+    pub fn stream() -> Option<Stream> {
+        eprintln!("--device: build with --features wgpu for the device column");
+        None
+    }
+    pub fn forward<T: Element, Q: IntElement>(
+        _: &Stream,
+        _: &QuantizePerGroupDescriptor,
+        _: &[T],
+        _: &[T],
+        _: &[i32],
+        _: usize,
+    ) -> Option<f64> {
+        None
+    }
+    pub fn dequantize<Q: IntElement, T: Element>(
+        _: &Stream,
+        _: &DequantizePerGroupDescriptor,
+        _: &[Q],
+        _: &[T],
+        _: &[i32],
+        _: usize,
+    ) -> Option<f64> {
+        None
+    }
+    pub fn quantize_backward<T: Element>(
+        _: &Stream,
+        _: &QuantizePerGroupBackwardDescriptor,
+        _: [&[T]; 3],
+        _: &[i32],
+        _: usize,
+    ) -> Option<f64> {
+        None
+    }
+    pub fn dequantize_backward<T: Element>(
+        _: &Stream,
+        _: &DequantizePerGroupBackwardDescriptor,
+        _: &[T],
+        _: &[T],
+        _: usize,
+    ) -> Option<f64> {
+        None
+    }
 }

@@ -4,83 +4,12 @@
 //! elements, like [`TensorRef`](crate::TensorRef)).
 
 use crate::device::WgpuDevice;
-use crate::element::{ElementKind, S4, U4};
+use crate::element::DeviceElement;
 use crate::error::{Error, Result};
 use crate::stream::Stream;
-use half::{bf16, f16};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-
-mod sealed {
-    pub trait Sealed {}
-}
-
-/// Element types a [`DeviceBuffer`] holds: the float elements, the code
-/// types and `i32` (zero points), stored little-endian as on the host.
-pub trait DeviceElement: sealed::Sealed + Copy + Send + Sync + 'static {
-    /// The element's kind.
-    const DEVICE_KIND: ElementKind;
-    /// Bytes of one storage unit.
-    const BYTES: usize;
-    /// Writes the element's bytes (`BYTES` of them).
-    #[doc(hidden)]
-    fn store(self, out: &mut [u8]);
-    /// Reads an element from its bytes.
-    #[doc(hidden)]
-    fn load(bytes: &[u8]) -> Self;
-}
-
-macro_rules! device_element {
-    ($t:ty, $kind:expr, $n:expr, |$v:ident| $to:expr, |$b:ident| $from:expr) => {
-        impl sealed::Sealed for $t {}
-        impl DeviceElement for $t {
-            const DEVICE_KIND: ElementKind = $kind;
-            const BYTES: usize = $n;
-            #[inline]
-            fn store(self, out: &mut [u8]) {
-                let $v = self;
-                out.copy_from_slice(&$to);
-            }
-            #[inline]
-            fn load(bytes: &[u8]) -> Self {
-                let mut $b = [0u8; $n];
-                $b.copy_from_slice(bytes);
-                $from
-            }
-        }
-    };
-}
-
-device_element!(f32, ElementKind::F32, 4, |v| v.to_le_bytes(), |b| {
-    f32::from_le_bytes(b)
-});
-device_element!(f64, ElementKind::F64, 8, |v| v.to_le_bytes(), |b| {
-    f64::from_le_bytes(b)
-});
-device_element!(
-    f16,
-    ElementKind::F16,
-    2,
-    |v| v.to_bits().to_le_bytes(),
-    |b| f16::from_bits(u16::from_le_bytes(b))
-);
-device_element!(
-    bf16,
-    ElementKind::Bf16,
-    2,
-    |v| v.to_bits().to_le_bytes(),
-    |b| bf16::from_bits(u16::from_le_bytes(b))
-);
-device_element!(i8, ElementKind::S8, 1, |v| v.to_le_bytes(), |b| {
-    i8::from_le_bytes(b)
-});
-device_element!(u8, ElementKind::U8, 1, |v| [v], |b| b[0]);
-device_element!(i32, ElementKind::I32, 4, |v| v.to_le_bytes(), |b| {
-    i32::from_le_bytes(b)
-});
-device_element!(S4, ElementKind::S4, 1, |v| [v.0], |b| S4(b[0]));
-device_element!(U4, ElementKind::U4, 1, |v| [v.0], |b| U4(b[0]));
 
 /// A typed buffer of `len` elements in a device stream's memory.
 ///
@@ -230,7 +159,7 @@ impl<T: DeviceElement> DeviceBuffer<T> {
             bytes.copy_from_slice(&old);
         }
         for (v, out) in data.iter().zip(bytes[b0 - w0..].chunks_exact_mut(T::BYTES)) {
-            v.store(out);
+            v.store_le(out);
         }
         self.dev.scoped("DeviceBuffer: writing", || {
             self.dev.queue.write_buffer(&self.buffer, w0 as u64, &bytes)
@@ -289,7 +218,7 @@ impl<T: DeviceElement> DeviceBuffer<T> {
         Ok(bytes
             .chunks_exact(T::BYTES)
             .take(self.len)
-            .map(T::load)
+            .map(T::load_le)
             .collect())
     }
 }

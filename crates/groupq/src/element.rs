@@ -171,6 +171,78 @@ pub(crate) mod sealed {
     }
 }
 
+mod storage_sealed {
+    pub trait Sealed {}
+}
+
+/// Every element type's storage as little-endian bytes: the float
+/// elements, the code types and `i32` (zero points). Device buffers (feature
+/// `wgpu`) hold these; sealed, and a supertrait of [`Element`] and
+/// [`IntElement`], so code generic over those can move tensors to a device.
+pub trait DeviceElement: storage_sealed::Sealed + Copy + Send + Sync + 'static {
+    /// The element's kind.
+    const DEVICE_KIND: ElementKind;
+    /// Bytes of one storage unit.
+    const BYTES: usize;
+    /// Writes the element's bytes (`BYTES` of them).
+    #[doc(hidden)]
+    fn store_le(self, out: &mut [u8]);
+    /// Reads an element from its bytes.
+    #[doc(hidden)]
+    fn load_le(bytes: &[u8]) -> Self;
+}
+
+macro_rules! device_element {
+    ($t:ty, $kind:expr, $n:expr, |$v:ident| $to:expr, |$b:ident| $from:expr) => {
+        impl storage_sealed::Sealed for $t {}
+        impl DeviceElement for $t {
+            const DEVICE_KIND: ElementKind = $kind;
+            const BYTES: usize = $n;
+            #[inline]
+            fn store_le(self, out: &mut [u8]) {
+                let $v = self;
+                out.copy_from_slice(&$to);
+            }
+            #[inline]
+            fn load_le(bytes: &[u8]) -> Self {
+                let mut $b = [0u8; $n];
+                $b.copy_from_slice(bytes);
+                $from
+            }
+        }
+    };
+}
+
+device_element!(f32, ElementKind::F32, 4, |v| v.to_le_bytes(), |b| {
+    f32::from_le_bytes(b)
+});
+device_element!(f64, ElementKind::F64, 8, |v| v.to_le_bytes(), |b| {
+    f64::from_le_bytes(b)
+});
+device_element!(
+    f16,
+    ElementKind::F16,
+    2,
+    |v| v.to_bits().to_le_bytes(),
+    |b| f16::from_bits(u16::from_le_bytes(b))
+);
+device_element!(
+    bf16,
+    ElementKind::Bf16,
+    2,
+    |v| v.to_bits().to_le_bytes(),
+    |b| bf16::from_bits(u16::from_le_bytes(b))
+);
+device_element!(i8, ElementKind::S8, 1, |v| v.to_le_bytes(), |b| {
+    i8::from_le_bytes(b)
+});
+device_element!(u8, ElementKind::U8, 1, |v| [v], |b| b[0]);
+device_element!(i32, ElementKind::I32, 4, |v| v.to_le_bytes(), |b| {
+    i32::from_le_bytes(b)
+});
+device_element!(S4, ElementKind::S4, 1, |v| [v.0], |b| S4(b[0]));
+device_element!(U4, ElementKind::U4, 1, |v| [v.0], |b| U4(b[0]));
+
 /// A floating-point element type: `f32`, `f64`, [`half::f16`], [`half::bf16`].
 ///
 /// Sealed: the set of types is fixed by SPEC §2. Plans are generic over it:
@@ -181,7 +253,16 @@ pub(crate) mod sealed {
 /// assert_eq!(kind_of::<half::bf16>(), ElementKind::Bf16);
 /// ```
 pub trait Element:
-    sealed::FloatSealed + Copy + Send + Sync + fmt::Debug + PartialEq + PartialOrd + Default + 'static
+    sealed::FloatSealed
+    + DeviceElement
+    + Copy
+    + Send
+    + Sync
+    + fmt::Debug
+    + PartialEq
+    + PartialOrd
+    + Default
+    + 'static
 {
     /// The kind tag of this type.
     const KIND: ElementKind;
@@ -208,7 +289,7 @@ pub trait Element:
 /// assert_eq!((<u8 as IntElement>::MIN, <u8 as IntElement>::MAX), (0, 255));
 /// ```
 pub trait IntElement:
-    sealed::IntSealed + Copy + Send + Sync + fmt::Debug + Eq + Ord + Default + 'static
+    sealed::IntSealed + DeviceElement + Copy + Send + Sync + fmt::Debug + Eq + Ord + Default + 'static
 {
     /// The kind tag of this type.
     const KIND: ElementKind;

@@ -101,7 +101,7 @@ pub mod recipe;
 mod stream;
 mod tensor;
 
-pub use element::{Element, ElementKind, IntElement, S4, U4};
+pub use element::{DeviceElement, Element, ElementKind, IntElement, S4, U4};
 pub use error::{Error, Result};
 pub use plan::{
     BackendKind, KernelSku, MathPrecision, OpCategory, PlanPreference, PrecisionGuarantee,
@@ -112,7 +112,7 @@ pub use stream::{Stream, Workspace};
 pub use tensor::{TensorMut, TensorRef};
 
 #[cfg(feature = "wgpu")]
-pub use device_tensor::{DeviceBuffer, DeviceElement, DeviceTensorMut, DeviceTensorRef};
+pub use device_tensor::{DeviceBuffer, DeviceTensorMut, DeviceTensorRef};
 /// The `wgpu` crate groupq's device streams are built on (feature `wgpu`).
 #[cfg(feature = "wgpu")]
 pub use wgpu;

@@ -45,19 +45,19 @@ fn scalar() -> (Stream, PlanPreference) {
 fn bytes<T: DeviceElement>(v: &[T]) -> Vec<u8> {
     let mut out = vec![0u8; v.len() * T::BYTES];
     for (x, o) in v.iter().zip(out.chunks_exact_mut(T::BYTES)) {
-        x.store(o);
+        x.store_le(o);
     }
     out
 }
 
 /// A value from raw bits (NaN payloads, subnormals, infinities included).
 fn from_bits<T: DeviceElement>(bits: u64) -> T {
-    T::load(&bits.to_le_bytes()[..T::BYTES])
+    T::load_le(&bits.to_le_bytes()[..T::BYTES])
 }
 
 /// Inputs where the arithmetic is decided: raw bit patterns, exact ties
 /// and near-ties at several scales, zeros, extremes.
-fn value<T: Element + DeviceElement>(r: u64) -> T {
+fn value<T: Element>(r: u64) -> T {
     let k = (r >> 8) % 64;
     match r % 8 {
         0 | 1 => from_bits(r >> 11),
@@ -70,7 +70,7 @@ fn value<T: Element + DeviceElement>(r: u64) -> T {
 }
 
 /// Scales: zero of both signs, negative, subnormal, raw bits, ordinary.
-fn scale<T: Element + DeviceElement>(r: u64) -> T {
+fn scale<T: Element>(r: u64) -> T {
     match r % 8 {
         0 => T::from_f64(0.0),
         1 => T::from_f64(-0.0),
@@ -122,7 +122,7 @@ fn place<T: Copy>(v: &[T], rows: usize, cols: usize, offset: usize, pad: usize, 
 /// Quantizes on the device and with the scalar reference; equal bytes,
 /// including the elements between and around the output view.
 #[allow(clippy::too_many_arguments)]
-fn check_quantize<T: Element + DeviceElement, Q: IntElement + DeviceElement>(
+fn check_quantize<T: Element, Q: IntElement>(
     gpu: &Stream,
     rows: usize,
     cols: usize,
@@ -202,7 +202,7 @@ fn check_quantize<T: Element + DeviceElement, Q: IntElement + DeviceElement>(
 
 /// The other three plans, on the device and with the scalar reference.
 #[allow(clippy::too_many_arguments)]
-fn check_inverse_and_gradients<T: Element + DeviceElement, Q: IntElement + DeviceElement>(
+fn check_inverse_and_gradients<T: Element, Q: IntElement>(
     gpu: &Stream,
     rows: usize,
     cols: usize,
@@ -338,7 +338,7 @@ fn check_inverse_and_gradients<T: Element + DeviceElement, Q: IntElement + Devic
 }
 
 /// One random case of every plan for `T` and `Q`.
-fn random_case<T: Element + DeviceElement, Q: IntElement + DeviceElement>(
+fn random_case<T: Element, Q: IntElement>(
     gpu: &Stream,
     seed: u64,
     shape: (usize, usize, usize),
@@ -427,7 +427,7 @@ random_tests! {
 /// Every f16 and bf16 bit pattern, quantized with scales that decide ties,
 /// subnormals and specials: zero of both signs, tiny, subnormal, negative,
 /// powers of two, an inexact decimal, infinity and NaN.
-fn exhaustive<T: Element + DeviceElement>(gpu: &Stream) {
+fn exhaustive<T: Element>(gpu: &Stream) {
     let x: Vec<T> = (0..=u16::MAX).map(|b| from_bits(u64::from(b))).collect();
     let cols = 256;
     let rows = x.len() / cols;
