@@ -18,6 +18,15 @@ pub(crate) struct WgpuDevice {
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
 }
 
+impl std::fmt::Debug for WgpuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuDevice")
+            .field("id", &self.id)
+            .field("name", &self.info.name)
+            .finish()
+    }
+}
+
 impl WgpuDevice {
     pub fn new(device: wgpu::Device, queue: wgpu::Queue) -> WgpuDevice {
         static NEXT: AtomicU64 = AtomicU64::new(1);

@@ -892,3 +892,340 @@ fn plans_are_send_sync_unwind_safe() {
     check::<QuantizePerGroupBackwardPlan<f16>>();
     check::<DequantizePerGroupBackwardPlan<u8, f64>>();
 }
+
+// ---------------------------------------------------------------- recipes
+
+use groupq::recipe::{NonFinitePolicy, Recipe, TorchaoMapping, ZeroPointRule};
+
+/// Every preset, signed-code and unsigned-code ones apart.
+fn presets(signed: bool) -> Vec<Recipe> {
+    if signed {
+        vec![
+            Recipe::torch_per_token_asymmetric_int8(),
+            Recipe::torchao(TorchaoMapping::Symmetric, -8, 7),
+            Recipe::torchao(TorchaoMapping::Asymmetric, -128, 127),
+            Recipe::compressed_tensors_w4a16(),
+            Recipe::compressed_tensors_w4a16_asym(),
+            Recipe::awq(false, 4),
+            Recipe::gguf_q8_0(),
+            Recipe::gguf_q8_0().fused(),
+        ]
+    } else {
+        vec![
+            Recipe::torchao(TorchaoMapping::Asymmetric, 0, 15),
+            Recipe::torchao(TorchaoMapping::Symmetric, 0, 15),
+            Recipe::gptq(true, 4),
+            Recipe::gptq(false, 4),
+            Recipe::gptq(false, 8),
+            Recipe::awq(true, 4),
+            Recipe::awq_f16(true, 4),
+            Recipe::gguf_q4_0(),
+            Recipe::gguf_q5_0(),
+            Recipe::gguf_q4_1(),
+            Recipe::gguf_q5_1(),
+            // gguf-py 0.17's fused multiply-add.
+            Recipe::gguf_q4_0().fused(),
+            Recipe::gguf_q5_0().fused(),
+            Recipe::gguf_q4_1().fused(),
+        ]
+    }
+}
+
+/// What a recipe plan wrote: scale bytes, zero points, code bytes, offset
+/// bytes (dynamic plan), then the choose plan's scale, zero point and
+/// offset bytes.
+type Written = (
+    Vec<u8>,
+    Vec<i32>,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<i32>,
+    Vec<u8>,
+);
+
+/// Runs the dynamic and the choose plan of `recipe` on `stream` (host
+/// slices on a CPU stream, device buffers on a device stream).
+fn recipe_run<T: Element, S: Element, Q: IntElement>(
+    stream: &Stream,
+    pref: PlanPreference,
+    x: &[T],
+    (m, k, g): (usize, usize, usize),
+    recipe: Recipe,
+) -> Result<Written> {
+    let ng = k / g;
+    let offset = recipe.zero_point == ZeroPointRule::FloatOffset;
+    let dd = QuantizeDynamicPerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        recipe,
+        input_element: T::KIND,
+        scale_element: S::KIND,
+        output_element: Q::KIND,
+    };
+    let cd = ChooseQParamsPerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        recipe,
+        input_element: T::KIND,
+        scale_element: S::KIND,
+    };
+    let dynamic = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(stream, &dd, pref)?;
+    let choose = ChooseQParamsPerGroupPlan::<T, S>::select(stream, &cd, pref)?;
+    let fill_s = S::from_f64(9.0);
+    let (mut s, mut z, mut q, mut o) = (
+        vec![fill_s; m * ng],
+        vec![7i32; m * ng],
+        vec![Q::default(); m * k / Q::PACK],
+        vec![fill_s; m * ng],
+    );
+    let (mut s2, mut z2, mut o2) = (
+        vec![fill_s; m * ng],
+        vec![7i32; m * ng],
+        vec![fill_s; m * ng],
+    );
+    if !stream.is_device() {
+        let args = QuantizeDynamicPerGroupArgs {
+            input: TensorRef::new(x, [m, k])?,
+            scale: TensorMut::new(&mut s, [m, ng])?,
+            zero_point: TensorMut::new(&mut z, [m, ng])?,
+            output: TensorMut::new(&mut q, [m, k / Q::PACK])?,
+        };
+        if offset {
+            dynamic.run_with_offset(
+                stream,
+                Workspace::None,
+                args,
+                TensorMut::new(&mut o, [m, ng])?,
+            )?;
+        } else {
+            dynamic.run(stream, Workspace::None, args)?;
+        }
+        let args = ChooseQParamsPerGroupArgs {
+            input: TensorRef::new(x, [m, k])?,
+            scale: TensorMut::new(&mut s2, [m, ng])?,
+            zero_point: TensorMut::new(&mut z2, [m, ng])?,
+        };
+        if offset {
+            choose.run_with_offset(
+                stream,
+                Workspace::None,
+                args,
+                TensorMut::new(&mut o2, [m, ng])?,
+            )?;
+        } else {
+            choose.run(stream, Workspace::None, args)?;
+        }
+    } else {
+        assert_eq!(dynamic.sku().backend, BackendKind::Wgpu);
+        let dx = DeviceBuffer::from_slice(stream, x)?;
+        let mut ds = DeviceBuffer::from_slice(stream, &s)?;
+        let mut dz = DeviceBuffer::from_slice(stream, &z)?;
+        let mut dq = DeviceBuffer::from_slice(stream, &q)?;
+        let mut dof = DeviceBuffer::from_slice(stream, &o)?;
+        let args = QuantizeDynamicPerGroupDeviceArgs {
+            input: dx.view([m, k])?,
+            scale: ds.view_mut([m, ng])?,
+            zero_point: dz.view_mut([m, ng])?,
+            output: dq.view_mut([m, k / Q::PACK])?,
+        };
+        if offset {
+            dynamic.run_device_with_offset(
+                stream,
+                Workspace::None,
+                args,
+                dof.view_mut([m, ng])?,
+            )?;
+        } else {
+            dynamic.run_device(stream, Workspace::None, args)?;
+        }
+        (s, z, q, o) = (
+            ds.to_vec(stream)?,
+            dz.to_vec(stream)?,
+            dq.to_vec(stream)?,
+            dof.to_vec(stream)?,
+        );
+        let args = ChooseQParamsPerGroupDeviceArgs {
+            input: dx.view([m, k])?,
+            scale: ds.view_mut([m, ng])?,
+            zero_point: dz.view_mut([m, ng])?,
+        };
+        if offset {
+            choose.run_device_with_offset(stream, Workspace::None, args, dof.view_mut([m, ng])?)?;
+        } else {
+            choose.run_device(stream, Workspace::None, args)?;
+        }
+        (s2, z2, o2) = (ds.to_vec(stream)?, dz.to_vec(stream)?, dof.to_vec(stream)?);
+    }
+    Ok((
+        bytes(&s),
+        z,
+        bytes(&q),
+        bytes(&o),
+        bytes(&s2),
+        z2,
+        bytes(&o2),
+    ))
+}
+
+/// Weight-like values with specials: zeros of both signs, ties, tiny and
+/// huge values, and (unless `finite`) NaN and infinities.
+fn recipe_values<T: Element>(n: usize, seed: u64, finite: bool) -> Vec<T> {
+    let mut rng = Rng(seed | 1);
+    let constant = seed.is_multiple_of(7);
+    (0..n)
+        .map(|i| {
+            let r = rng.next();
+            if constant {
+                return T::from_f64(0.75);
+            }
+            let u = (r >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            match r % 61 {
+                0 if !finite => T::from_f64(f64::NAN),
+                1 if !finite => T::from_f64(f64::INFINITY),
+                2 if !finite => T::from_f64(f64::NEG_INFINITY),
+                3 => T::from_f64(1e30),
+                4 => T::from_f64(2f64.powi(-140) * (i % 5) as f64),
+                5 | 6 => T::from_f64(0.0),
+                7 => T::from_f64(-0.0),
+                8 => T::from_f64((i % 16) as f64 * 0.125 - 1.0),
+                9 => T::from_f64(u * 40.0),
+                _ => T::from_f64(u * 0.1),
+            }
+        })
+        .collect()
+}
+
+/// The device equals the scalar engine, bit for bit, for one recipe and
+/// dtype triple (a recipe the device refuses at select is reported).
+fn recipe_case<T: Element, S: Element, Q: IntElement>(
+    gpu: &Stream,
+    shape: (usize, usize, usize),
+    recipe: Recipe,
+    seed: u64,
+    refused: &mut Vec<String>,
+) {
+    let (cpu, pref) = scalar();
+    for policy in [NonFinitePolicy::Propagate, NonFinitePolicy::Error] {
+        let recipe = recipe.with_non_finite(policy);
+        let finite = policy == NonFinitePolicy::Error && !seed.is_multiple_of(3);
+        let x: Vec<T> = recipe_values(shape.0 * shape.1, seed, finite);
+        let what = format!("{}→{}/{} {shape:?} {recipe:?}", T::KIND, S::KIND, Q::KIND);
+        let want = recipe_run::<T, S, Q>(&cpu, pref, &x, shape, recipe);
+        let got = recipe_run::<T, S, Q>(gpu, Default::default(), &x, shape, recipe);
+        match (got, want) {
+            (Err(Error::Unsupported(m)), _) => refused.push(format!("{what}: {m}")),
+            (Ok(got), Ok(want)) => {
+                assert_eq!(got.0, want.0, "scales: {what}");
+                assert_eq!(got.1, want.1, "zero points: {what}");
+                assert!(got.2 == want.2, "codes: {what}");
+                assert_eq!(got.3, want.3, "offsets: {what}");
+                assert_eq!(got.4, want.4, "choose scales: {what}");
+                assert_eq!(got.5, want.5, "choose zero points: {what}");
+                assert_eq!(got.6, want.6, "choose offsets: {what}");
+            }
+            (got, want) => assert_eq!(got.err(), want.err(), "{what}"),
+        }
+    }
+}
+
+fn recipe_all_presets<T: Element>(
+    gpu: &Stream,
+    shape: (usize, usize, usize),
+    seed: u64,
+) -> Vec<String> {
+    let mut refused = Vec::new();
+    let r = &mut refused;
+    for recipe in presets(true) {
+        recipe_case::<T, T, i8>(gpu, shape, recipe, seed, r);
+        recipe_case::<T, f32, i8>(gpu, shape, recipe, seed, r);
+        recipe_case::<T, f16, i8>(gpu, shape, recipe, seed, r);
+        if recipe.q_min >= -8 && recipe.q_max <= 7 {
+            recipe_case::<T, T, S4>(gpu, shape, recipe, seed, r);
+        }
+    }
+    for recipe in presets(false) {
+        recipe_case::<T, T, u8>(gpu, shape, recipe, seed, r);
+        recipe_case::<T, f32, u8>(gpu, shape, recipe, seed, r);
+        recipe_case::<T, bf16, u8>(gpu, shape, recipe, seed, r);
+        if recipe.q_min >= 0 && recipe.q_max <= 15 {
+            recipe_case::<T, f16, U4>(gpu, shape, recipe, seed, r);
+        }
+    }
+    refused
+}
+
+macro_rules! recipe_tests {
+    ($($name:ident: $t:ty;)*) => {$(
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+            #[test]
+            fn $name(seed in any::<u64>(), rows in 1usize..4, groups in 1usize..4,
+                     gs in prop::sample::select(vec![2usize, 4, 32, 128])) {
+                let Some(gpu) = gpu() else { return Ok(()) };
+                let refused = recipe_all_presets::<$t>(gpu, (rows, groups * gs, gs), seed);
+                // Only f64 scales stored as a half type from f64 arithmetic
+                // may be refused.
+                for r in &refused {
+                    prop_assert!(r.contains("f64→f16") || r.contains("f64→bf16"), "refused: {r}");
+                }
+            }
+        }
+    )*};
+}
+
+recipe_tests! {
+    recipes_f32: f32;
+    recipes_bf16: bf16;
+    recipes_f16: f16;
+    recipes_f64: f64;
+}
+
+/// The first non-finite group is reported, and nothing written, as on the CPU.
+#[test]
+fn recipe_non_finite_error_writes_nothing() {
+    let Some(gpu) = gpu() else { return };
+    let (m, k, g) = (40, 256, 32);
+    let mut x: Vec<bf16> = recipe_values(m * k, 11, true);
+    for &(row, col) in &[(39, 3), (17, 200), (17, 70), (30, 0)] {
+        x[row * k + col] = bf16::NAN;
+    }
+    let recipe = Recipe::torchao(TorchaoMapping::Symmetric, -8, 7);
+    let e =
+        recipe_run::<bf16, bf16, i8>(gpu, Default::default(), &x, (m, k, g), recipe).unwrap_err();
+    assert_eq!(e, Error::NonFiniteInput { row: 17, group: 2 });
+    let desc = QuantizeDynamicPerGroupDescriptor {
+        outer_size: m,
+        axis_size: k,
+        group_size: g,
+        recipe,
+        input_element: ElementKind::Bf16,
+        scale_element: ElementKind::Bf16,
+        output_element: ElementKind::S8,
+    };
+    let plan =
+        QuantizeDynamicPerGroupPlan::<bf16, bf16, i8>::select(gpu, &desc, Default::default())
+            .unwrap();
+    let dx = DeviceBuffer::from_slice(gpu, &x).unwrap();
+    let mut ds = DeviceBuffer::from_slice(gpu, &vec![bf16::ONE; m * k / g]).unwrap();
+    let mut dz = DeviceBuffer::from_slice(gpu, &vec![5i32; m * k / g]).unwrap();
+    let mut dq = DeviceBuffer::from_slice(gpu, &vec![3i8; m * k]).unwrap();
+    let err = plan
+        .run_device(
+            gpu,
+            Workspace::None,
+            QuantizeDynamicPerGroupDeviceArgs {
+                input: dx.view([m, k]).unwrap(),
+                scale: ds.view_mut([m, k / g]).unwrap(),
+                zero_point: dz.view_mut([m, k / g]).unwrap(),
+                output: dq.view_mut([m, k]).unwrap(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err, Error::NonFiniteInput { row: 17, group: 2 });
+    assert!(ds.to_vec(gpu).unwrap().iter().all(|&v| v == bf16::ONE));
+    assert!(dz.to_vec(gpu).unwrap().iter().all(|&v| v == 5));
+    assert!(dq.to_vec(gpu).unwrap().iter().all(|&v| v == 3));
+}

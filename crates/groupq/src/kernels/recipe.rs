@@ -129,9 +129,11 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, 
     };
     // The range the zero point is measured from, and the raw scale.
     let (lo, hi, scale) = match recipe.mapping {
+        // `+ 0.0` makes a zero +0: which zero `f64::min`/`max` return for
+        // equal zeros is left open, and the peers' absolute maxima are +0.
         Mapping::Symmetric(divisor) => {
-            let (lo, hi) = (min.min(0.0), max.max(0.0));
-            let amax = clamp_range((-lo).max(hi));
+            let (lo, hi) = (min.min(0.0) + 0.0, max.max(0.0) + 0.0);
+            let amax = clamp_range((-lo).max(hi) + 0.0);
             let divisor = match divisor {
                 SymmetricDivisor::HalfRange => levels / 2.0,
                 SymmetricDivisor::QMax => q_max,
@@ -139,9 +141,9 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, 
             (lo, hi, a.div(amax, divisor))
         }
         Mapping::AsymmetricWithZero | Mapping::GptqSymmetric => {
-            let (mut lo, mut hi) = (min.min(0.0), max.max(0.0));
+            let (mut lo, mut hi) = (min.min(0.0) + 0.0, max.max(0.0) + 0.0);
             if recipe.mapping == Mapping::GptqSymmetric {
-                hi = hi.max(-lo);
+                hi = hi.max(-lo) + 0.0;
                 if lo < 0.0 {
                     lo = -hi;
                 }
@@ -153,7 +155,7 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, 
         }
         Mapping::Asymmetric => (min, max, a.div(clamp_range(a.sub(max, min)), levels)),
         Mapping::SignedAbsMax(divisor) => {
-            let (lo, hi) = (min.min(0.0), max.max(0.0));
+            let (lo, hi) = (min.min(0.0) + 0.0, max.max(0.0) + 0.0);
             (lo, hi, a.div(e.signed_absmax, divisor.0))
         }
     };
@@ -869,7 +871,11 @@ impl RecipeKernel {
             for j in 0..n {
                 let g = g0 + j;
                 let (sv, zv, mv) = chosen[j];
-                let (stored, stored_m) = (TScale::from_f64(sv), TScale::from_f64(mv));
+                // NaN parameters are stored as the canonical NaN, as every
+                // float output is (SPEC §3.2): their sign and payload would
+                // otherwise depend on the hardware.
+                let canonical = |v: f64| TScale::from_f64(if v.is_nan() { f64::NAN } else { v });
+                let (stored, stored_m) = (canonical(sv), canonical(mv));
                 scale[g] = stored;
                 zero_point[g] = zv;
                 if let Some(m) = offset.as_deref_mut() {
@@ -917,8 +923,13 @@ impl RecipeKernel {
                 };
                 break;
             }
-            e.min = e.min.min(v);
-            e.max = e.max.max(v);
+            // The first of equal values (±0) is kept.
+            if v < e.min {
+                e.min = v;
+            }
+            if v > e.max {
+                e.max = v;
+            }
             if v.abs() > e.signed_absmax.abs() {
                 e.signed_absmax = v;
             }

@@ -2,7 +2,11 @@
 //! [`Recipe`].
 
 use super::common::{check_kind, Layout, PlanCore, View};
+#[cfg(feature = "wgpu")]
+use super::engine::check_offset_device;
 use super::engine::{check_offset, check_recipe, select_engine, RecipeEngine};
+#[cfg(feature = "wgpu")]
+use crate::device_tensor::{DeviceTensorMut, DeviceTensorRef};
 use crate::element::{Element, ElementKind};
 use crate::error::Result;
 use crate::plan::{PlanPreference, QuantizeKind};
@@ -47,6 +51,19 @@ pub struct ChooseQParamsPerGroupArgs<'a, TIn, TScale> {
     pub scale: TensorMut<'a, TScale, 2>,
     /// `[outer_size, num_groups]` zero points, written.
     pub zero_point: TensorMut<'a, i32, 2>,
+}
+
+/// The device tensors of one choose call on a device stream (feature
+/// `wgpu`): as [`ChooseQParamsPerGroupArgs`], in device memory.
+#[cfg(feature = "wgpu")]
+#[derive(Debug)]
+pub struct ChooseQParamsPerGroupDeviceArgs<'a, TIn, TScale> {
+    /// `[outer_size, axis_size]` values.
+    pub input: DeviceTensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` scales, written.
+    pub scale: DeviceTensorMut<'a, TScale, 2>,
+    /// `[outer_size, num_groups]` zero points, written.
+    pub zero_point: DeviceTensorMut<'a, i32, 2>,
 }
 
 /// Chooses each group's scale and zero point from its values, exactly as the
@@ -141,6 +158,71 @@ impl<TIn: Element, TScale: Element> ChooseQParamsPerGroupPlan<TIn, TScale> {
     }
 
     plan_info_methods!();
+
+    /// [`can_implement`](Self::can_implement) for device tensors.
+    #[cfg(feature = "wgpu")]
+    pub fn can_implement_device(
+        &self,
+        args: &ChooseQParamsPerGroupDeviceArgs<'_, TIn, TScale>,
+    ) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[View::of_device("input", &args.input, l.data_shape())],
+            &[
+                View::of_device_mut("scale", &args.scale, l.param_shape()),
+                View::of_device_mut("zero_point", &args.zero_point, l.param_shape()),
+            ],
+        )
+    }
+
+    /// Chooses the parameters of device tensors on the device stream the
+    /// plan was selected on (feature `wgpu`), bit-identical to the CPU
+    /// backends. Under the recipe's `NonFinitePolicy::Error` this waits for
+    /// the device's check of the input and returns `NonFiniteInput` with
+    /// nothing written; otherwise it only enqueues. A recipe with a float
+    /// offset needs [`run_device_with_offset`](Self::run_device_with_offset).
+    #[cfg(feature = "wgpu")]
+    pub fn run_device(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: ChooseQParamsPerGroupDeviceArgs<'_, TIn, TScale>,
+    ) -> Result<()> {
+        self.run_device_inner(stream, workspace, args, None)
+    }
+
+    /// [`run_device`](Self::run_device) that also writes each group's float offset.
+    #[cfg(feature = "wgpu")]
+    pub fn run_device_with_offset(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: ChooseQParamsPerGroupDeviceArgs<'_, TIn, TScale>,
+        offset: DeviceTensorMut<'_, TScale, 2>,
+    ) -> Result<()> {
+        self.run_device_inner(stream, workspace, args, Some(offset))
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn run_device_inner(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: ChooseQParamsPerGroupDeviceArgs<'_, TIn, TScale>,
+        offset: Option<DeviceTensorMut<'_, TScale, 2>>,
+    ) -> Result<()> {
+        self.can_implement_device(&args)?;
+        let recipe = &self.engine.kernel.recipe;
+        check_offset_device(PLAN, recipe, offset.as_ref(), &self.core)?;
+        self.core.check_workspace(&workspace)?;
+        let ChooseQParamsPerGroupDeviceArgs {
+            input,
+            scale,
+            zero_point,
+        } = args;
+        let none = None::<DeviceTensorMut<'_, u8, 2>>;
+        (self.engine).run_device(&self.core, stream, input, scale, zero_point, none, offset)
+    }
 
     /// Writes every group's scale and zero point. Calls `can_implement`
     /// first; on any error (including `NonFiniteInput`) nothing is written.

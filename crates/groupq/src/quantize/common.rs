@@ -494,6 +494,82 @@ impl std::fmt::Debug for GpuPlan {
 #[cfg(feature = "wgpu")]
 pub(crate) use crate::kernels::gpu::Op as GpuOp;
 
+/// The device half of a recipe plan (feature `wgpu`; uninhabited without it).
+#[cfg(feature = "wgpu")]
+#[derive(Clone, Debug)]
+pub(crate) struct GpuRecipe {
+    dev: std::sync::Arc<crate::device::WgpuDevice>,
+    programs: crate::kernels::gpu::recipe::RecipePrograms,
+}
+
+/// Uninhabited without the `wgpu` feature.
+#[cfg(not(feature = "wgpu"))]
+#[derive(Clone, Debug)]
+pub(crate) enum GpuRecipe {}
+
+#[cfg(feature = "wgpu")]
+impl std::panic::UnwindSafe for GpuRecipe {}
+#[cfg(feature = "wgpu")]
+impl std::panic::RefUnwindSafe for GpuRecipe {}
+
+impl GpuRecipe {
+    /// The programs of `recipe` on the stream's device (`codes`: the code
+    /// type of a dynamic plan).
+    pub fn new(
+        stream: &Stream,
+        plan: &'static str,
+        recipe: &crate::recipe::Recipe,
+        input: ElementKind,
+        scale: ElementKind,
+        codes: Option<ElementKind>,
+    ) -> Result<GpuRecipe> {
+        #[cfg(feature = "wgpu")]
+        if let Some(dev) = stream.device() {
+            use crate::kernels::gpu::recipe::RecipePrograms;
+            let programs = RecipePrograms::new(dev, plan, recipe, input, scale, codes)?;
+            return Ok(GpuRecipe {
+                dev: dev.clone(),
+                programs,
+            });
+        }
+        let _ = (stream, recipe, input, scale, codes);
+        Err(Error::Unsupported(format!(
+            "{plan}: device plans need a device stream (feature `wgpu`)"
+        )))
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl GpuRecipe {
+    /// As [`GpuPlan::check`].
+    pub fn check(&self, plan: &str, stream: &Stream, buffers: &[(&str, u64)]) -> Result<()> {
+        check_device(&self.dev, plan, stream, buffers)
+    }
+
+    /// Enqueues the recipe (see `RecipePrograms::enqueue`).
+    pub fn enqueue(
+        &self,
+        l: &Layout,
+        input: crate::kernels::gpu::Operand<'_>,
+        scale: crate::kernels::gpu::Operand<'_>,
+        zero_point: crate::kernels::gpu::Operand<'_>,
+        offset: Option<crate::kernels::gpu::Operand<'_>>,
+        codes: Option<crate::kernels::gpu::Operand<'_>>,
+    ) -> Result<()> {
+        self.programs.enqueue(
+            &self.dev,
+            l.outer,
+            l.num_groups,
+            l.group_size,
+            input,
+            scale,
+            zero_point,
+            offset,
+            codes,
+        )
+    }
+}
+
 /// Without the `wgpu` feature the ops are only names.
 #[cfg(not(feature = "wgpu"))]
 #[allow(dead_code)]
@@ -535,8 +611,22 @@ impl GpuPlan {
     /// The device of a `run_device` call: the plan's, which must be the
     /// stream's and every buffer's (`ids`).
     pub fn check(&self, plan: &str, stream: &Stream, buffers: &[(&str, u64)]) -> Result<()> {
+        check_device(&self.dev, plan, stream, buffers)
+    }
+}
+
+/// The device of a `run_device` call must be `dev`: the stream's and every
+/// buffer's (`buffers`: names and device ids).
+#[cfg(feature = "wgpu")]
+fn check_device(
+    dev: &crate::device::WgpuDevice,
+    plan: &str,
+    stream: &Stream,
+    buffers: &[(&str, u64)],
+) -> Result<()> {
+    {
         match stream.device() {
-            Some(d) if d.id == self.dev.id => {}
+            Some(d) if d.id == dev.id => {}
             Some(_) => {
                 return Err(Error::InvalidProblem(format!(
                     "{plan}: the stream's device is not the one the plan was selected on"
@@ -549,7 +639,7 @@ impl GpuPlan {
             }
         }
         for &(name, id) in buffers {
-            if id != self.dev.id {
+            if id != dev.id {
                 return Err(Error::InvalidProblem(format!(
                     "{plan}: {name} lives on another device than the plan's"
                 )));
@@ -557,7 +647,10 @@ impl GpuPlan {
         }
         Ok(())
     }
+}
 
+#[cfg(feature = "wgpu")]
+impl GpuPlan {
     /// Enqueues the program (see `kernels::gpu::Program::enqueue`).
     pub fn enqueue(
         &self,

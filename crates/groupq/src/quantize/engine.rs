@@ -3,7 +3,7 @@
 //! one pass over the rows that chooses each group's parameters and, for the
 //! dynamic plan, its codes.
 
-use super::common::{Layout, PlanCore, View};
+use super::common::{GpuRecipe, Layout, PlanCore, View};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::{Error, Result};
 use crate::kernels::recipe::{RecipeKernel, VectorRecipe};
@@ -13,13 +13,21 @@ use crate::recipe::{NonFinitePolicy, Recipe, ZeroPointRule};
 use crate::stream::Stream;
 use crate::tensor::{TensorMut, TensorRef};
 use rayon::prelude::*;
+#[cfg(feature = "wgpu")]
+use {
+    super::common::operand,
+    crate::device_tensor::{DeviceTensorMut, DeviceTensorRef},
+};
 
 /// A recipe bound to its types, with the vector kernels of the backend
 /// `select` chose (`None`: the scalar engine alone).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct RecipeEngine<T> {
     pub kernel: RecipeKernel,
     vector: Option<VectorRecipe<T>>,
+    /// The device programs of a plan selected on a device stream.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    gpu: Option<GpuRecipe>,
 }
 
 /// Validates a recipe's code range: `q_min < q_max` (a scale divides by the
@@ -62,27 +70,41 @@ pub(super) fn select_engine<TIn: Element, TScale: Element>(
     nibbles: bool,
     pref: PlanPreference,
 ) -> Result<(PlanCore, RecipeEngine<TIn>)> {
-    if PlanCore::for_stream::<TIn>(plan, op, None, layout, pref, stream)?.is_some() {
-        return Err(Error::Unsupported(format!(
-            "{plan}: recipes run on CPU streams only so far; on a device stream, choose the \
-             parameters on the CPU and quantize with QuantizePerGroupPlan on the device"
-        )));
-    }
     let kernel = RecipeKernel::new(recipe, TIn::KIND, TScale::KIND);
     let with_codes = op == QuantizeKind::QuantizeDynamicPerGroup;
+    if let Some(mut core) = PlanCore::for_stream::<TIn>(plan, op, aux, layout, pref, stream)? {
+        let codes = with_codes.then_some(aux).flatten();
+        let gpu = GpuRecipe::new(stream, plan, &recipe, TIn::KIND, TScale::KIND, codes)?;
+        set_guarantee(&mut core, &kernel);
+        let engine = RecipeEngine {
+            kernel,
+            vector: None,
+            gpu: Some(gpu),
+        };
+        return Ok((core, engine));
+    }
     let lookup = |b: BackendKind| match b {
         BackendKind::Scalar => Some(RecipeEngine {
             kernel,
             vector: None,
+            gpu: None,
         }),
         _ => kernel
             .vector::<TIn>(b, with_codes, nibbles)
             .map(|v| RecipeEngine {
                 kernel,
                 vector: Some(v),
+                gpu: None,
             }),
     };
     let (mut core, engine) = PlanCore::new::<TIn, _>(plan, op, aux, layout, pref, lookup)?;
+    set_guarantee(&mut core, &kernel);
+    Ok((core, engine))
+}
+
+/// The precision guarantee of a recipe plan names the recipe's arithmetic:
+/// its intermediate values are held in that dtype.
+fn set_guarantee(core: &mut PlanCore, kernel: &RecipeKernel) {
     let arithmetic = kernel.arithmetic_kind();
     let guarantee = &mut core.sku.precision_guarantee;
     guarantee.accumulator = arithmetic;
@@ -91,7 +113,6 @@ pub(super) fn select_engine<TIn: Element, TScale: Element>(
     } else {
         MathPrecision::F32
     };
-    Ok((core, engine))
 }
 
 /// A `FloatOffset` recipe needs an offset tensor (`InvalidProblem`
@@ -108,6 +129,28 @@ pub(super) fn check_offset<T>(
         )),
         None => Ok(()),
         Some(t) => core.check_views(&[], &[View::of_mut("offset", t, core.layout.param_shape())]),
+    }
+}
+
+/// [`check_offset`] for a device offset tensor.
+#[cfg(feature = "wgpu")]
+pub(super) fn check_offset_device<T>(
+    plan: &str,
+    recipe: &Recipe,
+    offset: Option<&DeviceTensorMut<'_, T, 2>>,
+    core: &PlanCore,
+) -> Result<()> {
+    match offset {
+        None if recipe.zero_point == ZeroPointRule::FloatOffset => {
+            Err(Error::InvalidProblem(format!(
+                "{plan}: the recipe writes a float offset per group: call run_device_with_offset"
+            )))
+        }
+        None => Ok(()),
+        Some(t) => core.check_views(
+            &[],
+            &[View::of_device_mut("offset", t, core.layout.param_shape())],
+        ),
     }
 }
 
@@ -147,6 +190,61 @@ fn rows<U>(t: Option<TensorMut<'_, U, 2>>) -> Rows<'_, U> {
             data: &mut [][..],
             stride: 0,
         },
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl<T: Element> RecipeEngine<T> {
+    /// The device run of a plan selected on a device stream: checks the
+    /// stream and every buffer's device, then enqueues the recipe's
+    /// programs (waiting for the non-finite check under the Error policy,
+    /// so that nothing is written on that error).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_device<TScale: Element, TOut: IntElement>(
+        &self,
+        core: &PlanCore,
+        stream: &Stream,
+        input: DeviceTensorRef<'_, T, 2>,
+        scale: DeviceTensorMut<'_, TScale, 2>,
+        zero_point: DeviceTensorMut<'_, i32, 2>,
+        codes: Option<DeviceTensorMut<'_, TOut, 2>>,
+        offset: Option<DeviceTensorMut<'_, TScale, 2>>,
+    ) -> Result<()> {
+        let gpu = self.gpu.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: run_device needs a plan selected on a device stream; this one was selected on a CPU stream",
+                core.plan
+            ))
+        })?;
+        let mut ids = vec![
+            ("input", input.buffer.device_id()),
+            ("scale", scale.buffer.device_id()),
+            ("zero_point", zero_point.buffer.device_id()),
+        ];
+        if let Some(c) = &codes {
+            ids.push(("output", c.buffer.device_id()));
+        }
+        if let Some(m) = &offset {
+            ids.push(("offset", m.buffer.device_id()));
+        }
+        gpu.check(core.plan, stream, &ids)?;
+        let l = core.layout;
+        if l.outer == 0 || l.axis == 0 {
+            return Ok(());
+        }
+        let gs = l.group_size;
+        gpu.enqueue(
+            &l,
+            operand(&input, T::KIND, gs),
+            operand(&scale.as_ref(), TScale::KIND, 1),
+            operand(&zero_point.as_ref(), ElementKind::I32, 1),
+            offset
+                .as_ref()
+                .map(|m| operand(&m.as_ref(), TScale::KIND, 1)),
+            codes
+                .as_ref()
+                .map(|c| operand(&c.as_ref(), TOut::KIND, gs / TOut::PACK)),
+        )
     }
 }
 

@@ -47,6 +47,8 @@ mod quantize_dynamic_per_group;
 mod quantize_per_group;
 mod quantize_per_group_backward;
 
+#[cfg(feature = "wgpu")]
+pub use choose_qparams_per_group::ChooseQParamsPerGroupDeviceArgs;
 pub use choose_qparams_per_group::{
     ChooseQParamsPerGroupArgs, ChooseQParamsPerGroupDescriptor, ChooseQParamsPerGroupPlan,
 };
@@ -65,6 +67,8 @@ pub use ggml_blocks::{
     DequantizeGgmlBlocksArgs, DequantizeGgmlBlocksDescriptor, DequantizeGgmlBlocksPlan,
     QuantizeGgmlBlocksArgs, QuantizeGgmlBlocksDescriptor, QuantizeGgmlBlocksPlan,
 };
+#[cfg(feature = "wgpu")]
+pub use quantize_dynamic_per_group::QuantizeDynamicPerGroupDeviceArgs;
 pub use quantize_dynamic_per_group::{
     QuantizeDynamicPerGroupArgs, QuantizeDynamicPerGroupDescriptor, QuantizeDynamicPerGroupPlan,
 };

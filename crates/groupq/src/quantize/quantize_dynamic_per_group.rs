@@ -2,7 +2,11 @@
 //! by a [`Recipe`].
 
 use super::common::{check_kind, Layout, PlanCore, View};
+#[cfg(feature = "wgpu")]
+use super::engine::check_offset_device;
 use super::engine::{check_offset, check_recipe, select_engine, RecipeEngine};
+#[cfg(feature = "wgpu")]
+use crate::device_tensor::{DeviceTensorMut, DeviceTensorRef};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::Result;
 use crate::plan::{PlanPreference, QuantizeKind};
@@ -54,6 +58,21 @@ pub struct QuantizeDynamicPerGroupArgs<'a, TIn, TScale, TOut> {
     pub zero_point: TensorMut<'a, i32, 2>,
     /// `[outer_size, axis_size]` codes, written.
     pub output: TensorMut<'a, TOut, 2>,
+}
+
+/// The device tensors of one dynamic quantization on a device stream
+/// (feature `wgpu`): as [`QuantizeDynamicPerGroupArgs`], in device memory.
+#[cfg(feature = "wgpu")]
+#[derive(Debug)]
+pub struct QuantizeDynamicPerGroupDeviceArgs<'a, TIn, TScale, TOut> {
+    /// `[outer_size, axis_size]` values.
+    pub input: DeviceTensorRef<'a, TIn, 2>,
+    /// `[outer_size, num_groups]` scales, written.
+    pub scale: DeviceTensorMut<'a, TScale, 2>,
+    /// `[outer_size, num_groups]` zero points, written.
+    pub zero_point: DeviceTensorMut<'a, i32, 2>,
+    /// `[outer_size, axis_size / PACK]` codes, written.
+    pub output: DeviceTensorMut<'a, TOut, 2>,
 }
 
 /// Chooses each group's scale and zero point and quantizes it, reading the
@@ -159,6 +178,72 @@ impl<TIn: Element, TScale: Element, TOut: IntElement>
     }
 
     plan_info_methods!();
+
+    /// [`can_implement`](Self::can_implement) for device tensors.
+    #[cfg(feature = "wgpu")]
+    pub fn can_implement_device(
+        &self,
+        args: &QuantizeDynamicPerGroupDeviceArgs<'_, TIn, TScale, TOut>,
+    ) -> Result<()> {
+        let l = &self.core.layout;
+        self.core.check_views(
+            &[View::of_device("input", &args.input, l.data_shape())],
+            &[
+                View::of_device_mut("scale", &args.scale, l.param_shape()),
+                View::of_device_mut("zero_point", &args.zero_point, l.param_shape()),
+                View::of_device_mut("output", &args.output, l.codes_shape(TOut::PACK)),
+            ],
+        )
+    }
+
+    /// Writes scales, zero points and codes of device tensors on the device
+    /// stream the plan was selected on (feature `wgpu`), bit-identical to
+    /// the CPU backends; waits only for the non-finite check under the
+    /// recipe's Error policy (see
+    /// [`ChooseQParamsPerGroupPlan::run_device`](crate::ChooseQParamsPerGroupPlan::run_device)).
+    #[cfg(feature = "wgpu")]
+    pub fn run_device(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: QuantizeDynamicPerGroupDeviceArgs<'_, TIn, TScale, TOut>,
+    ) -> Result<()> {
+        self.run_device_inner(stream, workspace, args, None)
+    }
+
+    /// [`run_device`](Self::run_device) that also writes each group's float offset.
+    #[cfg(feature = "wgpu")]
+    pub fn run_device_with_offset(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: QuantizeDynamicPerGroupDeviceArgs<'_, TIn, TScale, TOut>,
+        offset: DeviceTensorMut<'_, TScale, 2>,
+    ) -> Result<()> {
+        self.run_device_inner(stream, workspace, args, Some(offset))
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn run_device_inner(
+        &self,
+        stream: &Stream,
+        workspace: Workspace<'_>,
+        args: QuantizeDynamicPerGroupDeviceArgs<'_, TIn, TScale, TOut>,
+        offset: Option<DeviceTensorMut<'_, TScale, 2>>,
+    ) -> Result<()> {
+        self.can_implement_device(&args)?;
+        let recipe = &self.engine.kernel.recipe;
+        check_offset_device(PLAN, recipe, offset.as_ref(), &self.core)?;
+        self.core.check_workspace(&workspace)?;
+        let QuantizeDynamicPerGroupDeviceArgs {
+            input,
+            scale,
+            zero_point,
+            output,
+        } = args;
+        let core = &self.core;
+        (self.engine).run_device(core, stream, input, scale, zero_point, Some(output), offset)
+    }
 
     /// Writes scales, zero points and codes. Calls `can_implement` first; on
     /// any error (including `NonFiniteInput`) nothing is written. A recipe

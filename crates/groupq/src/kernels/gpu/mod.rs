@@ -18,6 +18,8 @@ use crate::plan::SteBoundary;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+pub(crate) mod recipe;
+
 const SOFT32: &str = include_str!("soft32.wgsl");
 const SOFT64: &str = include_str!("soft64.wgsl");
 /// Invocations per workgroup.
@@ -60,17 +62,20 @@ pub(crate) struct Geometry {
 #[derive(Clone)]
 pub(crate) struct Program {
     pipeline: Arc<wgpu::ComputePipeline>,
-    op: Op,
     /// The output's storage kind.
     out: ElementKind,
+    /// One invocation per group (the recipe's choose pass) instead of one
+    /// per output word.
+    per_group: bool,
     label: &'static str,
 }
 
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Program")
-            .field("op", &self.op)
+            .field("label", &self.label)
             .field("out", &self.out)
+            .field("per_group", &self.per_group)
             .finish()
     }
 }
@@ -149,6 +154,7 @@ fn mfrom_mag(sign: u32, mag: u32) -> MT {{ return {m}_from_mag(sign, mag); }}"
     a_base: u32, a_stride: u32, b_base: u32, b_stride: u32,
     c_base: u32, c_stride: u32, d_base: u32, d_stride: u32,
     group: u32, q_min: i32, q_max: i32, wg_x: u32,
+    r0: u32, g0: u32, groups: u32, chunk_groups: u32,
 }
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read_write> out_buf: array<u32>;
@@ -273,9 +279,16 @@ fn mfrom_mag(sign: u32, mag: u32) -> MT {{ return {m}_from_mag(sign, mag); }}"
         "u32"
     };
     let _ = writeln!(s, "alias UT = {ut};\n{value}");
-    // The main loop: invocation `w` owns output word `w` of the window (two
-    // words for an f64 unit) and writes the units of it that belong to the
-    // chunk, keeping the other bits: no two invocations share a word.
+    s.push_str(&word_main(out_kind));
+    s
+}
+
+/// The `main` of a per-word program over `value(row, col)`: invocation `w`
+/// owns output word `w` of the window (two words for an f64 unit) and
+/// writes the units of it that belong to the chunk, keeping the other
+/// bits: no two invocations share a word.
+pub(crate) fn word_main(out_kind: ElementKind) -> String {
+    let mut s = String::new();
     let ub = unit_bytes(out_kind);
     if ub == 8 {
         s.push_str(
@@ -352,11 +365,22 @@ impl Program {
             Op::Quantize => code,
             _ => float,
         };
-        let pipeline = dev.pipeline(source(op, float, code))?;
+        Program::compile(dev, label, source(op, float, code), out, false)
+    }
+
+    /// A program from WGSL `source` writing units of `out` (per word, or
+    /// `per_group`: one invocation per group).
+    pub fn compile(
+        dev: &WgpuDevice,
+        label: &'static str,
+        source: String,
+        out: ElementKind,
+        per_group: bool,
+    ) -> Result<Program> {
         Ok(Program {
-            pipeline,
-            op,
+            pipeline: dev.pipeline(source)?,
             out,
+            per_group,
             label,
         })
     }
@@ -374,6 +398,29 @@ impl Program {
         q_min: i32,
         q_max: i32,
         operands: &[Operand<'_>],
+    ) -> Result<()> {
+        self.enqueue_with(
+            dev,
+            rows,
+            groups,
+            group_size,
+            (q_min, q_max),
+            operands,
+            None,
+        )
+    }
+
+    /// [`enqueue`](Self::enqueue) with a whole buffer bound at binding 7.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue_with(
+        &self,
+        dev: &WgpuDevice,
+        rows: usize,
+        groups: usize,
+        group_size: usize,
+        (q_min, q_max): (i32, i32),
+        operands: &[Operand<'_>],
+        extra: Option<&wgpu::Buffer>,
     ) -> Result<()> {
         if rows == 0 || groups == 0 {
             return Ok(());
@@ -397,7 +444,9 @@ impl Program {
                 let windows: Vec<Window> =
                     operands.iter().map(|o| window(&o.geo, c, align)).collect();
                 let out = &windows[0];
-                let n_inv = if out_ub == 8 {
+                let n_inv = if self.per_group {
+                    (c.rows * c.groups) as u64
+                } else if out_ub == 8 {
                     (out.end - out.start) / 8
                 } else {
                     (out.end - out.start) / 4
@@ -405,7 +454,7 @@ impl Program {
                 let n_wg = n_inv.div_ceil(u64::from(WORKGROUP));
                 let wg_x = n_wg.min(max_wg);
                 let wg_y = n_wg.div_ceil(wg_x);
-                let mut p = [0u32; 17];
+                let mut p = [0u32; 21];
                 p[0] = n_inv as u32;
                 p[1] = c.rows as u32;
                 p[2] = out.base as u32;
@@ -419,6 +468,10 @@ impl Program {
                 p[14] = q_min as u32;
                 p[15] = q_max as u32;
                 p[16] = wg_x as u32;
+                p[17] = c.r0 as u32;
+                p[18] = c.g0 as u32;
+                p[19] = groups as u32;
+                p[20] = c.groups as u32;
                 let bytes: Vec<u8> = p.iter().flat_map(|v| v.to_le_bytes()).collect();
                 let uniform = wgpu::util::DeviceExt::create_buffer_init(
                     &dev.device,
@@ -440,6 +493,12 @@ impl Program {
                             offset: w.start,
                             size: wgpu::BufferSize::new(w.end - w.start),
                         }),
+                    });
+                }
+                if let Some(b) = extra {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: 7,
+                        resource: b.as_entire_binding(),
                     });
                 }
                 groups_out.push(dev.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -471,6 +530,40 @@ impl Program {
             dev.queue.submit([enc.finish()]);
         })
     }
+}
+
+/// The first word of `buffer` (`COPY_SRC`), after all queued work.
+pub(crate) fn read_u32(dev: &WgpuDevice, buffer: &wgpu::Buffer) -> Result<u32> {
+    let staging = dev.scoped("reading a flag", || {
+        let staging = dev.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("groupq flag readback"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = dev
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, 4);
+        dev.queue.submit([enc.finish()]);
+        staging
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    dev.wait()?;
+    match rx.recv() {
+        Ok(Ok(())) => {}
+        _ => return Err(Error::Backend("reading a flag: mapping failed".into())),
+    }
+    let v = staging
+        .get_mapped_range(..)
+        .map_err(|e| Error::Backend(format!("reading a flag: {e}")))?;
+    let word = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+    drop(v);
+    staging.unmap();
+    Ok(word)
 }
 
 /// A chunk of the problem: rows `[r0, r0 + rows)`, groups `[g0, g0 + groups)`.

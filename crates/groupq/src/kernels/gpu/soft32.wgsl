@@ -321,3 +321,67 @@ fn f32_canonical(f: u32) -> u32 {
     }
     return f;
 }
+
+// ---- comparisons and roundings to integral values (the recipe plans) ----
+
+// IEEE a < b (false with a NaN; -0 == +0).
+fn f32_lt(a: u32, b: u32) -> bool {
+    if (f32_is_nan(a) || f32_is_nan(b) || ((a | b) & 0x7fffffffu) == 0u) {
+        return false;
+    }
+    let sa = (a & SIGN) != 0u;
+    let sb = (b & SIGN) != 0u;
+    if (sa != sb) {
+        return sa;
+    }
+    if (sa) {
+        return a > b;
+    }
+    return a < b;
+}
+
+// Rust's min/max: a NaN operand gives the other one, and of two equal
+// values (+0 and -0) the first.
+fn f32_min(a: u32, b: u32) -> u32 {
+    if (f32_is_nan(a) || f32_lt(b, a)) {
+        return b;
+    }
+    return a;
+}
+
+fn f32_max(a: u32, b: u32) -> u32 {
+    if (f32_is_nan(a) || f32_lt(a, b)) {
+        return b;
+    }
+    return a;
+}
+
+// t rounded to an integral value: mode 0 half to even, 1 half away from
+// zero, 2 toward zero. NaN and infinities pass; the sign of a zero result
+// is t's.
+fn f32_round_int(t: u32, mode: u32) -> u32 {
+    let a = t & 0x7fffffffu;
+    if (a >= 0x4b000000u) {
+        return t;
+    }
+    let sign = t & SIGN;
+    if (a < 0x3f000000u) {
+        return sign;
+    }
+    let m = (a & 0x7fffffu) | 0x800000u;
+    let shift = 150u - (a >> 23u);
+    var q = m >> shift;
+    let rem = m & ((1u << shift) - 1u);
+    let half = 1u << (shift - 1u);
+    if (mode == 0u && (rem > half || (rem == half && (q & 1u) == 1u))) {
+        q = q + 1u;
+    } else if (mode == 1u && rem >= half) {
+        q = q + 1u;
+    }
+    return sign | f32_from_mag(0u, q);
+}
+
+// An integral value (or infinity) to i32, saturating; NaN -> 0.
+fn f32_int_to_i32(t: u32) -> i32 {
+    return f32_rne_i32(t);
+}

@@ -254,3 +254,98 @@ fn f64_canonical(f: u64) -> u64 {
     }
     return f;
 }
+
+fn f64_lt(a: u64, b: u64) -> bool {
+    if (f64_is_nan(a) || f64_is_nan(b) || ((a | b) & MAG64) == 0lu) {
+        return false;
+    }
+    let sa = (a & SIGN64) != 0lu;
+    let sb = (b & SIGN64) != 0lu;
+    if (sa != sb) {
+        return sa;
+    }
+    if (sa) {
+        return a > b;
+    }
+    return a < b;
+}
+
+fn f64_min(a: u64, b: u64) -> u64 {
+    if (f64_is_nan(a) || f64_lt(b, a)) {
+        return b;
+    }
+    return a;
+}
+
+fn f64_max(a: u64, b: u64) -> u64 {
+    if (f64_is_nan(a) || f64_lt(a, b)) {
+        return b;
+    }
+    return a;
+}
+
+fn f64_round_int(t: u64, mode: u32) -> u64 {
+    let a = t & MAG64;
+    if (a >= 0x4330000000000000lu) {
+        return t;
+    }
+    let sign = t & SIGN64;
+    if (a < 0x3fe0000000000000lu) {
+        return sign;
+    }
+    let m = (a & FRAC64) | 0x0010000000000000lu;
+    let shift = u32(1075lu - (a >> 52u));
+    var q = m >> shift;
+    let rem = m & ((1lu << shift) - 1lu);
+    let half = 1lu << (shift - 1u);
+    if (mode == 0u && (rem > half || (rem == half && (q & 1lu) == 1lu))) {
+        q = q + 1lu;
+    } else if (mode == 1u && rem >= half) {
+        q = q + 1lu;
+    }
+    if (q == 0lu) {
+        return sign;
+    }
+    return f64_round(sign, q, 0, false);
+}
+
+fn f64_int_to_i32(t: u64) -> i32 {
+    return f64_rne_i32(t);
+}
+
+// binary32 bits -> binary64 bits (exact; NaN canonical).
+fn f32_to_f64(f: u32) -> u64 {
+    let sign = u64(f & SIGN) << 32u;
+    let a = f & 0x7fffffffu;
+    if (a > F32_INF) {
+        return F64_NAN;
+    }
+    if (a == F32_INF) {
+        return sign | F64_INF;
+    }
+    if (a == 0u) {
+        return sign;
+    }
+    let u = f32_unpack(a);
+    return f64_round(sign, u64(u.m), u.e, false);
+}
+
+// binary64 -> binary32, nearest-even, subnormals kept; NaN canonical.
+fn f64_to_f32(d: u64) -> u32 {
+    let sign = u32(d >> 32u) & SIGN;
+    let a = d & MAG64;
+    if (a > F64_INF) {
+        return F32_NAN;
+    }
+    if (a == F64_INF) {
+        return sign | F32_INF;
+    }
+    if (a == 0lu) {
+        return sign;
+    }
+    let u = f64_unpack(a);
+    // 53 bits: keep the top 31 in a u32, the rest sticky.
+    let m = u32(u.m >> 22u);
+    let sticky = (u.m & 0x3ffffflu) != 0lu;
+    return f32_round(sign, m, u.e + 22, sticky);
+}
