@@ -870,10 +870,23 @@ fn device_errors_are_typed() {
     assert!(QuantizePerGroupPlan::<f32, i8>::select(gpu, &desc, prefer(BackendKind::Wgpu)).is_ok());
 
     // Plans without a device form refuse device streams at select.
-    let torch = groupq::recipe::Recipe::torch_per_channel_group(-128, 127).quantize;
-    let e =
-        QuantizePerGroupPlan::<f32, i8>::select_with_formula(gpu, &desc, torch, Default::default());
+    let ggml = QuantizeGgmlBlocksDescriptor {
+        rows: 1,
+        n_per_row: 32,
+        ggml_type: groupq::ggml::GgmlType::Q4_0,
+        imatrix: false,
+    };
+    let e = QuantizeGgmlBlocksPlan::select(gpu, &ggml, Default::default());
     unsupported(e.map(|_| ()), "CPU streams only");
+    // Formulas other than SPEC's need 64-bit integers on the device.
+    let torch = groupq::recipe::Recipe::torch_per_channel_group(-128, 127).quantize;
+    let e = QuantizePerGroupPlan::<f32, i8>::select_with_formula(
+        &other,
+        &desc,
+        torch,
+        Default::default(),
+    );
+    unsupported(e.map(|_| ()), "SHADER_INT64");
 
     // Too large for the device.
     let max = gpu.wgpu_device().unwrap().limits().max_buffer_size;
@@ -1228,4 +1241,88 @@ fn recipe_non_finite_error_writes_nothing() {
     assert!(ds.to_vec(gpu).unwrap().iter().all(|&v| v == bf16::ONE));
     assert!(dz.to_vec(gpu).unwrap().iter().all(|&v| v == 5));
     assert!(dq.to_vec(gpu).unwrap().iter().all(|&v| v == 3));
+}
+
+/// `select_with_formula`: every preset's quantize formula on caller-given
+/// scales and zero points (any i32, huge ones included), device = scalar.
+fn formula_case<T: Element, Q: IntElement>(
+    gpu: &Stream,
+    seed: u64,
+    (rows, groups, gs): (usize, usize, usize),
+) {
+    let mut rng = Rng(seed | 1);
+    let gs = gs * Q::PACK;
+    let cols = groups * gs;
+    let (q_min, q_max) = (Q::MIN, Q::MAX);
+    let x: Vec<T> = (0..rows * cols).map(|_| value(rng.next())).collect();
+    let s: Vec<T> = (0..rows * groups).map(|_| scale(rng.next())).collect();
+    let z: Vec<i32> = (0..rows * groups)
+        .map(|_| zero_point(rng.next(), q_min, q_max))
+        .collect();
+    let desc = QuantizePerGroupDescriptor {
+        outer_size: rows,
+        axis_size: cols,
+        group_size: gs,
+        q_min,
+        q_max,
+        input_element: T::KIND,
+        output_element: Q::KIND,
+    };
+    let (cpu, pref) = scalar();
+    let (dx, ds, dz) = (
+        DeviceBuffer::from_slice(gpu, &x).unwrap(),
+        DeviceBuffer::from_slice(gpu, &s).unwrap(),
+        DeviceBuffer::from_slice(gpu, &z).unwrap(),
+    );
+    for recipe in presets(true).into_iter().chain(presets(false)) {
+        let f = recipe.quantize;
+        let mut want = vec![Q::default(); rows * cols / Q::PACK];
+        QuantizePerGroupPlan::<T, Q>::select_with_formula(&cpu, &desc, f, pref)
+            .unwrap()
+            .run(
+                &cpu,
+                Workspace::None,
+                QuantizePerGroupArgs {
+                    input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                    scale: TensorRef::new(&s, [rows, groups]).unwrap(),
+                    zero_point: TensorRef::new(&z, [rows, groups]).unwrap(),
+                    output: TensorMut::new(&mut want, [rows, cols / Q::PACK]).unwrap(),
+                },
+            )
+            .unwrap();
+        let plan =
+            QuantizePerGroupPlan::<T, Q>::select_with_formula(gpu, &desc, f, Default::default())
+                .unwrap();
+        let mut dq = DeviceBuffer::<Q>::zeros(gpu, want.len()).unwrap();
+        plan.run_device(
+            gpu,
+            Workspace::None,
+            QuantizePerGroupDeviceArgs {
+                input: dx.view([rows, cols]).unwrap(),
+                scale: ds.view([rows, groups]).unwrap(),
+                zero_point: dz.view([rows, groups]).unwrap(),
+                output: dq.view_mut([rows, cols / Q::PACK]).unwrap(),
+            },
+        )
+        .unwrap();
+        assert!(
+            bytes(&dq.to_vec(gpu).unwrap()) == bytes(&want),
+            "{}→{} {rows}×{cols}/{gs} {f:?}",
+            T::KIND,
+            Q::KIND
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+    #[test]
+    fn formulas_on_caller_parameters(seed in any::<u64>(), rows in 1usize..4, groups in 1usize..4,
+                                     gs in prop::sample::select(vec![1usize, 4, 32])) {
+        let Some(gpu) = gpu() else { return Ok(()) };
+        formula_case::<f32, i8>(gpu, seed, (rows, groups, gs));
+        formula_case::<bf16, u8>(gpu, seed, (rows, groups, gs));
+        formula_case::<f16, S4>(gpu, seed, (rows, groups, gs));
+        formula_case::<f64, U4>(gpu, seed, (rows, groups, gs));
+    }
 }

@@ -579,6 +579,7 @@ pub(crate) enum GpuOp {
     Dequantize,
     QuantizeBackward(crate::plan::SteBoundary),
     DequantizeBackward,
+    Formula(crate::recipe::QuantizeFormula),
 }
 
 impl GpuPlan {

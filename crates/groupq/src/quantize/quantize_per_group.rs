@@ -149,7 +149,10 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
     /// has its vector form (every preset's, except the fused
     /// reciprocal-add), with results bit-identical to the scalar engine,
     /// and on the scalar backend otherwise (another preferred backend is
-    /// then `Unsupported`). Packed `S4`/`U4` codes take the same path.
+    /// then `Unsupported`). Packed `S4`/`U4` codes take the same path. On a
+    /// device stream every formula runs on the device, bit-identical too
+    /// (formulas other than SPEC's need the device feature `SHADER_INT64`:
+    /// a zero point is added in f64, as the CPU engine adds it).
     ///
     /// ```
     /// use groupq::*;
@@ -214,12 +217,12 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
                 .map(|v| Forward::Vector(formula_kernel, v)),
         };
         let aux = Some(TOut::KIND);
-        let device = match spec {
-            true => Ok((GpuOp::Quantize, TIn::KIND, TOut::KIND)),
-            false => Err(format!(
-                "the formula {formula:?} runs on CPU streams only (SPEC §3.1's runs on both)"
-            )),
+        let gop = if spec {
+            GpuOp::Quantize
+        } else {
+            GpuOp::Formula(formula)
         };
+        let device = Ok((gop, TIn::KIND, TOut::KIND));
         let (core, kernel, gpu) =
             PlanCore::select_on::<TIn, _>(PLAN, op, aux, layout, pref, stream, lookup, device)?;
         Ok(QuantizePerGroupPlan {

@@ -36,6 +36,9 @@ pub(crate) enum Op {
     QuantizeBackward(SteBoundary),
     /// §3.4: `a` grad_output, `b` scale → floats.
     DequantizeBackward,
+    /// A recipe's quantize formula on caller-given parameters (bindings as
+    /// `Quantize`).
+    Formula(crate::recipe::QuantizeFormula),
 }
 
 /// One operand of a dispatch: a 2-D view of a device buffer, in storage
@@ -183,7 +186,7 @@ fn mfrom_mag(sign: u32, mag: u32) -> MT {{ return {m}_from_mag(sign, mag); }}"
     );
     // `value(row, col)`: the bits of output unit `col` of chunk row `row`.
     let (out_kind, value) = match op {
-        Op::Quantize => {
+        Op::Quantize | Op::Formula(_) => {
             float_loader(&mut s, "a", float);
             let pack = if matches!(code, ElementKind::S4 | ElementKind::U4) {
                 2
@@ -354,18 +357,21 @@ impl Program {
         float: ElementKind,
         code: ElementKind,
     ) -> Result<Program> {
-        if float == ElementKind::F64 && !dev.has_int64() {
+        let formula = matches!(op, Op::Formula(_));
+        if (float == ElementKind::F64 || formula) && !dev.has_int64() {
             return Err(Error::Unsupported(format!(
-                "{label}: f64 on the device needs the wgpu feature SHADER_INT64 (f64 arithmetic is done \
-                 exactly on the bits in 64-bit integers; SHADER_F64 alone is not enough), which device {:?} lacks",
+                "{label}: f64, and quantize formulas other than SPEC §3.1's, on the device need the wgpu \
+                 feature SHADER_INT64 (f64 arithmetic is done exactly on the bits in 64-bit integers; \
+                 SHADER_F64 alone is not enough), which device {:?} lacks",
                 dev.info.name
             )));
         }
-        let out = match op {
-            Op::Quantize => code,
-            _ => float,
+        let (out, src) = match op {
+            Op::Formula(f) => (code, recipe::formula_source(&f, float, code)),
+            Op::Quantize => (code, source(op, float, code)),
+            _ => (float, source(op, float, code)),
         };
-        Program::compile(dev, label, source(op, float, code), out, false)
+        Program::compile(dev, label, src, out, false)
     }
 
     /// A program from WGSL `source` writing units of `out` (per word, or

@@ -18,8 +18,8 @@ use crate::element::ElementKind;
 use crate::error::{Error, Result};
 use crate::kernels::recipe::{eps_value, Arith};
 use crate::recipe::{
-    EpsPolicy, Mapping, NonFinitePolicy, Recipe, Rounding, ScaleApplication, SymmetricDivisor,
-    ZeroPointRule, ZeroPointStage,
+    EpsPolicy, Mapping, NonFinitePolicy, QuantizeFormula, Recipe, Rounding, ScaleApplication,
+    SymmetricDivisor, ZeroPointRule, ZeroPointStage,
 };
 use std::fmt::Write as _;
 
@@ -283,8 +283,21 @@ fn choose_body(label: &str, recipe: &Recipe, a: ElementKind, eps: f64) -> Result
 
 /// WGSL of `code(x, s, z, m) -> i32` for the recipe's quantize formula in
 /// arithmetic `q` (prefix `q`), as `kernels::recipe::quantize`.
-fn code_body(recipe: &Recipe, q: ElementKind) -> String {
-    let f = &recipe.quantize;
+/// WGSL of `code(x, s, z, m) -> i32` for quantize formula `f` in arithmetic
+/// `q` (prefix `q`), codes clamped to `[lo, hi]` (WGSL expressions), as
+/// `kernels::recipe::quantize`. `wide_z`: the zero point (any i32) is
+/// added in f64 and the sum rounded to the arithmetic, as the engine does;
+/// otherwise in the arithmetic (exact for the recipes' small zero points).
+/// `wide_s`: the scale is an f64 (`u64` bits) while the arithmetic is
+/// narrower, so the operations with it are done in f64 and rounded, as the
+/// engine does with a caller's f64 scale.
+fn code_body(
+    f: &QuantizeFormula,
+    (lo, hi): (&str, &str),
+    q: ElementKind,
+    wide_z: bool,
+    wide_s: bool,
+) -> String {
     let (zero, one, half) = (
         lit(q, 0.0).unwrap_or_default(),
         lit(q, 1.0).unwrap_or_default(),
@@ -302,20 +315,37 @@ fn code_body(recipe: &Recipe, q: ElementKind) -> String {
     let half_up =
         f.rounding == Rounding::HalfUp && f.zero_point_stage == ZeroPointStage::BeforeRounding;
     let v = match f.scale_application {
-        ScaleApplication::Divide => "q_div(x, s)",
-        _ => "q_mul(x, q_div({one}, s))",
+        ScaleApplication::Divide => "x_div_s(x, s)",
+        _ => "q_mul(x, inv_s(s))",
     }
     .replace("{one}", &one);
+    // v + z (+ 0.5 for ggml's `x * id + 8.5`, where z + 0.5 is one constant).
+    let add_z = if q == ElementKind::F64 {
+        "fn add_z(v: qT, z: i32, half: bool) -> qT {
+    var c = f64_from_i32(z);
+    if (half) { c = f64_add(c, 0x3fe0000000000000lu); }
+    return q_add(v, c);
+}
+"
+    } else if wide_z {
+        "fn add_z(v: qT, z: i32, half: bool) -> qT {
+    var c = f64_from_i32(z);
+    if (half) { c = f64_add(c, 0x3fe0000000000000lu); }
+    return q_r(f64_to_f32(f64_add(f32_to_f64(v), c)));
+}
+"
+    } else {
+        "fn add_z(v: qT, z: i32, half: bool) -> qT {
+    var c = f32_from_i32(z);
+    if (half) { c = f32_add(c, 0x3f000000u); }
+    return q_add(v, c);
+}
+"
+    };
     let r = match f.zero_point_stage {
-        // ggml's `x * id + 8.5`: z + 0.5 is one constant (z is small).
-        ZeroPointStage::BeforeRounding if half_up => {
-            format!(
-                "q_round(q_add(v, {m}_add(q_from_i32(z), {half})), 2u)",
-                m = if q == ElementKind::F64 { "f64" } else { "f32" }
-            )
-        }
-        ZeroPointStage::BeforeRounding => round("q_add(v, q_from_i32(z))"),
-        ZeroPointStage::AfterRounding => format!("q_add({}, q_from_i32(z))", round("v")),
+        ZeroPointStage::BeforeRounding if half_up => "q_round(add_z(v, z, true), 2u)".to_string(),
+        ZeroPointStage::BeforeRounding => round("add_z(v, z, false)"),
+        ZeroPointStage::AfterRounding => format!("add_z({}, z, false)", round("v")),
     };
     // The fused reciprocal-add: x * rd(1 / s) + c rounded once in f64 (the
     // product of two f32 values is exact there), then to the arithmetic, as
@@ -333,11 +363,7 @@ fn code_body(recipe: &Recipe, q: ElementKind) -> String {
         } else {
             "f64_from_i32(z)"
         };
-        let t64 = format!(
-            "f64_add(f64_mul({}, {}), {c})",
-            wide("x"),
-            wide(&format!("q_div({one}, s)"))
-        );
+        let t64 = format!("f64_add(f64_mul({}, {}), {c})", wide("x"), wide("inv_s(s)"));
         let t = if q == ElementKind::F64 {
             t64
         } else {
@@ -349,25 +375,96 @@ fn code_body(recipe: &Recipe, q: ElementKind) -> String {
             round("t")
         };
         format!(
-            "    if (!q_zero(s)) {{\n        let t = {t};\n        return q_code({r}, {lo}, {hi});\n    }}\n",
-            lo = recipe.q_min,
-            hi = recipe.q_max
+            "    if (!s_zero(s)) {{\n        let t = {t};\n        return q_code({r}, {lo}, {hi});\n    }}\n"
         )
     } else {
         String::new()
     };
+    let scale_ops = if wide_s {
+        "alias sT = u64;
+fn s_zero(s: u64) -> bool { return f64_is_zero(s); }
+fn x_div_s(x: qT, s: u64) -> qT { return q_r(f64_to_f32(f64_div(f32_to_f64(x), s))); }
+fn inv_s(s: u64) -> qT { return q_r(f64_to_f32(f64_div(0x3ff0000000000000lu, s))); }
+"
+        .to_string()
+    } else {
+        format!(
+            "alias sT = qT;
+fn s_zero(s: qT) -> bool {{ return q_zero(s); }}
+fn x_div_s(x: qT, s: qT) -> qT {{ return q_div(x, s); }}
+fn inv_s(s: qT) -> qT {{ return q_div({one}, s); }}
+"
+        )
+    };
     format!(
-        "fn code(x0: qT, s: qT, z: i32, m: qT) -> i32 {{
+        "{add_z}{scale_ops}fn code(x0: qT, s: sT, z: i32, m: qT) -> i32 {{
     var x = q_r(x0);
     if (!q_zero(m)) {{ x = q_sub(x, m); }}
 {fused}    var v = {zero};
-    if (!q_zero(s)) {{ v = {v}; }}
+    if (!s_zero(s)) {{ v = {v}; }}
     return q_code({r}, {lo}, {hi});
 }}
 ",
-        lo = recipe.q_min,
-        hi = recipe.q_max,
     )
+}
+
+/// The WGSL of `QuantizePerGroupPlan::select_with_formula`'s formula `f` on
+/// caller-given scales (of the input's dtype) and zero points: one output
+/// word per invocation, bindings as the SPEC forward's (out, input, scale,
+/// zero point), the code range from the uniforms. Needs SHADER_INT64: a
+/// caller's zero point may be any i32, added in f64 as the engine does.
+pub(crate) fn formula_source(f: &QuantizeFormula, input: ElementKind, code: ElementKind) -> String {
+    let q = Recipe::arithmetic_kind(f.arithmetic, input);
+    let mut s = String::new();
+    s.push_str(super::SOFT32);
+    s.push_str(super::SOFT64);
+    s.push_str(PARAMS);
+    s.push_str(&arith("q", q));
+    // A caller's f64 scale meets a narrower arithmetic unrounded.
+    let wide_s = input == ElementKind::F64 && q != ElementKind::F64;
+    s.push_str(&code_body(f, ("P.q_min", "P.q_max"), q, true, wide_s));
+    let pack = if matches!(code, ElementKind::S4 | ElementKind::U4) {
+        2
+    } else {
+        1
+    };
+    let per = if pack == 2 {
+        "(u32(qv) & 15u) << (4u * n)"
+    } else {
+        "u32(qv) & 0xffu"
+    };
+    let zero = lit(q, 0.0).unwrap_or_default();
+    let _ = write!(
+        s,
+        "@group(0) @binding(1) var<storage, read_write> out_buf: array<u32>;
+@group(0) @binding(2) var<storage, read> a_buf: array<u32>;
+@group(0) @binding(3) var<storage, read> b_buf: array<u32>;
+@group(0) @binding(4) var<storage, read> c_buf: array<u32>;
+fn ld_x(i: u32) -> qT {{ return {load}; }}
+fn ld_s(i: u32) -> sT {{ return {ls}; }}
+alias UT = u32;
+fn value(row: u32, col: u32) -> u32 {{
+    var bits = 0u;
+    for (var n = 0u; n < {pack}u; n = n + 1u) {{
+        let j = col * {pack}u + n;
+        let g = j / P.group;
+        let s = ld_s(P.b_base + row * P.b_stride + g);
+        let z = bitcast<i32>(c_buf[P.c_base + row * P.c_stride + g]);
+        let qv = code(ld_x(P.a_base + row * P.a_stride + j), s, z, {zero});
+        bits = bits | ({per});
+    }}
+    return bits;
+}}
+",
+        load = load_input("a", input, q),
+        ls = if wide_s {
+            load_input("b", input, ElementKind::F64)
+        } else {
+            load_input("b", input, q)
+        },
+    );
+    s.push_str(&super::word_main(code));
+    s
 }
 
 /// The compiled programs of one recipe plan.
@@ -558,7 +655,8 @@ fn value(row: u32, col: u32) -> UT {{
                 let mut s = String::new();
                 prelude(&mut s);
                 s.push_str(&arith("q", q));
-                s.push_str(&code_body(recipe, q));
+                let (lo, hi) = (recipe.q_min.to_string(), recipe.q_max.to_string());
+                s.push_str(&code_body(&recipe.quantize, (&lo, &hi), q, false, false));
                 let pack = if matches!(code_kind, ElementKind::S4 | ElementKind::U4) {
                     2
                 } else {
