@@ -408,7 +408,7 @@ impl Bench {
                     plan.run(stream, Workspace::None, args).unwrap()
                 }
             },
-            |_, _| None,
+            |gpu, reps| gpu_bench::dynamic::<TIn, S, Q>(gpu, &desc, &x, reps),
         )
     }
 
@@ -812,6 +812,37 @@ mod gpu_bench {
         })
     }
 
+    pub fn dynamic<T: Element, S: Element, Q: IntElement>(
+        gpu: &Stream,
+        desc: &QuantizeDynamicPerGroupDescriptor,
+        x: &[T],
+        reps: usize,
+    ) -> Option<f64> {
+        let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(gpu, desc, Default::default())
+            .map_err(|e| eprintln!("device: {e}"))
+            .ok()?;
+        let (rows, cols, g) = (desc.outer_size, desc.axis_size, desc.num_groups());
+        let dx = up(gpu, x)?;
+        let mut ds = DeviceBuffer::<S>::zeros(gpu, rows * g).ok()?;
+        let mut dz = DeviceBuffer::<i32>::zeros(gpu, rows * g).ok()?;
+        let mut dm = DeviceBuffer::<S>::zeros(gpu, rows * g).ok()?;
+        let mut dq = DeviceBuffer::<Q>::zeros(gpu, rows * cols / Q::PACK).ok()?;
+        let offset = desc.recipe.zero_point == groupq::recipe::ZeroPointRule::FloatOffset;
+        median(gpu, reps, || {
+            let args = QuantizeDynamicPerGroupDeviceArgs {
+                input: dx.view([rows, cols])?,
+                scale: ds.view_mut([rows, g])?,
+                zero_point: dz.view_mut([rows, g])?,
+                output: dq.view_mut([rows, cols / Q::PACK])?,
+            };
+            if offset {
+                plan.run_device_with_offset(gpu, Workspace::None, args, dm.view_mut([rows, g])?)
+            } else {
+                plan.run_device(gpu, Workspace::None, args)
+            }
+        })
+    }
+
     pub fn dequantize_backward<T: Element>(
         gpu: &Stream,
         desc: &DequantizePerGroupBackwardDescriptor,
@@ -870,6 +901,14 @@ mod gpu_bench {
         _: &QuantizePerGroupBackwardDescriptor,
         _: [&[T]; 3],
         _: &[i32],
+        _: usize,
+    ) -> Option<f64> {
+        None
+    }
+    pub fn dynamic<T: Element, S: Element, Q: IntElement>(
+        _: &Stream,
+        _: &QuantizeDynamicPerGroupDescriptor,
+        _: &[T],
         _: usize,
     ) -> Option<f64> {
         None
