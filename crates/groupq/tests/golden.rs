@@ -1,7 +1,8 @@
 //! The golden cases of `tests/golden/` (produced by the peers themselves:
 //! PyTorch, torchao, compressed-tensors, AutoGPTQ, GPTQModel, AutoAWQ; see
 //! the README there) reproduced bit for bit by the recipe presets: scales,
-//! zero points, codes and dequantized values.
+//! zero points, codes and dequantized values. With the `wgpu` feature
+//! every plan also runs on the device stream and must give the CPU's bits.
 
 use groupq::half::{bf16, f16};
 use groupq::recipe::{Recipe, TorchaoMapping};
@@ -9,6 +10,9 @@ use groupq::*;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+#[cfg(feature = "wgpu")]
+mod device_common;
 
 /// One golden file.
 struct Case {
@@ -259,6 +263,16 @@ fn quantize_case<T: Golden, S: Golden, Q: IntElement + Into<i32>>(
         "{}: thread counts disagree",
         case.name
     );
+    #[cfg(feature = "wgpu")]
+    if let Some(gpu) = device_common::gpu() {
+        let (ds, dz, dq, _) = device_common::dynamic::<T, S, Q>(gpu, &desc, &x, false).unwrap();
+        use device_common::bytes as b;
+        assert!(
+            b(&ds) == b(&s) && dz == z && b(&dq) == b(&q),
+            "{}: the device disagrees with the CPU",
+            case.name
+        );
+    }
 
     let scale = case.must("scale");
     assert_eq!(scale.dtype, S::DTYPE, "{}: scale dtype", case.name);
@@ -329,6 +343,16 @@ fn check_dequant<Q: IntElement + TryFrom<i32>, O: Golden>(
         output: TensorMut::new(&mut y, [m, k]).unwrap(),
     };
     plan.run(&stream, Workspace::None, args).unwrap();
+    #[cfg(feature = "wgpu")]
+    if let Some(gpu) = device_common::gpu() {
+        let dy = device_common::dequantize::<Q, O>(gpu, &desc, &q, &s, zero_point).unwrap();
+        let b = device_common::bytes;
+        assert!(
+            b(&dy) == b(&y),
+            "{}: {name}: the device disagrees with the CPU",
+            case.name
+        );
+    }
     let golden = case.must(name);
     assert_eq!(golden.dtype, O::DTYPE, "{}: {name} dtype", case.name);
     let mut ours: Vec<u64> = y.iter().map(|v| v.bits()).collect();
@@ -696,6 +720,11 @@ fn torch_quantize_per_channel_group_with_given_parameters() {
             output: TensorMut::new(&mut q, [m, k]).unwrap(),
         };
         plan.run(&stream, Workspace::None, args).unwrap();
+        #[cfg(feature = "wgpu")]
+        if let Some(gpu) = device_common::gpu() {
+            let dq = device_common::quantize::<f32, i8>(gpu, &desc, formula, &x, &s, &z).unwrap();
+            assert_eq!(dq, q, "{}: the device disagrees with the CPU", case.name);
+        }
         let codes: Vec<i32> = q.iter().map(|&c| c.into()).collect();
         compare_values(
             "q",
@@ -846,4 +875,13 @@ fn dynamic_with_offset<Q: IntElement>(
         TensorMut::new(off, [m, k / g]).unwrap(),
     )
     .unwrap();
+    #[cfg(feature = "wgpu")]
+    if let Some(gpu) = device_common::gpu() {
+        let (ds, dz, dq, dm) = device_common::dynamic::<f32, f32, Q>(gpu, &desc, x, true).unwrap();
+        use device_common::bytes as b;
+        assert!(
+            b(&ds) == b(s) && dz == z && b(&dq) == b(q) && b(&dm) == b(off),
+            "gguf {recipe:?}: the device disagrees with the CPU"
+        );
+    }
 }

@@ -11,27 +11,9 @@
 use groupq::half::{bf16, f16};
 use groupq::*;
 use proptest::prelude::*;
-use std::sync::OnceLock;
 
-/// The shared device stream, or `None` (skip) without an adapter.
-fn gpu() -> Option<&'static Stream> {
-    static STREAM: OnceLock<Option<Stream>> = OnceLock::new();
-    STREAM
-        .get_or_init(|| match Stream::wgpu() {
-            Ok(s) => {
-                eprintln!("GPU tests on {:?}", s.device_name().unwrap_or_default());
-                Some(s)
-            }
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("CI needs a GPU adapter for the device tests: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping GPU tests: {e}");
-                None
-            }
-        })
-        .as_ref()
-}
+mod device_common;
+use device_common::{bytes, gpu};
 
 /// The reference: the scalar backend on one CPU thread.
 fn scalar() -> (Stream, PlanPreference) {
@@ -40,14 +22,6 @@ fn scalar() -> (Stream, PlanPreference) {
         ..Default::default()
     };
     (Stream::cpu_with_threads(1).unwrap(), pref)
-}
-
-fn bytes<T: DeviceElement>(v: &[T]) -> Vec<u8> {
-    let mut out = vec![0u8; v.len() * T::BYTES];
-    for (x, o) in v.iter().zip(out.chunks_exact_mut(T::BYTES)) {
-        x.store_le(o);
-    }
-    out
 }
 
 /// A value from raw bits (NaN payloads, subnormals, infinities included).
