@@ -95,6 +95,47 @@ impl WgpuDevice {
             .map_err(|e| Error::Backend(format!("Stream::synchronize: wgpu: {e}")))
     }
 
+    /// The bytes `[b0, b1)` (whole words) of `buffer` (`COPY_SRC`), after
+    /// everything queued so far.
+    pub fn read(&self, buffer: &wgpu::Buffer, b0: u64, b1: u64) -> Result<Vec<u8>> {
+        let size = b1 - b0;
+        let staging = self.scoped("reading device memory", || {
+            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("groupq readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+            enc.copy_buffer_to_buffer(buffer, b0, &staging, 0, size);
+            self.queue.submit([enc.finish()]);
+            staging
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Backend(format!("reading device memory: {e}"))),
+            Err(_) => {
+                return Err(Error::Backend(
+                    "reading device memory: the map never completed".into(),
+                ))
+            }
+        }
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Backend(format!("reading device memory: {e}")))?;
+        let bytes = view.to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(bytes)
+    }
+
     /// Whether the device can run f64 plans (64-bit integer arithmetic).
     pub fn has_int64(&self) -> bool {
         self.device

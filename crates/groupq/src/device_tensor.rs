@@ -168,43 +168,7 @@ impl<T: DeviceElement> DeviceBuffer<T> {
 
     /// The bytes `[b0, b1)` (whole words) of the buffer, after all queued work.
     fn read_bytes(&self, b0: usize, b1: usize) -> Result<Vec<u8>> {
-        let dev = &self.dev;
-        let size = (b1 - b0) as u64;
-        let staging = dev.scoped("DeviceBuffer: reading", || {
-            let staging = dev.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("groupq readback"),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let mut enc = dev
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-            enc.copy_buffer_to_buffer(&self.buffer, b0 as u64, &staging, 0, size);
-            dev.queue.submit([enc.finish()]);
-            staging
-        })?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        dev.wait()?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Backend(format!("DeviceBuffer: mapping: {e}"))),
-            Err(_) => {
-                return Err(Error::Backend(
-                    "DeviceBuffer: mapping never completed".into(),
-                ))
-            }
-        }
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| Error::Backend(format!("DeviceBuffer: mapping: {e}")))?;
-        let bytes = view.to_vec();
-        drop(view);
-        staging.unmap();
-        Ok(bytes)
+        self.dev.read(&self.buffer, b0 as u64, b1 as u64)
     }
 
     /// The elements, after all work queued on the stream so far.

@@ -266,8 +266,8 @@ impl PlanCore {
     /// The device half of a plan, for `run_device` (`Unsupported` for a
     /// plan selected on a CPU stream).
     #[cfg(feature = "wgpu")]
-    pub fn device_half<'p>(&self, gpu: &'p Option<GpuPlan>) -> Result<&'p GpuPlan> {
-        gpu.as_ref().ok_or_else(|| {
+    pub fn device_half<'p>(&self, gpu: Option<&'p GpuPlan>) -> Result<&'p GpuPlan> {
+        gpu.ok_or_else(|| {
             Error::Unsupported(format!(
                 "{}: run_device needs a plan selected on a device stream; this one was selected on a CPU stream",
                 self.plan
@@ -408,6 +408,7 @@ impl PlanCore {
 }
 
 /// One tensor of a call, as `check_views` sees it.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct View {
     pub name: &'static str,
     pub shape: [usize; 2],
@@ -688,5 +689,101 @@ pub(crate) fn operand<'a, T>(
             stride: v.stride[0],
             per_group,
         },
+    }
+}
+
+/// One device tensor of a `run_device` call: its view (for the same checks
+/// as the host's), its device, and the operand it binds at `binding`.
+#[cfg(feature = "wgpu")]
+pub(crate) struct DevArg<'a> {
+    view: View,
+    output: bool,
+    id: u64,
+    binding: u32,
+    operand: crate::kernels::gpu::Operand<'a>,
+}
+
+#[cfg(feature = "wgpu")]
+impl<'a> DevArg<'a> {
+    /// A tensor read, of shape `expected`, bound at `binding` as units of
+    /// `kind`, `per_group` of them per group.
+    pub fn input<T>(
+        name: &'static str,
+        t: &'a crate::device_tensor::DeviceTensorRef<'_, T, 2>,
+        expected: [usize; 2],
+        (kind, per_group): (ElementKind, usize),
+        binding: u32,
+    ) -> DevArg<'a> {
+        let t: crate::device_tensor::DeviceTensorRef<'a, T, 2> =
+            crate::device_tensor::DeviceTensorRef {
+                buffer: t.buffer,
+                offset: t.offset,
+                shape: t.shape,
+                stride: t.stride,
+            };
+        DevArg {
+            view: View::of_device(name, &t, expected),
+            output: false,
+            id: t.buffer.device_id(),
+            binding,
+            operand: operand(&t, kind, per_group),
+        }
+    }
+
+    /// The tensor written (binding 1).
+    pub fn output<T>(
+        name: &'static str,
+        t: &'a crate::device_tensor::DeviceTensorMut<'_, T, 2>,
+        expected: [usize; 2],
+        (kind, per_group): (ElementKind, usize),
+    ) -> DevArg<'a> {
+        let r = t.as_ref();
+        DevArg {
+            view: View::of_device(name, &r, expected),
+            output: true,
+            id: t.buffer.device_id(),
+            binding: 1,
+            operand: operand(&r, kind, per_group),
+        }
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl PlanCore {
+    /// `can_implement` for device tensors: the host's checks, in the order
+    /// `args` lists them.
+    pub fn check_device_args(&self, args: &[DevArg<'_>]) -> Result<()> {
+        let pick = |out: bool| -> Vec<View> {
+            args.iter()
+                .filter(|a| a.output == out)
+                .map(|a| a.view)
+                .collect()
+        };
+        self.check_views(&pick(false), &pick(true))
+    }
+
+    /// `run_device` of a SPEC plan: the plan's device half, the stream's
+    /// and every buffer's device, the views, the workspace; then the
+    /// program is enqueued over the operands in binding order.
+    pub fn run_device(
+        &self,
+        gpu: Option<&GpuPlan>,
+        stream: &Stream,
+        workspace: &Workspace<'_>,
+        q_range: (i32, i32),
+        args: &[DevArg<'_>],
+    ) -> Result<()> {
+        let gpu = self.device_half(gpu)?;
+        let ids: Vec<(&str, u64)> = args.iter().map(|a| (a.view.name, a.id)).collect();
+        gpu.check(self.plan, stream, &ids)?;
+        self.check_device_args(args)?;
+        self.check_workspace(workspace)?;
+        if self.layout.is_empty() {
+            return Ok(());
+        }
+        let mut bound: Vec<&DevArg<'_>> = args.iter().collect();
+        bound.sort_by_key(|a| a.binding);
+        let operands: Vec<_> = bound.iter().map(|a| a.operand).collect();
+        gpu.enqueue(&self.layout, q_range, &operands)
     }
 }

@@ -9,7 +9,7 @@ use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 #[cfg(feature = "wgpu")]
 use {
-    super::common::operand,
+    super::common::DevArg,
     crate::device_tensor::{DeviceTensorMut, DeviceTensorRef},
 };
 
@@ -159,15 +159,36 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
         &self,
         args: &DequantizePerGroupDeviceArgs<'_, TQ, TOut>,
     ) -> Result<()> {
+        self.core.check_device_args(&self.device_args(args))
+    }
+
+    /// The device tensors of a call: views, devices and bindings.
+    #[cfg(feature = "wgpu")]
+    fn device_args<'a>(
+        &self,
+        args: &'a DequantizePerGroupDeviceArgs<'_, TQ, TOut>,
+    ) -> [DevArg<'a>; 4] {
         let l = &self.core.layout;
-        self.core.check_views(
-            &[
-                View::of_device("input", &args.input, l.codes_shape(TQ::PACK)),
-                View::of_device("scale", &args.scale, l.param_shape()),
-                View::of_device("zero_point", &args.zero_point, l.param_shape()),
-            ],
-            &[View::of_device_mut("output", &args.output, l.data_shape())],
-        )
+        let gs = l.group_size;
+        let i32_ = ElementKind::I32;
+        [
+            DevArg::input(
+                "input",
+                &args.input,
+                l.codes_shape(TQ::PACK),
+                (TQ::KIND, gs / TQ::PACK),
+                2,
+            ),
+            DevArg::input("scale", &args.scale, l.param_shape(), (TOut::KIND, 1), 3),
+            DevArg::input(
+                "zero_point",
+                &args.zero_point,
+                l.param_shape(),
+                (i32_, 1),
+                4,
+            ),
+            DevArg::output("output", &args.output, l.data_shape(), (TOut::KIND, gs)),
+        ]
     }
 
     /// Enqueues the dequantization of device tensors on the device stream
@@ -180,30 +201,9 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupPlan<TQ, TOut> {
         workspace: Workspace<'_>,
         args: DequantizePerGroupDeviceArgs<'_, TQ, TOut>,
     ) -> Result<()> {
-        let gpu = self.core.device_half(&self.gpu)?;
-        gpu.check(
-            PLAN,
-            stream,
-            &[
-                ("input", args.input.buffer.device_id()),
-                ("scale", args.scale.buffer.device_id()),
-                ("zero_point", args.zero_point.buffer.device_id()),
-                ("output", args.output.buffer.device_id()),
-            ],
-        )?;
-        self.can_implement_device(&args)?;
-        self.core.check_workspace(&workspace)?;
-        if self.core.layout.is_empty() {
-            return Ok(());
-        }
-        let gs = self.core.layout.group_size;
-        let operands = [
-            operand(&args.output.as_ref(), TOut::KIND, gs),
-            operand(&args.input, TQ::KIND, gs / TQ::PACK),
-            operand(&args.scale, TOut::KIND, 1),
-            operand(&args.zero_point, ElementKind::I32, 1),
-        ];
-        gpu.enqueue(&self.core.layout, (0, 0), &operands)
+        let q_range = (0, 0);
+        let dev_args = self.device_args(&args);
+        (self.core).run_device(self.gpu.as_ref(), stream, &workspace, q_range, &dev_args)
     }
 
     /// Dequantizes `args.input` into `args.output`. Calls `can_implement`

@@ -11,7 +11,7 @@ use crate::tensor::{TensorMut, TensorRef};
 use std::marker::PhantomData;
 #[cfg(feature = "wgpu")]
 use {
-    super::common::operand,
+    super::common::DevArg,
     crate::device_tensor::{DeviceTensorMut, DeviceTensorRef},
 };
 
@@ -141,18 +141,33 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
         &self,
         args: &DequantizePerGroupBackwardDeviceArgs<'_, TOut>,
     ) -> Result<()> {
+        self.core.check_device_args(&self.device_args(args))
+    }
+
+    /// The device tensors of a call: views, devices and bindings.
+    #[cfg(feature = "wgpu")]
+    fn device_args<'a>(
+        &self,
+        args: &'a DequantizePerGroupBackwardDeviceArgs<'_, TOut>,
+    ) -> [DevArg<'a>; 3] {
         let l = &self.core.layout;
-        self.core.check_views(
-            &[
-                View::of_device("grad_output", &args.grad_output, l.data_shape()),
-                View::of_device("scale", &args.scale, l.param_shape()),
-            ],
-            &[View::of_device_mut(
+        let gs = l.group_size;
+        [
+            DevArg::input(
+                "grad_output",
+                &args.grad_output,
+                l.data_shape(),
+                (TOut::KIND, gs),
+                2,
+            ),
+            DevArg::input("scale", &args.scale, l.param_shape(), (TOut::KIND, 1), 3),
+            DevArg::output(
                 "grad_input",
                 &args.grad_input,
                 l.data_shape(),
-            )],
-        )
+                (TOut::KIND, gs),
+            ),
+        ]
     }
 
     /// Enqueues the gradient of device tensors on the device stream the
@@ -166,28 +181,9 @@ impl<TQ: IntElement, TOut: Element> DequantizePerGroupBackwardPlan<TQ, TOut> {
         workspace: Workspace<'_>,
         args: DequantizePerGroupBackwardDeviceArgs<'_, TOut>,
     ) -> Result<()> {
-        let gpu = self.core.device_half(&self.gpu)?;
-        gpu.check(
-            PLAN,
-            stream,
-            &[
-                ("grad_output", args.grad_output.buffer.device_id()),
-                ("scale", args.scale.buffer.device_id()),
-                ("grad_input", args.grad_input.buffer.device_id()),
-            ],
-        )?;
-        self.can_implement_device(&args)?;
-        self.core.check_workspace(&workspace)?;
-        if self.core.layout.is_empty() {
-            return Ok(());
-        }
-        let gs = self.core.layout.group_size;
-        let operands = [
-            operand(&args.grad_input.as_ref(), TOut::KIND, gs),
-            operand(&args.grad_output, TOut::KIND, gs),
-            operand(&args.scale, TOut::KIND, 1),
-        ];
-        gpu.enqueue(&self.core.layout, (0, 0), &operands)
+        let q_range = (0, 0);
+        let dev_args = self.device_args(&args);
+        (self.core).run_device(self.gpu.as_ref(), stream, &workspace, q_range, &dev_args)
     }
 
     /// Writes the gradient into `args.grad_input`. Calls `can_implement`

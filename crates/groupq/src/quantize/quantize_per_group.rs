@@ -12,7 +12,7 @@ use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 #[cfg(feature = "wgpu")]
 use {
-    super::common::operand,
+    super::common::DevArg,
     crate::device_tensor::{DeviceTensorMut, DeviceTensorRef},
 };
 
@@ -262,19 +262,35 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         &self,
         args: &QuantizePerGroupDeviceArgs<'_, TIn, TOut>,
     ) -> Result<()> {
+        self.core.check_device_args(&self.device_args(args))
+    }
+
+    /// The device tensors of a call: views, devices and bindings.
+    #[cfg(feature = "wgpu")]
+    fn device_args<'a>(
+        &self,
+        args: &'a QuantizePerGroupDeviceArgs<'_, TIn, TOut>,
+    ) -> [DevArg<'a>; 4] {
         let l = &self.core.layout;
-        self.core.check_views(
-            &[
-                View::of_device("input", &args.input, l.data_shape()),
-                View::of_device("scale", &args.scale, l.param_shape()),
-                View::of_device("zero_point", &args.zero_point, l.param_shape()),
-            ],
-            &[View::of_device_mut(
+        let gs = l.group_size;
+        let i32_ = ElementKind::I32;
+        [
+            DevArg::input("input", &args.input, l.data_shape(), (TIn::KIND, gs), 2),
+            DevArg::input("scale", &args.scale, l.param_shape(), (TIn::KIND, 1), 3),
+            DevArg::input(
+                "zero_point",
+                &args.zero_point,
+                l.param_shape(),
+                (i32_, 1),
+                4,
+            ),
+            DevArg::output(
                 "output",
                 &args.output,
                 l.codes_shape(TOut::PACK),
-            )],
-        )
+                (TOut::KIND, gs / TOut::PACK),
+            ),
+        ]
     }
 
     /// Enqueues the quantization of device tensors on the device stream the
@@ -290,30 +306,9 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
         workspace: Workspace<'_>,
         args: QuantizePerGroupDeviceArgs<'_, TIn, TOut>,
     ) -> Result<()> {
-        let gpu = self.core.device_half(&self.gpu)?;
-        gpu.check(
-            PLAN,
-            stream,
-            &[
-                ("input", args.input.buffer.device_id()),
-                ("scale", args.scale.buffer.device_id()),
-                ("zero_point", args.zero_point.buffer.device_id()),
-                ("output", args.output.buffer.device_id()),
-            ],
-        )?;
-        self.can_implement_device(&args)?;
-        self.core.check_workspace(&workspace)?;
-        if self.core.layout.is_empty() {
-            return Ok(());
-        }
-        let gs = self.core.layout.group_size;
-        let operands = [
-            operand(&args.output.as_ref(), TOut::KIND, gs / TOut::PACK),
-            operand(&args.input, TIn::KIND, gs),
-            operand(&args.scale, TIn::KIND, 1),
-            operand(&args.zero_point, ElementKind::I32, 1),
-        ];
-        gpu.enqueue(&self.core.layout, (self.q_min, self.q_max), &operands)
+        let q_range = (self.q_min, self.q_max);
+        let dev_args = self.device_args(&args);
+        (self.core).run_device(self.gpu.as_ref(), stream, &workspace, q_range, &dev_args)
     }
 
     /// Quantizes `args.input` into `args.output`. Calls `can_implement`

@@ -11,7 +11,7 @@ use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 #[cfg(feature = "wgpu")]
 use {
-    super::common::operand,
+    super::common::DevArg,
     crate::device_tensor::{DeviceTensorMut, DeviceTensorRef},
 };
 
@@ -179,20 +179,42 @@ impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
         &self,
         args: &QuantizePerGroupBackwardDeviceArgs<'_, TIn>,
     ) -> Result<()> {
+        self.core.check_device_args(&self.device_args(args))
+    }
+
+    /// The device tensors of a call: views, devices and bindings.
+    #[cfg(feature = "wgpu")]
+    fn device_args<'a>(
+        &self,
+        args: &'a QuantizePerGroupBackwardDeviceArgs<'_, TIn>,
+    ) -> [DevArg<'a>; 5] {
         let l = &self.core.layout;
-        self.core.check_views(
-            &[
-                View::of_device("grad_output", &args.grad_output, l.data_shape()),
-                View::of_device("input", &args.input, l.data_shape()),
-                View::of_device("scale", &args.scale, l.param_shape()),
-                View::of_device("zero_point", &args.zero_point, l.param_shape()),
-            ],
-            &[View::of_device_mut(
+        let gs = l.group_size;
+        let i32_ = ElementKind::I32;
+        [
+            DevArg::input(
+                "grad_output",
+                &args.grad_output,
+                l.data_shape(),
+                (TIn::KIND, gs),
+                2,
+            ),
+            DevArg::input("input", &args.input, l.data_shape(), (TIn::KIND, gs), 5),
+            DevArg::input("scale", &args.scale, l.param_shape(), (TIn::KIND, 1), 3),
+            DevArg::input(
+                "zero_point",
+                &args.zero_point,
+                l.param_shape(),
+                (i32_, 1),
+                4,
+            ),
+            DevArg::output(
                 "grad_input",
                 &args.grad_input,
                 l.data_shape(),
-            )],
-        )
+                (TIn::KIND, gs),
+            ),
+        ]
     }
 
     /// Enqueues the straight-through gradient of device tensors on the
@@ -206,32 +228,9 @@ impl<TIn: Element> QuantizePerGroupBackwardPlan<TIn> {
         workspace: Workspace<'_>,
         args: QuantizePerGroupBackwardDeviceArgs<'_, TIn>,
     ) -> Result<()> {
-        let gpu = self.core.device_half(&self.gpu)?;
-        gpu.check(
-            PLAN,
-            stream,
-            &[
-                ("grad_output", args.grad_output.buffer.device_id()),
-                ("input", args.input.buffer.device_id()),
-                ("scale", args.scale.buffer.device_id()),
-                ("zero_point", args.zero_point.buffer.device_id()),
-                ("grad_input", args.grad_input.buffer.device_id()),
-            ],
-        )?;
-        self.can_implement_device(&args)?;
-        self.core.check_workspace(&workspace)?;
-        if self.core.layout.is_empty() {
-            return Ok(());
-        }
-        let gs = self.core.layout.group_size;
-        let operands = [
-            operand(&args.grad_input.as_ref(), TIn::KIND, gs),
-            operand(&args.grad_output, TIn::KIND, gs),
-            operand(&args.scale, TIn::KIND, 1),
-            operand(&args.zero_point, ElementKind::I32, 1),
-            operand(&args.input, TIn::KIND, gs),
-        ];
-        gpu.enqueue(&self.core.layout, (self.q_min, self.q_max), &operands)
+        let q_range = (self.q_min, self.q_max);
+        let dev_args = self.device_args(&args);
+        (self.core).run_device(self.gpu.as_ref(), stream, &workspace, q_range, &dev_args)
     }
 
     /// Writes the straight-through gradient into `args.grad_input`. Calls

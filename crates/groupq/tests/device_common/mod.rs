@@ -36,6 +36,9 @@ pub fn bytes<T: DeviceElement>(v: &[T]) -> Vec<u8> {
     out
 }
 
+/// What a dynamic plan wrote: scale, zero point, codes, offset.
+pub type Dynamic<S, Q> = (Vec<S>, Vec<i32>, Vec<Q>, Vec<S>);
+
 /// The dynamic plan on the device: `(scale, zero_point, codes, offset)`
 /// (offsets written when `with_offset`).
 pub fn dynamic<T: Element, S: Element, Q: IntElement>(
@@ -43,7 +46,7 @@ pub fn dynamic<T: Element, S: Element, Q: IntElement>(
     desc: &QuantizeDynamicPerGroupDescriptor,
     x: &[T],
     with_offset: bool,
-) -> Result<(Vec<S>, Vec<i32>, Vec<Q>, Vec<S>)> {
+) -> Result<Dynamic<S, Q>> {
     let (m, k, g) = (desc.outer_size, desc.axis_size, desc.num_groups());
     let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(gpu, desc, Default::default())?;
     assert_eq!(plan.sku().backend, BackendKind::Wgpu);

@@ -540,36 +540,8 @@ impl Program {
 
 /// The first word of `buffer` (`COPY_SRC`), after all queued work.
 pub(crate) fn read_u32(dev: &WgpuDevice, buffer: &wgpu::Buffer) -> Result<u32> {
-    let staging = dev.scoped("reading a flag", || {
-        let staging = dev.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("groupq flag readback"),
-            size: 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = dev
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-        enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, 4);
-        dev.queue.submit([enc.finish()]);
-        staging
-    })?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |r| {
-        let _ = tx.send(r);
-    });
-    dev.wait()?;
-    match rx.recv() {
-        Ok(Ok(())) => {}
-        _ => return Err(Error::Backend("reading a flag: mapping failed".into())),
-    }
-    let v = staging
-        .get_mapped_range(..)
-        .map_err(|e| Error::Backend(format!("reading a flag: {e}")))?;
-    let word = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
-    drop(v);
-    staging.unmap();
-    Ok(word)
+    let b = dev.read(buffer, 0, 4)?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// A chunk of the problem: rows `[r0, r0 + rows)`, groups `[g0, g0 + groups)`.
@@ -807,12 +779,6 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {{
             make(b, st),
             make(&vec![0u32; n * (1 + f64 as usize)], st),
         );
-        let read = dev.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: bo.size(),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
         let bg = dev.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
@@ -838,11 +804,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {{
             pass.set_bind_group(0, &bg, &[]);
             pass.dispatch_workgroups((bo.size() as u32 / 4).div_ceil(64), 1, 1);
         }
-        enc.copy_buffer_to_buffer(&bo, 0, &read, 0, bo.size());
         dev.queue.submit([enc.finish()]);
-        read.map_async(wgpu::MapMode::Read, .., |_| {});
-        dev.wait().unwrap();
-        let v = read.get_mapped_range(..).unwrap();
+        let v = dev.read(&bo, 0, bo.size()).unwrap();
         v.chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()
