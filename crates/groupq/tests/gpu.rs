@@ -1300,3 +1300,59 @@ proptest! {
         formula_case::<f64, U4>(gpu, seed, (rows, groups, gs));
     }
 }
+
+/// Every f16 and bf16 bit pattern through the dynamic recipe plans (the
+/// patterns in order, then shuffled so that groups mix magnitudes, NaN and
+/// infinities included), device = scalar engine.
+fn exhaustive_recipes<T: Element>(gpu: &Stream) {
+    let natural: Vec<T> = (0..=u16::MAX).map(|b| from_bits(u64::from(b))).collect();
+    let mut rng = Rng(0x5eed);
+    let mut shuffled = natural.clone();
+    for i in (1..shuffled.len()).rev() {
+        shuffled.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let (cpu, pref) = scalar();
+    let shape = (512, 128, 128);
+    for x in [&natural, &shuffled] {
+        for recipe in [
+            Recipe::gptq(false, 4),
+            Recipe::torchao(TorchaoMapping::Asymmetric, 0, 15),
+            Recipe::compressed_tensors_w4a16(),
+            Recipe::awq_f16(true, 4),
+            Recipe::torch_per_token_asymmetric_int8(),
+        ] {
+            let recipe = recipe.with_non_finite(NonFinitePolicy::Propagate);
+            let signed = recipe.q_min < 0;
+            let (want, got) = if signed {
+                (
+                    recipe_run::<T, f32, i8>(&cpu, pref, x, shape, recipe),
+                    recipe_run::<T, f32, i8>(gpu, Default::default(), x, shape, recipe),
+                )
+            } else {
+                (
+                    recipe_run::<T, T, u8>(&cpu, pref, x, shape, recipe),
+                    recipe_run::<T, T, u8>(gpu, Default::default(), x, shape, recipe),
+                )
+            };
+            let (want, got) = (want.unwrap(), got.unwrap());
+            let what = format!("{} {recipe:?}", T::KIND);
+            assert_eq!(got.0, want.0, "scales: {what}");
+            assert_eq!(got.1, want.1, "zero points: {what}");
+            assert!(got.2 == want.2, "codes: {what}");
+        }
+    }
+}
+
+#[test]
+fn exhaustive_f16_recipes() {
+    if let Some(gpu) = gpu() {
+        exhaustive_recipes::<f16>(gpu);
+    }
+}
+
+#[test]
+fn exhaustive_bf16_recipes() {
+    if let Some(gpu) = gpu() {
+        exhaustive_recipes::<bf16>(gpu);
+    }
+}
