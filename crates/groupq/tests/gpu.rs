@@ -1356,3 +1356,24 @@ fn exhaustive_bf16_recipes() {
         exhaustive_recipes::<bf16>(gpu);
     }
 }
+
+/// One device stream used from several threads at once (plans, uploads and
+/// downloads interleaved): every thread gets the CPU's bits.
+#[test]
+fn one_stream_from_several_threads() {
+    let Some(gpu) = gpu() else { return };
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            scope.spawn(move || {
+                for k in 0..3 {
+                    let at = Placement {
+                        offset: [t as usize, 1, 2],
+                        pad: [k, 0, 1],
+                    };
+                    random_case::<f32, i8>(gpu, 1000 * t + k as u64, (3, 2, 32), at);
+                    random_case::<bf16, U4>(gpu, 7 + t, (2, 3, 8), at);
+                }
+            });
+        }
+    });
+}
