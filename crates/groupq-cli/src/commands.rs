@@ -6,6 +6,7 @@ use crate::formats::{
     Scope, Spec, Stats, Weights,
 };
 use crate::layout::{is_linear_weight, is_lm_head, stack_of, Layout};
+use crate::staging::Staging;
 use anyhow::{anyhow, bail, Context, Result};
 use groupq::Stream;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -288,100 +289,6 @@ pub(crate) fn check_output(input: &Path, output: &Path, force: bool) -> Result<(
     Ok(())
 }
 
-/// A temporary directory or file beside `output`, renamed to it by
-/// `commit`, removed when dropped uncommitted: nothing is left half-written
-/// at `output`.
-pub(crate) struct Staging {
-    pub tmp: PathBuf,
-    output: PathBuf,
-    file: bool,
-    done: bool,
-}
-
-impl Staging {
-    /// `output`'s temporary name: `.NAME.groupq-tmp-PID` beside it.
-    fn tmp_name(output: &Path, what: &str) -> Result<PathBuf> {
-        let name = output
-            .file_name()
-            .ok_or_else(|| anyhow!("{}: not a {what} name", output.display()))?;
-        Ok(output.with_file_name(format!(
-            ".{}.groupq-tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        )))
-    }
-
-    /// A temporary directory for a checkpoint written to `output`.
-    pub(crate) fn dir(output: &Path) -> Result<Staging> {
-        let tmp = Self::tmp_name(output, "directory")?;
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        Ok(Staging {
-            tmp,
-            output: output.to_path_buf(),
-            file: false,
-            done: false,
-        })
-    }
-
-    /// A temporary file for a single-file output (GGUF), its parent
-    /// folders created.
-    pub(crate) fn file(output: &Path) -> Result<Staging> {
-        let tmp = Self::tmp_name(output, "file")?;
-        if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        Ok(Staging {
-            tmp,
-            output: output.to_path_buf(),
-            file: true,
-            done: false,
-        })
-    }
-
-    /// Moves the finished output into place (a file output never replaces
-    /// a directory).
-    pub(crate) fn commit(mut self) -> Result<()> {
-        if self.file {
-            if self.output.is_dir() {
-                bail!(
-                    "{} is a directory: choose a file name for the output",
-                    self.output.display()
-                );
-            }
-        } else if self.output.is_dir() {
-            std::fs::remove_dir_all(&self.output)?;
-        } else if self.output.exists() {
-            std::fs::remove_file(&self.output)?;
-        }
-        std::fs::rename(&self.tmp, &self.output).with_context(|| {
-            format!(
-                "cannot rename {} to {}",
-                self.tmp.display(),
-                self.output.display()
-            )
-        })?;
-        self.done = true;
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = if self.file {
-                std::fs::remove_file(&self.tmp)
-            } else {
-                std::fs::remove_dir_all(&self.tmp)
-            };
-        }
-    }
-}
-
 pub(crate) fn progress(total: usize, quiet: bool, what: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(
         Some(total as u64),
@@ -430,7 +337,7 @@ fn copy_tree(
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if skip(&name) || name == ".git" || name == ".cache" || name.contains(".groupq-tmp-") {
+        if skip(&name) || name == ".git" || name == ".cache" || name.contains(".groupq-") {
             continue;
         }
         let path = entry.path();

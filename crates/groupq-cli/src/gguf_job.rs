@@ -3,11 +3,12 @@
 //! same per-tensor types (see [`llama_mix`](crate::llama_mix)), metadata,
 //! tensor order and padding — on every core.
 
-use crate::commands::{check_output, progress, Staging, Summary, TensorReport};
+use crate::commands::{check_output, progress, Summary, TensorReport};
 use crate::formats::{sums, Stats, Storage};
 use crate::gguf::{GgmlDtype, Gguf, GgufWriter, TensorInfo, Value};
 use crate::imatrix::Imatrix;
 use crate::llama_mix::{choose_types, tensor_order, Ftype, Hparams, MixTensor};
+use crate::staging::Staging;
 use anyhow::{bail, Context, Result};
 use groupq::ggml;
 use groupq::half::{bf16, f16};

@@ -11,5 +11,6 @@ pub mod gguf_job;
 pub mod imatrix;
 pub mod layout;
 pub mod llama_mix;
+pub mod staging;
 pub mod tiny;
 pub mod tiny_gguf;

@@ -14,6 +14,7 @@ pub fn scratch(prefix: &str, name: &str) -> PathBuf {
 }
 
 /// Runs the `groupq` binary: (success, stdout, stderr).
+#[allow(dead_code)]
 pub fn groupq(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_groupq"))
         .args(args)

@@ -1,0 +1,191 @@
+//! Faults while `groupq quantize` writes: SIGTERM and SIGINT remove the
+//! partial output and exit with 128 + signal; after a SIGKILL a rerun
+//! removes what the dead run left and writes one complete output; two runs
+//! to one output: one wins, the other fails clearly. After every case
+//! nothing but the input and (at most) one complete output remains.
+#![cfg(unix)]
+
+mod common;
+
+use common::scratch;
+use groupq_cli::tiny::{write_model, TinyConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// A model big enough (about 50 MB of bf16 weights in 4 shards) that a run
+/// of the debug binary lasts long enough to be signalled while it writes.
+fn model(dir: &Path) -> PathBuf {
+    let m = dir.join("model");
+    let c = TinyConfig {
+        hidden: 512,
+        intermediate: 1408,
+        layers: 8,
+        heads: 8,
+        kv_heads: 4,
+        vocab: 2048,
+        shards: 4,
+    };
+    write_model(&m, &c).unwrap();
+    m
+}
+
+fn spawn(model: &Path, out: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_groupq"))
+        .args(["quantize", "--format", "gptq", "--quiet", "-o"])
+        .arg(out)
+        .arg(model)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// The names in `dir` other than `model`, sorted.
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "model")
+        .collect();
+    v.sort();
+    v
+}
+
+/// The staging folder of `out`, once it exists (and holds a shard when
+/// `shard`).
+fn wait_for_staging(dir: &Path, shard: bool, child: &mut Child) -> Option<PathBuf> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        let staging = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains(".out.groupq-tmp-"));
+        if let Some(s) = staging {
+            let has_shard = std::fs::read_dir(&s).is_ok_and(|mut d| {
+                d.any(|e| {
+                    e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+                })
+            });
+            if !shard || has_shard {
+                return Some(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("no staging folder appeared in 60 s");
+}
+
+fn complete(out: &Path) {
+    assert!(
+        out.join("config.json").is_file(),
+        "{}: config.json",
+        out.display()
+    );
+    assert!(out.join("model.safetensors.index.json").is_file());
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    for file in index["weight_map"].as_object().unwrap().values() {
+        assert!(out.join(file.as_str().unwrap()).is_file(), "{file}");
+    }
+}
+
+fn code(status: ExitStatus) -> Option<i32> {
+    status.code()
+}
+
+#[test]
+fn sigterm_and_sigint_remove_the_partial_output() {
+    let dir = scratch("faults", "signals");
+    let m = model(&dir);
+    let out = dir.join("out");
+    let mut interrupted = 0;
+    for (sig, status) in [("TERM", 143), ("INT", 130)] {
+        for shard in [false, true] {
+            let mut child = spawn(&m, &out);
+            let staged = wait_for_staging(&dir, shard, &mut child);
+            if staged.is_some() {
+                signal(&child, sig);
+            }
+            let st = child.wait().unwrap();
+            if staged.is_some() && code(st) == Some(status) {
+                interrupted += 1;
+                assert!(!out.exists(), "SIG{sig}: no output");
+                assert_eq!(
+                    leftovers(&dir),
+                    Vec::<String>::new(),
+                    "SIG{sig}: left behind"
+                );
+            } else {
+                // The run finished before the signal landed: a complete output.
+                assert!(st.success(), "SIG{sig}: {st:?}");
+                complete(&out);
+                std::fs::remove_dir_all(&out).unwrap();
+            }
+        }
+    }
+    assert!(
+        interrupted >= 2,
+        "only {interrupted} of 4 runs were interrupted"
+    );
+}
+
+#[test]
+fn a_rerun_after_sigkill_cleans_up_and_completes() {
+    let dir = scratch("faults", "sigkill");
+    let m = model(&dir);
+    let out = dir.join("out");
+    let mut child = spawn(&m, &out);
+    let staged = wait_for_staging(&dir, true, &mut child);
+    signal(&child, "KILL");
+    let st = child.wait().unwrap();
+    if staged.is_some() && !st.success() {
+        let left = leftovers(&dir);
+        assert!(left.iter().any(|n| n.contains("groupq-tmp-")), "{left:?}");
+        assert!(left.iter().any(|n| n.contains("groupq-lock")), "{left:?}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let rerun = spawn(&m, &out).wait_with_output().unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    complete(&out);
+    assert_eq!(leftovers(&dir), vec!["out".to_string()]);
+}
+
+#[test]
+fn two_runs_to_one_output_one_wins() {
+    let dir = scratch("faults", "concurrent");
+    let m = model(&dir);
+    let out = dir.join("out");
+    let (a, b) = (spawn(&m, &out), spawn(&m, &out));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let wins = [&a, &b].iter().filter(|o| o.status.success()).count();
+    assert_eq!(wins, 1, "exactly one run wins");
+    let loser = if a.status.success() { &b } else { &a };
+    let why = String::from_utf8_lossy(&loser.stderr);
+    assert!(
+        why.contains("another groupq run") || why.contains("already exists"),
+        "{why}"
+    );
+    complete(&out);
+    assert_eq!(leftovers(&dir), vec!["out".to_string()]);
+}
