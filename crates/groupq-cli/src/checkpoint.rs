@@ -232,16 +232,19 @@ pub fn write_safetensors(
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let needed = Some((8 + header.len() + offset) as u64);
+    let failed = |e: anyhow::Error| crate::staging::write_failed(e, path, needed);
+    let file = File::create(path).map_err(|e| failed(e.into()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(&(header.len() as u64).to_le_bytes())?;
-    out.write_all(&header)?;
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(|e| failed(e.into()))?;
+    out.write_all(&header).map_err(|e| failed(e.into()))?;
     for (i, t) in tensors.iter().enumerate() {
         let mut counter = Counting {
             inner: &mut out,
             written: 0,
         };
-        data(i, &mut counter)?;
+        data(i, &mut counter).map_err(failed)?;
         if counter.written != t.bytes() {
             bail!(
                 "internal error: {} wrote {} bytes, expected {}",
@@ -251,7 +254,7 @@ pub fn write_safetensors(
             );
         }
     }
-    out.flush()?;
+    out.flush().map_err(|e| failed(e.into()))?;
     Ok(())
 }
 

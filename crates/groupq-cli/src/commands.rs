@@ -352,8 +352,10 @@ fn copy_tree(
                 .with_context(|| format!("cannot create {}", target.display()))?;
             copy_tree(&path, &target, &|_| false, exclude)?;
         } else if meta.is_file() {
-            std::fs::copy(&path, &target).with_context(|| {
-                format!("cannot copy {} to {}", path.display(), target.display())
+            std::fs::copy(&path, &target).map_err(|e| {
+                let needed = std::fs::metadata(&path).ok().map(|m| m.len());
+                crate::staging::write_failed(e, &target, needed)
+                    .context(format!("cannot copy {}", path.display()))
             })?;
         }
     }
@@ -376,13 +378,17 @@ fn write_metadata(
     weight_map: &BTreeMap<String, String>,
     total_size: usize,
 ) -> Result<()> {
-    std::fs::write(
+    let write = |path: PathBuf, text: String| {
+        let needed = Some(text.len() as u64);
+        std::fs::write(&path, text).map_err(|e| crate::staging::write_failed(e, &path, needed))
+    };
+    write(
         dest.join("config.json"),
         serde_json::to_string_pretty(&Value::Object(config))? + "\n",
     )?;
     if ckpt.indexed || ckpt.shards.len() > 1 {
         let index = json!({"metadata": {"total_size": total_size}, "weight_map": weight_map});
-        std::fs::write(
+        write(
             dest.join(INDEX),
             serde_json::to_string_pretty(&index)? + "\n",
         )?;

@@ -487,7 +487,7 @@ fn create_staged(output: &Path) -> Result<(Staging, BufWriter<std::fs::File>)> {
 
 /// The error of a failed write to `path`.
 fn write_error(path: &Path) -> impl Fn(std::io::Error) -> anyhow::Error + Copy + '_ {
-    move |e| anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
+    move |e| crate::staging::write_failed(e, path, None)
 }
 
 /// `groupq inspect` of a GGUF file: metadata (arrays summarized), tensors

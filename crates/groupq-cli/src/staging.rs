@@ -147,10 +147,7 @@ impl Lock {
                         ),
                     }
                 }
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot create the lock file {}", path.display()))
-                }
+                Err(e) => return Err(write_failed(e, &path, None)),
             }
         }
         bail!(
@@ -190,8 +187,7 @@ impl Staging {
             .to_string_lossy()
             .into_owned();
         if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(|e| write_failed(e, parent, None))?;
         }
         let lock = Lock::acquire(output, &name)?;
         remove_stale(output, &name);
@@ -321,6 +317,41 @@ fn remove_stale(output: &Path, name: &str) {
             }
         }
     }
+}
+
+/// A failed write of `path` (of `needed` bytes in all, where known), with
+/// what to do about it: a full disk names the bytes the file needs, a
+/// read-only or forbidden folder names the folder.
+pub(crate) fn write_failed(
+    e: impl Into<anyhow::Error>,
+    path: &Path,
+    needed: Option<u64>,
+) -> anyhow::Error {
+    let e: anyhow::Error = e.into();
+    let io = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>());
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let hint = match io.map(|io| (io.kind(), io.raw_os_error())) {
+        Some((std::io::ErrorKind::StorageFull, _)) | Some((_, Some(28))) => match needed {
+            Some(n) => format!(
+                ": the disk holding {} is full ({n} bytes needed for this file); free space or choose another -o",
+                dir.display()
+            ),
+            None => format!(
+                ": the disk holding {} is full; free space or choose another -o",
+                dir.display()
+            ),
+        },
+        Some((std::io::ErrorKind::ReadOnlyFilesystem, _)) | Some((_, Some(30))) => format!(
+            ": {} is on a read-only file system; choose another -o",
+            dir.display()
+        ),
+        Some((std::io::ErrorKind::PermissionDenied, _)) => format!(
+            ": no permission to write in {}; choose another -o",
+            dir.display()
+        ),
+        _ => String::new(),
+    };
+    e.context(format!("cannot write {}{hint}", path.display()))
 }
 
 #[cfg(test)]

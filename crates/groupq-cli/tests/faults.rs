@@ -189,3 +189,83 @@ fn two_runs_to_one_output_one_wins() {
     complete(&out);
     assert_eq!(leftovers(&dir), vec!["out".to_string()]);
 }
+
+/// A small file system of its own (tmpfs, `size` bytes, `ro` for read-only),
+/// unmounted on drop; `None` (the test is skipped, with a message) where
+/// this process may not mount.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(dir: &Path, options: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "skipping: cannot mount a tmpfs at {} (needs root)",
+                dir.display()
+            );
+            return None;
+        }
+        Some(Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn example(dir: &Path) -> PathBuf {
+    let m = dir.join("model");
+    write_model(&m, &TinyConfig::EXAMPLE).unwrap();
+    m
+}
+
+fn quantize(model: &Path, out: &Path, format: &str) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_groupq"));
+    cmd.args(["quantize", "--quiet", "--format", format, "-o"])
+        .arg(out)
+        .arg(model);
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_full_disk_names_the_file_and_the_bytes_and_leaves_nothing() {
+    let dir = scratch("faults", "full");
+    let m = example(&dir);
+    let Some(mount) = Mount::new(&dir.join("small"), "size=1m") else {
+        return;
+    };
+    let out = mount.0.join("out");
+    let r = quantize(&m, &out, "gptq");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        err.contains("is full") && err.contains("bytes needed"),
+        "{err}"
+    );
+    assert!(err.contains(".out.groupq-tmp-"), "names the file: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&mount.0).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left on the full disk: {left:?}");
+}
+
+#[test]
+fn a_read_only_output_folder_is_named_and_nothing_is_written() {
+    let dir = scratch("faults", "readonly");
+    let m = example(&dir);
+    let Some(mount) = Mount::new(&dir.join("ro"), "size=1m,ro") else {
+        return;
+    };
+    let r = quantize(&m, &mount.0.join("out"), "awq");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(err.contains("read-only"), "{err}");
+    assert!(std::fs::read_dir(&mount.0).unwrap().next().is_none());
+}
