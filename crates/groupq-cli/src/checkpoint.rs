@@ -95,6 +95,38 @@ pub struct Checkpoint {
 
 pub const INDEX: &str = "model.safetensors.index.json";
 
+/// Largest JSON file (config, index) read: real ones are kilobytes to a few
+/// megabytes; a larger one is refused before it is read.
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+/// Most shard files an index may name.
+pub const MAX_SHARDS: usize = 65_536;
+
+/// A JSON file of the model folder, or `None` where it does not exist. A
+/// file larger than [`MAX_JSON_BYTES`], unreadable, or not JSON is an error
+/// naming it.
+pub fn read_json(path: &Path) -> Result<Option<Value>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if !meta.is_file() {
+        bail!("{}: not a regular file", path.display());
+    }
+    if meta.len() > MAX_JSON_BYTES {
+        bail!(
+            "{}: {} bytes, more than a JSON file of a model can be ({MAX_JSON_BYTES})",
+            path.display(),
+            meta.len()
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    Ok(Some(v))
+}
+
 impl Checkpoint {
     /// Opens a model directory or a single `.safetensors` file.
     pub fn open(path: &Path) -> Result<Checkpoint> {
@@ -109,30 +141,47 @@ impl Checkpoint {
         if !path.is_dir() {
             bail!("{}: no such file or directory", path.display());
         }
-        let config =
-            match std::fs::read_to_string(path.join("config.json")) {
-                Ok(s) => Some(serde_json::from_str(&s).with_context(|| {
-                    format!("{}: config.json is not valid JSON", path.display())
-                })?),
-                Err(_) => None,
-            };
+        let config = read_json(&path.join("config.json"))?;
         let index_path = path.join(INDEX);
         let indexed = index_path.is_file();
         let names: Vec<String> = if indexed {
-            let index: Value = serde_json::from_str(&std::fs::read_to_string(&index_path)?)
-                .with_context(|| format!("{}: not valid JSON", index_path.display()))?;
+            let index = read_json(&index_path)?.unwrap_or(Value::Null);
             let map = index["weight_map"]
                 .as_object()
                 .ok_or_else(|| anyhow!("{}: no weight_map", index_path.display()))?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
+            let mut files: Vec<String> = Vec::new();
+            for (tensor, v) in map {
+                let file = v.as_str().ok_or_else(|| {
+                    anyhow!(
+                        "{}: weight_map[{tensor:?}] is not a file name",
+                        index_path.display()
+                    )
+                })?;
+                // A shard is a file of this folder: no path, no `..`.
+                let plain = Path::new(file).file_name().is_some_and(|n| n == file)
+                    && file != ".."
+                    && !file.contains(['/', '\\']);
+                if !plain {
+                    bail!(
+                        "{}: weight_map[{tensor:?}] = {file:?} is not a file of the model folder",
+                        index_path.display()
+                    );
+                }
+                files.push(file.to_string());
+            }
             files.sort();
             files.dedup();
+            if files.len() > MAX_SHARDS {
+                bail!(
+                    "{}: {} shard files, more than groupq takes ({MAX_SHARDS})",
+                    index_path.display(),
+                    files.len()
+                );
+            }
             files
         } else {
-            let mut files: Vec<String> = std::fs::read_dir(path)?
+            let mut files: Vec<String> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n.ends_with(".safetensors"))

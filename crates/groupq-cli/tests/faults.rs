@@ -269,3 +269,115 @@ fn a_read_only_output_folder_is_named_and_nothing_is_written() {
     assert!(err.contains("read-only"), "{err}");
     assert!(std::fs::read_dir(&mount.0).unwrap().next().is_none());
 }
+
+/// A model folder whose files a test then damages.
+fn damaged(dir: &Path, name: &str) -> PathBuf {
+    let m = dir.join(name);
+    write_model(&m, &TinyConfig::EXAMPLE).unwrap();
+    m
+}
+
+fn refused(model: &Path, dir: &Path, needle: &str) {
+    let out = dir.join(format!(
+        "out-{}",
+        model.file_name().unwrap().to_string_lossy()
+    ));
+    let r = quantize(model, &out, "gptq");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{}: accepted", model.display());
+    assert!(err.contains(needle), "{}: {err}", model.display());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists(), "{}: an output was written", model.display());
+}
+
+#[test]
+fn hostile_folders_are_refused_before_anything_is_read() {
+    let dir = scratch("faults", "hostile");
+    let index = "model.safetensors.index.json";
+    let set_index = |m: &Path, f: &dyn Fn(&mut serde_json::Value)| {
+        let p = m.join(index);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&p, v.to_string()).unwrap();
+    };
+    // Shard names outside the folder.
+    for (k, bad) in [
+        "../model-00001-of-00002.safetensors",
+        "/etc/passwd",
+        "a/b.safetensors",
+        "..",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let m = damaged(&dir, &format!("traversal{k}"));
+        set_index(&m, &|v| {
+            v["weight_map"]["model.norm.weight"] = (*bad).into()
+        });
+        refused(&m, &dir, "is not a file of the model folder");
+    }
+    // An index naming a hundred thousand shards.
+    let m = damaged(&dir, "many");
+    set_index(&m, &|v| {
+        let map = v["weight_map"].as_object_mut().unwrap();
+        for i in 0..100_000 {
+            map.insert(format!("t{i}"), format!("s{i}.safetensors").into());
+        }
+    });
+    refused(&m, &dir, "more than groupq takes");
+    // A config.json of 65 MiB (sparse), and one that is a FIFO.
+    let m = damaged(&dir, "huge");
+    std::fs::File::options()
+        .write(true)
+        .open(m.join("config.json"))
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    refused(&m, &dir, "more than a JSON file of a model can be");
+    let m = damaged(&dir, "fifo");
+    std::fs::remove_file(m.join("config.json")).unwrap();
+    let fifo = Command::new("mkfifo").arg(m.join("config.json")).status();
+    if fifo.is_ok_and(|s| s.success()) {
+        refused(&m, &dir, "not a regular file");
+    }
+}
+
+/// Every truncation and every single-byte corruption of a shard's header:
+/// an error naming the file, never a panic.
+#[test]
+fn damaged_shard_headers_are_errors() {
+    use groupq_cli::checkpoint::Shard;
+    let dir = scratch("faults", "headers");
+    let m = damaged(&dir, "model");
+    let path = m.join("model-00001-of-00002.safetensors");
+    let good = std::fs::read(&path).unwrap();
+    let header_end = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let probe = dir.join("probe.safetensors");
+    let mut accepted = 0;
+    for n in 0..header_end + 16 {
+        std::fs::write(&probe, &good[..n]).unwrap();
+        let r = std::panic::catch_unwind(|| Shard::open(&probe).map(|_| ()));
+        let r = r.unwrap_or_else(|_| panic!("truncated at {n}: panicked"));
+        let err = r.expect_err("a truncated shard was accepted");
+        assert!(format!("{err:#}").contains("probe.safetensors"), "{err:#}");
+    }
+    for i in 0..header_end {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut bad = good.clone();
+            bad[i] ^= flip;
+            std::fs::write(&probe, &bad).unwrap();
+            let r = std::panic::catch_unwind(|| Shard::open(&probe).map(|s| s.tensors.len()));
+            match r.unwrap_or_else(|_| panic!("byte {i} ^ {flip:#x}: panicked")) {
+                Ok(_) => accepted += 1,
+                Err(e) => assert!(format!("{e:#}").contains("probe.safetensors"), "{e:#}"),
+            }
+        }
+    }
+    // Flips inside the header's JSON strings or padding can leave it valid.
+    assert!(
+        accepted < header_end,
+        "{accepted} of {} corruptions accepted",
+        3 * header_end
+    );
+}
