@@ -51,7 +51,7 @@ fn geometry(b: &mut Bytes<'_>, shape: [usize; 2]) -> Geometry {
         2..=5 => shape[1] + usize::from(b.u8() % 5),
         _ => shape[1],
     };
-    let col = if b.u8() % 32 == 0 {
+    let col = if b.u8().is_multiple_of(32) {
         usize::from(b.u8() % 3)
     } else {
         1
@@ -96,7 +96,7 @@ fn floats<T: Element>(b: &mut Bytes<'_>, n: usize) -> Vec<T> {
     (0..n)
         .map(|i| {
             let bits = pool[i % 8].rotate_left((i / 8) as u32 * 7);
-            if bits % 8 == 0 {
+            if bits.is_multiple_of(8) {
                 T::load_le(&bits.to_le_bytes()[..T::BYTES])
             } else {
                 let m = f64::from((bits >> 16) as i32) / 1024.0;
@@ -143,7 +143,7 @@ fn on<T: Element, Q: IntElement>(b: &mut Bytes<'_>) -> bool {
         0 => usize::from(b.u16() % 300),
         _ => gs.max(1) * usize::from(b.u8() % 6),
     };
-    let (q_min, q_max) = if b.u8() % 4 == 0 {
+    let (q_min, q_max) = if b.u8().is_multiple_of(4) {
         (b.i32(), b.i32())
     } else {
         (Q::MIN, Q::MAX)
@@ -163,13 +163,13 @@ fn on<T: Element, Q: IntElement>(b: &mut Bytes<'_>) -> bool {
     let codes: Vec<Q> = values(b, geos[4].len);
     let recipe = {
         let r = presets()[usize::from(b.u8() % 8)];
-        if b.u8() % 2 == 0 {
+        if b.u8().is_multiple_of(2) {
             r.with_non_finite(NonFinitePolicy::Propagate)
         } else {
             r
         }
     };
-    let boundary = if b.u8() % 2 == 0 {
+    let boundary = if b.u8().is_multiple_of(2) {
         SteBoundary::Exclusive
     } else {
         SteBoundary::Inclusive
