@@ -43,27 +43,8 @@ impl Shard {
         // the checkpoint mid-run is outside what any mmap reader can guard.
         let mmap = unsafe { Mmap::map(&file) }
             .with_context(|| format!("cannot map {}", path.display()))?;
-        SafeTensors::deserialize(&mmap)
-            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
-        let (header_len, meta) = SafeTensors::read_metadata(&mmap)
-            .map_err(|e| anyhow!("{}: invalid safetensors header: {e}", path.display()))?;
-        let base = 8 + header_len;
-        let mut tensors: Vec<TensorInfo> = meta
-            .tensors()
-            .into_iter()
-            .map(|(name, info)| TensorInfo {
-                name,
-                dtype: info.dtype,
-                shape: info.shape.clone(),
-                start: base + info.data_offsets.0,
-                end: base + info.data_offsets.1,
-            })
-            .collect();
-        tensors.sort_by_key(|t| t.start);
-        let metadata = meta
-            .metadata()
-            .clone()
-            .map(|m| m.into_iter().collect::<BTreeMap<_, _>>());
+        let (metadata, tensors) = parse_header(&mmap)
+            .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
         Ok(Shard {
             file_name: path
                 .file_name()
@@ -100,6 +81,125 @@ pub const INDEX: &str = "model.safetensors.index.json";
 pub const MAX_JSON_BYTES: u64 = 64 << 20;
 /// Most shard files an index may name.
 pub const MAX_SHARDS: usize = 65_536;
+
+/// A parsed safetensors header: its metadata and its tensors in file order.
+pub type Header = (Option<BTreeMap<String, String>>, Vec<TensorInfo>);
+
+/// A safetensors file's header, validated against its bytes (every
+/// tensor's data inside the file, shapes and dtypes consistent): the
+/// metadata and the tensors in file order.
+pub fn parse_header(bytes: &[u8]) -> Result<Header> {
+    SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{e}"))?;
+    let (header_len, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("invalid header: {e}"))?;
+    let base = 8 + header_len;
+    let mut tensors: Vec<TensorInfo> = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| TensorInfo {
+            name,
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            start: base + info.data_offsets.0,
+            end: base + info.data_offsets.1,
+        })
+        .collect();
+    tensors.sort_by_key(|t| t.start);
+    let metadata = meta
+        .metadata()
+        .clone()
+        .map(|m| m.into_iter().collect::<BTreeMap<_, _>>());
+    Ok((metadata, tensors))
+}
+
+/// The shard files an index names (sorted, each once): plain file names of
+/// the model folder, at most [`MAX_SHARDS`]. `index_path` names it in errors.
+pub fn shard_names(index: &Value, index_path: &Path) -> Result<Vec<String>> {
+    let map = index["weight_map"]
+        .as_object()
+        .ok_or_else(|| anyhow!("{}: no weight_map", index_path.display()))?;
+    let mut files: Vec<String> = Vec::new();
+    for (tensor, v) in map {
+        let file = v.as_str().ok_or_else(|| {
+            anyhow!(
+                "{}: weight_map[{tensor:?}] is not a file name",
+                index_path.display()
+            )
+        })?;
+        // A shard is a file of this folder: no path, no `..`.
+        let plain = Path::new(file).file_name().is_some_and(|n| n == file)
+            && file != ".."
+            && !file.contains(['/', '\\']);
+        if !plain {
+            bail!(
+                "{}: weight_map[{tensor:?}] = {file:?} is not a file of the model folder",
+                index_path.display()
+            );
+        }
+        files.push(file.to_string());
+    }
+    files.sort();
+    files.dedup();
+    if files.len() > MAX_SHARDS {
+        bail!(
+            "{}: {} shard files, more than groupq takes ({MAX_SHARDS})",
+            index_path.display(),
+            files.len()
+        );
+    }
+    Ok(files)
+}
+
+/// The fuzz property of the checkpoint readers as `groupq quantize` uses
+/// them (cargo-fuzz target `checkpoint`, and the normal tests): `data` is
+/// split into a config.json, an index and a shard; each is parsed and
+/// validated, the layout detected from what parsed. Every failure is an
+/// error value, every accepted shard's tensors lie inside its bytes with a
+/// size that matches shape and dtype; never a panic.
+pub fn fuzz_checkpoint(data: &[u8]) {
+    let take = |d: &mut &[u8]| -> Vec<u8> {
+        let n = d
+            .first()
+            .map_or(0, |&b| usize::from(b) * 4)
+            .min(d.len().saturating_sub(1));
+        let (head, rest) = d.split_at((1 + n).min(d.len()));
+        *d = rest;
+        head.get(1..).unwrap_or_default().to_vec()
+    };
+    let mut d = data;
+    let config_bytes = take(&mut d);
+    let index_bytes = take(&mut d);
+    let config: Option<Value> = serde_json::from_slice(&config_bytes).ok();
+    if let Ok(index) = serde_json::from_slice::<Value>(&index_bytes) {
+        if let Ok(names) = shard_names(&index, Path::new("index.json")) {
+            assert!(names.len() <= MAX_SHARDS);
+            assert!(names
+                .iter()
+                .all(|n| !n.contains('/') && n != ".." && !n.is_empty()));
+        }
+    }
+    if let Ok((_, tensors)) = parse_header(d) {
+        for t in &tensors {
+            assert!(
+                t.start <= t.end && t.end <= d.len(),
+                "{} outside the file",
+                t.name
+            );
+            let bits = t
+                .shape
+                .iter()
+                .try_fold(t.dtype.bitsize(), |a, &d| a.checked_mul(d));
+            assert_eq!(bits, Some((t.end - t.start) * 8), "{}: size", t.name);
+        }
+        let refs: Vec<&TensorInfo> = tensors.iter().collect();
+        let layout = crate::layout::Layout::from_tensors(&refs, config.as_ref());
+        for t in &tensors {
+            if crate::layout::is_linear_weight(t) {
+                let _ = layout.out_in(t);
+            }
+        }
+    }
+}
 
 /// A JSON file of the model folder, or `None` where it does not exist. A
 /// file larger than [`MAX_JSON_BYTES`], unreadable, or not JSON is an error
@@ -146,39 +246,7 @@ impl Checkpoint {
         let indexed = index_path.is_file();
         let names: Vec<String> = if indexed {
             let index = read_json(&index_path)?.unwrap_or(Value::Null);
-            let map = index["weight_map"]
-                .as_object()
-                .ok_or_else(|| anyhow!("{}: no weight_map", index_path.display()))?;
-            let mut files: Vec<String> = Vec::new();
-            for (tensor, v) in map {
-                let file = v.as_str().ok_or_else(|| {
-                    anyhow!(
-                        "{}: weight_map[{tensor:?}] is not a file name",
-                        index_path.display()
-                    )
-                })?;
-                // A shard is a file of this folder: no path, no `..`.
-                let plain = Path::new(file).file_name().is_some_and(|n| n == file)
-                    && file != ".."
-                    && !file.contains(['/', '\\']);
-                if !plain {
-                    bail!(
-                        "{}: weight_map[{tensor:?}] = {file:?} is not a file of the model folder",
-                        index_path.display()
-                    );
-                }
-                files.push(file.to_string());
-            }
-            files.sort();
-            files.dedup();
-            if files.len() > MAX_SHARDS {
-                bail!(
-                    "{}: {} shard files, more than groupq takes ({MAX_SHARDS})",
-                    index_path.display(),
-                    files.len()
-                );
-            }
-            files
+            shard_names(&index, &index_path)?
         } else {
             let mut files: Vec<String> = std::fs::read_dir(path)
                 .with_context(|| format!("cannot read {}", path.display()))?
