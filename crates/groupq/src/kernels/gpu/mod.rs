@@ -22,6 +22,17 @@ pub(crate) mod recipe;
 
 const SOFT32: &str = include_str!("soft32.wgsl");
 const SOFT64: &str = include_str!("soft64.wgsl");
+/// The uniform block every program reads (see `Program::enqueue_with`).
+pub(crate) const PARAMS: &str = "struct Params {
+    n: u32, rows: u32, out_base: u32, out_stride: u32, out_cols: u32,
+    a_base: u32, a_stride: u32, b_base: u32, b_stride: u32,
+    c_base: u32, c_stride: u32, d_base: u32, d_stride: u32,
+    group: u32, q_min: i32, q_max: i32, wg_x: u32,
+    r0: u32, g0: u32, groups: u32, chunk_groups: u32,
+}
+@group(0) @binding(0) var<uniform> P: Params;
+";
+
 /// Invocations per workgroup.
 const WORKGROUP: u32 = 256;
 
@@ -151,16 +162,9 @@ fn mrne(a: MT) -> i32 {{ return {m}_rne_i32(a); }}
 fn mfrom_i32(z: i32) -> MT {{ return {m}_from_i32(z); }}
 fn mfrom_mag(sign: u32, mag: u32) -> MT {{ return {m}_from_mag(sign, mag); }}"
     );
+    s.push_str(PARAMS);
     s.push_str(
-        "struct Params {
-    n: u32, rows: u32, out_base: u32, out_stride: u32, out_cols: u32,
-    a_base: u32, a_stride: u32, b_base: u32, b_stride: u32,
-    c_base: u32, c_stride: u32, d_base: u32, d_stride: u32,
-    group: u32, q_min: i32, q_max: i32, wg_x: u32,
-    r0: u32, g0: u32, groups: u32, chunk_groups: u32,
-}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read_write> out_buf: array<u32>;
+        "@group(0) @binding(1) var<storage, read_write> out_buf: array<u32>;
 @group(0) @binding(2) var<storage, read> a_buf: array<u32>;
 @group(0) @binding(3) var<storage, read> b_buf: array<u32>;
 ",
@@ -346,6 +350,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     s
 }
 
+/// `Unsupported` naming SHADER_INT64 (and why SHADER_F64 is not enough)
+/// when `needed` and the device lacks it; `what` names what needs it.
+pub(crate) fn require_int64(dev: &WgpuDevice, label: &str, needed: bool, what: &str) -> Result<()> {
+    if needed && !dev.has_int64() {
+        return Err(Error::Unsupported(format!(
+            "{label}: {what} on the device need the wgpu feature SHADER_INT64 (f64 arithmetic is \
+             done exactly on the bits in 64-bit integers; SHADER_F64 alone is not enough), which \
+             device {:?} lacks",
+            dev.info.name
+        )));
+    }
+    Ok(())
+}
+
 impl Program {
     /// Compiles (or finds in the device's cache) the program of `op` for
     /// floats of `float` and codes of `code` (`S8` where the op has none).
@@ -358,14 +376,12 @@ impl Program {
         code: ElementKind,
     ) -> Result<Program> {
         let formula = matches!(op, Op::Formula(_));
-        if (float == ElementKind::F64 || formula) && !dev.has_int64() {
-            return Err(Error::Unsupported(format!(
-                "{label}: f64, and quantize formulas other than SPEC §3.1's, on the device need the wgpu \
-                 feature SHADER_INT64 (f64 arithmetic is done exactly on the bits in 64-bit integers; \
-                 SHADER_F64 alone is not enough), which device {:?} lacks",
-                dev.info.name
-            )));
-        }
+        require_int64(
+            dev,
+            label,
+            float == ElementKind::F64 || formula,
+            "f64, and quantize formulas other than SPEC §3.1's,",
+        )?;
         let (out, src) = match op {
             Op::Formula(f) => (code, recipe::formula_source(&f, float, code)),
             Op::Quantize => (code, source(op, float, code)),

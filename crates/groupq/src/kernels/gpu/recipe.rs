@@ -418,7 +418,7 @@ pub(crate) fn formula_source(f: &QuantizeFormula, input: ElementKind, code: Elem
     let mut s = String::new();
     s.push_str(super::SOFT32);
     s.push_str(super::SOFT64);
-    s.push_str(PARAMS);
+    s.push_str(super::PARAMS);
     s.push_str(&arith("q", q));
     // A caller's f64 scale meets a narrower arithmetic unrounded.
     let wide_s = input == ElementKind::F64 && q != ElementKind::F64;
@@ -479,16 +479,6 @@ pub(crate) struct RecipePrograms {
     label: &'static str,
 }
 
-const PARAMS: &str = "struct Params {
-    n: u32, rows: u32, out_base: u32, out_stride: u32, out_cols: u32,
-    a_base: u32, a_stride: u32, b_base: u32, b_stride: u32,
-    c_base: u32, c_stride: u32, d_base: u32, d_stride: u32,
-    group: u32, q_min: i32, q_max: i32, wg_x: u32,
-    r0: u32, g0: u32, groups: u32, chunk_groups: u32,
-}
-@group(0) @binding(0) var<uniform> P: Params;
-";
-
 impl RecipePrograms {
     /// Compiles the programs of `recipe` for inputs `input`, scales `scale`,
     /// codes `codes` (none for the choose plan) and a float offset output.
@@ -505,14 +495,7 @@ impl RecipePrograms {
         let q = Recipe::arithmetic_kind(recipe.quantize.arithmetic, input);
         let fused = recipe.quantize.scale_application == ScaleApplication::ReciprocalMultiplyFused;
         let needs64 = [input, scale, a, q].contains(&ElementKind::F64) || fused;
-        if needs64 && !dev.has_int64() {
-            return Err(Error::Unsupported(format!(
-                "{label}: f64, and the fused reciprocal-add, on the device need the wgpu feature \
-                 SHADER_INT64 (f64 arithmetic is done exactly on the bits in 64-bit integers; SHADER_F64 \
-                 alone is not enough), which device {:?} lacks",
-                dev.info.name
-            )));
-        }
+        super::require_int64(dev, label, needs64, "f64, and the fused reciprocal-add,")?;
         if (a == ElementKind::F64) != (q == ElementKind::F64) {
             return Err(unsupported(
                 label,
@@ -524,7 +507,7 @@ impl RecipePrograms {
             if needs64 {
                 s.push_str(super::SOFT64);
             }
-            s.push_str(PARAMS);
+            s.push_str(super::PARAMS);
         };
         let eps = match recipe.eps {
             EpsPolicy::ClampScale(e)
