@@ -93,9 +93,21 @@ proptest! {
         threads in 1usize..4,
     ) {
         let shape = (m, groups * g, g);
-        let x = data(m * groups * g, seed);
+        let mut x = data(m * groups * g, seed);
         let s: Vec<bf16> = data(m * groups, seed ^ 9).iter().map(|v| bf16::from_f32(v.to_f32().abs() / 4.0)).collect();
-        let z: Vec<i32> = (0..m * groups).map(|i| (i % 5) as i32 - 2).collect();
+        // Every seventh group has an extreme zero point and values whose
+        // `x / s` cancels it: a zero point beyond 2^24 is added as M(z),
+        // rounded to f32 first (SPEC §3.1), on the packed path as well.
+        let extremes = [i32::MIN, i32::MAX, (1 << 24) + 1, -(1 << 24) - 3, 1 << 30];
+        let z: Vec<i32> = (0..m * groups)
+            .map(|i| if i % 7 == 3 { extremes[(i / 7) % 5] } else { (i % 5) as i32 - 2 })
+            .collect();
+        for (i, xs) in x.chunks_mut(g).enumerate().filter(|(i, _)| i % 7 == 3) {
+            let sv = f64::from(s[i].to_f32());
+            for (j, v) in xs.iter_mut().enumerate() {
+                *v = bf16::from_f64(((j % 16) as f64 - 8.0 - f64::from(z[i])) * sv);
+            }
+        }
 
         let wide = quantize::<i8>(&x, &s, &z, shape, (-8, 7), threads);
         let packed = quantize::<S4>(&x, &s, &z, shape, (-8, 7), threads);
@@ -103,7 +115,7 @@ proptest! {
         prop_assert_eq!(packed_bytes(&packed, |b| b.0), pack::nibbles(&wide32).unwrap());
         prop_assert_eq!(dequantize(&packed, &s, &z, shape), dequantize(&wide, &s, &z, shape));
 
-        let zu: Vec<i32> = z.iter().map(|&v| v + 8).collect();
+        let zu: Vec<i32> = z.iter().map(|&v| v.saturating_add(8)).collect();
         let wide = quantize::<u8>(&x, &s, &zu, shape, (0, 15), threads);
         let packed = quantize::<U4>(&x, &s, &zu, shape, (0, 15), threads);
         let wide32: Vec<i32> = wide.iter().map(|&c| c.into()).collect();

@@ -438,11 +438,14 @@ fn scale<T: RefElem>(rng: &mut Rng) -> T {
 }
 
 /// An element of a group with scale `s` and zero point `z`: typical values,
-/// exact ties `(k + 0.5)·s`, specials, huge and tiny values.
-fn value<T: RefElem>(rng: &mut Rng, s: T) -> T {
+/// exact ties `(k + 0.5)·s`, specials, huge and tiny values, and values
+/// whose `x / s` cancels the zero point (where a zero point beyond 2^24 must
+/// be rounded to M before it is added, as SPEC's `M(z)`).
+fn value<T: RefElem>(rng: &mut Rng, s: T, z: i32) -> T {
     let s = s.to_m().to_f64();
     let s = if s.is_finite() && s != 0.0 { s } else { 1.0 };
-    match rng.below(10) {
+    match rng.below(11) {
+        10 => T::from_f64((rng.range(-20, 20) as f64 - f64::from(z)) * s),
         0..=3 => T::from_f64((rng.unit() - 0.5) * 300.0 * s),
         4..=5 => T::from_f64((rng.range(-150, 150) as f64 + 0.5) * s),
         6 => T::from_f64(rng.range(-150, 150) as f64 * s),
@@ -465,11 +468,12 @@ fn params<T: RefElem>(c: &Case, rng: &mut Rng, q_min: i32, q_max: i32) -> (Mat<T
     (s, z)
 }
 
-fn values<T: RefElem>(c: &Case, rng: &mut Rng, s: &Mat<T>) -> Mat<T> {
+fn values<T: RefElem>(c: &Case, rng: &mut Rng, s: &Mat<T>, z: Option<&Mat<i32>>) -> Mat<T> {
     let mut x = Mat::new(c.outer, c.axis(), c.pad * 2, T::from_f64(0.0));
     for i in 0..c.outer {
         for j in 0..c.axis() {
-            x.set(i, j, value(rng, s.at(i, j / c.group_size)));
+            let g = j / c.group_size;
+            x.set(i, j, value(rng, s.at(i, g), z.map_or(0, |z| z.at(i, g))));
         }
     }
     x
@@ -579,7 +583,7 @@ fn check_quantize<T: RefElem, Q: RefInt>(c: &Case) {
     let mut rng = Rng(c.seed);
     let (q_min, q_max) = code_range::<Q>(&mut rng);
     let (s, z) = params::<T>(c, &mut rng, q_min, q_max);
-    let x = values::<T>(c, &mut rng, &s);
+    let x = values::<T>(c, &mut rng, &s, Some(&z));
     let desc = QuantizePerGroupDescriptor {
         outer_size: c.outer,
         axis_size: c.axis(),
@@ -674,8 +678,8 @@ fn check_quantize_backward<T: RefElem>(c: &Case) {
         }
     };
     let (s, z) = params::<T>(c, &mut rng, q_min, q_max);
-    let x = values::<T>(c, &mut rng, &s);
-    let dy = values::<T>(c, &mut rng, &s);
+    let x = values::<T>(c, &mut rng, &s, Some(&z));
+    let dy = values::<T>(c, &mut rng, &s, None);
     for boundary in [SteBoundary::Exclusive, SteBoundary::Inclusive] {
         let desc = QuantizePerGroupBackwardDescriptor {
             outer_size: c.outer,
@@ -718,7 +722,7 @@ fn check_quantize_backward<T: RefElem>(c: &Case) {
 fn check_dequantize_backward<Q: RefInt, T: RefElem>(c: &Case) {
     let mut rng = Rng(c.seed ^ 3);
     let (s, _) = params::<T>(c, &mut rng, 0, 0);
-    let dy = values::<T>(c, &mut rng, &s);
+    let dy = values::<T>(c, &mut rng, &s, None);
     let desc = DequantizePerGroupBackwardDescriptor {
         outer_size: c.outer,
         axis_size: c.axis(),

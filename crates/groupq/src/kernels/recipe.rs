@@ -219,11 +219,24 @@ pub(crate) fn quantize(
     let x = a.r(x);
     // A float offset (gguf's block minimum) is subtracted first.
     let x = if offset != 0.0 { a.sub(x, offset) } else { x };
-    let z = f64::from(z);
-    // ggml's `x * id + 8.5`: the half and the zero point are one constant.
+    // `M(z)`: the zero point in the math type, f32 below f64 (SPEC §3.1;
+    // PyTorch converts an int zero point to its float opmath type too), so a
+    // zero point beyond 2^24 is rounded before it is added.
+    let wide = a.0 == ElementKind::F64;
+    let z = if wide {
+        f64::from(z)
+    } else {
+        f64::from(z as f32)
+    };
+    // ggml's `x * id + 8.5`: the half and the zero point are one constant,
+    // itself computed in the math type.
     let half_up =
         f.rounding == Rounding::HalfUp && f.zero_point_stage == ZeroPointStage::BeforeRounding;
-    let c = if half_up { z + 0.5 } else { z };
+    let c = match (half_up, wide) {
+        (false, _) => z,
+        (true, true) => z + 0.5,
+        (true, false) => f64::from(z as f32 + 0.5),
+    };
     if f.scale_application == ScaleApplication::ReciprocalMultiplyFused && s != 0.0 {
         // x * (1/s) + c with one rounding of the sum: the product of two
         // f32 values is exact in f64; the f64 sum is then rounded to the

@@ -285,19 +285,12 @@ fn choose_body(label: &str, recipe: &Recipe, a: ElementKind, eps: f64) -> Result
 /// arithmetic `q` (prefix `q`), as `kernels::recipe::quantize`.
 /// WGSL of `code(x, s, z, m) -> i32` for quantize formula `f` in arithmetic
 /// `q` (prefix `q`), codes clamped to `[lo, hi]` (WGSL expressions), as
-/// `kernels::recipe::quantize`. `wide_z`: the zero point (any i32) is
-/// added in f64 and the sum rounded to the arithmetic, as the engine does;
-/// otherwise in the arithmetic (exact for the recipes' small zero points).
+/// `kernels::recipe::quantize`: the zero point is added as `M(z)`, in f32
+/// below f64 (rounded there when beyond 2^24), as the engine does.
 /// `wide_s`: the scale is an f64 (`u64` bits) while the arithmetic is
 /// narrower, so the operations with it are done in f64 and rounded, as the
 /// engine does with a caller's f64 scale.
-fn code_body(
-    f: &QuantizeFormula,
-    (lo, hi): (&str, &str),
-    q: ElementKind,
-    wide_z: bool,
-    wide_s: bool,
-) -> String {
+fn code_body(f: &QuantizeFormula, (lo, hi): (&str, &str), q: ElementKind, wide_s: bool) -> String {
     let (zero, one, half) = (
         lit(q, 0.0).unwrap_or_default(),
         lit(q, 1.0).unwrap_or_default(),
@@ -327,13 +320,6 @@ fn code_body(
     return q_add(v, c);
 }
 "
-    } else if wide_z {
-        "fn add_z(v: qT, z: i32, half: bool) -> qT {
-    var c = f64_from_i32(z);
-    if (half) { c = f64_add(c, 0x3fe0000000000000lu); }
-    return q_r(f64_to_f32(f64_add(f32_to_f64(v), c)));
-}
-"
     } else {
         "fn add_z(v: qT, z: i32, half: bool) -> qT {
     var c = f32_from_i32(z);
@@ -358,10 +344,11 @@ fn code_body(
                 format!("f32_to_f64({v})")
             }
         };
-        let c = if half_up {
-            "f64_add(f64_from_i32(z), 0x3fe0000000000000lu)"
-        } else {
-            "f64_from_i32(z)"
+        let c = match (half_up, q == ElementKind::F64) {
+            (true, true) => "f64_add(f64_from_i32(z), 0x3fe0000000000000lu)",
+            (false, true) => "f64_from_i32(z)",
+            (true, false) => "f32_to_f64(f32_add(f32_from_i32(z), 0x3f000000u))",
+            (false, false) => "f32_to_f64(f32_from_i32(z))",
         };
         let t64 = format!("f64_add(f64_mul({}, {}), {c})", wide("x"), wide("inv_s(s)"));
         let t = if q == ElementKind::F64 {
@@ -422,7 +409,7 @@ pub(crate) fn formula_source(f: &QuantizeFormula, input: ElementKind, code: Elem
     s.push_str(&arith("q", q));
     // A caller's f64 scale meets a narrower arithmetic unrounded.
     let wide_s = input == ElementKind::F64 && q != ElementKind::F64;
-    s.push_str(&code_body(f, ("P.q_min", "P.q_max"), q, true, wide_s));
+    s.push_str(&code_body(f, ("P.q_min", "P.q_max"), q, wide_s));
     let pack = if matches!(code, ElementKind::S4 | ElementKind::U4) {
         2
     } else {
@@ -639,7 +626,7 @@ fn value(row: u32, col: u32) -> UT {{
                 prelude(&mut s);
                 s.push_str(&arith("q", q));
                 let (lo, hi) = (recipe.q_min.to_string(), recipe.q_max.to_string());
-                s.push_str(&code_body(&recipe.quantize, (&lo, &hi), q, false, false));
+                s.push_str(&code_body(&recipe.quantize, (&lo, &hi), q, false));
                 let pack = if matches!(code_kind, ElementKind::S4 | ElementKind::U4) {
                     2
                 } else {
