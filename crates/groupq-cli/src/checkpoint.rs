@@ -1,15 +1,15 @@
 //! Reading model checkpoints (a directory of safetensors shards, or one
-//! file) through memory maps, and writing safetensors files one tensor at a
+//! file) with positioned reads, and writing safetensors files one tensor at a
 //! time.
 
 use anyhow::{anyhow, bail, Context, Result};
-use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// One tensor of a shard.
 #[derive(Debug, Clone)]
@@ -22,29 +22,145 @@ pub struct TensorInfo {
     pub end: usize,
 }
 
-/// One safetensors file, memory-mapped.
+/// One safetensors file, open for reading. Tensors are read with positioned
+/// reads (`pread`), never through a memory map: another process truncating
+/// or rewriting the file while groupq reads it is then an error naming the
+/// file ([`Shard::read`], [`Shard::check_unchanged`]), not a SIGBUS or
+/// undefined behaviour.
 pub struct Shard {
     pub path: PathBuf,
     pub file_name: String,
     pub metadata: Option<BTreeMap<String, String>>,
     /// In file order.
     pub tensors: Vec<TensorInfo>,
-    mmap: Mmap,
+    file: File,
+    /// The file as opened: its size, modification time and header bytes.
+    len: u64,
+    modified: Option<SystemTime>,
+    header: Vec<u8>,
+}
+
+/// Bytes copied per read when a tensor is copied unchanged.
+const COPY_CHUNK: usize = 8 << 20;
+
+/// Opens an input file for reading: it must be a regular file (a symlink to
+/// one is followed, as in a Hugging Face cache); a FIFO, socket, device or
+/// directory is refused before it is opened (opening a FIFO would block),
+/// and a dangling symlink is named as such.
+pub fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.is_symlink() => {
+            let target = std::fs::read_link(path).unwrap_or_default();
+            bail!(
+                "{}: a symbolic link to {}, which does not exist",
+                path.display(),
+                target.display()
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if !meta.is_file() {
+        bail!(
+            "{}: not a regular file ({})",
+            path.display(),
+            file_kind(&meta)
+        );
+    }
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // What was opened, not what the name pointed at a moment before.
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "{}: not a regular file ({})",
+            path.display(),
+            file_kind(&meta)
+        );
+    }
+    Ok((file, meta))
+}
+
+/// What kind of file a non-regular file is, for errors.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_block_device() || t.is_char_device() {
+            return "a device";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` without moving a cursor, so
+/// that several threads can read one file.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let (mut done, mut buf) = (0u64, buf);
+        while !buf.is_empty() {
+            match file.seek_read(buf, offset + done) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    done += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Shard {
-    /// Maps and validates one file: a truncated or corrupt header, or data
-    /// that does not fit the file, is an error naming the file.
+    /// Opens and validates one file: a truncated or corrupt header, or data
+    /// that does not fit the file, is an error naming the file. Only the
+    /// header is read here.
     pub fn open(path: &Path) -> Result<Shard> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: a map is undefined behaviour only if the file is changed
-        // while mapped. groupq never writes its inputs (outputs go to a new
-        // directory, and IN == OUT is refused); another process truncating
-        // the checkpoint mid-run is outside what any mmap reader can guard.
-        let mmap = unsafe { Mmap::map(&file) }
-            .with_context(|| format!("cannot map {}", path.display()))?;
-        let (metadata, tensors) = parse_header(&mmap)
-            .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+        let (file, meta) = open_regular(path)?;
+        let len = meta.len();
+        let invalid = || format!("{}: not a valid safetensors file", path.display());
+        let mut n = [0u8; 8];
+        if len < 8 {
+            return Err(anyhow!(
+                "{len} bytes, shorter than the 8-byte header length"
+            ))
+            .with_context(invalid);
+        }
+        read_exact_at(&file, &mut n, 0)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_HEADER_BYTES || n > len - 8 {
+            return Err(anyhow!(
+                "the header claims {n} bytes; the file has {} after the length (and groupq reads at most {MAX_HEADER_BYTES})",
+                len - 8
+            ))
+            .with_context(invalid);
+        }
+        let mut header = vec![0u8; 8 + n as usize];
+        read_exact_at(&file, &mut header, 0)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let (metadata, tensors) = parse_header(&header, len).with_context(invalid)?;
         Ok(Shard {
             file_name: path
                 .file_name()
@@ -54,13 +170,90 @@ impl Shard {
             path: path.to_path_buf(),
             metadata,
             tensors,
-            mmap,
+            file,
+            len,
+            modified: meta.modified().ok(),
+            header,
         })
     }
 
-    /// The raw little-endian bytes of a tensor.
-    pub fn data(&self, t: &TensorInfo) -> &[u8] {
-        &self.mmap[t.start..t.end]
+    /// The raw little-endian bytes of a tensor, read from the file. A file
+    /// that has shrunk or changed since it was opened is an error.
+    pub fn read(&self, t: &TensorInfo) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; t.end - t.start];
+        self.read_into(t, t.start, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Copies a tensor's bytes to `w`, a bounded chunk at a time.
+    pub fn copy_to(&self, t: &TensorInfo, w: &mut dyn Write) -> Result<()> {
+        let mut buf = vec![0u8; COPY_CHUNK.min(t.end - t.start)];
+        let mut at = t.start;
+        while at < t.end {
+            let n = buf.len().min(t.end - at);
+            self.read_into(t, at, &mut buf[..n])?;
+            w.write_all(&buf[..n])?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn read_into(&self, t: &TensorInfo, at: usize, buf: &mut [u8]) -> Result<()> {
+        if let Err(e) = read_exact_at(&self.file, buf, at as u64) {
+            self.check_size()?;
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot read {} (tensor {}, bytes {}..{})",
+                    self.path.display(),
+                    t.name,
+                    at,
+                    at + buf.len()
+                )
+            });
+        }
+        self.check_size()
+    }
+
+    /// The file's size and modification time are still those it had when
+    /// it was opened (a cheap check made after every read).
+    fn check_size(&self) -> Result<()> {
+        let meta = self
+            .file
+            .metadata()
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        if meta.len() != self.len {
+            bail!(
+                "{} changed while being read: it was {} bytes, it is now {}",
+                self.path.display(),
+                self.len,
+                meta.len()
+            );
+        }
+        if meta.modified().ok() != self.modified {
+            bail!(
+                "{} changed while being read: it was modified (same size, {} bytes)",
+                self.path.display(),
+                self.len
+            );
+        }
+        Ok(())
+    }
+
+    /// The file is still the one that was opened: same size, same
+    /// modification time, same header bytes. Called before an output made
+    /// from it is committed.
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.check_size()?;
+        let mut now = vec![0u8; self.header.len()];
+        read_exact_at(&self.file, &mut now, 0)
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        if now != self.header {
+            bail!(
+                "{} changed while being read: its header is not the one read at the start",
+                self.path.display()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -85,13 +278,48 @@ pub const MAX_SHARDS: usize = 65_536;
 /// A parsed safetensors header: its metadata and its tensors in file order.
 pub type Header = (Option<BTreeMap<String, String>>, Vec<TensorInfo>);
 
-/// A safetensors file's header, validated against its bytes (every
-/// tensor's data inside the file, shapes and dtypes consistent): the
-/// metadata and the tensors in file order.
-pub fn parse_header(bytes: &[u8]) -> Result<Header> {
-    SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{e}"))?;
-    let (header_len, meta) =
-        SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("invalid header: {e}"))?;
+/// Largest safetensors header read (the safetensors crate's own limit).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// A safetensors file's header, validated against the file's size
+/// `file_len` (every tensor's data inside the file and the data filling it
+/// exactly, shapes and dtypes consistent, sizes without overflow): the
+/// metadata and the tensors in file order. `header` holds the file's first
+/// bytes: the 8-byte length and at least the JSON it announces.
+pub fn parse_header(header: &[u8], file_len: u64) -> Result<Header> {
+    let n = header
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| {
+            anyhow!(
+                "{} bytes, shorter than the 8-byte header length",
+                header.len()
+            )
+        })?;
+    if n > MAX_HEADER_BYTES {
+        bail!("the header claims {n} bytes, more than groupq reads ({MAX_HEADER_BYTES})");
+    }
+    let json = header.get(8..8 + n as usize).ok_or_else(|| {
+        anyhow!(
+            "the header claims {n} bytes; the file has {} after the length",
+            header.len() - 8
+        )
+    })?;
+    let json = std::str::from_utf8(json).map_err(|e| anyhow!("invalid header: {e}"))?;
+    // Deserializing validates: offsets contiguous from 0, each tensor's size
+    // that of its shape and dtype, no overflow.
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_str(json).map_err(|e| anyhow!("invalid header: {e}"))?;
+    let data = file_len
+        .checked_sub(8 + n)
+        .ok_or_else(|| anyhow!("the header claims {n} bytes; the file has {file_len} in all"))?;
+    if meta.data_len() as u64 != data {
+        bail!(
+            "the header describes {} bytes of tensor data; the file has {data}",
+            meta.data_len()
+        );
+    }
+    let header_len = n as usize;
     let base = 8 + header_len;
     let mut tensors: Vec<TensorInfo> = meta
         .tensors()
@@ -178,7 +406,7 @@ pub fn fuzz_checkpoint(data: &[u8]) {
                 .all(|n| !n.contains('/') && n != ".." && !n.is_empty()));
         }
     }
-    if let Ok((_, tensors)) = parse_header(d) {
+    if let Ok((_, tensors)) = parse_header(d, d.len() as u64) {
         for t in &tensors {
             assert!(
                 t.start <= t.end && t.end <= d.len(),
@@ -270,6 +498,12 @@ impl Checkpoint {
             shards,
             indexed,
         })
+    }
+
+    /// Every shard is still the file that was opened (see
+    /// [`Shard::check_unchanged`]); called before an output is committed.
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.shards.iter().try_for_each(Shard::check_unchanged)
     }
 
     /// Every tensor, with its shard.

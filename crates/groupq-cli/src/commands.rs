@@ -1,6 +1,6 @@
 //! The subcommands: `quantize`, `dequantize`, `inspect`.
 
-use crate::checkpoint::{write_safetensors, Checkpoint, OutTensor, TensorInfo, INDEX};
+use crate::checkpoint::{write_safetensors, Checkpoint, OutTensor, Shard, TensorInfo, INDEX};
 use crate::formats::{
     dtype_config_name, dtype_from_config, restored_bytes, transpose, Format, ModulePlan, Quantized,
     Scope, Spec, Stats, Weights,
@@ -345,7 +345,14 @@ fn copy_tree(
             std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let target = dest.join(&name);
         if meta.is_dir() {
-            if path.canonicalize().is_ok_and(|c| exclude.contains(&c)) {
+            let canonical = path
+                .canonicalize()
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            // OUT, the staging folder, and a link back to a folder being
+            // copied (which would recurse without end) are not copied.
+            if exclude.contains(&canonical)
+                || src.canonicalize().is_ok_and(|s| s.starts_with(&canonical))
+            {
                 continue;
             }
             std::fs::create_dir_all(&target)
@@ -462,7 +469,7 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
     // its input or less, so the queue holds little memory.
     const LOOKAHEAD: usize = 8;
     let (send, receive) = std::sync::mpsc::sync_channel::<Result<Quantized>>(LOOKAHEAD);
-    let jobs: Vec<(&crate::checkpoint::TensorInfo, &[u8], usize, usize, bool)> = ckpt
+    let jobs: Vec<(&Shard, &crate::checkpoint::TensorInfo, usize, usize, bool)> = ckpt
         .shards
         .iter()
         .zip(&actions)
@@ -474,7 +481,7 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
                 .filter_map(move |(t, a)| match a {
                     Action::Quantize {
                         n, k, transposed, ..
-                    } => Some((t, shard.data(t), *n, *k, *transposed)),
+                    } => Some((shard, t, *n, *k, *transposed)),
                     Action::Copy => None,
                 })
         })
@@ -486,8 +493,10 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
         let receive = receive;
         let spec = &o.spec;
         scope.spawn(move || {
-            for (t, bytes, n, k, transposed) in jobs {
-                let out = quantize_tensor(spec, bytes, t, n, k, transposed)
+            for (shard, t, n, k, transposed) in jobs {
+                let out = shard
+                    .read(t)
+                    .and_then(|bytes: Vec<u8>| quantize_tensor(spec, &bytes, t, n, k, transposed))
                     .with_context(|| format!("quantizing {}", t.name));
                 let failed = out.is_err();
                 // The writer has stopped (an error): so does the producer.
@@ -550,7 +559,7 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
                     let t = &shard.tensors[i];
                     match &list[i] {
                         Action::Copy => {
-                            w.write_all(shard.data(t))?;
+                            shard.copy_to(t, w)?;
                             bar.inc((t.end - t.start) as u64);
                         }
                         Action::Quantize { n, k, .. } => {
@@ -591,6 +600,8 @@ pub fn quantize(o: &QuantizeOptions) -> Result<Summary> {
         )
         .with_context(|| format!("cannot write {}", report.display()))?;
     }
+    // An input changed while it was read is an error, and OUT is not made.
+    ckpt.check_unchanged()?;
     staging.commit()?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
@@ -742,10 +753,12 @@ pub fn dequantize(
         let mut sources = Vec::new();
         for (ti, t) in shard.tensors.iter().enumerate() {
             if let Some(prefix) = t.name.strip_suffix(&marker) {
-                let lookup = |part: &str| {
-                    let (si, ti) = *parts.get(&format!("{prefix}.{part}"))?;
+                let lookup = |part: &str| -> Result<Option<crate::formats::Stored>> {
+                    let Some(&(si, ti)) = parts.get(&format!("{prefix}.{part}")) else {
+                        return Ok(None);
+                    };
                     let (s, t) = (&ckpt.shards[si], &ckpt.shards[si].tensors[ti]);
-                    Some((t.dtype, t.shape.clone(), s.data(t)))
+                    Ok(Some((t.dtype, t.shape.clone(), s.read(t)?)))
                 };
                 let r = detected
                     .dequantize_module(qc, &lookup, &stream)
@@ -776,7 +789,7 @@ pub fn dequantize(
             shard.metadata.as_ref(),
             |j, w: &mut dyn Write| {
                 match &sources[j] {
-                    Source::Copy(ti) => w.write_all(shard.data(&shard.tensors[*ti]))?,
+                    Source::Copy(ti) => shard.copy_to(&shard.tensors[*ti], w)?,
                     Source::Rebuilt(bytes) => w.write_all(bytes)?,
                 }
                 Ok(())
@@ -787,6 +800,8 @@ pub fn dequantize(
     bar.finish_and_clear();
     write_metadata(&ckpt, &staging.tmp, config, &weight_map, total_size)?;
     copy_other_files(&ckpt, &staging.tmp, output)?;
+    // An input changed while it was read is an error, and OUT is not made.
+    ckpt.check_unchanged()?;
     staging.commit()?;
     Ok(modules)
 }

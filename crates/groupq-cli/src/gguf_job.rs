@@ -67,13 +67,62 @@ struct Planned<'a> {
     imatrix: Option<&'a [f32]>,
 }
 
-/// Maps a file read-only.
-fn map(path: &Path) -> Result<memmap2::Mmap> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+/// A GGUF input mapped read-only, with what the file was when mapped.
+struct Mapped {
+    bytes: memmap2::Mmap,
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Mapped {
+    /// The file still has the size and modification time it had when it
+    /// was mapped; checked before an output made from it is committed.
+    fn check_unchanged(&self) -> Result<()> {
+        let meta = self
+            .file
+            .metadata()
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        if meta.len() != self.len || meta.modified().ok() != self.modified {
+            bail!(
+                "{} changed while being read (it was {} bytes, it is now {}); nothing was written",
+                self.path.display(),
+                self.len,
+                meta.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Maps a regular file read-only (a FIFO or device is refused before it is
+/// opened).
+fn map(path: &Path) -> Result<Mapped> {
+    let (file, meta) = crate::checkpoint::open_regular(path)?;
     // SAFETY: a map is undefined behaviour only if the file changes while
-    // mapped; groupq never writes its input (OUT == IN is refused).
-    unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))
+    // mapped. groupq never writes its input (OUT == IN is refused); another
+    // process truncating it mid-run ends this one with SIGBUS (its staging
+    // folder is removed by the next run, as for any killed run), and a
+    // rewrite is caught by `check_unchanged` before OUT is committed. The
+    // safetensors readers use positioned reads instead; GGUF inputs keep the
+    // map because their readers borrow the whole file.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("cannot map {}", path.display()))?;
+    Ok(Mapped {
+        bytes,
+        file,
+        path: path.to_path_buf(),
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    })
 }
 
 /// Runs the job.
@@ -230,6 +279,7 @@ pub fn quantize_gguf(o: &GgufOptions) -> Result<Summary> {
         Ok(())
     })?;
     bar.finish_and_clear();
+    bytes.check_unchanged()?;
     staged.commit()?;
     summary.bytes_in = bytes.len();
     summary.bytes_out = w.file_size() as usize;
@@ -630,6 +680,7 @@ pub fn dequantize_gguf(
     out.flush().map_err(werr)?;
     bar.finish_and_clear();
     drop(out);
+    bytes.check_unchanged()?;
     staged.commit()?;
     Ok(converted)
 }

@@ -228,16 +228,16 @@ fn check_format(format: &str, sym: bool) {
         if !linear {
             // Copied bit for bit.
             let (s2, t2) = find(&out, &t.name);
-            assert_eq!(shard.data(t), s2.data(t2), "{} copied", t.name);
+            assert_eq!(&shard.read(t).unwrap(), &s2.read(t2).unwrap(), "{} copied", t.name);
             continue;
         }
         let (n, k, gs) = (t.shape[0], t.shape[1], 32);
         let g = k / gs;
-        let w = bf16s(shard.data(t));
+        let w = bf16s(&shard.read(t).unwrap());
         let p = t.name.trim_end_matches(".weight");
         let part = |s: &str| {
             let (sh, tt) = find(&out, &format!("{p}.{s}"));
-            sh.data(tt).to_vec()
+            sh.read(tt).unwrap()
         };
         assert!(
             out.tensors().all(|(_, x)| x.name != t.name),
@@ -332,7 +332,7 @@ fn check_format(format: &str, sym: bool) {
         let (s2, t2) = find(&back_ckpt, &t.name);
         assert_eq!(t.shape, t2.shape, "{}", t.name);
         if !t.name.contains("_proj.") {
-            assert_eq!(shard.data(t), s2.data(t2));
+            assert_eq!(&shard.read(t).unwrap(), &s2.read(t2).unwrap());
         }
     }
     let (ok, stdout, _) = groupq(&["inspect", back.to_str().unwrap()]);
@@ -970,11 +970,11 @@ fn gpt2_conv1d_layers() {
     assert_eq!(t.shape, vec![32 / 8, 96]);
     let src = Checkpoint::open(&m).unwrap();
     let (s, t) = find(&src, "transformer.h.0.attn.c_attn.weight");
-    let w = transpose(&bf16s(s.data(t)), 32, 96);
+    let w = transpose(&bf16s(&s.read(t).unwrap()), 32, 96);
     let (codes, _, _) = library::<f32, u8>(&w, 96, 32, 32, Recipe::gptq(true, 4));
     let (s, t) = find(&ckpt, "transformer.h.0.attn.c_attn.qweight");
     assert_eq!(
-        pack::gptq_qweight_unpack(&i32s(s.data(t)), 96, 32, 4).unwrap(),
+        pack::gptq_qweight_unpack(&i32s(&s.read(t).unwrap()), 96, 32, 4).unwrap(),
         codes
     );
     // dequantize restores the Conv1D layout.
@@ -1004,7 +1004,7 @@ fn dequantize_writes_the_dtype_the_config_names() {
     let p = "model.layers.0.mlp.up_proj";
     let part = |s: &str| {
         let (sh, t) = find(&q, &format!("{p}.{s}"));
-        sh.data(t).to_vec()
+        sh.read(t).unwrap()
     };
     let (n, k) = (SMALL.intermediate, SMALL.hidden);
     let codes = pack::gptq_qweight_unpack(&i32s(&part("qweight")), n, k, 4).unwrap();
@@ -1044,9 +1044,9 @@ fn dequantize_writes_the_dtype_the_config_names() {
         let (s, t) = find(&ckpt, &format!("{p}.weight"));
         assert_eq!(t.dtype, expect);
         let got: Vec<f32> = match expect {
-            Dtype::BF16 => bf16s(s.data(t)).iter().map(|v| v.to_f32()).collect(),
-            Dtype::F16 => f16s(s.data(t)).iter().map(|v| v.to_f32()).collect(),
-            _ => read(s.data(t), |c| f32::from_le_bytes(c.try_into().unwrap()), 4),
+            Dtype::BF16 => bf16s(&s.read(t).unwrap()).iter().map(|v| v.to_f32()).collect(),
+            Dtype::F16 => f16s(&s.read(t).unwrap()).iter().map(|v| v.to_f32()).collect(),
+            _ => read(&s.read(t).unwrap(), |c| f32::from_le_bytes(c.try_into().unwrap()), 4),
         };
         let want: Vec<f32> = loader
             .iter()
@@ -1061,7 +1061,7 @@ fn dequantize_writes_the_dtype_the_config_names() {
         assert_eq!(t2.dtype, Dtype::BF16);
         let src = Checkpoint::open(&input).unwrap();
         let (s1, t1) = find(&src, "model.norm.weight");
-        assert_eq!(s1.data(t1), s2.data(t2));
+        assert_eq!(&s1.read(t1).unwrap(), &s2.read(t2).unwrap());
     }
 }
 
@@ -1139,7 +1139,7 @@ fn awq_writes_the_activation_scales_its_loader_expects() {
     let ckpt = Checkpoint::open(&out).unwrap();
     let (s, t) = find(&ckpt, "gpt_neox.layers.0.mlp.act.scales");
     assert_eq!((t.dtype, t.shape.clone()), (Dtype::BF16, vec![64]));
-    assert!(bf16s(s.data(t)).iter().all(|v| *v == bf16::ONE));
+    assert!(bf16s(&s.read(t).unwrap()).iter().all(|v| *v == bf16::ONE));
     // `embed_out` (GPT-NeoX's head) is declared float to every loader.
     assert!(quantization_config(&out)["modules_to_not_convert"]
         .as_array()

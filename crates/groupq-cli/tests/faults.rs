@@ -381,3 +381,183 @@ fn damaged_shard_headers_are_errors() {
         3 * header_end
     );
 }
+
+/// A shard truncated, or rewritten in place, after it was opened: reading
+/// it is an error naming the file and what changed (never a SIGBUS: shards
+/// are read with positioned reads, not mapped), and the check made before an
+/// output is committed sees a rewrite that kept the size.
+#[test]
+fn a_shard_changed_while_being_read_is_an_error() {
+    use groupq_cli::checkpoint::{Checkpoint, Shard};
+    let dir = scratch("faults", "changed");
+    let m = damaged(&dir, "model");
+    let path = m.join("model-00001-of-00002.safetensors");
+    let good = std::fs::read(&path).unwrap();
+
+    // Truncated to half: the last tensor lies past the new end.
+    let shard = Shard::open(&path).unwrap();
+    let last = shard.tensors.last().unwrap().clone();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(good.len() as u64 / 2)
+        .unwrap();
+    let err = format!("{:#}", shard.read(&last).unwrap_err());
+    assert!(
+        err.contains("changed while being read") && err.contains(&good.len().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("model-00001-of-00002.safetensors"), "{err}");
+    let mut sink = Vec::new();
+    assert!(shard.copy_to(&last, &mut sink).is_err());
+    drop(shard);
+
+    // Rewritten in place with the same size: one header byte changed (the
+    // modification time is set back to what it was, so only the header
+    // comparison can see it).
+    std::fs::write(&path, &good).unwrap();
+    let ckpt = Checkpoint::open(&m).unwrap();
+    ckpt.check_unchanged().unwrap();
+    let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bad = good.clone();
+    let letter = (8..bad.len())
+        .find(|&i| bad[i].is_ascii_lowercase())
+        .unwrap();
+    bad[letter] = bad[letter].to_ascii_uppercase();
+    assert_ne!(bad, good);
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut &f, &bad).unwrap();
+    f.set_modified(before).unwrap();
+    drop(f);
+    let err = format!("{:#}", ckpt.check_unchanged().unwrap_err());
+    assert!(err.contains("its header is not the one read"), "{err}");
+
+    // Rewritten with a new modification time: every read sees it.
+    std::fs::write(&path, &good).unwrap();
+    let t = &ckpt.shards[0].tensors[0];
+    let err = format!("{:#}", ckpt.shards[0].read(t).unwrap_err());
+    assert!(err.contains("was modified"), "{err}");
+}
+
+/// Shards that are symbolic links to regular files (a Hugging Face cache
+/// snapshot is made of them) are followed; a dangling link, a FIFO or a
+/// directory named as a shard is an error naming it, without blocking.
+#[test]
+fn symlinked_and_special_shards() {
+    use std::os::unix::fs::symlink;
+    let dir = scratch("faults", "links");
+    // A cache-like snapshot: every file a link into blobs/.
+    let real = damaged(&dir, "real");
+    let (blobs, snap) = (dir.join("blobs"), dir.join("snapshot"));
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    for e in std::fs::read_dir(&real).unwrap().flatten() {
+        let blob = blobs.join(format!("blob-{}", e.file_name().to_string_lossy()));
+        std::fs::rename(e.path(), &blob).unwrap();
+        symlink(&blob, snap.join(e.file_name())).unwrap();
+    }
+    // A link back to the folder itself must not be copied without end.
+    symlink(&snap, snap.join("loop")).unwrap();
+    let out = dir.join("out-snapshot");
+    let r = quantize(&snap, &out, "gptq");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    complete(&out);
+    // The output holds files, not links back into the cache.
+    for e in std::fs::read_dir(&out).unwrap().flatten() {
+        assert!(!e.path().is_symlink(), "{}", e.path().display());
+    }
+    assert!(!out.join("loop").exists());
+
+    let shard = "model-00002-of-00002.safetensors";
+    let m = damaged(&dir, "dangling");
+    std::fs::remove_file(m.join(shard)).unwrap();
+    symlink(dir.join("nowhere.safetensors"), m.join(shard)).unwrap();
+    refused(&m, &dir, "a symbolic link to");
+
+    let m = damaged(&dir, "fifo-shard");
+    std::fs::remove_file(m.join(shard)).unwrap();
+    if Command::new("mkfifo")
+        .arg(m.join(shard))
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        // Would block forever in open() if it were opened.
+        refused(&m, &dir, "not a regular file (a FIFO)");
+    }
+
+    let m = damaged(&dir, "dir-shard");
+    std::fs::remove_file(m.join(shard)).unwrap();
+    std::fs::create_dir(m.join(shard)).unwrap();
+    refused(&m, &dir, "not a regular file (a directory)");
+}
+
+/// As an unprivileged user (root reads and writes everything, so the test
+/// drops to `nobody` with `setpriv`; skipped with a message where it
+/// cannot): an unreadable shard and an unwritable output folder are errors
+/// naming the path and the permission, and nothing is written.
+#[test]
+fn permission_denied_as_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("faults", "perm");
+    let as_nobody = |model: &Path, out: &Path| -> Option<std::process::Output> {
+        let r = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_groupq"))
+            .args(["quantize", "--quiet", "--format", "gptq", "-o"])
+            .arg(out)
+            .arg(model)
+            .output()
+            .ok()?;
+        let err = String::from_utf8_lossy(&r.stderr);
+        // setpriv itself failed (not root, no setpriv, binary unreachable).
+        (!err.starts_with("setpriv:")).then_some(r)
+    };
+    let open = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(&dir, 0o777);
+    let m = damaged(&dir, "model");
+    open(&m, 0o755);
+    for e in std::fs::read_dir(&m).unwrap().flatten() {
+        open(&e.path(), 0o644);
+    }
+    let Some(probe) = as_nobody(&m, &dir.join("probe")) else {
+        eprintln!("skipping: cannot run groupq as nobody (setpriv needs root)");
+        return;
+    };
+    if !probe.status.success() {
+        eprintln!(
+            "skipping: groupq does not run as nobody here: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        return;
+    }
+
+    // An unreadable shard.
+    let shard = m.join("model-00002-of-00002.safetensors");
+    open(&shard, 0o600);
+    let out = dir.join("out-unreadable");
+    let r = as_nobody(&m, &out).unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        err.contains("model-00002-of-00002.safetensors") && err.contains("ermission denied"),
+        "{err}"
+    );
+    assert!(!out.exists() && !err.contains("panicked"), "{err}");
+    open(&shard, 0o644);
+
+    // An output folder the user may not write in.
+    let locked = dir.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    open(&locked, 0o755);
+    let r = as_nobody(&m, &locked.join("out")).unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        err.contains("locked") && err.contains("ermission denied"),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(&locked).unwrap().next().is_none());
+}

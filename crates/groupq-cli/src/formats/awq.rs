@@ -229,9 +229,9 @@ impl QuantFormat for Awq {
             bail!("scales has {g} groups, which do not divide in_features {k}");
         }
         let gs = k / g;
-        let codes = pack::awq_qweight_unpack(&read_i32(qbytes), n, k, bits)?;
-        let zero = pack::awq_qzeros_unpack(&read_i32(need(get, "qzeros")?.2), n, g, bits)?;
-        f16_scaled(stream, &codes, sbytes, &zero, n, k, gs)
+        let codes = pack::awq_qweight_unpack(&read_i32(&qbytes), n, k, bits)?;
+        let zero = pack::awq_qzeros_unpack(&read_i32(&need(get, "qzeros")?.2), n, g, bits)?;
+        f16_scaled(stream, &codes, &sbytes, &zero, n, k, gs)
     }
 }
 

@@ -201,33 +201,33 @@ impl QuantFormat for CompressedTensors {
         }
         let gs = k / g;
         let codes = pack::compressed_tensors_weight_unpack(
-            &read_i32(need(get, "weight_packed")?.2),
+            &read_i32(&need(get, "weight_packed")?.2),
             n,
             k,
             bits,
         )?;
-        let zero = match get("weight_zero_point") {
+        let zero = match get("weight_zero_point")? {
             Some((_, _, b)) => {
-                pack::compressed_tensors_zero_point_unpack(&read_i32(b), n, g, bits)?
+                pack::compressed_tensors_zero_point_unpack(&read_i32(&b), n, g, bits)?
             }
             None => vec![0; n * g],
         };
         // compressed-tensors computes `(q - z) * s` in the scale's dtype.
         let values: Vec<f32> = match sdtype {
             Dtype::BF16 => {
-                dequantize::<i8, bf16>(stream, &codes, &bf16::read(sbytes), &zero, n, k, gs)?
+                dequantize::<i8, bf16>(stream, &codes, &bf16::read(&sbytes), &zero, n, k, gs)?
                     .iter()
                     .map(|v| v.to_f32())
                     .collect()
             }
             Dtype::F16 => {
-                dequantize::<i8, f16>(stream, &codes, &f16::read(sbytes), &zero, n, k, gs)?
+                dequantize::<i8, f16>(stream, &codes, &f16::read(&sbytes), &zero, n, k, gs)?
                     .iter()
                     .map(|v| v.to_f32())
                     .collect()
             }
             Dtype::F32 => {
-                dequantize::<i8, f32>(stream, &codes, &f32::read(sbytes), &zero, n, k, gs)?
+                dequantize::<i8, f32>(stream, &codes, &f32::read(&sbytes), &zero, n, k, gs)?
             }
             d => bail!("weight_scale has unsupported dtype {d:?}"),
         };

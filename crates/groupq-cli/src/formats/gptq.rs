@@ -274,20 +274,20 @@ impl QuantFormat for Gptq {
         if gs == 0 || g.checked_mul(gs) != Some(k) {
             bail!("scales has {g} groups, which do not cover in_features {k} in groups of {gs}");
         }
-        if let Some((_, _, gb)) = get("g_idx") {
-            let g_idx = read_i32(gb);
+        if let Some((_, _, gb)) = get("g_idx")? {
+            let g_idx = read_i32(&gb);
             if g_idx.iter().enumerate().any(|(i, &v)| v as usize != i / gs) {
                 bail!("g_idx is not k / group_size (act-order checkpoints are not supported)");
             }
         }
-        let codes = pack::gptq_qweight_unpack(&read_i32(qbytes), n, k, bits)?;
+        let codes = pack::gptq_qweight_unpack(&read_i32(&qbytes), n, k, bits)?;
         let enc = if is_v2(config) {
             GptqZeros::V2
         } else {
             GptqZeros::V1
         };
-        let zero = pack::gptq_qzeros_unpack(&read_i32(need(get, "qzeros")?.2), n, g, bits, enc)?;
-        f16_scaled(stream, &codes, sbytes, &zero, n, k, gs)
+        let zero = pack::gptq_qzeros_unpack(&read_i32(&need(get, "qzeros")?.2), n, g, bits, enc)?;
+        f16_scaled(stream, &codes, &sbytes, &zero, n, k, gs)
     }
 }
 

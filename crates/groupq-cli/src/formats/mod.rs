@@ -219,10 +219,11 @@ pub trait QuantFormat: Sync {
 }
 
 /// A tensor as stored: dtype, shape and little-endian bytes.
-pub type Stored<'a> = (Dtype, Vec<usize>, &'a [u8]);
+pub type Stored = (Dtype, Vec<usize>, Vec<u8>);
 
-/// One quantized module's tensors, by part name (`"qweight"`, …).
-pub type ModuleTensors<'a> = dyn Fn(&str) -> Option<Stored<'a>> + 'a;
+/// One quantized module's tensors, by part name (`"qweight"`, …): `None`
+/// where the module has no such part, an error where reading it failed.
+pub type ModuleTensors<'a> = dyn Fn(&str) -> Result<Option<Stored>> + 'a;
 
 /// A module's weight back from its codes: `[n, k]` values as the format's
 /// loader computes them in its own dtype (`native`: the scales' dtype), held
@@ -800,8 +801,8 @@ pub(crate) fn f16_scaled<Q: IntElement>(
 }
 
 /// A module part that must be present.
-pub(crate) fn need<'a>(get: &ModuleTensors<'a>, part: &str) -> Result<Stored<'a>> {
-    get(part).ok_or_else(|| anyhow!("missing tensor .{part}"))
+pub(crate) fn need(get: &ModuleTensors<'_>, part: &str) -> Result<Stored> {
+    get(part)?.ok_or_else(|| anyhow!("missing tensor .{part}"))
 }
 
 /// A shape's dimension, or an error naming the tensor.
