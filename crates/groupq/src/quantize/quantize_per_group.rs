@@ -151,8 +151,10 @@ impl<TIn: Element, TOut: IntElement> QuantizePerGroupPlan<TIn, TOut> {
     /// and on the scalar backend otherwise (another preferred backend is
     /// then `Unsupported`). Packed `S4`/`U4` codes take the same path. On a
     /// device stream every formula runs on the device, bit-identical too
-    /// (formulas other than SPEC's need the device feature `SHADER_INT64`:
-    /// a zero point is added in f64, as the CPU engine adds it).
+    /// (formulas other than SPEC's need the device feature `SHADER_INT64`,
+    /// as the generated shaders hold a caller's scale in f64). The zero
+    /// point is added as SPEC's `M(z)` (rounded to f32 below f64) by every
+    /// formula.
     ///
     /// ```
     /// use groupq::*;

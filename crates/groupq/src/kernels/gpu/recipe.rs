@@ -398,8 +398,8 @@ fn inv_s(s: qT) -> qT {{ return q_div({one}, s); }}
 /// The WGSL of `QuantizePerGroupPlan::select_with_formula`'s formula `f` on
 /// caller-given scales (of the input's dtype) and zero points: one output
 /// word per invocation, bindings as the SPEC forward's (out, input, scale,
-/// zero point), the code range from the uniforms. Needs SHADER_INT64: a
-/// caller's zero point may be any i32, added in f64 as the engine does.
+/// zero point), the code range from the uniforms. Needs SHADER_INT64 (the
+/// scale is held in f64); the zero point is added as `M(z)`.
 pub(crate) fn formula_source(f: &QuantizeFormula, input: ElementKind, code: ElementKind) -> String {
     let q = Recipe::arithmetic_kind(f.arithmetic, input);
     let mut s = String::new();
