@@ -85,6 +85,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod affine;
 pub mod bench_support;
 #[cfg(feature = "wgpu")]
 mod device;

@@ -178,6 +178,9 @@ pub enum Arithmetic {
     /// float16: the input is converted to f16 first (AutoAWQ casts the layer
     /// with `.half()`).
     F16,
+    /// float64 whatever the input (PyTorch's per-token ops, promoted by the
+    /// float64 scales their `choose_qparams` returns).
+    F64,
 }
 
 /// The quantize step of a recipe: `q = clamp(round(apply(x, s) ⊕ z))`.
@@ -514,6 +517,7 @@ impl Recipe {
     pub(crate) fn arithmetic_kind(a: Arithmetic, input: ElementKind) -> ElementKind {
         match (a, input) {
             (Arithmetic::F16, _) => ElementKind::F16,
+            (Arithmetic::F64, _) => ElementKind::F64,
             (Arithmetic::Input, k) => k,
             (Arithmetic::Math, ElementKind::F64) => ElementKind::F64,
             (Arithmetic::Math, _) => ElementKind::F32,

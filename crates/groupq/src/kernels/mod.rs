@@ -11,6 +11,7 @@
 //! happens at group boundaries and every element is computed by the same pure
 //! function, so the output cannot depend on the thread count or chunking.
 
+pub(crate) mod affine;
 #[allow(unsafe_code)]
 pub(crate) mod ggml;
 #[cfg(feature = "wgpu")]

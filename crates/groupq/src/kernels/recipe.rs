@@ -36,19 +36,19 @@ impl Arith {
         }
     }
     #[inline(always)]
-    fn add(self, a: f64, b: f64) -> f64 {
+    pub fn add(self, a: f64, b: f64) -> f64 {
         self.r(a + b)
     }
     #[inline(always)]
-    fn sub(self, a: f64, b: f64) -> f64 {
+    pub fn sub(self, a: f64, b: f64) -> f64 {
         self.r(a - b)
     }
     #[inline(always)]
-    fn mul(self, a: f64, b: f64) -> f64 {
+    pub fn mul(self, a: f64, b: f64) -> f64 {
         self.r(a * b)
     }
     #[inline(always)]
-    fn div(self, a: f64, b: f64) -> f64 {
+    pub fn div(self, a: f64, b: f64) -> f64 {
         self.r(a / b)
     }
 }
@@ -79,7 +79,7 @@ pub(crate) fn eps_value(eps: Eps, input: ElementKind, scale: ElementKind) -> f64
 /// mode (which Rust requires); larger magnitudes, infinities and NaN are
 /// already integral or pass through.
 #[inline]
-fn rne(v: f64) -> f64 {
+pub(crate) fn rne(v: f64) -> f64 {
     const TWO_52: f64 = 4503599627370496.0;
     if v.abs() < TWO_52 {
         ((v.abs() + TWO_52) - TWO_52).copysign(v)
@@ -90,7 +90,7 @@ fn rne(v: f64) -> f64 {
 
 /// Rounds to an integer-valued float.
 #[inline(always)]
-fn round(rounding: Rounding, a: Arith, v: f64) -> f64 {
+pub(crate) fn round(rounding: Rounding, a: Arith, v: f64) -> f64 {
     match rounding {
         Rounding::TiesEven => rne(v),
         Rounding::TiesAway => v.round(),
@@ -203,7 +203,9 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, 
 
 /// One code under `formula`: `clamp(round(apply(x, s) ⊕ z))`, every
 /// operation rounded by `a`; a zero scale gives `v = 0` (SPEC §3.1) and a
-/// NaN becomes 0 before the clamp.
+/// NaN becomes 0 before the clamp. The arithmetic is the affine core's
+/// ([`AffineKernel`](super::affine::AffineKernel)), with SPEC's zero-scale
+/// and conversion rules.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn quantize(
@@ -216,54 +218,13 @@ pub(crate) fn quantize(
     q_min: i32,
     q_max: i32,
 ) -> i32 {
-    let x = a.r(x);
-    // A float offset (gguf's block minimum) is subtracted first.
-    let x = if offset != 0.0 { a.sub(x, offset) } else { x };
-    // `M(z)`: the zero point in the math type, f32 below f64 (SPEC §3.1;
-    // PyTorch converts an int zero point to its float opmath type too), so a
-    // zero point beyond 2^24 is rounded before it is added.
-    let wide = a.0 == ElementKind::F64;
-    let z = if wide {
-        f64::from(z)
-    } else {
-        f64::from(z as f32)
+    let k = super::affine::AffineKernel {
+        f: crate::affine::AffineFormula::from_quantize(*f),
+        a,
+        d: a,
     };
-    // ggml's `x * id + 8.5`: the half and the zero point are one constant,
-    // itself computed in the math type.
-    let half_up =
-        f.rounding == Rounding::HalfUp && f.zero_point_stage == ZeroPointStage::BeforeRounding;
-    let c = match (half_up, wide) {
-        (false, _) => z,
-        (true, true) => z + 0.5,
-        (true, false) => f64::from(z as f32 + 0.5),
-    };
-    if f.scale_application == ScaleApplication::ReciprocalMultiplyFused && s != 0.0 {
-        // x * (1/s) + c with one rounding of the sum: the product of two
-        // f32 values is exact in f64; the f64 sum is then rounded to the
-        // dtype (what an FMA-contracting ggml build, and gguf-py 0.17,
-        // compute).
-        let t = a.r(x * a.div(1.0, s) + c);
-        let r = if half_up {
-            t.trunc()
-        } else {
-            round(f.rounding, a, t)
-        };
-        return to_code(r, q_min, q_max);
-    }
-    let v = if s == 0.0 {
-        0.0
-    } else {
-        match f.scale_application {
-            ScaleApplication::Divide => a.div(x, s),
-            _ => a.mul(x, a.div(1.0, s)),
-        }
-    };
-    let r = match f.zero_point_stage {
-        ZeroPointStage::BeforeRounding if half_up => a.add(v, c).trunc(),
-        ZeroPointStage::BeforeRounding => round(f.rounding, a, a.add(v, z)),
-        ZeroPointStage::AfterRounding => a.add(round(f.rounding, a, v), z),
-    };
-    to_code(r, q_min, q_max)
+    let r = k.rounded(x, s, k.zero_point(z), offset);
+    k.code(r, z, q_min, q_max)
 }
 
 #[cfg(test)]
