@@ -228,7 +228,12 @@ fn check_format(format: &str, sym: bool) {
         if !linear {
             // Copied bit for bit.
             let (s2, t2) = find(&out, &t.name);
-            assert_eq!(&shard.read(t).unwrap(), &s2.read(t2).unwrap(), "{} copied", t.name);
+            assert_eq!(
+                &shard.read(t).unwrap(),
+                &s2.read(t2).unwrap(),
+                "{} copied",
+                t.name
+            );
             continue;
         }
         let (n, k, gs) = (t.shape[0], t.shape[1], 32);
@@ -1044,9 +1049,19 @@ fn dequantize_writes_the_dtype_the_config_names() {
         let (s, t) = find(&ckpt, &format!("{p}.weight"));
         assert_eq!(t.dtype, expect);
         let got: Vec<f32> = match expect {
-            Dtype::BF16 => bf16s(&s.read(t).unwrap()).iter().map(|v| v.to_f32()).collect(),
-            Dtype::F16 => f16s(&s.read(t).unwrap()).iter().map(|v| v.to_f32()).collect(),
-            _ => read(&s.read(t).unwrap(), |c| f32::from_le_bytes(c.try_into().unwrap()), 4),
+            Dtype::BF16 => bf16s(&s.read(t).unwrap())
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            Dtype::F16 => f16s(&s.read(t).unwrap())
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            _ => read(
+                &s.read(t).unwrap(),
+                |c| f32::from_le_bytes(c.try_into().unwrap()),
+                4,
+            ),
         };
         let want: Vec<f32> = loader
             .iter()

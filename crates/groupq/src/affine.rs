@@ -63,7 +63,9 @@ impl Shape {
 
     /// The number of elements, `None` when it overflows `usize`.
     pub fn numel(&self) -> Option<usize> {
-        self.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+        self.dims()
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
     }
 }
 

@@ -98,6 +98,19 @@ pub enum QuantizeKind {
     QuantizeGgmlBlocks,
     /// ggml blocks back to `f32`.
     DequantizeGgmlBlocks,
+    /// Float → integer codes, one scale and zero point per block of an N-D
+    /// tensor (per-tensor, per-channel, per-token, per-group on any axis).
+    QuantizeAffine,
+    /// Integer codes → float, per block.
+    DequantizeAffine,
+    /// Quantize then dequantize in one pass, with the straight-through mask.
+    FakeQuantizeAffine,
+    /// The fake-quantize's gradient: `dy` where the mask holds, else `dy · 0`.
+    FakeQuantizeAffineBackward,
+    /// SPEC §3.3's straight-through gradient, per block.
+    QuantizeAffineBackward,
+    /// SPEC §3.4's gradient, per block.
+    DequantizeAffineBackward,
 }
 
 /// The floating-point type a plan computes in.

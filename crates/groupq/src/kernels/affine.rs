@@ -8,9 +8,9 @@
 //! every operation is rounded by [`Arith`] as the formula's dtype would
 //! round it.
 
-use super::recipe::{round, Arith};
 #[cfg(test)]
 use super::recipe::rne;
+use super::recipe::{round, Arith};
 use crate::affine::{AffineFormula, CodeConversion, ZeroScale};
 use crate::element::ElementKind;
 use crate::recipe::{Recipe, Rounding, ScaleApplication, ZeroPointStage};
@@ -138,7 +138,11 @@ impl AffineKernel {
                 }
             }
             CodeConversion::Fbgemm => {
-                let m = if r.is_nan() { FBGEMM_MAX } else { r.min(FBGEMM_MAX) };
+                let m = if r.is_nan() {
+                    FBGEMM_MAX
+                } else {
+                    r.min(FBGEMM_MAX)
+                };
                 let i = if m >= f64::from(i32::MIN) {
                     m as i32
                 } else {

@@ -90,7 +90,7 @@ impl Layout {
     }
 }
 
-fn invalid(plan: &str, what: String) -> Error {
+pub(crate) fn invalid(plan: &str, what: String) -> Error {
     Error::InvalidProblem(format!("{plan}: {what}"))
 }
 

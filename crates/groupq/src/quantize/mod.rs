@@ -37,20 +37,28 @@ macro_rules! plan_info_methods {
     };
 }
 
+mod affine_common;
 mod choose_qparams_per_group;
 mod common;
+mod dequantize_affine;
 mod dequantize_per_group;
 mod dequantize_per_group_backward;
 mod engine;
+mod fake_quantize_affine;
 mod ggml_blocks;
+mod quantize_affine;
 mod quantize_dynamic_per_group;
 mod quantize_per_group;
 mod quantize_per_group_backward;
 
+pub use affine_common::ZeroPoints;
 #[cfg(feature = "wgpu")]
 pub use choose_qparams_per_group::ChooseQParamsPerGroupDeviceArgs;
 pub use choose_qparams_per_group::{
     ChooseQParamsPerGroupArgs, ChooseQParamsPerGroupDescriptor, ChooseQParamsPerGroupPlan,
+};
+pub use dequantize_affine::{
+    DequantizeAffineArgs, DequantizeAffineDescriptor, DequantizeAffinePlan,
 };
 #[cfg(feature = "wgpu")]
 pub use dequantize_per_group::DequantizePerGroupDeviceArgs;
@@ -63,10 +71,15 @@ pub use dequantize_per_group_backward::{
     DequantizePerGroupBackwardArgs, DequantizePerGroupBackwardDescriptor,
     DequantizePerGroupBackwardPlan,
 };
+pub use fake_quantize_affine::{
+    FakeQuantizeAffineArgs, FakeQuantizeAffineBackwardArgs, FakeQuantizeAffineBackwardPlan,
+    FakeQuantizeAffineDescriptor, FakeQuantizeAffinePlan,
+};
 pub use ggml_blocks::{
     DequantizeGgmlBlocksArgs, DequantizeGgmlBlocksDescriptor, DequantizeGgmlBlocksPlan,
     QuantizeGgmlBlocksArgs, QuantizeGgmlBlocksDescriptor, QuantizeGgmlBlocksPlan,
 };
+pub use quantize_affine::{QuantizeAffineArgs, QuantizeAffineDescriptor, QuantizeAffinePlan};
 #[cfg(feature = "wgpu")]
 pub use quantize_dynamic_per_group::QuantizeDynamicPerGroupDeviceArgs;
 pub use quantize_dynamic_per_group::{
