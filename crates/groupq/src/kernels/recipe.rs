@@ -121,6 +121,16 @@ pub(crate) struct Extremes {
 #[inline(always)]
 pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, i32, f64) {
     let (min, max) = (e.min, e.max);
+    // A group holding NaN: the peers' `amin`/`amax`, `min(·, 0)` and
+    // `clamp(·, eps)` all propagate it, so the scale (and a float offset)
+    // is NaN; see `nan_zero_point` for the zero point.
+    if min.is_nan() || max.is_nan() {
+        let offset = match recipe.zero_point {
+            ZeroPointRule::FloatOffset => f64::NAN,
+            _ => 0.0,
+        };
+        return (f64::NAN, nan_zero_point(recipe), offset);
+    }
     let (q_min, q_max) = (f64::from(recipe.q_min), f64::from(recipe.q_max));
     let levels = q_max - q_min;
     let clamp_range = |v: f64| match recipe.eps {
@@ -186,8 +196,13 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, 
             } else {
                 a.sub(q_max, dmax)
             };
-            let z = if z.is_nan() { z } else { z.clamp(q_min, q_max) };
-            to_code(rne(z), i32::MIN, i32::MAX)
+            // A NaN zero point (an infinite scale: inf / inf) is PyTorch's
+            // int64 INT64_MIN, held as i32::MIN (see `nan_zero_point`).
+            if z.is_nan() {
+                i32::MIN
+            } else {
+                to_code(rne(z.clamp(q_min, q_max)), i32::MIN, i32::MAX)
+            }
         }
     };
     let scale = match recipe.eps {
@@ -199,6 +214,19 @@ pub(crate) fn choose(recipe: &Recipe, a: Arith, eps: f64, e: Extremes) -> (f64, 
         _ => 0.0,
     };
     (scale, zero_point, offset)
+}
+
+/// The zero point of a group holding NaN. The peers convert a NaN float
+/// zero point to an integer, which C++ leaves undefined; groupq fixes the
+/// x86-64 results: PyTorch's per-token rule returns an int64 zero point,
+/// `INT64_MIN` there, held as `i32::MIN`; the midpoint rule does not depend
+/// on the data; every other rule gives 0 (an int8 conversion on x86).
+pub(crate) fn nan_zero_point(recipe: &Recipe) -> i32 {
+    match recipe.zero_point {
+        ZeroPointRule::Midpoint => (recipe.q_max + recipe.q_min + 1) / 2,
+        ZeroPointRule::PerTokenAsymmetric => i32::MIN,
+        _ => 0,
+    }
 }
 
 /// One code under `formula`: `clamp(round(apply(x, s) ⊕ z))`, every

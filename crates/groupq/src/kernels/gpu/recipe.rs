@@ -197,6 +197,21 @@ fn choose_body(label: &str, recipe: &Recipe, a: ElementKind, eps: f64) -> Result
         _ => v.to_string(),
     };
     s.push_str("fn choose(mn: cT, mx: cT, sam: cT) -> Chosen {\n");
+    // A group holding NaN, as `kernels::recipe::choose`.
+    let nan = lit(a, f64::NAN).unwrap_or_default();
+    let nan_offset = if recipe.zero_point == ZeroPointRule::FloatOffset {
+        nan.clone()
+    } else {
+        zero.clone()
+    };
+    let _ = writeln!(
+        s,
+        "    if (c_nan(mn) || c_nan(mx)) {{ return Chosen({nan}, {}, {nan_offset}); }}",
+        match crate::kernels::recipe::nan_zero_point(recipe) {
+            i32::MIN => "-2147483647 - 1".to_string(),
+            z => z.to_string(),
+        }
+    );
     let _ = writeln!(
         s,
         // `c_add(_, +0)` makes a zero +0, as the engine's `+ 0.0`.
@@ -265,7 +280,9 @@ fn choose_body(label: &str, recipe: &Recipe, a: ElementKind, eps: f64) -> Result
     if (!c_nan(zc)) {{ zc = c_min(c_max(zc, {qmin_l}), {qmax_l}); }}
 "
             ));
-            "c_code(c_round(zc, 0u), -2147483647 - 1, 2147483647)".to_string()
+            // NaN → i32::MIN, as the engine (PyTorch's INT64_MIN).
+            "select(c_code(c_round(zc, 0u), -2147483647 - 1, 2147483647), -2147483647 - 1, c_nan(zc))"
+                .to_string()
         }
     };
     let _ = writeln!(s, "    let zp = {zp};");
