@@ -162,24 +162,20 @@ impl Granularity {
                 b[..r].copy_from_slice(&block[..r]);
             }
         }
-        // An empty dimension has one (empty) block of length 0 or 1.
-        for d in 0..r {
-            if dims[d] == 0 {
-                b[d] = b[d].max(1);
-            }
-        }
         Shape::new(&b[..r])
     }
 
     /// The shape of the scale and zero-point arrays: `shape / block` per
-    /// dimension (an empty dimension has no parameters along it).
+    /// dimension; a dimension that one parameter spans whole counts 1, even
+    /// when it is empty (an empty per-channel tensor still has its
+    /// channels' parameters).
     pub fn param_shape(&self, shape: &Shape) -> Result<Shape> {
         let block = self.block(shape)?;
         let p: Vec<usize> = shape
             .dims()
             .iter()
             .zip(block.dims())
-            .map(|(&d, &b)| d / b)
+            .map(|(&d, &b)| if b == d { 1 } else { d / b })
             .collect();
         Shape::new(&p)
     }
@@ -204,9 +200,13 @@ pub enum ZeroScale {
 #[non_exhaustive]
 pub enum CodeConversion {
     /// SPEC §3.1: NaN → 0, then saturate into `[q_min, q_max]` (±inf and
-    /// huge values to the nearer end). PyTorch's `quantized_decomposed`
-    /// ops and `torch.quantize_per_channel`.
+    /// huge values to the nearer end).
     Saturate,
+    /// `torch.clamp(r, q_min, q_max).to(dtype)`: values saturate, and NaN
+    /// passes the clamp and casts to 0, **even where 0 is outside
+    /// `[q_min, q_max]`** (PyTorch's `quantized_decomposed` quantize ops,
+    /// `torch.quantize_per_channel`, the per-token ops).
+    CastAfterClamp,
     /// `fmin(fmax(r, q_min), q_max)`: NaN → `q_min`, ±inf saturate
     /// (`torch.fake_quantize_per_tensor_affine`).
     NanToMin,
@@ -220,7 +220,7 @@ pub enum CodeConversion {
     /// −2^31 give `i32::MIN`), the zero point is added with **i32
     /// wrap-around**, then the clamp. Needs the zero point after rounding.
     Fbgemm,
-    /// As `Saturate` for codes; a fake-quantize output keeps NaN
+    /// As `CastAfterClamp` for codes; a fake-quantize output keeps NaN
     /// (`quantized_decomposed.fake_quant_per_channel`, whose `torch.clamp`
     /// passes NaN through).
     NanPropagates,
@@ -271,11 +271,12 @@ impl AffineFormula {
     /// `quantize_per_channel` (and their dequantize): f16/bf16 widened to
     /// f32, `clamp(rne(fl32(x · fl32(1/s))) + z)`, the zero point after
     /// rounding, a zero or subnormal scale by IEEE rules (`0 · inf` = NaN →
-    /// code 0); `torch.quantize_per_channel` computes the same codes.
+    /// code 0, unclamped); `torch.quantize_per_channel` computes the same
+    /// codes.
     pub const TORCH_DECOMPOSED: AffineFormula = AffineFormula {
         quantize: TORCH,
         zero_scale: ZeroScale::Ieee,
-        conversion: CodeConversion::Saturate,
+        conversion: CodeConversion::CastAfterClamp,
         scale_to_arithmetic: false,
         dequantize_arithmetic: Arithmetic::Math,
     };
@@ -355,7 +356,7 @@ impl AffineFormula {
             arithmetic: Arithmetic::F64,
         },
         zero_scale: ZeroScale::Ieee,
-        conversion: CodeConversion::Saturate,
+        conversion: CodeConversion::CastAfterClamp,
         scale_to_arithmetic: false,
         dequantize_arithmetic: Arithmetic::F64,
     };
@@ -370,7 +371,7 @@ impl AffineFormula {
             arithmetic: Arithmetic::Math,
         },
         zero_scale: ZeroScale::Ieee,
-        conversion: CodeConversion::Saturate,
+        conversion: CodeConversion::CastAfterClamp,
         scale_to_arithmetic: false,
         dequantize_arithmetic: Arithmetic::Math,
     };

@@ -120,8 +120,13 @@ impl AffineKernel {
     pub fn code(&self, r: f64, z: i32, lo: i32, hi: i32) -> i32 {
         let clamp = |v: f64| v.clamp(f64::from(lo), f64::from(hi)) as i32;
         match self.f.conversion {
-            CodeConversion::Saturate | CodeConversion::NanPropagates => {
-                clamp(if r.is_nan() { 0.0 } else { r })
+            CodeConversion::Saturate => clamp(if r.is_nan() { 0.0 } else { r }),
+            CodeConversion::CastAfterClamp | CodeConversion::NanPropagates => {
+                if r.is_nan() {
+                    0
+                } else {
+                    clamp(r)
+                }
             }
             CodeConversion::NanToMin => {
                 if r.is_nan() {
