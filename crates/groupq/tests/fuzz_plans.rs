@@ -25,6 +25,26 @@ fn random_inputs() {
     assert!(ran > 300, "only {ran} of 3000 inputs ran a plan");
 }
 
+/// The affine branch (inputs starting with 0xF0..=0xFF).
+#[test]
+fn affine_random_inputs() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut ran = 0;
+    for _ in 0..3000 {
+        let mut data: Vec<u8> = (0..200)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        data[0] |= 0xf0;
+        ran += usize::from(harness::run(&data));
+    }
+    assert!(ran > 300, "only {ran} of 3000 affine inputs ran a plan");
+}
+
 #[test]
 fn kept_regressions() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/plans");

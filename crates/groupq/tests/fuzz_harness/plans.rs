@@ -386,9 +386,329 @@ fn after(res: Result<()>, before: Vec<u8>, now: Vec<u8>) -> Outcome {
     }
 }
 
+/// The affine plans (f32 values and scales, i8 codes) on an arbitrary
+/// rank-`R` problem: every call a typed error (nothing written) or a
+/// result; one and two threads agree; SPEC's formula per group of the last
+/// axis of a dense matrix equals `QuantizePerGroupPlan`.
+fn affine_on<const R: usize>(b: &mut Bytes<'_>) -> bool {
+    use groupq::affine::{AffineFormula, Granularity, Shape};
+    let dims: [usize; R] = std::array::from_fn(|_| usize::from(b.u8() % 6));
+    let pick_axis = |b: &mut Bytes<'_>| usize::from(b.u8()) % (R + 1);
+    let granularity = match b.u8() % 5 {
+        0 => Granularity::PerTensor,
+        1 => Granularity::PerChannel { axis: pick_axis(b) },
+        2 => Granularity::PerToken,
+        3 => Granularity::PerGroup {
+            axis: pick_axis(b),
+            group_size: usize::from(b.u8() % 5),
+        },
+        _ => {
+            let mut blk = [1; groupq::affine::MAX_RANK];
+            for v in blk.iter_mut().take(R) {
+                *v = usize::from(b.u8() % 4);
+            }
+            Granularity::Blocks(blk)
+        }
+    };
+    let formula = [
+        AffineFormula::SPEC,
+        AffineFormula::TORCH_DECOMPOSED,
+        AffineFormula::TORCH_QUANTIZE_PER_TENSOR,
+        AffineFormula::TORCH_FAKE_QUANTIZE_PER_TENSOR,
+        AffineFormula::TORCH_FAKE_QUANTIZE_PER_CHANNEL,
+        AffineFormula::TORCH_FAKE_QUANTIZE_PER_CHANNEL_FLOAT_ZERO_POINT,
+        AffineFormula::TORCH_DECOMPOSED_FAKE_QUANT,
+        AffineFormula::TORCH_PER_TOKEN,
+        AffineFormula::TORCH_PER_TOKEN_F32,
+    ][usize::from(b.u8() % 9)];
+    let (q_min, q_max) = if b.u8().is_multiple_of(4) {
+        (b.i32(), b.i32())
+    } else {
+        (-128, 127)
+    };
+    // Strides: dense, padded, zero or arbitrary; lengths that may fall short.
+    let view = |b: &mut Bytes<'_>| -> ([usize; R], usize) {
+        let mut stride = [0usize; R];
+        let mut acc = 1usize;
+        for d in (0..R).rev() {
+            stride[d] = match b.u8() % 8 {
+                0 => 0,
+                1 => usize::from(b.u8() % 7),
+                _ => acc,
+            };
+            acc = acc.saturating_mul(dims[d].max(1)) + usize::from(b.u8() % 2);
+        }
+        let span = if dims.contains(&0) {
+            0
+        } else {
+            1 + (0..R).map(|d| (dims[d] - 1) * stride[d]).sum::<usize>()
+        };
+        let len = match b.u8() % 8 {
+            0 => span.saturating_sub(1),
+            _ => span,
+        };
+        (stride, len.min(4096))
+    };
+    let (in_stride, in_len) = view(b);
+    let (out_stride, out_len) = view(b);
+    let shape = match Shape::new(&dims) {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    let nparams = granularity
+        .param_shape(&shape)
+        .ok()
+        .and_then(|p| p.numel())
+        .unwrap_or(0);
+    let plen = match b.u8() % 8 {
+        0 => nparams + 1,
+        1 => nparams.saturating_sub(1),
+        _ => nparams,
+    }
+    .min(4096);
+    let x: Vec<f32> = floats(b, in_len);
+    let dy: Vec<f32> = floats(b, in_len);
+    let s: Vec<f32> = floats(b, plen);
+    let zi: Vec<i32> = (0..plen).map(|_| b.i32()).collect();
+    let zf: Vec<f32> = floats(b, plen);
+    let codes: Vec<i8> = values(b, in_len);
+    let zp_kind = b.u8() % 3;
+    let op = b.u8() % 4;
+    let zp = || match zp_kind {
+        0 => ZeroPoints::None,
+        1 => ZeroPoints::Int(&zi),
+        _ => ZeroPoints::Float(&zf),
+    };
+    let run = |threads: usize| -> (Result<()>, Vec<u8>, Vec<u8>) {
+        let stream = Stream::cpu_with_threads(threads).unwrap();
+        let pref = PlanPreference::default();
+        let mut out = vec![0x5au8; out_len * 4];
+        let mut mask = vec![false; out_len];
+        let before = out.clone();
+        let res = (|| -> Result<()> {
+            let ov = |o: &mut Vec<u8>| -> Vec<f32> {
+                o.chunks(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            };
+            match op {
+                0 => {
+                    let desc = QuantizeAffineDescriptor {
+                        shape,
+                        granularity,
+                        q_min,
+                        q_max,
+                        formula,
+                        input_element: ElementKind::F32,
+                        scale_element: ElementKind::F32,
+                        output_element: ElementKind::S8,
+                    };
+                    let plan = QuantizeAffinePlan::<f32, f32, i8>::select(&stream, &desc, pref)?;
+                    let mut q = vec![0x5ai8; out_len];
+                    let r = plan.run(
+                        &stream,
+                        Workspace::None,
+                        QuantizeAffineArgs {
+                            input: TensorRef {
+                                data: &x,
+                                shape: dims,
+                                stride: in_stride,
+                            },
+                            scale: &s,
+                            zero_point: zp(),
+                            output: TensorMut {
+                                data: &mut q,
+                                shape: dims,
+                                stride: out_stride,
+                            },
+                        },
+                    );
+                    out = q.iter().map(|&c| c as u8).collect();
+                    if r.is_err() {
+                        assert!(q.iter().all(|&c| c == 0x5a), "written on error");
+                    }
+                    r
+                }
+                1 => {
+                    let desc = DequantizeAffineDescriptor {
+                        shape,
+                        granularity,
+                        formula,
+                        input_element: ElementKind::S8,
+                        scale_element: ElementKind::F32,
+                        output_element: ElementKind::F32,
+                    };
+                    let plan = DequantizeAffinePlan::<i8, f32, f32>::select(&stream, &desc, pref)?;
+                    let mut y = ov(&mut out);
+                    let r = plan.run(
+                        &stream,
+                        Workspace::None,
+                        DequantizeAffineArgs {
+                            input: TensorRef {
+                                data: &codes,
+                                shape: dims,
+                                stride: in_stride,
+                            },
+                            scale: &s,
+                            zero_point: zp(),
+                            output: TensorMut {
+                                data: &mut y,
+                                shape: dims,
+                                stride: out_stride,
+                            },
+                        },
+                    );
+                    out = y.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+                    r
+                }
+                _ => {
+                    let desc = FakeQuantizeAffineDescriptor {
+                        shape,
+                        granularity,
+                        q_min,
+                        q_max,
+                        formula,
+                        element: ElementKind::F32,
+                        scale_element: ElementKind::F32,
+                    };
+                    let mut y = ov(&mut out);
+                    let r = if op == 2 {
+                        let plan =
+                            FakeQuantizeAffinePlan::<f32, f32>::select(&stream, &desc, pref)?;
+                        plan.run(
+                            &stream,
+                            Workspace::None,
+                            FakeQuantizeAffineArgs {
+                                input: TensorRef {
+                                    data: &x,
+                                    shape: dims,
+                                    stride: in_stride,
+                                },
+                                scale: &s,
+                                zero_point: zp(),
+                                output: TensorMut {
+                                    data: &mut y,
+                                    shape: dims,
+                                    stride: out_stride,
+                                },
+                                mask: Some(TensorMut {
+                                    data: &mut mask,
+                                    shape: dims,
+                                    stride: out_stride,
+                                }),
+                            },
+                        )
+                    } else {
+                        let plan = FakeQuantizeAffineBackwardPlan::<f32, f32>::select(
+                            &stream, &desc, pref,
+                        )?;
+                        plan.run(
+                            &stream,
+                            Workspace::None,
+                            FakeQuantizeAffineBackwardArgs {
+                                grad_output: TensorRef {
+                                    data: &dy,
+                                    shape: dims,
+                                    stride: in_stride,
+                                },
+                                input: TensorRef {
+                                    data: &x,
+                                    shape: dims,
+                                    stride: in_stride,
+                                },
+                                scale: &s,
+                                zero_point: zp(),
+                                grad_input: TensorMut {
+                                    data: &mut y,
+                                    shape: dims,
+                                    stride: out_stride,
+                                },
+                            },
+                        )
+                    };
+                    out = y.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+                    r
+                }
+            }
+        })();
+        if let Err(e) = &res {
+            if op != 0 {
+                assert_eq!(before, out, "{e}: the output was written");
+            }
+            assert!(mask.iter().all(|&m| !m), "{e}: the mask was written");
+        }
+        let m: Vec<u8> = mask.iter().map(|&v| u8::from(v)).collect();
+        (res, out, m)
+    };
+    let (r1, o1, m1) = run(1);
+    let (r2, o2, m2) = run(2);
+    assert_eq!(r1.is_ok(), r2.is_ok(), "{r1:?} vs {r2:?}");
+    if r1.is_ok() {
+        assert_eq!(o1, o2, "one and two threads differ");
+        assert_eq!(m1, m2, "masks differ");
+    }
+    // SPEC per group of the last axis of a dense matrix: the per-group plan.
+    if let (
+        Ok(()),
+        0,
+        2,
+        AffineFormula::SPEC,
+        Granularity::PerGroup {
+            axis: 1,
+            group_size,
+        },
+        1,
+    ) = (&r1, op, R, formula, granularity, zp_kind)
+    {
+        if in_stride[..] == [dims[1], 1] && out_stride == in_stride && q_min >= -128 && q_max <= 127
+        {
+            let stream = Stream::cpu_with_threads(1).unwrap();
+            let desc = QuantizePerGroupDescriptor {
+                outer_size: dims[0],
+                axis_size: dims[1],
+                group_size,
+                q_min,
+                q_max,
+                input_element: ElementKind::F32,
+                output_element: ElementKind::S8,
+            };
+            let plan = QuantizePerGroupPlan::<f32, i8>::select(&stream, &desc, Default::default())
+                .unwrap();
+            let mut q = vec![0i8; dims[0] * dims[1]];
+            let groups = dims[1] / group_size;
+            plan.run(
+                &stream,
+                Workspace::None,
+                QuantizePerGroupArgs {
+                    input: TensorRef::new(&x[..dims[0] * dims[1]], [dims[0], dims[1]]).unwrap(),
+                    scale: TensorRef::new(&s[..dims[0] * groups], [dims[0], groups]).unwrap(),
+                    zero_point: TensorRef::new(&zi[..dims[0] * groups], [dims[0], groups]).unwrap(),
+                    output: TensorMut::new(&mut q, [dims[0], dims[1]]).unwrap(),
+                },
+            )
+            .unwrap();
+            let per_group: Vec<u8> = q.iter().map(|&c| c as u8).collect();
+            assert_eq!(
+                per_group,
+                o1[..per_group.len()],
+                "the affine SPEC path and QuantizePerGroupPlan differ"
+            );
+        }
+    }
+    r1.is_ok()
+}
+
 /// One fuzz input; whether the plan ran (rather than returned an error).
 pub fn run(data: &[u8]) -> bool {
     let mut b = Bytes(data);
+    if data.first().is_some_and(|&f| f >= 0xf0) {
+        b.u8();
+        return match b.u8() % 3 {
+            0 => affine_on::<1>(&mut b),
+            1 => affine_on::<2>(&mut b),
+            _ => affine_on::<3>(&mut b),
+        };
+    }
     match b.u8() % 16 {
         0 => on::<f32, i8>(&mut b),
         1 => on::<f32, u8>(&mut b),
