@@ -641,3 +641,175 @@ fn empty_and_scalar_tensors() {
     .unwrap();
     assert_eq!(q, [6]);
 }
+
+/// The affine backward plans with SPEC's formula, per group of the last
+/// axis of a matrix, equal the per-group backward plans (SPEC §3.3, §3.4)
+/// bit for bit; the matrix is then also read transposed (groups down the
+/// columns of the `[K, N]` layout) through strides, with the same result.
+fn check_backward(seed: u64, threads: usize) -> std::result::Result<(), TestCaseError> {
+    let mut rng = Rng(seed | 1);
+    let outer = 1 + rng.below(5) as usize;
+    let gs = 1 + rng.below(6) as usize;
+    let axis = gs * (1 + rng.below(4) as usize);
+    let groups = axis / gs;
+    let s: Vec<f32> = (0..outer * groups).map(|_| scale(&mut rng)).collect();
+    let z: Vec<i32> = (0..outer * groups)
+        .map(|_| rng.below(20) as i32 - 10)
+        .collect();
+    let x: Vec<f32> = (0..outer * axis)
+        .map(|i| value(&mut rng, s[i / gs]))
+        .collect();
+    let dy: Vec<f32> = (0..outer * axis)
+        .map(|i| value(&mut rng, s[i / gs]))
+        .collect();
+    let (lo, hi) = (-8, 7);
+    let st = Stream::cpu_with_threads(threads).unwrap();
+    for boundary in [SteBoundary::Exclusive, SteBoundary::Inclusive] {
+        let pdesc = QuantizePerGroupBackwardDescriptor {
+            outer_size: outer,
+            axis_size: axis,
+            group_size: gs,
+            q_min: lo,
+            q_max: hi,
+            input_element: ElementKind::F32,
+            boundary,
+        };
+        let pplan =
+            QuantizePerGroupBackwardPlan::<f32>::select(&st, &pdesc, Default::default()).unwrap();
+        let mut want = vec![0f32; outer * axis];
+        pplan
+            .run(
+                &st,
+                Workspace::None,
+                QuantizePerGroupBackwardArgs {
+                    grad_output: TensorRef::new(&dy, [outer, axis]).unwrap(),
+                    input: TensorRef::new(&x, [outer, axis]).unwrap(),
+                    scale: TensorRef::new(&s, [outer, groups]).unwrap(),
+                    zero_point: TensorRef::new(&z, [outer, groups]).unwrap(),
+                    grad_input: TensorMut::new(&mut want, [outer, axis]).unwrap(),
+                },
+            )
+            .unwrap();
+        let desc = QuantizeAffineBackwardDescriptor {
+            shape: Shape::new(&[outer, axis]).unwrap(),
+            granularity: Granularity::PerGroup {
+                axis: 1,
+                group_size: gs,
+            },
+            q_min: lo,
+            q_max: hi,
+            formula: AffineFormula::SPEC,
+            boundary,
+            element: ElementKind::F32,
+            scale_element: ElementKind::F32,
+        };
+        let plan =
+            QuantizeAffineBackwardPlan::<f32, f32>::select(&st, &desc, Default::default()).unwrap();
+        let mut got = vec![0f32; outer * axis];
+        plan.run(
+            &st,
+            Workspace::None,
+            QuantizeAffineBackwardArgs {
+                grad_output: TensorRef::new(&dy, [outer, axis]).unwrap(),
+                input: TensorRef::new(&x, [outer, axis]).unwrap(),
+                scale: &s,
+                zero_point: ZeroPoints::Int(&z),
+                grad_input: TensorMut::new(&mut got, [outer, axis]).unwrap(),
+            },
+        )
+        .unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&got), bits(&want), "{:?}", boundary);
+        // The same data seen as its transpose [axis, outer] with groups
+        // down the columns (axis 0), read through strides; the parameters
+        // are then laid out [groups, outer].
+        let tdesc = QuantizeAffineBackwardDescriptor {
+            shape: Shape::new(&[axis, outer]).unwrap(),
+            granularity: Granularity::PerGroup {
+                axis: 0,
+                group_size: gs,
+            },
+            ..desc
+        };
+        let tplan = QuantizeAffineBackwardPlan::<f32, f32>::select(&st, &tdesc, Default::default())
+            .unwrap();
+        let ts: Vec<f32> = (0..groups * outer)
+            .map(|i| s[(i % outer) * groups + i / outer])
+            .collect();
+        let tz: Vec<i32> = (0..groups * outer)
+            .map(|i| z[(i % outer) * groups + i / outer])
+            .collect();
+        let mut tgot = vec![0f32; outer * axis];
+        tplan
+            .run(
+                &st,
+                Workspace::None,
+                QuantizeAffineBackwardArgs {
+                    grad_output: TensorRef::with_strides(&dy, [axis, outer], [1, axis]).unwrap(),
+                    input: TensorRef::with_strides(&x, [axis, outer], [1, axis]).unwrap(),
+                    scale: &ts,
+                    zero_point: ZeroPoints::Int(&tz),
+                    grad_input: TensorMut::with_strides(&mut tgot, [axis, outer], [1, axis])
+                        .unwrap(),
+                },
+            )
+            .unwrap();
+        prop_assert_eq!(bits(&tgot), bits(&want), "transposed {:?}", boundary);
+    }
+    // SPEC §3.4.
+    let ddesc = DequantizePerGroupBackwardDescriptor {
+        outer_size: outer,
+        axis_size: axis,
+        group_size: gs,
+    };
+    let dplan =
+        DequantizePerGroupBackwardPlan::<i8, f32>::select(&st, &ddesc, Default::default()).unwrap();
+    let mut want = vec![0f32; outer * axis];
+    dplan
+        .run(
+            &st,
+            Workspace::None,
+            DequantizePerGroupBackwardArgs {
+                grad_output: TensorRef::new(&dy, [outer, axis]).unwrap(),
+                scale: TensorRef::new(&s, [outer, groups]).unwrap(),
+                grad_input: TensorMut::new(&mut want, [outer, axis]).unwrap(),
+            },
+        )
+        .unwrap();
+    let adesc = DequantizeAffineBackwardDescriptor {
+        shape: Shape::new(&[outer, axis]).unwrap(),
+        granularity: Granularity::PerGroup {
+            axis: 1,
+            group_size: gs,
+        },
+        formula: AffineFormula::SPEC,
+        element: ElementKind::F32,
+        scale_element: ElementKind::F32,
+    };
+    let aplan =
+        DequantizeAffineBackwardPlan::<f32, f32>::select(&st, &adesc, Default::default()).unwrap();
+    let mut got = vec![0f32; outer * axis];
+    aplan
+        .run(
+            &st,
+            Workspace::None,
+            DequantizeAffineBackwardArgs {
+                grad_output: TensorRef::new(&dy, [outer, axis]).unwrap(),
+                scale: &s,
+                grad_input: TensorMut::new(&mut got, [outer, axis]).unwrap(),
+            },
+        )
+        .unwrap();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    prop_assert_eq!(bits(&got), bits(&want));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn backward_plans_equal_the_per_group_ones(seed in any::<u64>(), threads in 1usize..4) {
+        check_backward(seed, threads)?;
+    }
+}

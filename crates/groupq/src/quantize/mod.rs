@@ -47,6 +47,7 @@ mod engine;
 mod fake_quantize_affine;
 mod ggml_blocks;
 mod quantize_affine;
+mod quantize_affine_backward;
 mod quantize_dynamic_per_group;
 mod quantize_per_group;
 mod quantize_per_group_backward;
@@ -80,6 +81,10 @@ pub use ggml_blocks::{
     QuantizeGgmlBlocksArgs, QuantizeGgmlBlocksDescriptor, QuantizeGgmlBlocksPlan,
 };
 pub use quantize_affine::{QuantizeAffineArgs, QuantizeAffineDescriptor, QuantizeAffinePlan};
+pub use quantize_affine_backward::{
+    DequantizeAffineBackwardArgs, DequantizeAffineBackwardDescriptor, DequantizeAffineBackwardPlan,
+    QuantizeAffineBackwardArgs, QuantizeAffineBackwardDescriptor, QuantizeAffineBackwardPlan,
+};
 #[cfg(feature = "wgpu")]
 pub use quantize_dynamic_per_group::QuantizeDynamicPerGroupDeviceArgs;
 pub use quantize_dynamic_per_group::{
