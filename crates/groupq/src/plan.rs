@@ -107,6 +107,8 @@ pub enum QuantizeKind {
     FakeQuantizeAffine,
     /// The fake-quantize's gradient: `dy` where the mask holds, else `dy · 0`.
     FakeQuantizeAffineBackward,
+    /// Parameters chosen per block by a recipe, and the codes, in one call.
+    QuantizeDynamicAffine,
     /// SPEC §3.3's straight-through gradient, per block.
     QuantizeAffineBackward,
     /// SPEC §3.4's gradient, per block.

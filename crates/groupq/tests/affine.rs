@@ -813,3 +813,147 @@ proptest! {
         check_backward(seed, threads)?;
     }
 }
+
+/// The dynamic plan: per block, the parameters the per-group choose plan
+/// gives (one group per token of a matrix, and per channel down its
+/// columns through a transposed view), the codes of QuantizeAffinePlan with
+/// those parameters; under NonFinitePolicy::Error a NaN is `NonFiniteInput`
+/// naming the first bad block, with nothing written.
+#[test]
+fn dynamic_plan_equals_choose_then_quantize() {
+    use groupq::recipe::{NonFinitePolicy, Recipe, TorchaoMapping};
+    let mut rng = Rng(99);
+    let (rows, cols) = (7usize, 24usize);
+    let x: Vec<f32> = (0..rows * cols).map(|_| value(&mut rng, 0.25)).collect();
+    let x: Vec<f32> = x
+        .iter()
+        .map(|v| if v.is_finite() { *v } else { 1.5 })
+        .collect();
+    let st = Stream::cpu_with_threads(2).unwrap();
+    for recipe in [
+        Recipe::torchao(TorchaoMapping::Asymmetric, -128, 127),
+        Recipe::torchao(TorchaoMapping::Symmetric, -8, 7),
+        Recipe::torch_per_token_asymmetric_int8(),
+    ] {
+        // The oracle: the per-group choose plan, one group per row.
+        let cdesc = ChooseQParamsPerGroupDescriptor {
+            outer_size: rows,
+            axis_size: cols,
+            group_size: cols,
+            recipe,
+            input_element: ElementKind::F32,
+            scale_element: ElementKind::F32,
+        };
+        let choose =
+            ChooseQParamsPerGroupPlan::<f32, f32>::select(&st, &cdesc, Default::default()).unwrap();
+        let (mut s, mut z) = (vec![0f32; rows], vec![0i32; rows]);
+        choose
+            .run(
+                &st,
+                Workspace::None,
+                ChooseQParamsPerGroupArgs {
+                    input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                    scale: TensorMut::new(&mut s, [rows, 1]).unwrap(),
+                    zero_point: TensorMut::new(&mut z, [rows, 1]).unwrap(),
+                },
+            )
+            .unwrap();
+        let formula = AffineFormula::from_quantize(recipe.quantize);
+        let mut want = vec![0i8; rows * cols];
+        let qdesc = QuantizeAffineDescriptor {
+            shape: Shape::new(&[rows, cols]).unwrap(),
+            granularity: Granularity::PerToken,
+            q_min: recipe.q_min,
+            q_max: recipe.q_max,
+            formula,
+            input_element: ElementKind::F32,
+            scale_element: ElementKind::F32,
+            output_element: ElementKind::S8,
+        };
+        QuantizeAffinePlan::<f32, f32, i8>::select(&st, &qdesc, Default::default())
+            .unwrap()
+            .run(
+                &st,
+                Workspace::None,
+                QuantizeAffineArgs {
+                    input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                    scale: &s,
+                    zero_point: ZeroPoints::Int(&z),
+                    output: TensorMut::new(&mut want, [rows, cols]).unwrap(),
+                },
+            )
+            .unwrap();
+        // Per token, and per channel of the transposed view.
+        for (shape, g, stride) in [
+            ([rows, cols], Granularity::PerToken, [cols, 1]),
+            ([cols, rows], Granularity::PerChannel { axis: 1 }, [1, cols]),
+        ] {
+            let desc = QuantizeDynamicAffineDescriptor {
+                shape: Shape::new(&shape).unwrap(),
+                granularity: g,
+                recipe,
+                formula,
+                input_element: ElementKind::F32,
+                scale_element: ElementKind::F32,
+                output_element: ElementKind::S8,
+            };
+            let plan =
+                QuantizeDynamicAffinePlan::<f32, f32, i8>::select(&st, &desc, Default::default())
+                    .unwrap();
+            let (mut ds, mut dz, mut dq) =
+                (vec![0f32; rows], vec![0i32; rows], vec![0i8; rows * cols]);
+            plan.run(
+                &st,
+                Workspace::None,
+                QuantizeDynamicAffineArgs {
+                    input: TensorRef::with_strides(&x, shape, stride).unwrap(),
+                    scale: &mut ds,
+                    zero_point: &mut dz,
+                    output: TensorMut::with_strides(&mut dq, shape, stride).unwrap(),
+                },
+            )
+            .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&ds), bits(&s), "{recipe:?} {g:?}");
+            assert_eq!(dz, z, "{recipe:?} {g:?}");
+            assert_eq!(dq, want, "{recipe:?} {g:?}");
+        }
+        // A NaN in row 3 under the Error policy.
+        let mut bad = x.clone();
+        bad[3 * cols + 5] = f32::NAN;
+        let desc = QuantizeDynamicAffineDescriptor {
+            shape: Shape::new(&[rows, cols]).unwrap(),
+            granularity: Granularity::PerToken,
+            recipe: recipe.with_non_finite(NonFinitePolicy::Error),
+            formula,
+            input_element: ElementKind::F32,
+            scale_element: ElementKind::F32,
+            output_element: ElementKind::S8,
+        };
+        let plan =
+            QuantizeDynamicAffinePlan::<f32, f32, i8>::select(&st, &desc, Default::default())
+                .unwrap();
+        let (mut ds, mut dz, mut dq) = (vec![9f32; rows], vec![9i32; rows], vec![9i8; rows * cols]);
+        let e = plan
+            .run(
+                &st,
+                Workspace::None,
+                QuantizeDynamicAffineArgs {
+                    input: TensorRef::new(&bad, [rows, cols]).unwrap(),
+                    scale: &mut ds,
+                    zero_point: &mut dz,
+                    output: TensorMut::new(&mut dq, [rows, cols]).unwrap(),
+                },
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::NonFiniteInput { row: 3, group: 0 }),
+            "{e:?}"
+        );
+        assert!(
+            ds.iter().all(|&v| v == 9.0)
+                && dz.iter().all(|&v| v == 9)
+                && dq.iter().all(|&v| v == 9)
+        );
+    }
+}

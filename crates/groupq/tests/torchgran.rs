@@ -511,6 +511,34 @@ fn per_token_case<T: Float>(case: &Case, failures: &mut Vec<String>) {
         ));
     }
 
+    // The dynamic plan: the same parameters and the codes in one call.
+    let ddesc = QuantizeDynamicAffineDescriptor::torch_per_token(&shape, T::KIND).unwrap();
+    let dynamic =
+        QuantizeDynamicAffinePlan::<T, f64, i8>::select(&st, &ddesc, Default::default()).unwrap();
+    let (mut ds, mut dz, mut dq) = (vec![0f64; tokens], vec![0i32; tokens], vec![0i8; x.len()]);
+    with_rank!(shape.len(), R => dynamic
+        .run(&st, Workspace::None, QuantizeDynamicAffineArgs {
+            input: TensorRef::new(&x, dims::<R>(&shape)).unwrap(),
+            scale: &mut ds,
+            zero_point: &mut dz,
+            output: TensorMut::new(&mut dq, dims::<R>(&shape)).unwrap(),
+        })
+        .unwrap());
+    let dsb: Vec<u64> = ds.iter().map(|v| v.to_bits()).collect();
+    check(
+        case,
+        "dynamic scale",
+        &dsb,
+        case.t("scale"),
+        Some(Dtype::F64),
+        failures,
+    );
+    if dz != z {
+        failures.push(format!("{} dynamic zero_point: {dz:?} vs {z:?}", case.name));
+    }
+    let dqb: Vec<u64> = dq.iter().map(|&c| i64::from(c) as u64).collect();
+    check(case, "dynamic q", &dqb, case.t("q"), None, failures);
+
     let golden_s: Vec<f64> = case.t("scale").f64s();
     for (f, scale, zp, codes, deq) in [
         (

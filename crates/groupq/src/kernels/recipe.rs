@@ -115,6 +115,42 @@ pub(crate) struct Extremes {
     pub signed_absmax: f64,
 }
 
+impl Extremes {
+    /// No value yet.
+    pub const EMPTY: Extremes = Extremes {
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+        signed_absmax: 0.0,
+    };
+
+    /// Takes one value of the choose arithmetic, in the group's order: the
+    /// first of equal values (±0) is kept; a NaN makes every extreme NaN,
+    /// for good.
+    #[inline(always)]
+    pub fn add(&mut self, v: f64) {
+        if self.min.is_nan() {
+            return;
+        }
+        if v.is_nan() {
+            *self = Extremes {
+                min: v,
+                max: v,
+                signed_absmax: v,
+            };
+            return;
+        }
+        if v < self.min {
+            self.min = v;
+        }
+        if v > self.max {
+            self.max = v;
+        }
+        if v.abs() > self.signed_absmax.abs() {
+            self.signed_absmax = v;
+        }
+    }
+}
+
 /// A group's `(scale, zero_point, offset)` under `recipe`. The scale and the
 /// float offset (0 unless the recipe has one) are values of the arithmetic
 /// dtype.
@@ -910,33 +946,25 @@ impl RecipeKernel {
     /// values of the choose arithmetic's dtype. NaN extremes propagate.
     pub fn params<T: Element>(&self, xs: &[T]) -> (f64, i32, f64) {
         let a = self.choose;
-        let mut e = Extremes {
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            signed_absmax: 0.0,
-        };
+        let mut e = Extremes::EMPTY;
         for x in xs {
-            let v = a.r(x.to_f64());
-            if v.is_nan() {
-                e = Extremes {
-                    min: v,
-                    max: v,
-                    signed_absmax: v,
-                };
+            e.add(a.r(x.to_f64()));
+            if e.min.is_nan() {
                 break;
             }
-            // The first of equal values (±0) is kept.
-            if v < e.min {
-                e.min = v;
-            }
-            if v > e.max {
-                e.max = v;
-            }
-            if v.abs() > e.signed_absmax.abs() {
-                e.signed_absmax = v;
-            }
         }
-        choose(&self.recipe, a, f64::from_bits(self.eps_bits), e)
+        self.choose_from(e)
+    }
+
+    /// The choose arithmetic (values are rounded by it before
+    /// [`Extremes::add`]).
+    pub fn choose_arith(&self) -> Arith {
+        self.choose
+    }
+
+    /// `(scale, zero_point, offset)` from a group's extremes.
+    pub fn choose_from(&self, e: Extremes) -> (f64, i32, f64) {
+        choose(&self.recipe, self.choose, f64::from_bits(self.eps_bits), e)
     }
 
     /// The codes of one group with scale `s`, zero point `z` and float offset.

@@ -48,6 +48,7 @@ mod fake_quantize_affine;
 mod ggml_blocks;
 mod quantize_affine;
 mod quantize_affine_backward;
+mod quantize_dynamic_affine;
 mod quantize_dynamic_per_group;
 mod quantize_per_group;
 mod quantize_per_group_backward;
@@ -84,6 +85,9 @@ pub use quantize_affine::{QuantizeAffineArgs, QuantizeAffineDescriptor, Quantize
 pub use quantize_affine_backward::{
     DequantizeAffineBackwardArgs, DequantizeAffineBackwardDescriptor, DequantizeAffineBackwardPlan,
     QuantizeAffineBackwardArgs, QuantizeAffineBackwardDescriptor, QuantizeAffineBackwardPlan,
+};
+pub use quantize_dynamic_affine::{
+    QuantizeDynamicAffineArgs, QuantizeDynamicAffineDescriptor, QuantizeDynamicAffinePlan,
 };
 #[cfg(feature = "wgpu")]
 pub use quantize_dynamic_per_group::QuantizeDynamicPerGroupDeviceArgs;
