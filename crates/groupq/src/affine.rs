@@ -140,7 +140,7 @@ impl Granularity {
             }
             Granularity::PerGroup { axis, group_size } => {
                 check_axis(axis)?;
-                if group_size == 0 || dims[axis] % group_size != 0 {
+                if group_size == 0 || !dims[axis].is_multiple_of(group_size) {
                     return Err(Error::InvalidProblem(format!(
                         "group_size {group_size} does not divide axis {axis} of length {} (shape {dims:?})",
                         dims[axis]
@@ -150,7 +150,7 @@ impl Granularity {
             }
             Granularity::Blocks(block) => {
                 for d in 0..r {
-                    if block[d] == 0 || dims[d] % block[d] != 0 {
+                    if block[d] == 0 || !dims[d].is_multiple_of(block[d]) {
                         return Err(Error::InvalidProblem(format!(
                             "block {:?} does not divide shape {dims:?} (dimension {d}: {} into {})",
                             &block[..r],

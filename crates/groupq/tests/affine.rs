@@ -128,7 +128,9 @@ fn problem(seed: u64) -> (Problem, Rng) {
         1 => Granularity::PerChannel { axis },
         2 => Granularity::PerToken,
         _ => {
-            let divisors: Vec<usize> = (1..=dims[axis]).filter(|g| dims[axis] % g == 0).collect();
+            let divisors: Vec<usize> = (1..=dims[axis])
+                .filter(|g| dims[axis].is_multiple_of(*g))
+                .collect();
             let group_size = divisors[rng.below(divisors.len() as u64) as usize];
             Granularity::PerGroup { axis, group_size }
         }
@@ -175,25 +177,15 @@ fn param_index(p: &Problem, idx: &[usize]) -> usize {
     match p.granularity {
         Granularity::PerTensor => 0,
         Granularity::PerChannel { axis } => idx[axis],
-        Granularity::PerToken => {
-            let mut k = 0;
-            for d in 0..r - 1 {
-                k = k * p.dims[d] + idx[d];
-            }
-            k
-        }
-        Granularity::PerGroup { axis, group_size } => {
-            let mut k = 0;
-            for d in 0..r {
-                let (i, n) = if d == axis {
-                    (idx[d] / group_size, p.dims[d] / group_size)
-                } else {
-                    (idx[d], p.dims[d])
-                };
-                k = k * n + i;
-            }
-            k
-        }
+        Granularity::PerToken => (0..r - 1).fold(0, |k, d| k * p.dims[d] + idx[d]),
+        Granularity::PerGroup { axis, group_size } => (0..r).fold(0, |k, d| {
+            let (i, n) = if d == axis {
+                (idx[d] / group_size, p.dims[d] / group_size)
+            } else {
+                (idx[d], p.dims[d])
+            };
+            k * n + i
+        }),
         _ => unreachable!(),
     }
 }

@@ -149,6 +149,9 @@ fn overlaps(shape: &[usize], stride: &[usize]) -> bool {
     false
 }
 
+/// The type parameters a plan carries (it owns none of their values).
+pub(crate) type Types3<A, B, C> = std::marker::PhantomData<fn() -> (A, B, C)>;
+
 /// Strides padded to [`MAX_RANK`].
 pub(crate) fn strides<const R: usize>(s: &[usize; R]) -> [usize; MAX_RANK] {
     let mut out = [0; MAX_RANK];

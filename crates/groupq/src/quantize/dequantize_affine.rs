@@ -1,7 +1,7 @@
 //! `DequantizeAffinePlan`: integer codes → float, one scale and zero point
 //! per block of an N-D tensor.
 
-use super::affine_common::{store, strides, walk, AffineCore, NdLayout, Out, ZeroPoints};
+use super::affine_common::{store, strides, walk, AffineCore, NdLayout, Out, Types3, ZeroPoints};
 use super::common::check_kind;
 use crate::affine::{AffineFormula, Granularity, Shape, MAX_RANK};
 use crate::element::{Element, ElementKind, IntElement};
@@ -79,7 +79,7 @@ pub struct DequantizeAffinePlan<TQ: IntElement, TScale: Element, TOut: Element> 
     core: AffineCore,
     desc: DequantizeAffineDescriptor,
     kernel: AffineKernel,
-    _types: std::marker::PhantomData<fn() -> (TQ, TScale, TOut)>,
+    _types: Types3<TQ, TScale, TOut>,
 }
 
 impl<TQ: IntElement, TScale: Element, TOut: Element> DequantizeAffinePlan<TQ, TScale, TOut> {

@@ -2,7 +2,7 @@
 //! point per block of an N-D tensor (per-tensor, per-channel on any axis,
 //! per-token, per-group along any axis).
 
-use super::affine_common::{strides, walk, AffineCore, NdLayout, Out, ZeroPoints};
+use super::affine_common::{strides, walk, AffineCore, NdLayout, Out, Types3, ZeroPoints};
 use super::common::{check_code_range, check_kind};
 use crate::affine::{AffineFormula, Granularity, Shape};
 use crate::element::{Element, ElementKind, IntElement};
@@ -92,7 +92,7 @@ pub struct QuantizeAffinePlan<TIn: Element, TScale: Element, TOut: IntElement> {
     core: AffineCore,
     desc: QuantizeAffineDescriptor,
     kernel: AffineKernel,
-    _types: std::marker::PhantomData<fn() -> (TIn, TScale, TOut)>,
+    _types: Types3<TIn, TScale, TOut>,
 }
 
 impl<TIn: Element, TScale: Element, TOut: IntElement> QuantizeAffinePlan<TIn, TScale, TOut> {

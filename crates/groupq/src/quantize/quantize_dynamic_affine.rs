@@ -2,7 +2,7 @@
 //! per block by a recipe, then the codes, in one call (PyTorch's dynamic
 //! per-token and per-tensor quantization).
 
-use super::affine_common::{strides, walk, AffineCore, NdLayout, Out, ZeroPoints};
+use super::affine_common::{strides, walk, AffineCore, NdLayout, Out, Types3, ZeroPoints};
 use super::common::{check_code_range, check_kind};
 use crate::affine::{AffineFormula, Granularity, Shape, MAX_RANK};
 use crate::element::{Element, ElementKind, IntElement};
@@ -101,7 +101,7 @@ pub struct QuantizeDynamicAffinePlan<TIn: Element, TScale: Element, TOut: IntEle
     desc: QuantizeDynamicAffineDescriptor,
     recipe: RecipeKernel,
     kernel: AffineKernel,
-    _types: std::marker::PhantomData<fn() -> (TIn, TScale, TOut)>,
+    _types: Types3<TIn, TScale, TOut>,
 }
 
 impl<TIn: Element, TScale: Element, TOut: IntElement> QuantizeDynamicAffinePlan<TIn, TScale, TOut> {
