@@ -102,11 +102,12 @@ struct Problem {
     out_stride: Vec<usize>,
 }
 
-fn layout(rng: &mut Rng, dims: &[usize]) -> (Vec<usize>, usize) {
-    // A permutation of the axes, each padded by 0..2 elements.
+fn layout(rng: &mut Rng, dims: &[usize], row_major: bool) -> (Vec<usize>, usize) {
+    // A permutation of the axes (row-major when asked), each padded by 0..2
+    // elements.
     let r = dims.len();
     let mut order: Vec<usize> = (0..r).collect();
-    for i in (1..r).rev() {
+    for i in (1..r).rev().filter(|_| !row_major) {
         order.swap(i, rng.below(i as u64 + 1) as usize);
     }
     let mut stride = vec![0; r];
@@ -121,7 +122,13 @@ fn layout(rng: &mut Rng, dims: &[usize]) -> (Vec<usize>, usize) {
 fn problem(seed: u64) -> (Problem, Rng) {
     let mut rng = Rng(seed | 1);
     let rank = 1 + rng.below(4) as usize;
-    let dims: Vec<usize> = (0..rank).map(|_| 1 + rng.below(6) as usize).collect();
+    let mut dims: Vec<usize> = (0..rank).map(|_| 1 + rng.below(6) as usize).collect();
+    // A third of the problems have long rows kept innermost, so that runs
+    // sharing a parameter reach the vector kernels.
+    let long = rng.below(3) == 0;
+    if long {
+        dims[rank - 1] = 16 + rng.below(90) as usize;
+    }
     let axis = rng.below(rank as u64) as usize;
     let granularity = match rng.below(4) {
         0 => Granularity::PerTensor,
@@ -135,8 +142,8 @@ fn problem(seed: u64) -> (Problem, Rng) {
             Granularity::PerGroup { axis, group_size }
         }
     };
-    let (in_stride, _) = layout(&mut rng, &dims);
-    let (out_stride, _) = layout(&mut rng, &dims);
+    let (in_stride, _) = layout(&mut rng, &dims, long);
+    let (out_stride, _) = layout(&mut rng, &dims, long);
     (
         Problem {
             dims,
@@ -274,6 +281,23 @@ fn check_quantize(seed: u64, threads: usize) -> std::result::Result<(), TestCase
                 output: TensorMut::with_strides(&mut q, arr::<R>(&p.dims), arr::<R>(&p.out_stride)).unwrap(),
             })
             .unwrap());
+        // The scalar core alone gives the same codes as the best backend
+        // (the recipe engine's vector kernels on runs that reach them).
+        let scalar = PlanPreference {
+            prefer_backend: Some(BackendKind::Scalar),
+            ..Default::default()
+        };
+        let splan = QuantizeAffinePlan::<f32, f32, i8>::select(&stream, &desc, scalar).unwrap();
+        let mut qs = vec![sentinel; q.len()];
+        with_rank!(p.dims.len(), R => splan
+            .run(&stream, Workspace::None, QuantizeAffineArgs {
+                input: TensorRef::with_strides(&x, arr::<R>(&p.dims), arr::<R>(&p.in_stride)).unwrap(),
+                scale: &s,
+                zero_point: ZeroPoints::Int(&z),
+                output: TensorMut::with_strides(&mut qs, arr::<R>(&p.dims), arr::<R>(&p.out_stride)).unwrap(),
+            })
+            .unwrap());
+        prop_assert_eq!(&qs, &q, "scalar vs {:?}", plan.sku().backend);
         let mut written = vec![false; q.len()];
         for idx in &all {
             let (k, o) = (param_index(&p, idx), offset(idx, &p.out_stride));
@@ -496,14 +520,27 @@ fn errors_name_the_field_and_the_values() {
     let mut d = per_channel(&[4, 6], 0);
     d.q_max = 128;
     assert!(matches!(sel(&d).unwrap_err(), Error::InvalidProblem(_)));
-    // Another backend than the scalar one.
+    // A vector backend for a formula without a vector form (FBGEMM's
+    // conversion), and for a plan that has only the scalar core.
     let pref = PlanPreference {
-        prefer_backend: Some(BackendKind::Avx2),
+        prefer_backend: Some(BackendKind::Sse41),
         ..Default::default()
     };
-    let e = QuantizeAffinePlan::<f32, f32, i8>::select(&st, &per_channel(&[4, 6], 0), pref)
-        .unwrap_err();
-    assert!(matches!(e, Error::Unsupported(_)));
+    let mut d = per_channel(&[4, 6], 0);
+    d.formula = AffineFormula::TORCH_QUANTIZE_PER_TENSOR;
+    let e = QuantizeAffinePlan::<f32, f32, i8>::select(&st, &d, pref).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+    let fdesc = FakeQuantizeAffineDescriptor {
+        shape: Shape::new(&[4, 6]).unwrap(),
+        granularity: Granularity::PerTensor,
+        q_min: -8,
+        q_max: 7,
+        formula: AffineFormula::TORCH_FAKE_QUANTIZE_PER_TENSOR,
+        element: ElementKind::F32,
+        scale_element: ElementKind::F32,
+    };
+    let e = FakeQuantizeAffinePlan::<f32, f32>::select(&st, &fdesc, pref).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
     // Packed codes.
     let mut d = per_channel(&[4, 6], 0);
     d.output_element = ElementKind::S4;

@@ -10,9 +10,11 @@
 
 #[cfg(test)]
 use super::recipe::rne;
-use super::recipe::{round, Arith};
+use super::recipe::{codes_into, round, Arith, FormulaKernel, VectorRecipe, CHUNK};
+use super::{FormulaParams, GroupExtremes};
 use crate::affine::{AffineFormula, CodeConversion, ZeroScale};
 use crate::element::ElementKind;
+use crate::element::{Element, IntElement};
 use crate::recipe::{Recipe, Rounding, ScaleApplication, ZeroPointStage};
 
 /// 2^63: an f64 at or beyond it (in magnitude) has no int64 value.
@@ -188,6 +190,77 @@ impl AffineKernel {
             return (f64::NAN, r);
         }
         (self.dequantized(self.code(r, z, lo, hi), zf, s), r)
+    }
+}
+
+/// The recipe engine's vector codes kernels for an affine formula on inputs
+/// `T`, where they compute the element core's codes: the formula has a
+/// vector form, and its conversion agrees with SPEC's on every value a
+/// finite group with a finite non-zero scale can produce (NaN is then
+/// impossible; ±inf and huge values saturate in all of them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AffineVector<T> {
+    formula: FormulaKernel,
+    vector: VectorRecipe<T>,
+}
+
+impl<T: Element> AffineVector<T> {
+    /// The kernels of backend `b` for `k`'s formula and codes `Q`, if any.
+    pub fn new<Q: IntElement>(
+        k: &AffineKernel,
+        input: ElementKind,
+        b: crate::plan::BackendKind,
+    ) -> Option<Self> {
+        let agrees = matches!(
+            k.f.conversion,
+            CodeConversion::Saturate
+                | CodeConversion::CastAfterClamp
+                | CodeConversion::NanPropagates
+                | CodeConversion::NanToMin
+        );
+        if !agrees || Q::PACK != 1 {
+            return None;
+        }
+        let formula = FormulaKernel::new(k.f.quantize, input);
+        let vector = formula.vector::<T, Q>(b)?;
+        vector.codes?;
+        Some(AffineVector { formula, vector })
+    }
+}
+
+/// The codes of one run of contiguous values sharing scale `s` and zero
+/// point `z` (`zf` as the formula adds it): by the vector kernel where the
+/// run is finite and the scale is one the vector formula takes (finite,
+/// non-zero, exact in f32, and unchanged by the formula's rounding of the
+/// scale), by the element core otherwise. Both give the same codes.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn quantize_run<T: Element, Q: IntElement>(
+    k: &AffineKernel,
+    vector: Option<&AffineVector<T>>,
+    xs: &[T],
+    (s, z, zf): (f64, i32, f64),
+    out: &mut [Q],
+    (lo, hi): (i32, i32),
+    bytes: &mut [u8; CHUNK],
+) {
+    if let Some(v) = vector {
+        let (mut e, mut p) = (GroupExtremes::default(), FormulaParams::default());
+        let scale_kept = !k.f.scale_to_arithmetic || k.a.r(s).to_bits() == s.to_bits();
+        if scale_kept
+            && (v.vector.extremes)(xs, &mut e)
+            && v.formula
+                .formula_params(s, z, 0.0, e.max.max(-e.min), (lo, hi), &mut p)
+        {
+            if let Some(codes) = v.vector.codes {
+                codes_into(codes, xs, &p, out, bytes);
+                return;
+            }
+        }
+    }
+    for (x, q) in xs.iter().zip(out.iter_mut()) {
+        let r = k.rounded(x.to_f64(), s, zf, 0.0);
+        *q = Q::from_i32_in_range(k.code(r, z, lo, hi));
     }
 }
 

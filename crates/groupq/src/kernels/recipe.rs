@@ -722,7 +722,7 @@ fn quantize_group_f32<T: Element, Q: IntElement>(
 
 /// Codes written per call of a codes kernel (through a buffer of this many
 /// bytes).
-const CHUNK: usize = 1024;
+pub(crate) const CHUNK: usize = 1024;
 /// Most groups taken together by the vector recipe kernels.
 const BATCH: usize = 16;
 
@@ -738,7 +738,7 @@ pub(crate) struct VectorRecipe<T> {
 /// The codes of one group by the codes kernel, into `out`'s storage units
 /// through `bytes`, [`CHUNK`] values at a time.
 #[inline]
-fn codes_into<T, Q: IntElement>(
+pub(crate) fn codes_into<T, Q: IntElement>(
     codes: RecipeCodesKernel<T>,
     xs: &[T],
     p: &FormulaParams,

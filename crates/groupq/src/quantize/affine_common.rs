@@ -4,10 +4,11 @@
 
 use super::common::invalid;
 use crate::affine::{AffineFormula, CodeConversion, Granularity, Shape, MAX_RANK};
-use crate::element::{Element, ElementKind};
+use crate::element::{Element, ElementKind, IntElement};
 use crate::error::{Error, Result};
-use crate::kernels::affine::AffineKernel;
+use crate::kernels::affine::{quantize_run, AffineKernel, AffineVector};
 use crate::kernels::recipe::Arith;
+use crate::kernels::recipe::CHUNK;
 use crate::plan::{BackendKind, KernelSku, PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 
@@ -193,6 +194,68 @@ pub(crate) fn walk<A: Send, B: Send + Default>(
     out_b: Option<Out<'_, B>>,
     f: impl Fn(At, &mut A, &mut B) + Sync,
 ) {
+    traverse(stream, layout, inputs, out_a, out_b, &Elements(f));
+}
+
+/// A row of the last dimension, or the part of it a task owns: the first
+/// index `j0` (the output slice given with it starts there), the input
+/// offset of that index (input 0), the parameter index of the row's first
+/// block and the block length along the row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Row {
+    pub input: usize,
+    pub j0: usize,
+    pub param: usize,
+    pub block: usize,
+}
+
+/// Calls `f(row, out)` for every row of the last dimension (split over the
+/// threads as [`walk`]), `out` the row's contiguous output elements. The
+/// caller guarantees an output stride of 1 along the last dimension.
+pub(crate) fn walk_rows<A: Send>(
+    stream: &Stream,
+    layout: &NdLayout,
+    input: [usize; MAX_RANK],
+    out: Out<'_, A>,
+    f: impl Fn(Row, &mut [A]) + Sync,
+) {
+    debug_assert!(layout.numel == 0 || out.stride[layout.shape.rank().max(1) - 1] == 1);
+    traverse::<A, bool>(stream, layout, [input, [0; MAX_RANK]], out, None, &Rows(f));
+}
+
+/// What a traversal does: per element, or per row.
+trait Visit<A, B>: Sync {
+    const ROWS: bool;
+    fn element(&self, _at: At, _a: &mut A, _b: &mut B) {}
+    fn row(&self, _row: Row, _a: &mut [A]) {}
+}
+
+struct Elements<F>(F);
+impl<A, B, F: Fn(At, &mut A, &mut B) + Sync> Visit<A, B> for Elements<F> {
+    const ROWS: bool = false;
+    #[inline(always)]
+    fn element(&self, at: At, a: &mut A, b: &mut B) {
+        (self.0)(at, a, b)
+    }
+}
+
+struct Rows<F>(F);
+impl<A, B, F: Fn(Row, &mut [A]) + Sync> Visit<A, B> for Rows<F> {
+    const ROWS: bool = true;
+    #[inline(always)]
+    fn row(&self, row: Row, a: &mut [A]) {
+        (self.0)(row, a)
+    }
+}
+
+fn traverse<A: Send, B: Send + Default>(
+    stream: &Stream,
+    layout: &NdLayout,
+    inputs: [[usize; MAX_RANK]; 2],
+    out_a: Out<'_, A>,
+    out_b: Option<Out<'_, B>>,
+    f: &impl Visit<A, B>,
+) {
     if layout.numel == 0 {
         return;
     }
@@ -252,7 +315,7 @@ pub(crate) fn walk<A: Send, B: Send + Default>(
         k0 = k1;
     }
     let run = |(k0, k1, a, b): (usize, usize, &mut [A], Option<&mut [B]>)| {
-        geometry.task(k0, k1, a, b, &f);
+        geometry.task(k0, k1, a, b, f);
     };
     match stream.pool() {
         Some(pool) if parallel => pool.install(|| {
@@ -307,13 +370,13 @@ struct Geometry {
 impl Geometry {
     /// Every element whose index along `o` is in `k0..k1`; the output
     /// slices start at index `k0` along `o`.
-    fn task<A, B: Default>(
+    fn task<A, B: Default, V: Visit<A, B>>(
         &self,
         k0: usize,
         k1: usize,
         a: &mut [A],
         mut b: Option<&mut [B]>,
-        f: &impl Fn(At, &mut A, &mut B),
+        f: &V,
     ) {
         let (rank, o) = (self.rank, self.o);
         let last = rank - 1;
@@ -336,7 +399,17 @@ impl Geometry {
             let prow: usize = (0..last)
                 .map(|d| idx[d] / self.block[d] * self.pstride[d])
                 .sum();
-            for j in j0..j1 {
+            if V::ROWS {
+                let start = row_out[0] + j0 * self.out[0][last] - base[0];
+                let row = Row {
+                    input: row_in[0] + j0 * self.inputs[0][last],
+                    j0,
+                    param: prow,
+                    block: self.block[last],
+                };
+                f.row(row, &mut a[start..start + (j1 - j0)]);
+            }
+            for j in (j0..j1).filter(|_| !V::ROWS) {
                 let at = At {
                     input: [
                         row_in[0] + j * self.inputs[0][last],
@@ -353,7 +426,7 @@ impl Geometry {
                     Some(bd) => &mut bd[at.out[1]],
                     None => &mut dummy,
                 };
-                f(at, ea, eb);
+                f.element(at, ea, eb);
             }
             // The next row: an odometer over the dimensions before the last,
             // the split one bounded by the task.
@@ -409,10 +482,38 @@ impl AffineCore {
             None | Some(BackendKind::Scalar) => {}
             Some(b) => {
                 return Err(Error::Unsupported(format!(
-                    "{plan}: prefer_backend {b} is not available: the affine plans run the scalar core on every thread"
+                    "{plan}: prefer_backend {b} is not available: this plan runs the scalar core on every thread"
                 )))
             }
         }
+        Self::on_backend::<T>(plan, op, aux_element, layout, BackendKind::Scalar)
+    }
+
+    /// A plan on CPU `backend` (chosen by the caller), refusing device
+    /// streams.
+    pub fn with_backend<T: Element>(
+        plan: &'static str,
+        op: QuantizeKind,
+        aux_element: Option<ElementKind>,
+        layout: NdLayout,
+        backend: BackendKind,
+        stream: &Stream,
+    ) -> Result<AffineCore> {
+        if stream.is_device() {
+            return Err(Error::Unsupported(format!(
+                "{plan}: runs on CPU streams only (the per-group plans run on devices)"
+            )));
+        }
+        Self::on_backend::<T>(plan, op, aux_element, layout, backend)
+    }
+
+    fn on_backend<T: Element>(
+        plan: &'static str,
+        op: QuantizeKind,
+        aux_element: Option<ElementKind>,
+        layout: NdLayout,
+        backend: BackendKind,
+    ) -> Result<AffineCore> {
         let core = super::common::PlanCore::with_backend::<T>(
             plan,
             op,
@@ -423,7 +524,7 @@ impl AffineCore {
                 group_size: 1,
                 num_groups: 0,
             },
-            BackendKind::Scalar,
+            backend,
         );
         Ok(AffineCore {
             layout,
@@ -509,4 +610,60 @@ pub(crate) fn store<T: Element>(v: f64) -> T {
     } else {
         T::from_f64(Arith(T::KIND).r(v))
     }
+}
+
+/// The shortest run of values sharing a parameter along the last dimension
+/// worth a vector kernel call; shorter runs take the element core.
+pub(crate) const MIN_RUN: usize = 16;
+
+/// The backend of a quantize plan: the preferred one, or the best with the
+/// recipe engine's vector codes for its formula, or the scalar core; and
+/// those vector kernels.
+pub(crate) fn vector_backend<T: Element, Q: IntElement>(
+    plan: &str,
+    kernel: &AffineKernel,
+    pref: PlanPreference,
+) -> Result<(BackendKind, Option<AffineVector<T>>)> {
+    let lookup = |b: BackendKind| match b {
+        BackendKind::Scalar => Some(None),
+        _ => AffineVector::<T>::new::<Q>(kernel, T::KIND, b).map(Some),
+    };
+    crate::kernels::choose(pref.prefer_backend, lookup)
+        .map_err(|why| Error::Unsupported(format!("{plan}: {why}")))
+}
+
+/// Writes the codes of a problem whose input and output are contiguous
+/// along the last dimension, row by row on the stream's threads: each run
+/// of values sharing a parameter through [`quantize_run`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quantize_rows<T: Element, TScale: Element, Q: IntElement>(
+    stream: &Stream,
+    layout: &NdLayout,
+    (k, vector): (&AffineKernel, Option<&AffineVector<T>>),
+    (x, in_stride): (&[T], [usize; MAX_RANK]),
+    (s, zp): (&[TScale], &ZeroPoints<'_>),
+    out: Out<'_, Q>,
+    range: (i32, i32),
+) {
+    walk_rows(stream, layout, in_stride, out, |row, out| {
+        let mut bytes = [0u8; CHUNK];
+        let end = row.j0 + out.len();
+        let mut j = row.j0;
+        while j < end {
+            let next = ((j / row.block + 1) * row.block).min(end);
+            let p = row.param + j / row.block;
+            let (z, zf) = zp.at(p, k);
+            let (a, b) = (j - row.j0, next - row.j0);
+            quantize_run(
+                k,
+                vector,
+                &x[row.input + a..row.input + b],
+                (s[p].to_f64(), z, zf),
+                &mut out[a..b],
+                range,
+                &mut bytes,
+            );
+            j = next;
+        }
+    });
 }

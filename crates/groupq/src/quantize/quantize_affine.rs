@@ -2,12 +2,15 @@
 //! point per block of an N-D tensor (per-tensor, per-channel on any axis,
 //! per-token, per-group along any axis).
 
-use super::affine_common::{strides, walk, AffineCore, NdLayout, Out, Types3, ZeroPoints};
+use super::affine_common::{
+    quantize_rows, strides, vector_backend, walk, AffineCore, NdLayout, Out, Types3, ZeroPoints,
+    MIN_RUN,
+};
 use super::common::{check_code_range, check_kind};
 use crate::affine::{AffineFormula, Granularity, Shape};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::{Error, Result};
-use crate::kernels::affine::AffineKernel;
+use crate::kernels::affine::{AffineKernel, AffineVector};
 use crate::plan::{PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
@@ -92,6 +95,8 @@ pub struct QuantizeAffinePlan<TIn: Element, TScale: Element, TOut: IntElement> {
     core: AffineCore,
     desc: QuantizeAffineDescriptor,
     kernel: AffineKernel,
+    /// The recipe engine's vector codes, where the formula has them.
+    vector: Option<AffineVector<TIn>>,
     _types: Types3<TIn, TScale, TOut>,
 }
 
@@ -130,18 +135,21 @@ impl<TIn: Element, TScale: Element, TOut: IntElement> QuantizeAffinePlan<TIn, TS
         }
         let layout = NdLayout::new(PLAN, desc.shape, desc.granularity)?;
         check_code_range::<TOut>(PLAN, desc.q_min, desc.q_max)?;
-        let core = AffineCore::new::<TIn>(
+        let kernel = AffineKernel::new(desc.formula, TIn::KIND);
+        let (backend, vector) = vector_backend::<TIn, TOut>(PLAN, &kernel, pref)?;
+        let core = AffineCore::with_backend::<TIn>(
             PLAN,
             QuantizeKind::QuantizeAffine,
             Some(TOut::KIND),
             layout,
-            pref,
+            backend,
             stream,
         )?;
         Ok(QuantizeAffinePlan {
             core,
             desc: *desc,
-            kernel: AffineKernel::new(desc.formula, TIn::KIND),
+            kernel,
+            vector,
             _types: std::marker::PhantomData,
         })
     }
@@ -179,6 +187,26 @@ impl<TIn: Element, TScale: Element, TOut: IntElement> QuantizeAffinePlan<TIn, TS
         self.can_implement(&args)?;
         let (k, lo, hi) = (&self.kernel, self.desc.q_min, self.desc.q_max);
         let (x, s, zp) = (args.input.data, args.scale, args.zero_point);
+        let last = R.max(1) - 1;
+        let contiguous = R > 0 && args.input.stride[last] == 1 && args.output.stride[last] == 1;
+        if let (Some(v), true) = (&self.vector, contiguous) {
+            if !matches!(zp, ZeroPoints::Float(_)) && self.core.layout.block.dims()[last] >= MIN_RUN
+            {
+                quantize_rows(
+                    stream,
+                    &self.core.layout,
+                    (k, Some(v)),
+                    (x, strides(&args.input.stride)),
+                    (s, &zp),
+                    Out {
+                        data: args.output.data,
+                        stride: strides(&args.output.stride),
+                    },
+                    (lo, hi),
+                );
+                return Ok(());
+            }
+        }
         walk::<TOut, bool>(
             stream,
             &self.core.layout,

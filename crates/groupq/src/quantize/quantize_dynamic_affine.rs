@@ -2,12 +2,15 @@
 //! per block by a recipe, then the codes, in one call (PyTorch's dynamic
 //! per-token and per-tensor quantization).
 
-use super::affine_common::{strides, walk, AffineCore, NdLayout, Out, Types3, ZeroPoints};
+use super::affine_common::{
+    quantize_rows, strides, vector_backend, walk, AffineCore, NdLayout, Out, Types3, ZeroPoints,
+    MIN_RUN,
+};
 use super::common::{check_code_range, check_kind};
 use crate::affine::{AffineFormula, Granularity, Shape, MAX_RANK};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::{Error, Result};
-use crate::kernels::affine::AffineKernel;
+use crate::kernels::affine::{AffineKernel, AffineVector};
 use crate::kernels::recipe::{Extremes, RecipeKernel};
 use crate::plan::{PlanPreference, QuantizeKind};
 use crate::recipe::{NonFinitePolicy, Recipe};
@@ -101,6 +104,8 @@ pub struct QuantizeDynamicAffinePlan<TIn: Element, TScale: Element, TOut: IntEle
     desc: QuantizeDynamicAffineDescriptor,
     recipe: RecipeKernel,
     kernel: AffineKernel,
+    /// The recipe engine's vector codes, where the formula has them.
+    vector: Option<AffineVector<TIn>>,
     _types: Types3<TIn, TScale, TOut>,
 }
 
@@ -140,19 +145,22 @@ impl<TIn: Element, TScale: Element, TOut: IntElement> QuantizeDynamicAffinePlan<
                 "{PLAN}: recipes with a float offset (gguf Q4_1/Q5_1) run on the per-group plans"
             )));
         }
-        let core = AffineCore::new::<TIn>(
+        let kernel = AffineKernel::new(desc.formula, TIn::KIND);
+        let (backend, vector) = vector_backend::<TIn, TOut>(PLAN, &kernel, pref)?;
+        let core = AffineCore::with_backend::<TIn>(
             PLAN,
             QuantizeKind::QuantizeDynamicAffine,
             Some(TOut::KIND),
             layout,
-            pref,
+            backend,
             stream,
         )?;
         Ok(QuantizeDynamicAffinePlan {
             core,
             desc: *desc,
             recipe: RecipeKernel::new(desc.recipe, TIn::KIND, TScale::KIND),
-            kernel: AffineKernel::new(desc.formula, TIn::KIND),
+            kernel,
+            vector,
             _types: std::marker::PhantomData,
         })
     }
@@ -221,6 +229,25 @@ impl<TIn: Element, TScale: Element, TOut: IntElement> QuantizeDynamicAffinePlan<
         args.zero_point.copy_from_slice(&zs);
         let (k, lo, hi) = (&self.kernel, self.desc.recipe.q_min, self.desc.recipe.q_max);
         let zp = ZeroPoints::Int(&zs);
+        let last = R.max(1) - 1;
+        let contiguous = R > 0 && args.input.stride[last] == 1 && args.output.stride[last] == 1;
+        if let (Some(v), true) = (&self.vector, contiguous) {
+            if l.block.dims()[last] >= MIN_RUN {
+                quantize_rows(
+                    stream,
+                    l,
+                    (k, Some(v)),
+                    (x, in_stride),
+                    (&ss, &zp),
+                    Out {
+                        data: args.output.data,
+                        stride: strides(&args.output.stride),
+                    },
+                    (lo, hi),
+                );
+                return Ok(());
+            }
+        }
         walk::<TOut, bool>(
             stream,
             l,
