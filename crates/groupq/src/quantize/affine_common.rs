@@ -11,6 +11,7 @@ use crate::kernels::recipe::Arith;
 use crate::kernels::recipe::CHUNK;
 use crate::plan::{BackendKind, KernelSku, PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
+use crate::tensor::{TensorMut, TensorRef};
 
 /// A validated affine problem: the tensor's shape, the block of elements
 /// sharing a parameter, and the parameters' shape.
@@ -632,11 +633,47 @@ pub(crate) fn vector_backend<T: Element, Q: IntElement>(
         .map_err(|why| Error::Unsupported(format!("{plan}: {why}")))
 }
 
+/// Writes the codes of every element of a validated problem: row by row
+/// through [`quantize_rows`] (the vector kernels on long runs) where the
+/// input and output are contiguous along the last dimension and the zero
+/// points are integers, element by element through the core otherwise.
+pub(crate) fn write_codes<T: Element, TScale: Element, Q: IntElement, const R: usize>(
+    stream: &Stream,
+    layout: &NdLayout,
+    (k, vector): (&AffineKernel, Option<&AffineVector<T>>),
+    input: &TensorRef<'_, T, R>,
+    (s, zp): (&[TScale], &ZeroPoints<'_>),
+    output: TensorMut<'_, Q, R>,
+    (lo, hi): (i32, i32),
+) {
+    let x = input.data;
+    let last = R.max(1) - 1;
+    let rows = R > 0
+        && input.stride[last] == 1
+        && output.stride[last] == 1
+        && !matches!(zp, ZeroPoints::Float(_))
+        && layout.block.dims()[last] >= MIN_RUN;
+    let out = Out {
+        data: output.data,
+        stride: strides(&output.stride),
+    };
+    if let (Some(v), true) = (vector, rows) {
+        let x = (x, strides(&input.stride));
+        return quantize_rows(stream, layout, (k, Some(v)), x, (s, zp), out, (lo, hi));
+    }
+    let inputs = [strides(&input.stride), [0; MAX_RANK]];
+    walk::<Q, bool>(stream, layout, inputs, out, None, |at, q, _| {
+        let (z, zf) = zp.at(at.param, k);
+        let r = k.rounded(x[at.input[0]].to_f64(), s[at.param].to_f64(), zf, 0.0);
+        *q = Q::from_i32_in_range(k.code(r, z, lo, hi));
+    });
+}
+
 /// Writes the codes of a problem whose input and output are contiguous
 /// along the last dimension, row by row on the stream's threads: each run
 /// of values sharing a parameter through [`quantize_run`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn quantize_rows<T: Element, TScale: Element, Q: IntElement>(
+fn quantize_rows<T: Element, TScale: Element, Q: IntElement>(
     stream: &Stream,
     layout: &NdLayout,
     (k, vector): (&AffineKernel, Option<&AffineVector<T>>),

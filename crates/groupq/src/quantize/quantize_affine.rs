@@ -2,10 +2,7 @@
 //! point per block of an N-D tensor (per-tensor, per-channel on any axis,
 //! per-token, per-group along any axis).
 
-use super::affine_common::{
-    quantize_rows, strides, vector_backend, walk, AffineCore, NdLayout, Out, Types3, ZeroPoints,
-    MIN_RUN,
-};
+use super::affine_common::{vector_backend, write_codes, AffineCore, NdLayout, Types3, ZeroPoints};
 use super::common::{check_code_range, check_kind};
 use crate::affine::{AffineFormula, Granularity, Shape};
 use crate::element::{Element, ElementKind, IntElement};
@@ -185,42 +182,18 @@ impl<TIn: Element, TScale: Element, TOut: IntElement> QuantizeAffinePlan<TIn, TS
     ) -> Result<()> {
         self.core.check_run(stream, &workspace)?;
         self.can_implement(&args)?;
-        let (k, lo, hi) = (&self.kernel, self.desc.q_min, self.desc.q_max);
-        let (x, s, zp) = (args.input.data, args.scale, args.zero_point);
-        let last = R.max(1) - 1;
-        let contiguous = R > 0 && args.input.stride[last] == 1 && args.output.stride[last] == 1;
-        if let (Some(v), true) = (&self.vector, contiguous) {
-            if !matches!(zp, ZeroPoints::Float(_)) && self.core.layout.block.dims()[last] >= MIN_RUN
-            {
-                quantize_rows(
-                    stream,
-                    &self.core.layout,
-                    (k, Some(v)),
-                    (x, strides(&args.input.stride)),
-                    (s, &zp),
-                    Out {
-                        data: args.output.data,
-                        stride: strides(&args.output.stride),
-                    },
-                    (lo, hi),
-                );
-                return Ok(());
-            }
-        }
-        walk::<TOut, bool>(
+        let range = (self.desc.q_min, self.desc.q_max);
+        let kernels = (&self.kernel, self.vector.as_ref());
+        let params = (args.scale, &args.zero_point);
+        let layout = &self.core.layout;
+        write_codes(
             stream,
-            &self.core.layout,
-            [strides(&args.input.stride), [0; crate::affine::MAX_RANK]],
-            Out {
-                data: args.output.data,
-                stride: strides(&args.output.stride),
-            },
-            None,
-            |at, q, _| {
-                let (z, zf) = zp.at(at.param, k);
-                let r = k.rounded(x[at.input[0]].to_f64(), s[at.param].to_f64(), zf, 0.0);
-                *q = TOut::from_i32_in_range(k.code(r, z, lo, hi));
-            },
+            layout,
+            kernels,
+            &args.input,
+            params,
+            args.output,
+            range,
         );
         Ok(())
     }

@@ -3,8 +3,7 @@
 //! per-token and per-tensor quantization).
 
 use super::affine_common::{
-    quantize_rows, strides, vector_backend, walk, AffineCore, NdLayout, Out, Types3, ZeroPoints,
-    MIN_RUN,
+    strides, vector_backend, write_codes, AffineCore, NdLayout, Types3, ZeroPoints,
 };
 use super::common::{check_code_range, check_kind};
 use crate::affine::{AffineFormula, Granularity, Shape, MAX_RANK};
@@ -227,41 +226,17 @@ impl<TIn: Element, TScale: Element, TOut: IntElement> QuantizeDynamicAffinePlan<
             zs[p] = z;
         }
         args.zero_point.copy_from_slice(&zs);
-        let (k, lo, hi) = (&self.kernel, self.desc.recipe.q_min, self.desc.recipe.q_max);
+        let range = (self.desc.recipe.q_min, self.desc.recipe.q_max);
+        let kernels = (&self.kernel, self.vector.as_ref());
         let zp = ZeroPoints::Int(&zs);
-        let last = R.max(1) - 1;
-        let contiguous = R > 0 && args.input.stride[last] == 1 && args.output.stride[last] == 1;
-        if let (Some(v), true) = (&self.vector, contiguous) {
-            if l.block.dims()[last] >= MIN_RUN {
-                quantize_rows(
-                    stream,
-                    l,
-                    (k, Some(v)),
-                    (x, in_stride),
-                    (&ss, &zp),
-                    Out {
-                        data: args.output.data,
-                        stride: strides(&args.output.stride),
-                    },
-                    (lo, hi),
-                );
-                return Ok(());
-            }
-        }
-        walk::<TOut, bool>(
+        write_codes(
             stream,
             l,
-            [in_stride, [0; MAX_RANK]],
-            Out {
-                data: args.output.data,
-                stride: strides(&args.output.stride),
-            },
-            None,
-            |at, q, _| {
-                let (z, zf) = zp.at(at.param, k);
-                let r = k.rounded(x[at.input[0]].to_f64(), ss[at.param], zf, 0.0);
-                *q = TOut::from_i32_in_range(k.code(r, z, lo, hi));
-            },
+            kernels,
+            &args.input,
+            (&ss, &zp),
+            args.output,
+            range,
         );
         Ok(())
     }
