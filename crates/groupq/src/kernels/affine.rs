@@ -160,6 +160,14 @@ impl AffineKernel {
         }
     }
 
+    /// The code of `x` with scale `s` and zero point `z` (`zf` as the
+    /// formula adds it), in `[lo, hi]`: [`rounded`](Self::rounded) then
+    /// [`code`](Self::code).
+    #[inline(always)]
+    pub fn code_of(&self, x: f64, s: f64, (z, zf): (i32, f64), lo: i32, hi: i32) -> i32 {
+        self.code(self.rounded(x, s, zf, 0.0), z, lo, hi)
+    }
+
     /// Whether `r` lies inside `[lo, hi]` (`inclusive`) or `(lo, hi)`: the
     /// straight-through mask. NaN is never inside.
     #[inline(always)]
@@ -259,8 +267,7 @@ pub(crate) fn quantize_run<T: Element, Q: IntElement>(
         }
     }
     for (x, q) in xs.iter().zip(out.iter_mut()) {
-        let r = k.rounded(x.to_f64(), s, zf, 0.0);
-        *q = Q::from_i32_in_range(k.code(r, z, lo, hi));
+        *q = Q::from_i32_in_range(k.code_of(x.to_f64(), s, (z, zf), lo, hi));
     }
 }
 

@@ -11,7 +11,7 @@ use crate::kernels::recipe::Arith;
 use crate::kernels::recipe::CHUNK;
 use crate::plan::{BackendKind, KernelSku, PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
-use crate::tensor::{TensorMut, TensorRef};
+use crate::tensor::{span, TensorMut, TensorRef};
 
 /// A validated affine problem: the tensor's shape, the block of elements
 /// sharing a parameter, and the parameters' shape.
@@ -50,6 +50,32 @@ impl NdLayout {
             numel,
             nparams,
         })
+    }
+
+    /// The index arithmetic of a non-empty problem: the rank (a rank-0
+    /// tensor counts as `[1]`), the dimensions and block lengths padded with
+    /// 1, and the row-major strides of the parameter array, so that an
+    /// element's parameter is `Σ idx[d] / block[d] · pstride[d]`.
+    pub fn index_arithmetic(
+        &self,
+    ) -> (
+        usize,
+        [usize; MAX_RANK],
+        [usize; MAX_RANK],
+        [usize; MAX_RANK],
+    ) {
+        let rank = self.shape.rank().max(1);
+        let mut dims = [1usize; MAX_RANK];
+        dims[..self.shape.rank()].copy_from_slice(self.shape.dims());
+        let mut block = [1usize; MAX_RANK];
+        block[..self.block.rank()].copy_from_slice(self.block.dims());
+        let mut pstride = [0usize; MAX_RANK];
+        let mut acc = 1;
+        for d in (0..rank).rev() {
+            pstride[d] = acc;
+            acc *= dims[d] / block[d];
+        }
+        (rank, dims, block, pstride)
     }
 
     /// Checks a parameter array (scale, zero point) of `len` elements: it
@@ -114,17 +140,6 @@ impl NdLayout {
         }
         Ok(())
     }
-}
-
-/// Elements a view spans: 1 + the largest offset (0 for an empty view).
-fn span(shape: &[usize], stride: &[usize]) -> Option<usize> {
-    if shape.contains(&0) {
-        return Some(0);
-    }
-    shape
-        .iter()
-        .zip(stride)
-        .try_fold(1usize, |n, (&d, &s)| n.checked_add((d - 1).checked_mul(s)?))
 }
 
 /// Whether two indices of a view share an offset: sorted by stride, each
@@ -260,18 +275,7 @@ fn traverse<A: Send, B: Send + Default>(
     if layout.numel == 0 {
         return;
     }
-    let rank = layout.shape.rank().max(1);
-    let mut dims = [1usize; MAX_RANK];
-    dims[..layout.shape.rank()].copy_from_slice(layout.shape.dims());
-    let mut block = [1usize; MAX_RANK];
-    block[..layout.block.rank()].copy_from_slice(layout.block.dims());
-    // Row-major strides of the parameter array.
-    let mut pstride = [0usize; MAX_RANK];
-    let mut acc = 1;
-    for d in (0..rank).rev() {
-        pstride[d] = acc;
-        acc *= dims[d] / block[d];
-    }
+    let (rank, dims, block, pstride) = layout.index_arithmetic();
     let o = (0..rank).find(|&d| dims[d] > 1).unwrap_or(rank - 1);
     let rest =
         |st: &[usize; MAX_RANK]| 1 + (o + 1..rank).map(|d| (dims[d] - 1) * st[d]).sum::<usize>();
@@ -474,20 +478,14 @@ impl AffineCore {
         pref: PlanPreference,
         stream: &Stream,
     ) -> Result<AffineCore> {
-        if stream.is_device() {
-            return Err(Error::Unsupported(format!(
-                "{plan}: runs on CPU streams only (the per-group plans run on devices)"
-            )));
-        }
+        let core =
+            Self::with_backend::<T>(plan, op, aux_element, layout, BackendKind::Scalar, stream)?;
         match pref.prefer_backend {
-            None | Some(BackendKind::Scalar) => {}
-            Some(b) => {
-                return Err(Error::Unsupported(format!(
-                    "{plan}: prefer_backend {b} is not available: this plan runs the scalar core on every thread"
-                )))
-            }
+            None | Some(BackendKind::Scalar) => Ok(core),
+            Some(b) => Err(Error::Unsupported(format!(
+                "{plan}: prefer_backend {b} is not available: this plan runs the scalar core on every thread"
+            ))),
         }
-        Self::on_backend::<T>(plan, op, aux_element, layout, BackendKind::Scalar)
     }
 
     /// A plan on CPU `backend` (chosen by the caller), refusing device
@@ -505,28 +503,16 @@ impl AffineCore {
                 "{plan}: runs on CPU streams only (the per-group plans run on devices)"
             )));
         }
-        Self::on_backend::<T>(plan, op, aux_element, layout, backend)
-    }
-
-    fn on_backend<T: Element>(
-        plan: &'static str,
-        op: QuantizeKind,
-        aux_element: Option<ElementKind>,
-        layout: NdLayout,
-        backend: BackendKind,
-    ) -> Result<AffineCore> {
-        let core = super::common::PlanCore::with_backend::<T>(
-            plan,
-            op,
-            aux_element,
-            super::common::Layout {
-                outer: 0,
-                axis: 0,
-                group_size: 1,
-                num_groups: 0,
-            },
-            backend,
-        );
+        // The family's SKU and precision guarantee; the per-group layout
+        // it carries is unused here.
+        let no_layout = super::common::Layout {
+            outer: 0,
+            axis: 0,
+            group_size: 1,
+            num_groups: 0,
+        };
+        let core =
+            super::common::PlanCore::with_backend::<T>(plan, op, aux_element, no_layout, backend);
         Ok(AffineCore {
             layout,
             sku: core.sku,
@@ -663,9 +649,8 @@ pub(crate) fn write_codes<T: Element, TScale: Element, Q: IntElement, const R: u
     }
     let inputs = [strides(&input.stride), [0; MAX_RANK]];
     walk::<Q, bool>(stream, layout, inputs, out, None, |at, q, _| {
-        let (z, zf) = zp.at(at.param, k);
-        let r = k.rounded(x[at.input[0]].to_f64(), s[at.param].to_f64(), zf, 0.0);
-        *q = Q::from_i32_in_range(k.code(r, z, lo, hi));
+        let (x, s) = (x[at.input[0]].to_f64(), s[at.param].to_f64());
+        *q = Q::from_i32_in_range(k.code_of(x, s, zp.at(at.param, k), lo, hi));
     });
 }
 

@@ -255,34 +255,11 @@ fn for_each_in_order(l: &NdLayout, stride: &[usize; MAX_RANK], mut f: impl FnMut
     if l.numel == 0 {
         return;
     }
-    let r = l.shape.rank().max(1);
-    let mut dims = [1usize; MAX_RANK];
-    dims[..l.shape.rank()].copy_from_slice(l.shape.dims());
-    let mut block = [1usize; MAX_RANK];
-    block[..l.block.rank()].copy_from_slice(l.block.dims());
-    let mut pstride = [0usize; MAX_RANK];
-    let mut acc = 1;
-    for d in (0..r).rev() {
-        pstride[d] = acc;
-        acc *= if block[d] == dims[d] {
-            1
-        } else {
-            dims[d] / block[d]
-        };
-    }
+    let (r, dims, block, pstride) = l.index_arithmetic();
     let mut idx = [0usize; MAX_RANK];
     loop {
         let off: usize = (0..r).map(|d| idx[d] * stride[d]).sum();
-        let p: usize = (0..r)
-            .map(|d| {
-                let i = if block[d] == dims[d] {
-                    0
-                } else {
-                    idx[d] / block[d]
-                };
-                i * pstride[d]
-            })
-            .sum();
+        let p: usize = (0..r).map(|d| idx[d] / block[d] * pstride[d]).sum();
         f(off, p);
         let mut d = r;
         loop {
