@@ -134,6 +134,94 @@ fn main() -> Result<()> {
                 .unwrap()
         },
     );
+    // Its gradient: the mask again, times dY.
+    let bplan =
+        FakeQuantizeAffineBackwardPlan::<bf16, f32>::select(&st, &fdesc, Default::default())?;
+    let mut g = vec![bf16::ZERO; n];
+    row(
+        "FakeQuantizeAffineBackward",
+        "per channel, axis 0",
+        "bf16, bf16 → bf16",
+        6 * n,
+        &mut || {
+            bplan
+                .run(
+                    &st,
+                    Workspace::None,
+                    FakeQuantizeAffineBackwardArgs {
+                        grad_output: TensorRef::new(&y, [rows, cols]).unwrap(),
+                        input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                        scale: &s,
+                        zero_point: ZeroPoints::Int(&z),
+                        grad_input: TensorMut::new(&mut g, [rows, cols]).unwrap(),
+                    },
+                )
+                .unwrap()
+        },
+    );
+    // Dequantize per channel to bf16 (f32 scales, f32 arithmetic).
+    let qdesc = DequantizeAffineDescriptor {
+        shape: Shape::new(&[rows, cols])?,
+        granularity: Granularity::PerChannel { axis: 0 },
+        formula: AffineFormula::TORCH_DECOMPOSED,
+        input_element: ElementKind::S8,
+        scale_element: ElementKind::F32,
+        output_element: ElementKind::Bf16,
+    };
+    let qplan = DequantizeAffinePlan::<i8, f32, bf16>::select(&st, &qdesc, Default::default())?;
+    row(
+        "DequantizeAffine",
+        "per channel, axis 0",
+        "i8 → bf16",
+        3 * n,
+        &mut || {
+            qplan
+                .run(
+                    &st,
+                    Workspace::None,
+                    DequantizeAffineArgs {
+                        input: TensorRef::new(&q, [rows, cols]).unwrap(),
+                        scale: &s,
+                        zero_point: ZeroPoints::Int(&z),
+                        output: TensorMut::new(&mut y, [rows, cols]).unwrap(),
+                    },
+                )
+                .unwrap()
+        },
+    );
+    // The straight-through gradient of SPEC's quantize, per channel.
+    let sdesc = QuantizeAffineBackwardDescriptor {
+        shape: Shape::new(&[rows, cols])?,
+        granularity: Granularity::PerChannel { axis: 0 },
+        q_min: -128,
+        q_max: 127,
+        formula: AffineFormula::SPEC,
+        boundary: SteBoundary::Inclusive,
+        element: ElementKind::Bf16,
+        scale_element: ElementKind::F32,
+    };
+    let splan = QuantizeAffineBackwardPlan::<bf16, f32>::select(&st, &sdesc, Default::default())?;
+    row(
+        "QuantizeAffineBackward",
+        "per channel, axis 0",
+        "bf16, bf16 → bf16",
+        6 * n,
+        &mut || {
+            splan
+                .run(
+                    &st,
+                    Workspace::None,
+                    QuantizeAffineBackwardArgs {
+                        grad_output: TensorRef::new(&y, [rows, cols]).unwrap(),
+                        input: TensorRef::new(&x, [rows, cols]).unwrap(),
+                        scale: &s,
+                        zero_point: ZeroPoints::Int(&z),
+                        grad_input: TensorMut::new(&mut g, [rows, cols]).unwrap(),
+                    },
+                )
+                .unwrap()
+        },
+    );
     // Dynamic per token (choose in bf16, quantize in f64).
     let ddesc = QuantizeDynamicAffineDescriptor::torch_per_token(&[rows, cols], ElementKind::Bf16)?;
     let dplan =

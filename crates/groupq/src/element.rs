@@ -100,6 +100,10 @@ macro_rules! math_float {
                 v as $t
             }
             #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
             fn round_ties_even(self) -> Self {
                 <$t>::round_ties_even(self)
             }
@@ -137,6 +141,9 @@ pub(crate) mod sealed {
         fn from_i32(v: i32) -> Self;
         /// `M(d)`: round-to-nearest-even conversion of an `i64`.
         fn from_i64(v: i64) -> Self;
+        /// Round-to-nearest-even conversion of an `f64` (exact for the
+        /// values of `M` the run kernels are given).
+        fn from_f64(v: f64) -> Self;
         fn round_ties_even(self) -> Self;
         /// Saturating conversion of an integral value: NaN → 0, out of range → `i32::MIN/MAX`.
         fn to_i32_saturating(self) -> i32;

@@ -535,12 +535,28 @@ fn errors_name_the_field_and_the_values() {
         granularity: Granularity::PerTensor,
         q_min: -8,
         q_max: 7,
-        formula: AffineFormula::TORCH_FAKE_QUANTIZE_PER_TENSOR,
+        formula: AffineFormula::TORCH_FAKE_QUANTIZE_PER_CHANNEL_FLOAT_ZERO_POINT,
         element: ElementKind::F32,
         scale_element: ElementKind::F32,
     };
     let e = FakeQuantizeAffinePlan::<f32, f32>::select(&st, &fdesc, pref).unwrap_err();
     assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+    // A fake-quantize code range no 8-bit code type holds has no vector
+    // form either.
+    let fdesc = FakeQuantizeAffineDescriptor {
+        q_min: -1000,
+        q_max: 1000,
+        formula: AffineFormula::TORCH_FAKE_QUANTIZE_PER_TENSOR,
+        ..fdesc
+    };
+    let e = FakeQuantizeAffinePlan::<f32, f32>::select(&st, &fdesc, pref).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+    let fdesc = FakeQuantizeAffineDescriptor {
+        q_min: 0,
+        q_max: 255,
+        ..fdesc
+    };
+    assert!(FakeQuantizeAffinePlan::<f32, f32>::select(&st, &fdesc, pref).is_ok());
     // Packed codes.
     let mut d = per_channel(&[4, 6], 0);
     d.output_element = ElementKind::S4;

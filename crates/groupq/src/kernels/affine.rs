@@ -11,10 +11,13 @@
 #[cfg(test)]
 use super::recipe::rne;
 use super::recipe::{codes_into, round, Arith, FormulaKernel, VectorRecipe, CHUNK};
-use super::{FormulaParams, GroupExtremes};
+use super::{
+    DequantizeBackwardRun, DequantizeRun, FormulaParams, GroupExtremes, QuantizeBackwardRun,
+};
 use crate::affine::{AffineFormula, CodeConversion, ZeroScale};
 use crate::element::ElementKind;
 use crate::element::{Element, IntElement};
+use crate::plan::SteBoundary;
 use crate::recipe::{Recipe, Rounding, ScaleApplication, ZeroPointStage};
 
 /// 2^63: an f64 at or beyond it (in magnitude) has no int64 value.
@@ -201,15 +204,141 @@ impl AffineKernel {
     }
 }
 
+/// `v` (a value of the output's dtype or wider) stored as `T`, rounded as
+/// the dtype rounds it (through f32 for f16/bf16, as PyTorch), NaN
+/// canonical.
+#[inline(always)]
+pub(crate) fn store<T: Element>(v: f64) -> T {
+    if v.is_nan() {
+        T::from_f64(f64::NAN)
+    } else {
+        T::from_f64(Arith(T::KIND).r(v))
+    }
+}
+
+/// The largest zero point (in magnitude) the run kernels take: `M(z) = z`
+/// and `q − z` exact in f32 for every 8-bit code.
+const RUN_ZERO_POINT: u32 = (1 << 24) - 256;
+
+/// The scale `s` as the run kernels of an output `T` take it (a value of
+/// `T`'s math type: f64 below f64, else f32), when it is one and finite.
+#[inline(always)]
+fn run_scale<T: Element>(s: f64) -> Option<f64> {
+    let exact = T::KIND == ElementKind::F64 || f64::from(s as f32).to_bits() == s.to_bits();
+    (exact && s.is_finite()).then_some(s)
+}
+
+impl AffineKernel {
+    /// Whether the dequantize arithmetic, stored as `out`, is the run
+    /// kernels' `M(q − z) · s` (and `M(dy) · s`): f32 arithmetic below f64,
+    /// or f64 arithmetic (whose product of a difference of at most 2^24
+    /// and an f32 scale is exact, so one rounding to f32 remains).
+    pub fn dequantize_is_math(&self, out: ElementKind) -> bool {
+        match (out, self.d.0) {
+            (ElementKind::F64, d) => d == ElementKind::F64,
+            (_, d) => d == ElementKind::F32 || d == ElementKind::F64,
+        }
+    }
+
+    /// Whether the quantize formula is SPEC §3.1's (division, zero point
+    /// before rounding, ties to even, in the math type): the straight-through
+    /// run kernel's.
+    pub fn quantize_is_spec(&self, input: ElementKind) -> bool {
+        let spec = AffineFormula::SPEC;
+        self.f.quantize.scale_application == spec.quantize.scale_application
+            && self.f.quantize.zero_point_stage == spec.quantize.zero_point_stage
+            && self.f.quantize.rounding == spec.quantize.rounding
+            && self.a.0 == Recipe::arithmetic_kind(spec.quantize.arithmetic, input)
+    }
+}
+
+impl AffineKernel {
+    /// SPEC §3.3 per element under this formula: `(inside(r) && s != 0) ?
+    /// A(dy) / s : 0`, `r` the forward's rounded value.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn ste_grad(
+        &self,
+        dy: f64,
+        x: f64,
+        s: f64,
+        zf: f64,
+        lo: i32,
+        hi: i32,
+        inclusive: bool,
+    ) -> f64 {
+        let r = self.rounded(x, s, zf, 0.0);
+        if AffineKernel::inside(r, lo, hi, inclusive) && s != 0.0 {
+            self.a.div(self.a.r(dy), s)
+        } else {
+            0.0
+        }
+    }
+
+    /// SPEC §3.4 per element: `D(dy) · s` in the dequantize arithmetic.
+    #[inline(always)]
+    pub fn dequantize_grad(&self, dy: f64, s: f64) -> f64 {
+        self.d.mul(self.d.r(dy), s)
+    }
+}
+
+/// The straight-through gradients of one run sharing scale `s` and zero
+/// point `z` (`Some` for an integer one): by the run kernel `run` (SPEC's
+/// formula, checked at `select`) where it takes the parameters, by the
+/// element core otherwise.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn quantize_backward_run<T: Element>(
+    k: &AffineKernel,
+    run: Option<QuantizeBackwardRun<T>>,
+    (dys, xs): (&[T], &[T]),
+    (s, z, zf): (f64, Option<i32>, f64),
+    out: &mut [T],
+    (lo, hi): (i32, i32),
+    boundary: SteBoundary,
+) {
+    let params = run_params::<T>(k, s, z).filter(|&(sm, _)| sm.to_bits() == s.to_bits());
+    if let (Some(f), Some((sm, z))) = (run, params) {
+        return f(dys, xs, sm, z, out, lo, hi, boundary);
+    }
+    let inclusive = boundary == SteBoundary::Inclusive;
+    for ((g, dy), x) in out.iter_mut().zip(dys).zip(xs) {
+        *g = store(k.ste_grad(dy.to_f64(), x.to_f64(), s, zf, lo, hi, inclusive));
+    }
+}
+
+/// The dequantize gradients of one run sharing scale `s`: by the run
+/// kernel `run` where the arithmetic is the math type's (checked at
+/// `select`) and `s` one of its values, by the element core otherwise.
+#[inline]
+pub(crate) fn dequantize_backward_run<T: Element>(
+    k: &AffineKernel,
+    run: Option<DequantizeBackwardRun<T>>,
+    dys: &[T],
+    s: f64,
+    out: &mut [T],
+) {
+    if let (Some(f), Some(sm)) = (run, run_scale::<T>(s)) {
+        return f(dys, sm, out);
+    }
+    for (g, dy) in out.iter_mut().zip(dys) {
+        *g = store(k.dequantize_grad(dy.to_f64(), s));
+    }
+}
+
 /// The recipe engine's vector codes kernels for an affine formula on inputs
 /// `T`, where they compute the element core's codes: the formula has a
 /// vector form, and its conversion agrees with SPEC's on every value a
 /// finite group with a finite non-zero scale can produce (NaN is then
-/// impossible; ±inf and huge values saturate in all of them).
+/// impossible; ±inf and huge values saturate in all of them but the int64
+/// cast, checked per run).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AffineVector<T> {
     formula: FormulaKernel,
     vector: VectorRecipe<T>,
+    /// The conversion is the int64 cast: values at or beyond 2^63 go to
+    /// `q_min`, so runs that could reach them take the element core.
+    int64: bool,
 }
 
 impl<T: Element> AffineVector<T> {
@@ -225,6 +354,7 @@ impl<T: Element> AffineVector<T> {
                 | CodeConversion::CastAfterClamp
                 | CodeConversion::NanPropagates
                 | CodeConversion::NanToMin
+                | CodeConversion::Int64Cast
         );
         if !agrees || Q::PACK != 1 {
             return None;
@@ -232,15 +362,54 @@ impl<T: Element> AffineVector<T> {
         let formula = FormulaKernel::new(k.f.quantize, input);
         let vector = formula.vector::<T, Q>(b)?;
         vector.codes?;
-        Some(AffineVector { formula, vector })
+        Some(AffineVector {
+            formula,
+            vector,
+            int64: k.f.conversion == CodeConversion::Int64Cast,
+        })
+    }
+
+    /// The vector formula's parameters for a run `xs` with scale `s` and
+    /// zero point `z`, when its codes are the element core's: the run is
+    /// finite, the scale one the vector formula takes (finite, non-zero,
+    /// exact in f32, unchanged by the formula's rounding of the scale), and
+    /// under the int64 cast no value can reach 2^63.
+    fn params(
+        &self,
+        k: &AffineKernel,
+        xs: &[T],
+        (s, z): (f64, i32),
+        range: (i32, i32),
+        p: &mut FormulaParams,
+    ) -> bool {
+        /// 2^61: `|x| / |s|` below it keeps `|r|` (with rounding and any
+        /// 8-bit zero point) below 2^63.
+        const REACH: f64 = 2_305_843_009_213_693_952.0;
+        let mut e = GroupExtremes::default();
+        let scale_kept = !k.f.scale_to_arithmetic || k.a.r(s).to_bits() == s.to_bits();
+        if !scale_kept || !(self.vector.extremes)(xs, &mut e) {
+            return false;
+        }
+        let amax = e.max.max(-e.min);
+        if self.int64 && !(f64::from(amax) < s.abs() * REACH && z.unsigned_abs() < 1 << 22) {
+            return false;
+        }
+        self.formula.formula_params(s, z, 0.0, amax, range, p)
+    }
+
+    /// The codes of `xs` (at most [`CHUNK`]) as bytes, when
+    /// [`params`](Self::params) allows.
+    fn codes(&self, xs: &[T], p: &FormulaParams, bytes: &mut [u8]) {
+        if let Some(codes) = self.vector.codes {
+            codes(xs, p, bytes);
+        }
     }
 }
 
 /// The codes of one run of contiguous values sharing scale `s` and zero
-/// point `z` (`zf` as the formula adds it): by the vector kernel where the
-/// run is finite and the scale is one the vector formula takes (finite,
-/// non-zero, exact in f32, and unchanged by the formula's rounding of the
-/// scale), by the element core otherwise. Both give the same codes.
+/// point `z` (`zf` as the formula adds it): by the vector kernel where
+/// [`AffineVector::params`] allows, by the element core otherwise. Both
+/// give the same codes.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn quantize_run<T: Element, Q: IntElement>(
@@ -253,13 +422,8 @@ pub(crate) fn quantize_run<T: Element, Q: IntElement>(
     bytes: &mut [u8; CHUNK],
 ) {
     if let Some(v) = vector {
-        let (mut e, mut p) = (GroupExtremes::default(), FormulaParams::default());
-        let scale_kept = !k.f.scale_to_arithmetic || k.a.r(s).to_bits() == s.to_bits();
-        if scale_kept
-            && (v.vector.extremes)(xs, &mut e)
-            && v.formula
-                .formula_params(s, z, 0.0, e.max.max(-e.min), (lo, hi), &mut p)
-        {
+        let mut p = FormulaParams::default();
+        if v.params(k, xs, (s, z), (lo, hi), &mut p) {
             if let Some(codes) = v.vector.codes {
                 codes_into(codes, xs, &p, out, bytes);
                 return;
@@ -268,6 +432,108 @@ pub(crate) fn quantize_run<T: Element, Q: IntElement>(
     }
     for (x, q) in xs.iter().zip(out.iter_mut()) {
         *q = Q::from_i32_in_range(k.code_of(x.to_f64(), s, (z, zf), lo, hi));
+    }
+}
+
+/// The parameters of a run the run kernels take: the scale as the formula
+/// uses it, a value of `T`'s math type, and an integer zero point they add
+/// as the element core does.
+#[inline(always)]
+fn run_params<T: Element>(k: &AffineKernel, s: f64, z: Option<i32>) -> Option<(f64, i32)> {
+    let z = z.filter(|z| z.unsigned_abs() <= RUN_ZERO_POINT)?;
+    Some((run_scale::<T>(k.scale(s))?, z))
+}
+
+/// The dequantized values of one run of codes sharing scale `s` and zero
+/// point `z` (`Some` for an integer one; `zf` as the formula adds it): by
+/// the run kernel `run` (the per-group inverse) where the formula's
+/// arithmetic is its own (checked at `select`) and it takes the parameters,
+/// by the element core otherwise.
+#[inline]
+pub(crate) fn dequantize_run<Q: IntElement, T: Element>(
+    k: &AffineKernel,
+    run: Option<DequantizeRun<Q, T>>,
+    qs: &[Q],
+    (s, z, zf): (f64, Option<i32>, f64),
+    out: &mut [T],
+) {
+    if let (Some(f), Some((sm, z))) = (run, run_params::<T>(k, s, z)) {
+        return f(qs, sm, z, out);
+    }
+    for (q, y) in qs.iter().zip(out.iter_mut()) {
+        *y = store(k.dequantized(q.to_i32(), zf, s));
+    }
+}
+
+/// The kernels of a fake-quantize run: the vector codes (as `Q`, the
+/// narrowest 8-bit type holding the code range) and the inverse.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FakeVector<Q, T> {
+    pub codes: AffineVector<T>,
+    /// The inverse run kernel, where the dequantize arithmetic is the
+    /// math type's (else the element core dequantizes the codes).
+    pub dequantize: Option<DequantizeRun<Q, T>>,
+}
+
+/// The fake-quantized values (when `out` is given) and inclusive mask (when
+/// `mask` is) of one run sharing scale `s` and zero point `z` (`Some` for
+/// an integer one): the vector codes, then the inverse run kernel and, for
+/// the mask, the element core's rounded value of the codes at `q_min` or
+/// `q_max` only (a code strictly inside is its own rounded value); the
+/// element core where the vector kernels cannot take the run. At most
+/// [`CHUNK`] values.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn fake_run<Q: IntElement, T: Element>(
+    k: &AffineKernel,
+    vector: Option<&FakeVector<Q, T>>,
+    xs: &[T],
+    (s, z, zf): (f64, Option<i32>, f64),
+    mut out: Option<&mut [T]>,
+    mut mask: Option<&mut [bool]>,
+    (lo, hi): (i32, i32),
+    bytes: &mut [u8; CHUNK],
+) {
+    debug_assert!(xs.len() <= CHUNK);
+    let zi = z.unwrap_or(0);
+    if let Some(v) = vector {
+        let mut p = FormulaParams::default();
+        let deq = match (&out, v.dequantize) {
+            (None, _) => Some(None),
+            (Some(_), Some(f)) => run_params::<T>(k, s, z).map(|sm| Some((f, sm))),
+            (Some(_), None) => None,
+        };
+        if let Some(deq) =
+            deq.filter(|_| z.is_some() && v.codes.params(k, xs, (s, zi), (lo, hi), &mut p))
+        {
+            let n = xs.len();
+            let bytes = &mut bytes[..n];
+            v.codes.codes(xs, &p, bytes);
+            let mut qs = [Q::from_unit_byte(0); CHUNK];
+            for (q, &b) in qs.iter_mut().zip(bytes.iter()) {
+                *q = Q::from_unit_byte(b);
+            }
+            if let (Some(o), Some((f, (sm, zr)))) = (out.as_deref_mut(), deq) {
+                f(&qs[..n], sm, zr, o);
+            }
+            if let Some(m) = mask.as_deref_mut() {
+                for ((m, q), x) in m.iter_mut().zip(&qs[..n]).zip(xs) {
+                    let q = q.to_i32();
+                    *m = (q != lo && q != hi)
+                        || AffineKernel::inside(k.rounded(x.to_f64(), s, zf, 0.0), lo, hi, true);
+                }
+            }
+            return;
+        }
+    }
+    for (i, x) in xs.iter().enumerate() {
+        let (v, r) = k.fake(x.to_f64(), s, zi, zf, lo, hi);
+        if let Some(o) = out.as_deref_mut() {
+            o[i] = store(v);
+        }
+        if let Some(m) = mask.as_deref_mut() {
+            m[i] = AffineKernel::inside(r, lo, hi, true);
+        }
     }
 }
 

@@ -135,6 +135,10 @@ pub(crate) trait FloatKernels: Sized + 'static {
     fn quantize_backward(b: BackendKind) -> Option<QuantizeBackwardKernel<Self>>;
     /// Dequantize-backward kernel.
     fn dequantize_backward(b: BackendKind) -> Option<DequantizeBackwardKernel<Self>>;
+    /// The three run kernels (one scale, a value of the math type, for a
+    /// whole slice): inverse, straight-through backward, dequantize
+    /// backward.
+    fn run_kernels<Q: IntElement>(b: BackendKind) -> Option<RunKernels<Q, Self>>;
     /// Whether a group holds a NaN or an infinity.
     fn recipe_non_finite(b: BackendKind) -> Option<RecipeCheckKernel<Self>> {
         let _ = b;
@@ -219,6 +223,21 @@ macro_rules! float_kernels {
                 Some(match b {
                     BackendKind::Scalar => scalar::dequantize_backward_groups::<Self>,
                     $(BackendKind::$backend => $module::dequantize_backward::<Self>,)*
+                    _ => return None,
+                })
+            }
+            fn run_kernels<Q: IntElement>(b: BackendKind) -> Option<RunKernels<Q, Self>> {
+                Some(match b {
+                    BackendKind::Scalar => RunKernels {
+                        dequantize: scalar::dequantize_run::<Q, Self>,
+                        quantize_backward: scalar::quantize_backward_run::<Self>,
+                        dequantize_backward: scalar::dequantize_backward_run::<Self>,
+                    },
+                    $(BackendKind::$backend if Q::PACK == 1 => RunKernels {
+                        dequantize: $module::dequantize_run::<Q, Self>,
+                        quantize_backward: $module::quantize_backward_run::<Self>,
+                        dequantize_backward: $module::dequantize_backward_run::<Self>,
+                    },)*
                     _ => return None,
                 })
             }
@@ -315,6 +334,10 @@ pub(crate) fn dequantize_backward<T: Element>(
     b: BackendKind,
 ) -> Option<DequantizeBackwardKernel<T>> {
     by_type!(T, U => U::dequantize_backward(b))
+}
+/// The run kernels of backend `b` for codes `Q` and floats `T`.
+pub(crate) fn run_kernels<Q: IntElement, T: Element>(b: BackendKind) -> Option<RunKernels<Q, T>> {
+    by_type!(T, U => U::run_kernels::<Q>(b))
 }
 /// The non-finite check of backend `b` for `T`.
 pub(crate) fn recipe_non_finite<T: Element>(b: BackendKind) -> Option<RecipeCheckKernel<T>> {
@@ -422,6 +445,31 @@ pub(crate) type RecipeCodesKernel<T> = fn(&[T], &FormulaParams, &mut [u8]);
 
 /// A dequantize-backward kernel: `(grad_output, scale, grad_input, group_size)`.
 pub(crate) type DequantizeBackwardKernel<T> = fn(&[T], &[T], &mut [T], usize);
+
+/// The inverse of one run: `(codes, s, z, out)`, SPEC §3.2.
+pub(crate) type DequantizeRun<Q, T> = fn(&[Q], f64, i32, &mut [T]);
+/// The straight-through gradient of one run: `(dy, x, s, z, out, q_min,
+/// q_max, boundary)`, SPEC §3.3.
+pub(crate) type QuantizeBackwardRun<T> = fn(&[T], &[T], f64, i32, &mut [T], i32, i32, SteBoundary);
+/// The dequantize gradient of one run: `(dy, s, out)`, SPEC §3.4.
+pub(crate) type DequantizeBackwardRun<T> = fn(&[T], f64, &mut [T]);
+
+/// The kernels of one run of values sharing one scale `s` (an f64 holding
+/// a value of the math type: f32 below f64) and zero point `z`: the
+/// per-group kernels' arithmetic on one group of any length.
+#[derive(Debug)]
+pub(crate) struct RunKernels<Q, T> {
+    pub dequantize: DequantizeRun<Q, T>,
+    pub quantize_backward: QuantizeBackwardRun<T>,
+    pub dequantize_backward: DequantizeBackwardRun<T>,
+}
+
+impl<Q, T> Clone for RunKernels<Q, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<Q, T> Copy for RunKernels<Q, T> {}
 
 /// `outer` rows of `num_groups` groups of `group_size` elements.
 #[derive(Debug, Clone, Copy)]

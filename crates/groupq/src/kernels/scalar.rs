@@ -150,6 +150,49 @@ pub(crate) fn dequantize_backward_groups<T: Element>(
     }
 }
 
+/// Inverse of one run of codes sharing scale `s` (a value of the math
+/// type) and zero point `z`.
+pub(crate) fn dequantize_run<TQ: IntElement, TOut: Element>(
+    q: &[TQ],
+    s: f64,
+    z: i32,
+    out: &mut [TOut],
+) {
+    let s = <TOut::Math as MathFloat>::from_f64(s);
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = TOut::from_math(dequantize(TQ::read_code(q, i), z, s));
+    }
+}
+
+/// Straight-through backward of one run sharing scale `s` (a value of the
+/// math type) and zero point `z`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quantize_backward_run<T: Element>(
+    dy: &[T],
+    x: &[T],
+    s: f64,
+    z: i32,
+    out: &mut [T],
+    q_min: i32,
+    q_max: i32,
+    boundary: SteBoundary,
+) {
+    let s = <T::Math as MathFloat>::from_f64(s);
+    for ((o, &dy), &x) in out.iter_mut().zip(dy).zip(x) {
+        let g = quantize_grad(dy.to_math(), x.to_math(), s, z, q_min, q_max, boundary);
+        *o = T::from_math(g);
+    }
+}
+
+/// Dequantize backward of one run sharing scale `s` (a value of the math
+/// type).
+pub(crate) fn dequantize_backward_run<T: Element>(dy: &[T], s: f64, out: &mut [T]) {
+    let s = <T::Math as MathFloat>::from_f64(s);
+    for (o, &dy) in out.iter_mut().zip(dy) {
+        *o = T::from_math(dequantize_grad(dy.to_math(), s));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -285,28 +285,40 @@ pub(crate) unsafe fn dequantize_f32<S: Isa, Q: IntElement, T: F32Lanes<S>>(
     let units = gs / Q::PACK;
     for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
         let (qs, os) = (&q[g * units..][..units], &mut out[g * gs..][..gs]);
-        let s = s.to_math();
-        let full = if z.unsigned_abs() <= EXACT_ZERO_POINT {
-            gs - gs % S::LANES
-        } else {
-            0
-        };
-        let (vs, vz) = (S::splat_f(s), S::splat_i(z));
-        // `q - z` is finite, so only a NaN or infinite scale can give NaN.
-        let canon = !s.is_finite();
-        let mut k = 0;
-        while k < full {
-            let d = S::i_to_f(S::sub_i(S::load_codes(qs.as_ptr().add(k / Q::PACK)), vz));
-            let y = S::mul_f(d, vs);
-            T::store(
-                os.as_mut_ptr().add(k),
-                if canon { S::canon_nan_f(y) } else { y },
-            );
-            k += S::LANES;
-        }
-        for (i, o) in os.iter_mut().enumerate().skip(full) {
-            *o = T::from_math(scalar::dequantize(Q::read_code(qs, i), z, s));
-        }
+        dequantize_run_f32::<S, Q, T>(qs, s.to_math(), z, os);
+    }
+}
+
+/// The inverse of one run of codes sharing the f32 scale `s` and zero
+/// point `z` (the runs of the per-group and affine plans).
+#[inline(always)]
+pub(crate) unsafe fn dequantize_run_f32<S: Isa, Q: IntElement, T: F32Lanes<S>>(
+    qs: &[Q],
+    s: f32,
+    z: i32,
+    os: &mut [T],
+) {
+    let n = os.len();
+    let full = if z.unsigned_abs() <= EXACT_ZERO_POINT {
+        n - n % S::LANES
+    } else {
+        0
+    };
+    let (vs, vz) = (S::splat_f(s), S::splat_i(z));
+    // `q - z` is finite, so only a NaN or infinite scale can give NaN.
+    let canon = !s.is_finite();
+    let mut k = 0;
+    while k < full {
+        let d = S::i_to_f(S::sub_i(S::load_codes(qs.as_ptr().add(k / Q::PACK)), vz));
+        let y = S::mul_f(d, vs);
+        T::store(
+            os.as_mut_ptr().add(k),
+            if canon { S::canon_nan_f(y) } else { y },
+        );
+        k += S::LANES;
+    }
+    for (i, o) in os.iter_mut().enumerate().skip(full) {
+        *o = T::from_math(scalar::dequantize(Q::read_code(qs, i), z, s));
     }
 }
 
@@ -319,32 +331,44 @@ pub(crate) unsafe fn dequantize_f64<S: Isa, Q: IntElement>(
     out: &mut [f64],
     gs: usize,
 ) {
-    let half = S::LANES / 2;
-    let full = gs - gs % S::LANES;
     let units = gs / Q::PACK;
     for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
         let (qs, os) = (&q[g * units..][..units], &mut out[g * gs..][..gs]);
-        let (vs, vz) = (S::splat_d(s), S::splat_d(z.into()));
-        let canon = !s.is_finite();
-        let y = |d: S::D| {
-            let y = S::mul_d(S::sub_d(d, vz), vs);
-            if canon {
-                S::canon_nan_d(y)
-            } else {
-                y
-            }
-        };
-        let mut k = 0;
-        while k < full {
-            let (a, b) = S::i_to_dd(S::load_codes(qs.as_ptr().add(k / Q::PACK)));
-            let p = os.as_mut_ptr().add(k);
-            S::store_d(p, y(a));
-            S::store_d(p.add(half), y(b));
-            k += S::LANES;
+        dequantize_run_f64::<S, Q>(qs, s, z, os);
+    }
+}
+
+/// The inverse of one run of codes to f64 outputs.
+#[inline(always)]
+pub(crate) unsafe fn dequantize_run_f64<S: Isa, Q: IntElement>(
+    qs: &[Q],
+    s: f64,
+    z: i32,
+    os: &mut [f64],
+) {
+    let half = S::LANES / 2;
+    let n = os.len();
+    let full = n - n % S::LANES;
+    let (vs, vz) = (S::splat_d(s), S::splat_d(z.into()));
+    let canon = !s.is_finite();
+    let y = |d: S::D| {
+        let y = S::mul_d(S::sub_d(d, vz), vs);
+        if canon {
+            S::canon_nan_d(y)
+        } else {
+            y
         }
-        for (i, o) in os.iter_mut().enumerate().skip(full) {
-            *o = f64::from_math(scalar::dequantize(Q::read_code(qs, i), z, s));
-        }
+    };
+    let mut k = 0;
+    while k < full {
+        let (a, b) = S::i_to_dd(S::load_codes(qs.as_ptr().add(k / Q::PACK)));
+        let p = os.as_mut_ptr().add(k);
+        S::store_d(p, y(a));
+        S::store_d(p.add(half), y(b));
+        k += S::LANES;
+    }
+    for (i, o) in os.iter_mut().enumerate().skip(full) {
+        *o = f64::from_math(scalar::dequantize(Q::read_code(qs, i), z, s));
     }
 }
 
@@ -362,37 +386,52 @@ pub(crate) unsafe fn quantize_backward_f32<S: Isa, T: F32Lanes<S>>(
     q_max: i32,
     boundary: SteBoundary,
 ) {
-    if q_min < -EXACT_CODE || q_max > EXACT_CODE {
-        return scalar::quantize_backward_groups(
-            dy, x, scale, zero_point, out, gs, q_min, q_max, boundary,
-        );
-    }
-    let incl = boundary == SteBoundary::Inclusive;
-    let (lo, hi) = (S::splat_f(q_min as f32), S::splat_f(q_max as f32));
-    let full = gs - gs % S::LANES;
     for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
         let range = g * gs..(g + 1) * gs;
         let (dys, xs, os) = (&dy[range.clone()], &x[range.clone()], &mut out[range]);
-        let s = s.to_math();
-        if s == 0.0 {
-            os.fill(T::from_math(0.0));
-            continue;
-        }
-        let (vs, vz) = (S::splat_f(s), S::splat_f(f32::from_i32(z)));
-        let mut k = 0;
-        while k < full {
-            let r = S::round_f(S::add_f(S::div_f(T::load(xs.as_ptr().add(k)), vs), vz));
-            let grad = S::div_f(T::load(dys.as_ptr().add(k)), vs);
-            let grad = S::inside_f(grad, r, lo, hi, incl);
-            T::store(os.as_mut_ptr().add(k), S::canon_nan_f(grad));
-            k += S::LANES;
-        }
-        let tail = os[full..].iter_mut().zip(&dys[full..]).zip(&xs[full..]);
-        for ((o, &dy), &x) in tail {
-            let grad =
-                scalar::quantize_grad(dy.to_math(), x.to_math(), s, z, q_min, q_max, boundary);
-            *o = T::from_math(grad);
-        }
+        quantize_backward_run_f32::<S, T>(dys, xs, s.to_math(), z, os, q_min, q_max, boundary);
+    }
+}
+
+/// The straight-through gradient of one run sharing the f32 scale `s`
+/// and zero point `z`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn quantize_backward_run_f32<S: Isa, T: F32Lanes<S>>(
+    dys: &[T],
+    xs: &[T],
+    s: f32,
+    z: i32,
+    os: &mut [T],
+    q_min: i32,
+    q_max: i32,
+    boundary: SteBoundary,
+) {
+    if s == 0.0 {
+        os.fill(T::from_math(0.0));
+        return;
+    }
+    let n = os.len();
+    let full = if q_min < -EXACT_CODE || q_max > EXACT_CODE {
+        0
+    } else {
+        n - n % S::LANES
+    };
+    let incl = boundary == SteBoundary::Inclusive;
+    let (lo, hi) = (S::splat_f(q_min as f32), S::splat_f(q_max as f32));
+    let (vs, vz) = (S::splat_f(s), S::splat_f(f32::from_i32(z)));
+    let mut k = 0;
+    while k < full {
+        let r = S::round_f(S::add_f(S::div_f(T::load(xs.as_ptr().add(k)), vs), vz));
+        let grad = S::div_f(T::load(dys.as_ptr().add(k)), vs);
+        let grad = S::inside_f(grad, r, lo, hi, incl);
+        T::store(os.as_mut_ptr().add(k), S::canon_nan_f(grad));
+        k += S::LANES;
+    }
+    let tail = os[full..].iter_mut().zip(&dys[full..]).zip(&xs[full..]);
+    for ((o, &dy), &x) in tail {
+        let grad = scalar::quantize_grad(dy.to_math(), x.to_math(), s, z, q_min, q_max, boundary);
+        *o = T::from_math(grad);
     }
 }
 
@@ -410,35 +449,51 @@ pub(crate) unsafe fn quantize_backward_f64<S: Isa>(
     q_max: i32,
     boundary: SteBoundary,
 ) {
-    if q_min < -EXACT_CODE || q_max > EXACT_CODE {
-        return scalar::quantize_backward_groups(
-            dy, x, scale, zero_point, out, gs, q_min, q_max, boundary,
-        );
-    }
-    let incl = boundary == SteBoundary::Inclusive;
-    let (lo, hi) = (S::splat_d(q_min.into()), S::splat_d(q_max.into()));
-    let half = S::LANES / 2;
-    let full = gs - gs % half;
     for (g, (&s, &z)) in scale.iter().zip(zero_point).enumerate() {
         let range = g * gs..(g + 1) * gs;
         let (dys, xs, os) = (&dy[range.clone()], &x[range.clone()], &mut out[range]);
-        if s == 0.0 {
-            os.fill(0.0);
-            continue;
-        }
-        let (vs, vz) = (S::splat_d(s), S::splat_d(z.into()));
-        let mut k = 0;
-        while k < full {
-            let r = S::round_d(S::add_d(S::div_d(S::load_d(xs.as_ptr().add(k)), vs), vz));
-            let grad = S::div_d(S::load_d(dys.as_ptr().add(k)), vs);
-            let grad = S::inside_d(grad, r, lo, hi, incl);
-            S::store_d(os.as_mut_ptr().add(k), S::canon_nan_d(grad));
-            k += half;
-        }
-        let tail = os[full..].iter_mut().zip(&dys[full..]).zip(&xs[full..]);
-        for ((o, &dy), &x) in tail {
-            *o = f64::from_math(scalar::quantize_grad(dy, x, s, z, q_min, q_max, boundary));
-        }
+        quantize_backward_run_f64::<S>(dys, xs, s, z, os, q_min, q_max, boundary);
+    }
+}
+
+/// The straight-through gradient of one run of f64 values.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn quantize_backward_run_f64<S: Isa>(
+    dys: &[f64],
+    xs: &[f64],
+    s: f64,
+    z: i32,
+    os: &mut [f64],
+    q_min: i32,
+    q_max: i32,
+    boundary: SteBoundary,
+) {
+    if s == 0.0 {
+        os.fill(0.0);
+        return;
+    }
+    let half = S::LANES / 2;
+    let n = os.len();
+    let full = if q_min < -EXACT_CODE || q_max > EXACT_CODE {
+        0
+    } else {
+        n - n % half
+    };
+    let incl = boundary == SteBoundary::Inclusive;
+    let (lo, hi) = (S::splat_d(q_min.into()), S::splat_d(q_max.into()));
+    let (vs, vz) = (S::splat_d(s), S::splat_d(z.into()));
+    let mut k = 0;
+    while k < full {
+        let r = S::round_d(S::add_d(S::div_d(S::load_d(xs.as_ptr().add(k)), vs), vz));
+        let grad = S::div_d(S::load_d(dys.as_ptr().add(k)), vs);
+        let grad = S::inside_d(grad, r, lo, hi, incl);
+        S::store_d(os.as_mut_ptr().add(k), S::canon_nan_d(grad));
+        k += half;
+    }
+    let tail = os[full..].iter_mut().zip(&dys[full..]).zip(&xs[full..]);
+    for ((o, &dy), &x) in tail {
+        *o = f64::from_math(scalar::quantize_grad(dy, x, s, z, q_min, q_max, boundary));
     }
 }
 
@@ -450,20 +505,30 @@ pub(crate) unsafe fn dequantize_backward_f32<S: Isa, T: F32Lanes<S>>(
     out: &mut [T],
     gs: usize,
 ) {
-    let full = gs - gs % S::LANES;
     for (g, &s) in scale.iter().enumerate() {
         let (dys, os) = (&dy[g * gs..][..gs], &mut out[g * gs..][..gs]);
-        let s = s.to_math();
-        let vs = S::splat_f(s);
-        let mut k = 0;
-        while k < full {
-            let grad = S::mul_f(T::load(dys.as_ptr().add(k)), vs);
-            T::store(os.as_mut_ptr().add(k), S::canon_nan_f(grad));
-            k += S::LANES;
-        }
-        for (o, &dy) in os[full..].iter_mut().zip(&dys[full..]) {
-            *o = T::from_math(scalar::dequantize_grad(dy.to_math(), s));
-        }
+        dequantize_backward_run_f32::<S, T>(dys, s.to_math(), os);
+    }
+}
+
+/// The dequantize gradient of one run sharing the f32 scale `s`.
+#[inline(always)]
+pub(crate) unsafe fn dequantize_backward_run_f32<S: Isa, T: F32Lanes<S>>(
+    dys: &[T],
+    s: f32,
+    os: &mut [T],
+) {
+    let n = os.len();
+    let full = n - n % S::LANES;
+    let vs = S::splat_f(s);
+    let mut k = 0;
+    while k < full {
+        let grad = S::mul_f(T::load(dys.as_ptr().add(k)), vs);
+        T::store(os.as_mut_ptr().add(k), S::canon_nan_f(grad));
+        k += S::LANES;
+    }
+    for (o, &dy) in os[full..].iter_mut().zip(&dys[full..]) {
+        *o = T::from_math(scalar::dequantize_grad(dy.to_math(), s));
     }
 }
 
@@ -475,20 +540,27 @@ pub(crate) unsafe fn dequantize_backward_f64<S: Isa>(
     out: &mut [f64],
     gs: usize,
 ) {
-    let half = S::LANES / 2;
-    let full = gs - gs % half;
     for (g, &s) in scale.iter().enumerate() {
         let (dys, os) = (&dy[g * gs..][..gs], &mut out[g * gs..][..gs]);
-        let vs = S::splat_d(s);
-        let mut k = 0;
-        while k < full {
-            let grad = S::mul_d(S::load_d(dys.as_ptr().add(k)), vs);
-            S::store_d(os.as_mut_ptr().add(k), S::canon_nan_d(grad));
-            k += half;
-        }
-        for (o, &dy) in os[full..].iter_mut().zip(&dys[full..]) {
-            *o = f64::from_math(scalar::dequantize_grad(dy, s));
-        }
+        dequantize_backward_run_f64::<S>(dys, s, os);
+    }
+}
+
+/// The dequantize gradient of one run of f64 values.
+#[inline(always)]
+pub(crate) unsafe fn dequantize_backward_run_f64<S: Isa>(dys: &[f64], s: f64, os: &mut [f64]) {
+    let half = S::LANES / 2;
+    let n = os.len();
+    let full = n - n % half;
+    let vs = S::splat_d(s);
+    let mut k = 0;
+    while k < full {
+        let grad = S::mul_d(S::load_d(dys.as_ptr().add(k)), vs);
+        S::store_d(os.as_mut_ptr().add(k), S::canon_nan_d(grad));
+        k += half;
+    }
+    for (o, &dy) in os[full..].iter_mut().zip(&dys[full..]) {
+        *o = f64::from_math(scalar::dequantize_grad(dy, s));
     }
 }
 
@@ -519,6 +591,24 @@ pub(crate) trait SimdElement<S: Isa>: Element {
         b: SteBoundary,
     );
     unsafe fn dequantize_backward(dy: &[Self], s: &[Self], o: &mut [Self], gs: usize);
+    /// One run of [`dequantize`](Self::dequantize) with the scale `s`, a
+    /// value of the math type (the caller checks that it is one).
+    unsafe fn dequantize_run<Q: IntElement>(q: &[Q], s: f64, z: i32, o: &mut [Self]);
+    /// One run of [`quantize_backward`](Self::quantize_backward) (scale as
+    /// in [`dequantize_run`](Self::dequantize_run)).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn quantize_backward_run(
+        dy: &[Self],
+        x: &[Self],
+        s: f64,
+        z: i32,
+        o: &mut [Self],
+        lo: i32,
+        hi: i32,
+        b: SteBoundary,
+    );
+    /// One run of [`dequantize_backward`](Self::dequantize_backward).
+    unsafe fn dequantize_backward_run(dy: &[Self], s: f64, o: &mut [Self]);
 }
 
 impl<S: Isa, T: F32Lanes<S>> SimdElement<S> for T {
@@ -556,6 +646,27 @@ impl<S: Isa, T: F32Lanes<S>> SimdElement<S> for T {
     unsafe fn dequantize_backward(dy: &[T], s: &[T], o: &mut [T], gs: usize) {
         dequantize_backward_f32::<S, T>(dy, s, o, gs)
     }
+    #[inline(always)]
+    unsafe fn dequantize_run<Q: IntElement>(q: &[Q], s: f64, z: i32, o: &mut [T]) {
+        dequantize_run_f32::<S, Q, T>(q, s as f32, z, o)
+    }
+    #[inline(always)]
+    unsafe fn quantize_backward_run(
+        dy: &[T],
+        x: &[T],
+        s: f64,
+        z: i32,
+        o: &mut [T],
+        lo: i32,
+        hi: i32,
+        b: SteBoundary,
+    ) {
+        quantize_backward_run_f32::<S, T>(dy, x, s as f32, z, o, lo, hi, b)
+    }
+    #[inline(always)]
+    unsafe fn dequantize_backward_run(dy: &[T], s: f64, o: &mut [T]) {
+        dequantize_backward_run_f32::<S, T>(dy, s as f32, o)
+    }
 }
 
 impl<S: Isa> SimdElement<S> for f64 {
@@ -592,6 +703,27 @@ impl<S: Isa> SimdElement<S> for f64 {
     #[inline(always)]
     unsafe fn dequantize_backward(dy: &[f64], s: &[f64], o: &mut [f64], gs: usize) {
         dequantize_backward_f64::<S>(dy, s, o, gs)
+    }
+    #[inline(always)]
+    unsafe fn dequantize_run<Q: IntElement>(q: &[Q], s: f64, z: i32, o: &mut [f64]) {
+        dequantize_run_f64::<S, Q>(q, s, z, o)
+    }
+    #[inline(always)]
+    unsafe fn quantize_backward_run(
+        dy: &[f64],
+        x: &[f64],
+        s: f64,
+        z: i32,
+        o: &mut [f64],
+        lo: i32,
+        hi: i32,
+        b: SteBoundary,
+    ) {
+        quantize_backward_run_f64::<S>(dy, x, s, z, o, lo, hi, b)
+    }
+    #[inline(always)]
+    unsafe fn dequantize_backward_run(dy: &[f64], s: f64, o: &mut [f64]) {
+        dequantize_backward_run_f64::<S>(dy, s, o)
     }
 }
 
@@ -1457,6 +1589,78 @@ macro_rules! simd_entry_points {
             }
             // SAFETY: as in `quantize`.
             unsafe { dequantize_backward_tf::<T>(dy, s, o, gs) }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn dequantize_run_tf<Q: IntElement, T: SimdElement<$isa>>(
+            q: &[Q],
+            s: f64,
+            z: i32,
+            o: &mut [T],
+        ) {
+            <T as SimdElement<$isa>>::dequantize_run::<Q>(q, s, z, o)
+        }
+
+        /// Inverse kernel for one run (scale a value of the math type).
+        pub(crate) fn dequantize_run<Q: IntElement, T: SimdElement<$isa>>(
+            q: &[Q],
+            s: f64,
+            z: i32,
+            o: &mut [T],
+        ) {
+            if !available() {
+                return scalar::dequantize_run(q, s, z, o);
+            }
+            // SAFETY: as in `quantize`.
+            unsafe { dequantize_run_tf::<Q, T>(q, s, z, o) }
+        }
+
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn quantize_backward_run_tf<T: SimdElement<$isa>>(
+            dy: &[T],
+            x: &[T],
+            s: f64,
+            z: i32,
+            o: &mut [T],
+            lo: i32,
+            hi: i32,
+            b: SteBoundary,
+        ) {
+            <T as SimdElement<$isa>>::quantize_backward_run(dy, x, s, z, o, lo, hi, b)
+        }
+
+        /// Straight-through backward kernel for one run.
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn quantize_backward_run<T: SimdElement<$isa>>(
+            dy: &[T],
+            x: &[T],
+            s: f64,
+            z: i32,
+            o: &mut [T],
+            lo: i32,
+            hi: i32,
+            b: SteBoundary,
+        ) {
+            if !available() {
+                return scalar::quantize_backward_run(dy, x, s, z, o, lo, hi, b);
+            }
+            // SAFETY: as in `quantize`.
+            unsafe { quantize_backward_run_tf::<T>(dy, x, s, z, o, lo, hi, b) }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn dequantize_backward_run_tf<T: SimdElement<$isa>>(dy: &[T], s: f64, o: &mut [T]) {
+            <T as SimdElement<$isa>>::dequantize_backward_run(dy, s, o)
+        }
+
+        /// Dequantize-backward kernel for one run.
+        pub(crate) fn dequantize_backward_run<T: SimdElement<$isa>>(dy: &[T], s: f64, o: &mut [T]) {
+            if !available() {
+                return scalar::dequantize_backward_run(dy, s, o);
+            }
+            // SAFETY: as in `quantize`.
+            unsafe { dequantize_backward_run_tf::<T>(dy, s, o) }
         }
     };
 }

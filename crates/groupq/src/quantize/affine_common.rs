@@ -6,8 +6,8 @@ use super::common::invalid;
 use crate::affine::{AffineFormula, CodeConversion, Granularity, Shape, MAX_RANK};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::{Error, Result};
+pub(crate) use crate::kernels::affine::store;
 use crate::kernels::affine::{quantize_run, AffineKernel, AffineVector};
-use crate::kernels::recipe::Arith;
 use crate::kernels::recipe::CHUNK;
 use crate::plan::{BackendKind, KernelSku, PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
@@ -214,36 +214,75 @@ pub(crate) fn walk<A: Send, B: Send + Default>(
 }
 
 /// A row of the last dimension, or the part of it a task owns: the first
-/// index `j0` (the output slice given with it starts there), the input
-/// offset of that index (input 0), the parameter index of the row's first
+/// index `j0` (the output slices given with it start there), the offsets
+/// of that index in the two inputs, the parameter index of the row's first
 /// block and the block length along the row.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Row {
-    pub input: usize,
+    pub input: [usize; 2],
     pub j0: usize,
     pub param: usize,
     pub block: usize,
 }
 
-/// Calls `f(row, out)` for every row of the last dimension (split over the
-/// threads as [`walk`]), `out` the row's contiguous output elements. The
-/// caller guarantees an output stride of 1 along the last dimension.
-pub(crate) fn walk_rows<A: Send>(
+/// Calls `f(row, a, b)` for every row of the last dimension (split over
+/// the threads as [`walk`]), `a` and `b` the row's contiguous elements of
+/// the two outputs (`b` when given). The caller guarantees output strides
+/// of 1 along the last dimension.
+pub(crate) fn walk_rows<A: Send, B: Send + Default>(
     stream: &Stream,
     layout: &NdLayout,
-    input: [usize; MAX_RANK],
-    out: Out<'_, A>,
-    f: impl Fn(Row, &mut [A]) + Sync,
+    inputs: [[usize; MAX_RANK]; 2],
+    out_a: Out<'_, A>,
+    out_b: Option<Out<'_, B>>,
+    f: impl Fn(Row, &mut [A], Option<&mut [B]>) + Sync,
 ) {
-    debug_assert!(layout.numel == 0 || out.stride[layout.shape.rank().max(1) - 1] == 1);
-    traverse::<A, bool>(stream, layout, [input, [0; MAX_RANK]], out, None, &Rows(f));
+    let last = layout.shape.rank().max(1) - 1;
+    debug_assert!(layout.numel == 0 || out_a.stride[last] == 1);
+    debug_assert!(layout.numel == 0 || out_b.as_ref().is_none_or(|b| b.stride[last] == 1));
+    traverse::<A, B>(stream, layout, inputs, out_a, out_b, &Rows(f));
+}
+
+/// Calls `f(param, range)` for each run of a row's elements sharing a
+/// parameter: `range` is relative to the row's output slices (of `len`
+/// elements) and holds at most `max` elements.
+#[inline]
+pub(crate) fn for_each_run(
+    row: &Row,
+    len: usize,
+    max: usize,
+    mut f: impl FnMut(usize, std::ops::Range<usize>),
+) {
+    let end = row.j0 + len;
+    let mut j = row.j0;
+    while j < end {
+        let next = ((j / row.block + 1) * row.block)
+            .min(end)
+            .min(j.saturating_add(max));
+        f(row.param + j / row.block, j - row.j0..next - row.j0);
+        j = next;
+    }
+}
+
+/// The stride of a view's last dimension (0 for a rank-0 view, which
+/// never walks by runs).
+pub(crate) fn last_stride<const R: usize>(stride: &[usize; R]) -> usize {
+    stride.last().copied().unwrap_or(0)
+}
+
+/// Whether a problem walks by rows of runs: rank ≥ 1, every view (inputs
+/// and outputs, by their last stride) contiguous along the last dimension,
+/// and the blocks along it at least [`MIN_RUN`] long.
+pub(crate) fn by_runs(layout: &NdLayout, last_strides: &[usize]) -> bool {
+    let rank = layout.shape.rank();
+    rank > 0 && last_strides.iter().all(|&s| s == 1) && layout.block.dims()[rank - 1] >= MIN_RUN
 }
 
 /// What a traversal does: per element, or per row.
 trait Visit<A, B>: Sync {
     const ROWS: bool;
     fn element(&self, _at: At, _a: &mut A, _b: &mut B) {}
-    fn row(&self, _row: Row, _a: &mut [A]) {}
+    fn row(&self, _row: Row, _a: &mut [A], _b: Option<&mut [B]>) {}
 }
 
 struct Elements<F>(F);
@@ -256,11 +295,11 @@ impl<A, B, F: Fn(At, &mut A, &mut B) + Sync> Visit<A, B> for Elements<F> {
 }
 
 struct Rows<F>(F);
-impl<A, B, F: Fn(Row, &mut [A]) + Sync> Visit<A, B> for Rows<F> {
+impl<A, B, F: Fn(Row, &mut [A], Option<&mut [B]>) + Sync> Visit<A, B> for Rows<F> {
     const ROWS: bool = true;
     #[inline(always)]
-    fn row(&self, row: Row, a: &mut [A]) {
-        (self.0)(row, a)
+    fn row(&self, row: Row, a: &mut [A], b: Option<&mut [B]>) {
+        (self.0)(row, a, b)
     }
 }
 
@@ -405,14 +444,19 @@ impl Geometry {
                 .map(|d| idx[d] / self.block[d] * self.pstride[d])
                 .sum();
             if V::ROWS {
-                let start = row_out[0] + j0 * self.out[0][last] - base[0];
+                let start = |k: usize| row_out[k] + j0 * self.out[k][last] - base[k];
                 let row = Row {
-                    input: row_in[0] + j0 * self.inputs[0][last],
+                    input: [
+                        row_in[0] + j0 * self.inputs[0][last],
+                        row_in[1] + j0 * self.inputs[1][last],
+                    ],
                     j0,
                     param: prow,
                     block: self.block[last],
                 };
-                f.row(row, &mut a[start..start + (j1 - j0)]);
+                let (sa, sb) = (start(0), start(1));
+                let rb = b.as_deref_mut().map(|b| &mut b[sb..sb + (j1 - j0)]);
+                f.row(row, &mut a[sa..sa + (j1 - j0)], rb);
             }
             for j in (j0..j1).filter(|_| !V::ROWS) {
                 let at = At {
@@ -455,9 +499,9 @@ impl Geometry {
     }
 }
 
-/// The identity of an affine plan: its layout and kernel SKU. The affine
-/// plans run the scalar element core ([`AffineKernel`]) on every thread of
-/// a CPU stream.
+/// The identity of an affine plan: its layout and kernel SKU (the backend
+/// of its vector runs; the scalar element core ([`AffineKernel`]) takes
+/// every other element).
 ///
 /// [`AffineKernel`]: crate::kernels::affine::AffineKernel
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -467,27 +511,6 @@ pub(crate) struct AffineCore {
 }
 
 impl AffineCore {
-    /// Validates the stream and preference: CPU streams, the scalar
-    /// backend (the default); a device stream or another preferred backend
-    /// is `Unsupported`.
-    pub fn new<T: Element>(
-        plan: &'static str,
-        op: QuantizeKind,
-        aux_element: Option<ElementKind>,
-        layout: NdLayout,
-        pref: PlanPreference,
-        stream: &Stream,
-    ) -> Result<AffineCore> {
-        let core =
-            Self::with_backend::<T>(plan, op, aux_element, layout, BackendKind::Scalar, stream)?;
-        match pref.prefer_backend {
-            None | Some(BackendKind::Scalar) => Ok(core),
-            Some(b) => Err(Error::Unsupported(format!(
-                "{plan}: prefer_backend {b} is not available: this plan runs the scalar core on every thread"
-            ))),
-        }
-    }
-
     /// A plan on CPU `backend` (chosen by the caller), refusing device
     /// streams.
     pub fn with_backend<T: Element>(
@@ -585,17 +608,12 @@ impl ZeroPoints<'_> {
             ZeroPoints::Float(z) => (0, f64::from(z[p])),
         }
     }
-}
 
-/// `v` (a value of the output's dtype or wider) stored as `T`, rounded as
-/// the dtype rounds it (through f32 for f16/bf16, as PyTorch), NaN
-/// canonical.
-#[inline(always)]
-pub(crate) fn store<T: Element>(v: f64) -> T {
-    if v.is_nan() {
-        T::from_f64(f64::NAN)
-    } else {
-        T::from_f64(Arith(T::KIND).r(v))
+    /// `Some(z)` for an integer zero point (none is 0), `None` for a float
+    /// one: what the run kernels can add.
+    #[inline(always)]
+    pub(crate) fn integer(&self, z: i32) -> Option<i32> {
+        (!matches!(self, ZeroPoints::Float(_))).then_some(z)
     }
 }
 
@@ -603,20 +621,32 @@ pub(crate) fn store<T: Element>(v: f64) -> T {
 /// worth a vector kernel call; shorter runs take the element core.
 pub(crate) const MIN_RUN: usize = 16;
 
-/// The backend of a quantize plan: the preferred one, or the best with the
-/// recipe engine's vector codes for its formula, or the scalar core; and
-/// those vector kernels.
+/// The backend of a plan whose runs have kernels `K`: the preferred one,
+/// or the best `lookup` has kernels for, or the scalar core (`None`: every
+/// element through [`AffineKernel`]).
+pub(crate) fn run_backend<K>(
+    plan: &str,
+    pref: PlanPreference,
+    lookup: impl Fn(BackendKind) -> Option<K>,
+) -> Result<(BackendKind, Option<K>)> {
+    let lookup = |b: BackendKind| match b {
+        BackendKind::Scalar => Some(None),
+        _ => lookup(b).map(Some),
+    };
+    crate::kernels::choose(pref.prefer_backend, lookup)
+        .map_err(|why| Error::Unsupported(format!("{plan}: {why}")))
+}
+
+/// The backend of a quantize plan: the best with the recipe engine's
+/// vector codes for its formula (see [`run_backend`]).
 pub(crate) fn vector_backend<T: Element, Q: IntElement>(
     plan: &str,
     kernel: &AffineKernel,
     pref: PlanPreference,
 ) -> Result<(BackendKind, Option<AffineVector<T>>)> {
-    let lookup = |b: BackendKind| match b {
-        BackendKind::Scalar => Some(None),
-        _ => AffineVector::<T>::new::<Q>(kernel, T::KIND, b).map(Some),
-    };
-    crate::kernels::choose(pref.prefer_backend, lookup)
-        .map_err(|why| Error::Unsupported(format!("{plan}: {why}")))
+    run_backend(plan, pref, |b| {
+        AffineVector::<T>::new::<Q>(kernel, T::KIND, b)
+    })
 }
 
 /// Writes the codes of every element of a validated problem: row by row
@@ -633,12 +663,10 @@ pub(crate) fn write_codes<T: Element, TScale: Element, Q: IntElement, const R: u
     (lo, hi): (i32, i32),
 ) {
     let x = input.data;
-    let last = R.max(1) - 1;
-    let rows = R > 0
-        && input.stride[last] == 1
-        && output.stride[last] == 1
-        && !matches!(zp, ZeroPoints::Float(_))
-        && layout.block.dims()[last] >= MIN_RUN;
+    let rows = by_runs(
+        layout,
+        &[last_stride(&input.stride), last_stride(&output.stride)],
+    ) && !matches!(zp, ZeroPoints::Float(_));
     let out = Out {
         data: output.data,
         stride: strides(&output.stride),
@@ -665,27 +693,16 @@ fn quantize_rows<T: Element, TScale: Element, Q: IntElement>(
     (x, in_stride): (&[T], [usize; MAX_RANK]),
     (s, zp): (&[TScale], &ZeroPoints<'_>),
     out: Out<'_, Q>,
-    range: (i32, i32),
+    range_codes: (i32, i32),
 ) {
-    walk_rows(stream, layout, in_stride, out, |row, out| {
+    let inputs = [in_stride, [0; MAX_RANK]];
+    walk_rows::<Q, bool>(stream, layout, inputs, out, None, |row, out, _| {
         let mut bytes = [0u8; CHUNK];
-        let end = row.j0 + out.len();
-        let mut j = row.j0;
-        while j < end {
-            let next = ((j / row.block + 1) * row.block).min(end);
-            let p = row.param + j / row.block;
+        for_each_run(&row, out.len(), usize::MAX, |p, r| {
             let (z, zf) = zp.at(p, k);
-            let (a, b) = (j - row.j0, next - row.j0);
-            quantize_run(
-                k,
-                vector,
-                &x[row.input + a..row.input + b],
-                (s[p].to_f64(), z, zf),
-                &mut out[a..b],
-                range,
-                &mut bytes,
-            );
-            j = next;
-        }
+            let xs = &x[row.input[0] + r.start..row.input[0] + r.end];
+            let range = (s[p].to_f64(), z, zf);
+            quantize_run(k, vector, xs, range, &mut out[r], range_codes, &mut bytes);
+        });
     });
 }

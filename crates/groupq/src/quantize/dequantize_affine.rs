@@ -1,12 +1,16 @@
 //! `DequantizeAffinePlan`: integer codes → float, one scale and zero point
 //! per block of an N-D tensor.
 
-use super::affine_common::{store, strides, walk, AffineCore, NdLayout, Out, Types3, ZeroPoints};
+use super::affine_common::{
+    by_runs, for_each_run, last_stride, run_backend, store, strides, walk, walk_rows, AffineCore,
+    NdLayout, Out, Types3, ZeroPoints,
+};
 use super::common::check_kind;
 use crate::affine::{AffineFormula, Granularity, Shape, MAX_RANK};
 use crate::element::{Element, ElementKind, IntElement};
 use crate::error::{Error, Result};
-use crate::kernels::affine::AffineKernel;
+use crate::kernels::affine::{dequantize_run, AffineKernel};
+use crate::kernels::DequantizeRun;
 use crate::plan::{PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
@@ -79,6 +83,8 @@ pub struct DequantizeAffinePlan<TQ: IntElement, TScale: Element, TOut: Element> 
     core: AffineCore,
     desc: DequantizeAffineDescriptor,
     kernel: AffineKernel,
+    /// The per-group inverse on runs, where the arithmetic is its own.
+    run: Option<DequantizeRun<TQ, TOut>>,
     _types: Types3<TQ, TScale, TOut>,
 }
 
@@ -113,18 +119,26 @@ impl<TQ: IntElement, TScale: Element, TOut: Element> DequantizeAffinePlan<TQ, TS
             )));
         }
         let layout = NdLayout::new(PLAN, desc.shape, desc.granularity)?;
-        let core = AffineCore::new::<TOut>(
+        let kernel = AffineKernel::new(desc.formula, TOut::KIND);
+        let (backend, run) = run_backend(PLAN, pref, |b| {
+            let math = kernel.dequantize_is_math(TOut::KIND);
+            math.then(|| crate::kernels::run_kernels::<TQ, TOut>(b))
+                .flatten()
+                .map(|k| k.dequantize)
+        })?;
+        let core = AffineCore::with_backend::<TOut>(
             PLAN,
             QuantizeKind::DequantizeAffine,
             Some(TQ::KIND),
             layout,
-            pref,
+            backend,
             stream,
         )?;
         Ok(DequantizeAffinePlan {
             core,
             desc: *desc,
-            kernel: AffineKernel::new(desc.formula, TOut::KIND),
+            kernel,
+            run,
             _types: std::marker::PhantomData,
         })
     }
@@ -154,21 +168,36 @@ impl<TQ: IntElement, TScale: Element, TOut: Element> DequantizeAffinePlan<TQ, TS
         self.can_implement(&args)?;
         let k = &self.kernel;
         let (q, s, zp) = (args.input.data, args.scale, args.zero_point);
-        walk::<TOut, bool>(
-            stream,
-            &self.core.layout,
-            [strides(&args.input.stride), [0; MAX_RANK]],
-            Out {
-                data: args.output.data,
-                stride: strides(&args.output.stride),
-            },
-            None,
-            |at, y, _| {
-                let (_, zf) = zp.at(at.param, k);
-                let v = k.dequantized(q[at.input[0]].to_i32(), zf, s[at.param].to_f64());
-                *y = store(v);
-            },
-        );
+        let inputs = [strides(&args.input.stride), [0; MAX_RANK]];
+        let out = Out {
+            data: args.output.data,
+            stride: strides(&args.output.stride),
+        };
+        let layout = &self.core.layout;
+        if self.run.is_some()
+            && by_runs(
+                layout,
+                &[
+                    last_stride(&args.input.stride),
+                    last_stride(&args.output.stride),
+                ],
+            )
+        {
+            walk_rows::<TOut, bool>(stream, layout, inputs, out, None, |row, ys, _| {
+                for_each_run(&row, ys.len(), usize::MAX, |p, r| {
+                    let (z, zf) = zp.at(p, k);
+                    let z = zp.integer(z);
+                    let qs = &q[row.input[0] + r.start..row.input[0] + r.end];
+                    dequantize_run(k, self.run, qs, (s[p].to_f64(), z, zf), &mut ys[r]);
+                });
+            });
+            return Ok(());
+        }
+        walk::<TOut, bool>(stream, layout, inputs, out, None, |at, y, _| {
+            let (_, zf) = zp.at(at.param, k);
+            let v = k.dequantized(q[at.input[0]].to_i32(), zf, s[at.param].to_f64());
+            *y = store(v);
+        });
         Ok(())
     }
 

@@ -1,13 +1,18 @@
 //! `FakeQuantizeAffinePlan` and its backward: quantize then dequantize in
 //! one pass (quantization-aware training), with the straight-through mask.
 
-use super::affine_common::{store, strides, walk, AffineCore, NdLayout, Out, ZeroPoints};
+use super::affine_common::{
+    by_runs, for_each_run, last_stride, run_backend, store, strides, walk, walk_rows, AffineCore,
+    NdLayout, Out, ZeroPoints,
+};
 use super::common::{check_code_order, check_kind};
 use crate::affine::{AffineFormula, CodeConversion, Granularity, Shape, MAX_RANK};
-use crate::element::{Element, ElementKind};
+use crate::element::{Element, ElementKind, IntElement};
 use crate::error::{Error, Result};
-use crate::kernels::affine::AffineKernel;
-use crate::plan::{PlanPreference, QuantizeKind};
+use crate::kernels::affine::{fake_run, AffineKernel, AffineVector, FakeVector};
+use crate::kernels::recipe::CHUNK;
+use crate::kernels::run_kernels;
+use crate::plan::{BackendKind, PlanPreference, QuantizeKind};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 
@@ -109,6 +114,7 @@ pub struct FakeQuantizeAffinePlan<T: Element, TScale: Element> {
     core: AffineCore,
     desc: FakeQuantizeAffineDescriptor,
     kernel: AffineKernel,
+    vector: Option<FakeKernels<T>>,
     _types: std::marker::PhantomData<fn() -> (T, TScale)>,
 }
 
@@ -121,7 +127,134 @@ pub struct FakeQuantizeAffineBackwardPlan<T: Element, TScale: Element> {
     core: AffineCore,
     desc: FakeQuantizeAffineDescriptor,
     kernel: AffineKernel,
+    vector: Option<FakeKernels<T>>,
     _types: std::marker::PhantomData<fn() -> (T, TScale)>,
+}
+
+/// The vector kernels of a fake-quantize plan, by the 8-bit type its code
+/// range fits.
+#[derive(Debug, Clone, Copy)]
+enum FakeKernels<T> {
+    I8(FakeVector<i8, T>),
+    U8(FakeVector<u8, T>),
+}
+
+/// The vector kernels of backend `b` with codes `Q`: the recipe engine's
+/// codes, and the per-group inverse where the dequantize arithmetic is its
+/// own.
+fn fake_vector<Q: IntElement, T: Element>(
+    k: &AffineKernel,
+    b: BackendKind,
+) -> Option<FakeVector<Q, T>> {
+    let codes = AffineVector::<T>::new::<Q>(k, T::KIND, b)?;
+    let dequantize = k
+        .dequantize_is_math(T::KIND)
+        .then(|| run_kernels::<Q, T>(b))
+        .flatten()
+        .map(|r| r.dequantize);
+    Some(FakeVector { codes, dequantize })
+}
+
+/// The forward (values and mask; `dy` `None`) or the backward (`dy ·
+/// mask` into `out`) of a problem whose views are contiguous along the last
+/// dimension, by runs of at most [`CHUNK`] values sharing a parameter
+/// through [`fake_run`].
+#[allow(clippy::too_many_arguments)]
+fn fake_rows<Q: IntElement, T: Element, TScale: Element>(
+    stream: &Stream,
+    layout: &NdLayout,
+    (k, v): (&AffineKernel, &FakeVector<Q, T>),
+    (x, dy): (&[T], Option<&[T]>),
+    inputs: [[usize; MAX_RANK]; 2],
+    (s, zp): (&[TScale], &ZeroPoints<'_>),
+    out: Out<'_, T>,
+    mask: Option<Out<'_, bool>>,
+    range: (i32, i32),
+) {
+    walk_rows(stream, layout, inputs, out, mask, |row, ys, mut ms| {
+        let mut bytes = [0u8; CHUNK];
+        let mut scratch = [false; CHUNK];
+        for_each_run(&row, ys.len(), CHUNK, |p, r| {
+            let (z, zf) = zp.at(p, k);
+            let xs = &x[row.input[0] + r.start..row.input[0] + r.end];
+            let params = (s[p].to_f64(), zp.integer(z), zf);
+            match dy {
+                // The forward: values and mask.
+                None => {
+                    let m = ms.as_deref_mut().map(|m| &mut m[r.clone()]);
+                    fake_run(
+                        k,
+                        Some(v),
+                        xs,
+                        params,
+                        Some(&mut ys[r]),
+                        m,
+                        range,
+                        &mut bytes,
+                    );
+                }
+                // The backward: `dy · mask`.
+                Some(dy) => {
+                    let m = &mut scratch[..r.len()];
+                    fake_run(
+                        k,
+                        Some(v),
+                        xs,
+                        params,
+                        None,
+                        Some(&mut *m),
+                        range,
+                        &mut bytes,
+                    );
+                    let dys = &dy[row.input[1] + r.start..row.input[1] + r.end];
+                    for ((g, d), &m) in ys[r].iter_mut().zip(dys).zip(m.iter()) {
+                        *g = masked(*d, m);
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// `dy · mask` as PyTorch computes it: a masked value times zero keeps the
+/// sign of a zero and turns ±inf and NaN into NaN (canonical, as every
+/// NaN the plans write). `store(inside ? d : d · 0)`, without the rounding
+/// (`dy` is a value of `T`).
+#[inline(always)]
+fn masked<T: Element>(dy: T, inside: bool) -> T {
+    let d = dy.to_f64();
+    if d.is_nan() || (!inside && d.is_infinite()) {
+        T::from_f64(f64::NAN)
+    } else if inside {
+        dy
+    } else {
+        T::from_f64(if d.is_sign_negative() { -0.0 } else { 0.0 })
+    }
+}
+
+impl<T: Element> FakeKernels<T> {
+    /// [`fake_rows`] with the plan's code type.
+    #[allow(clippy::too_many_arguments)]
+    fn rows<TScale: Element>(
+        &self,
+        stream: &Stream,
+        layout: &NdLayout,
+        k: &AffineKernel,
+        xs: (&[T], Option<&[T]>),
+        inputs: [[usize; MAX_RANK]; 2],
+        params: (&[TScale], &ZeroPoints<'_>),
+        (out, mask): (Out<'_, T>, Option<Out<'_, bool>>),
+        range: (i32, i32),
+    ) {
+        match self {
+            FakeKernels::I8(v) => {
+                fake_rows(stream, layout, (k, v), xs, inputs, params, out, mask, range)
+            }
+            FakeKernels::U8(v) => {
+                fake_rows(stream, layout, (k, v), xs, inputs, params, out, mask, range)
+            }
+        }
+    }
 }
 
 /// Validation shared by the forward and the backward.
@@ -131,7 +264,7 @@ fn select_core<T: Element, TScale: Element>(
     stream: &Stream,
     desc: &FakeQuantizeAffineDescriptor,
     pref: PlanPreference,
-) -> Result<(AffineCore, AffineKernel)> {
+) -> Result<(AffineCore, AffineKernel, Option<FakeKernels<T>>)> {
     check_kind(plan, "element", desc.element, "T", T::KIND)?;
     check_kind(
         plan,
@@ -147,8 +280,20 @@ fn select_core<T: Element, TScale: Element>(
     }
     let layout = NdLayout::new(plan, desc.shape, desc.granularity)?;
     check_code_order(plan, desc.q_min, desc.q_max)?;
-    let core = AffineCore::new::<T>(plan, op, Some(TScale::KIND), layout, pref, stream)?;
-    Ok((core, AffineKernel::new(desc.formula, T::KIND)))
+    let kernel = AffineKernel::new(desc.formula, T::KIND);
+    let (lo, hi) = (desc.q_min, desc.q_max);
+    let (backend, vector) = run_backend(plan, pref, |b| {
+        if -128 <= lo && hi <= 127 {
+            fake_vector::<i8, T>(&kernel, b).map(FakeKernels::I8)
+        } else if 0 <= lo && hi <= 255 {
+            fake_vector::<u8, T>(&kernel, b).map(FakeKernels::U8)
+        } else {
+            None
+        }
+    })?;
+    let core =
+        AffineCore::with_backend::<T>(plan, op, Some(TScale::KIND), layout, backend, stream)?;
+    Ok((core, kernel, vector))
 }
 
 impl<T: Element, TScale: Element> FakeQuantizeAffinePlan<T, TScale> {
@@ -161,12 +306,13 @@ impl<T: Element, TScale: Element> FakeQuantizeAffinePlan<T, TScale> {
         desc: &FakeQuantizeAffineDescriptor,
         pref: PlanPreference,
     ) -> Result<Self> {
-        let (core, kernel) =
+        let (core, kernel, vector) =
             select_core::<T, TScale>(PLAN, QuantizeKind::FakeQuantizeAffine, stream, desc, pref)?;
         Ok(FakeQuantizeAffinePlan {
             core,
             desc: *desc,
             kernel,
+            vector,
             _types: std::marker::PhantomData,
         })
     }
@@ -199,26 +345,39 @@ impl<T: Element, TScale: Element> FakeQuantizeAffinePlan<T, TScale> {
         self.can_implement(&args)?;
         let (k, lo, hi) = (&self.kernel, self.desc.q_min, self.desc.q_max);
         let (x, s, zp) = (args.input.data, args.scale, args.zero_point);
+        let mask_last = args.mask.as_ref().map_or(1, |m| last_stride(&m.stride));
+        let out_last = last_stride(&args.output.stride);
         let mask = args.mask.map(|m| Out {
             stride: strides(&m.stride),
             data: m.data,
         });
-        walk::<T, bool>(
-            stream,
-            &self.core.layout,
-            [strides(&args.input.stride), [0; MAX_RANK]],
-            Out {
-                data: args.output.data,
-                stride: strides(&args.output.stride),
-            },
-            mask,
-            |at, y, m| {
-                let (z, zf) = zp.at(at.param, k);
-                let (v, r) = k.fake(x[at.input[0]].to_f64(), s[at.param].to_f64(), z, zf, lo, hi);
-                *y = store(v);
-                *m = AffineKernel::inside(r, lo, hi, true);
-            },
-        );
+        let inputs = [strides(&args.input.stride), [0; MAX_RANK]];
+        let out = Out {
+            data: args.output.data,
+            stride: strides(&args.output.stride),
+        };
+        let layout = &self.core.layout;
+        let lasts = [last_stride(&args.input.stride), out_last, mask_last];
+        if let (Some(v), true) = (&self.vector, by_runs(layout, &lasts)) {
+            let p = (s, &zp);
+            v.rows(
+                stream,
+                layout,
+                k,
+                (x, None),
+                inputs,
+                p,
+                (out, mask),
+                (lo, hi),
+            );
+            return Ok(());
+        }
+        walk::<T, bool>(stream, layout, inputs, out, mask, |at, y, m| {
+            let (z, zf) = zp.at(at.param, k);
+            let (v, r) = k.fake(x[at.input[0]].to_f64(), s[at.param].to_f64(), z, zf, lo, hi);
+            *y = store(v);
+            *m = AffineKernel::inside(r, lo, hi, true);
+        });
         Ok(())
     }
 
@@ -237,7 +396,7 @@ impl<T: Element, TScale: Element> FakeQuantizeAffineBackwardPlan<T, TScale> {
         desc: &FakeQuantizeAffineDescriptor,
         pref: PlanPreference,
     ) -> Result<Self> {
-        let (core, kernel) = select_core::<T, TScale>(
+        let (core, kernel, vector) = select_core::<T, TScale>(
             BACKWARD,
             QuantizeKind::FakeQuantizeAffineBackward,
             stream,
@@ -248,6 +407,7 @@ impl<T: Element, TScale: Element> FakeQuantizeAffineBackwardPlan<T, TScale> {
             core,
             desc: *desc,
             kernel,
+            vector,
             _types: std::marker::PhantomData,
         })
     }
@@ -283,26 +443,40 @@ impl<T: Element, TScale: Element> FakeQuantizeAffineBackwardPlan<T, TScale> {
             args.scale,
             args.zero_point,
         );
-        walk::<T, bool>(
-            stream,
-            &self.core.layout,
-            [
-                strides(&args.input.stride),
-                strides(&args.grad_output.stride),
-            ],
-            Out {
-                data: args.grad_input.data,
-                stride: strides(&args.grad_input.stride),
-            },
-            None,
-            |at, g, _| {
-                let (_, zf) = zp.at(at.param, k);
-                let r = k.rounded(x[at.input[0]].to_f64(), s[at.param].to_f64(), zf, 0.0);
-                let d = dy[at.input[1]].to_f64();
-                let inside = AffineKernel::inside(r, lo, hi, true);
-                *g = store(if inside { d } else { d * 0.0 });
-            },
-        );
+        let inputs = [
+            strides(&args.input.stride),
+            strides(&args.grad_output.stride),
+        ];
+        let out_last = last_stride(&args.grad_input.stride);
+        let out = Out {
+            data: args.grad_input.data,
+            stride: strides(&args.grad_input.stride),
+        };
+        let layout = &self.core.layout;
+        let lasts = [
+            last_stride(&args.input.stride),
+            last_stride(&args.grad_output.stride),
+            out_last,
+        ];
+        if let (Some(v), true) = (&self.vector, by_runs(layout, &lasts)) {
+            let p = (s, &zp);
+            v.rows(
+                stream,
+                layout,
+                k,
+                (x, Some(dy)),
+                inputs,
+                p,
+                (out, None),
+                (lo, hi),
+            );
+            return Ok(());
+        }
+        walk::<T, bool>(stream, layout, inputs, out, None, |at, g, _| {
+            let (_, zf) = zp.at(at.param, k);
+            let r = k.rounded(x[at.input[0]].to_f64(), s[at.param].to_f64(), zf, 0.0);
+            *g = masked(dy[at.input[1]], AffineKernel::inside(r, lo, hi, true));
+        });
         Ok(())
     }
 

@@ -2,17 +2,22 @@
 //! per block): `QuantizeAffineBackwardPlan` and
 //! `DequantizeAffineBackwardPlan`.
 
-use super::affine_common::{store, strides, walk, AffineCore, NdLayout, Out, ZeroPoints};
+use super::affine_common::{
+    by_runs, for_each_run, last_stride, run_backend, store, strides, walk, walk_rows, AffineCore,
+    NdLayout, Out, ZeroPoints,
+};
 use super::common::{check_code_order, check_kind};
 use crate::affine::{AffineFormula, Granularity, Shape, MAX_RANK};
 use crate::element::{Element, ElementKind};
 use crate::error::Result;
-use crate::kernels::affine::AffineKernel;
+use crate::kernels::affine::{dequantize_backward_run, quantize_backward_run, AffineKernel};
+use crate::kernels::{run_kernels, DequantizeBackwardRun, QuantizeBackwardRun};
 use crate::plan::{PlanPreference, QuantizeKind, SteBoundary};
 use crate::stream::{Stream, Workspace};
 use crate::tensor::{TensorMut, TensorRef};
 
 const PLAN: &str = "QuantizeAffineBackwardPlan";
+
 const DEQUANTIZE: &str = "DequantizeAffineBackwardPlan";
 
 /// Describes the straight-through gradient of an affine quantize.
@@ -59,6 +64,8 @@ pub struct QuantizeAffineBackwardPlan<T: Element, TScale: Element> {
     core: AffineCore,
     desc: QuantizeAffineBackwardDescriptor,
     kernel: AffineKernel,
+    /// The per-group straight-through kernel on runs, for SPEC's formula.
+    run: Option<QuantizeBackwardRun<T>>,
     _types: std::marker::PhantomData<fn() -> (T, TScale)>,
 }
 
@@ -79,18 +86,26 @@ impl<T: Element, TScale: Element> QuantizeAffineBackwardPlan<T, TScale> {
         )?;
         let layout = NdLayout::new(PLAN, desc.shape, desc.granularity)?;
         check_code_order(PLAN, desc.q_min, desc.q_max)?;
-        let core = AffineCore::new::<T>(
+        let kernel = AffineKernel::new(desc.formula, T::KIND);
+        let (backend, run) = run_backend(PLAN, pref, |b| {
+            let spec = kernel.quantize_is_spec(T::KIND);
+            spec.then(|| run_kernels::<i8, T>(b))
+                .flatten()
+                .map(|k| k.quantize_backward)
+        })?;
+        let core = AffineCore::with_backend::<T>(
             PLAN,
             QuantizeKind::QuantizeAffineBackward,
             Some(TScale::KIND),
             layout,
-            pref,
+            backend,
             stream,
         )?;
         Ok(QuantizeAffineBackwardPlan {
             core,
             desc: *desc,
-            kernel: AffineKernel::new(desc.formula, T::KIND),
+            kernel,
+            run,
             _types: std::marker::PhantomData,
         })
     }
@@ -126,30 +141,39 @@ impl<T: Element, TScale: Element> QuantizeAffineBackwardPlan<T, TScale> {
             args.scale,
             args.zero_point,
         );
-        walk::<T, bool>(
-            stream,
-            &self.core.layout,
-            [
-                strides(&args.input.stride),
-                strides(&args.grad_output.stride),
-            ],
-            Out {
-                data: args.grad_input.data,
-                stride: strides(&args.grad_input.stride),
-            },
-            None,
-            |at, g, _| {
-                let (_, zf) = zp.at(at.param, k);
-                let sv = s[at.param].to_f64();
-                let r = k.rounded(x[at.input[0]].to_f64(), sv, zf, 0.0);
-                let v = if AffineKernel::inside(r, lo, hi, inclusive) && sv != 0.0 {
-                    k.a.div(k.a.r(dy[at.input[1]].to_f64()), sv)
-                } else {
-                    0.0
-                };
-                *g = store(v);
-            },
-        );
+        let inputs = [
+            strides(&args.input.stride),
+            strides(&args.grad_output.stride),
+        ];
+        let out_last = last_stride(&args.grad_input.stride);
+        let out = Out {
+            data: args.grad_input.data,
+            stride: strides(&args.grad_input.stride),
+        };
+        let layout = &self.core.layout;
+        let lasts = [
+            last_stride(&args.input.stride),
+            last_stride(&args.grad_output.stride),
+            out_last,
+        ];
+        if self.run.is_some() && by_runs(layout, &lasts) {
+            walk_rows::<T, bool>(stream, layout, inputs, out, None, |row, gs, _| {
+                for_each_run(&row, gs.len(), usize::MAX, |p, r| {
+                    let (z, zf) = zp.at(p, k);
+                    let xs = &x[row.input[0] + r.start..row.input[0] + r.end];
+                    let dys = &dy[row.input[1] + r.start..row.input[1] + r.end];
+                    let params = (s[p].to_f64(), zp.integer(z), zf);
+                    let b = self.desc.boundary;
+                    quantize_backward_run(k, self.run, (dys, xs), params, &mut gs[r], (lo, hi), b);
+                });
+            });
+            return Ok(());
+        }
+        walk::<T, bool>(stream, layout, inputs, out, None, |at, g, _| {
+            let (_, zf) = zp.at(at.param, k);
+            let (sv, d) = (s[at.param].to_f64(), dy[at.input[1]].to_f64());
+            *g = store(k.ste_grad(d, x[at.input[0]].to_f64(), sv, zf, lo, hi, inclusive));
+        });
         Ok(())
     }
 
@@ -194,6 +218,9 @@ pub struct DequantizeAffineBackwardPlan<T: Element, TScale: Element> {
     core: AffineCore,
     desc: DequantizeAffineBackwardDescriptor,
     kernel: AffineKernel,
+    /// The per-group dequantize-backward kernel on runs, where the
+    /// arithmetic is its own.
+    run: Option<DequantizeBackwardRun<T>>,
     _types: std::marker::PhantomData<fn() -> (T, TScale)>,
 }
 
@@ -213,18 +240,26 @@ impl<T: Element, TScale: Element> DequantizeAffineBackwardPlan<T, TScale> {
             TScale::KIND,
         )?;
         let layout = NdLayout::new(DEQUANTIZE, desc.shape, desc.granularity)?;
-        let core = AffineCore::new::<T>(
+        let kernel = AffineKernel::new(desc.formula, T::KIND);
+        let (backend, run) = run_backend(DEQUANTIZE, pref, |b| {
+            let math = kernel.dequantize_is_math(T::KIND);
+            math.then(|| run_kernels::<i8, T>(b))
+                .flatten()
+                .map(|k| k.dequantize_backward)
+        })?;
+        let core = AffineCore::with_backend::<T>(
             DEQUANTIZE,
             QuantizeKind::DequantizeAffineBackward,
             Some(TScale::KIND),
             layout,
-            pref,
+            backend,
             stream,
         )?;
         Ok(DequantizeAffineBackwardPlan {
             core,
             desc: *desc,
-            kernel: AffineKernel::new(desc.formula, T::KIND),
+            kernel,
+            run,
             _types: std::marker::PhantomData,
         })
     }
@@ -250,21 +285,28 @@ impl<T: Element, TScale: Element> DequantizeAffineBackwardPlan<T, TScale> {
     ) -> Result<()> {
         self.core.check_run(stream, &workspace)?;
         self.can_implement(&args)?;
-        let d = self.kernel.d;
+        let k = &self.kernel;
         let (dy, s) = (args.grad_output.data, args.scale);
-        walk::<T, bool>(
-            stream,
-            &self.core.layout,
-            [strides(&args.grad_output.stride), [0; MAX_RANK]],
-            Out {
-                data: args.grad_input.data,
-                stride: strides(&args.grad_input.stride),
-            },
-            None,
-            |at, g, _| {
-                *g = store(d.mul(d.r(dy[at.input[0]].to_f64()), s[at.param].to_f64()));
-            },
-        );
+        let inputs = [strides(&args.grad_output.stride), [0; MAX_RANK]];
+        let out_last = last_stride(&args.grad_input.stride);
+        let out = Out {
+            data: args.grad_input.data,
+            stride: strides(&args.grad_input.stride),
+        };
+        let layout = &self.core.layout;
+        if self.run.is_some() && by_runs(layout, &[last_stride(&args.grad_output.stride), out_last])
+        {
+            walk_rows::<T, bool>(stream, layout, inputs, out, None, |row, gs, _| {
+                for_each_run(&row, gs.len(), usize::MAX, |p, r| {
+                    let dys = &dy[row.input[0] + r.start..row.input[0] + r.end];
+                    dequantize_backward_run(k, self.run, dys, s[p].to_f64(), &mut gs[r]);
+                });
+            });
+            return Ok(());
+        }
+        walk::<T, bool>(stream, layout, inputs, out, None, |at, g, _| {
+            *g = store(k.dequantize_grad(dy[at.input[0]].to_f64(), s[at.param].to_f64()));
+        });
         Ok(())
     }
 
