@@ -4,6 +4,7 @@
 //! example-model generator share.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod commands;
 pub mod formats;
 pub mod gguf;

@@ -1,0 +1,294 @@
+"""groupq: group-wise integer quantization, bit for bit with the peers.
+
+numpy arrays in and out; float32, float64, float16, and bfloat16 through
+``ml_dtypes``. The kernels run in Rust with the GIL released, on every core
+by default (``threads=`` chooses). Errors are :class:`groupq.Error`
+subclasses carrying the library's messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from typing import Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _native
+
+__all__ = [
+    "Error",
+    "InvalidProblemError",
+    "UnsupportedError",
+    "BufferTooSmallError",
+    "quantize_per_group",
+    "dequantize_per_group",
+    "quantize_dynamic",
+    "presets",
+    "quantize_checkpoint",
+]
+
+
+class Error(Exception):
+    """Every error groupq raises."""
+
+
+class InvalidProblemError(Error, ValueError):
+    """A shape, group size, code range or parameter that does not fit."""
+
+
+class UnsupportedError(Error, TypeError):
+    """A dtype or combination the library does not implement."""
+
+
+class BufferTooSmallError(Error, ValueError):
+    """An array shorter than the problem needs."""
+
+
+_KINDS = {
+    "invalid": InvalidProblemError,
+    "unsupported": UnsupportedError,
+    "buffer": BufferTooSmallError,
+}
+
+
+def _errors(f):
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except _native.GroupqError as e:
+            kind, message = e.args
+            raise _KINDS.get(kind, Error)(message) from None
+
+    return wrapper
+
+
+def _bfloat16():
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - bf16 arrays need ml_dtypes
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+_FLOATS = ("float32", "float64", "float16", "bfloat16")
+
+
+def _float_kind(a: np.ndarray, name: str) -> str:
+    kind = a.dtype.name
+    if kind not in _FLOATS:
+        raise UnsupportedError(f"{name}: dtype {kind} is not float32, float64, float16 or bfloat16")
+    return kind
+
+
+def _float_dtype(kind: str) -> np.dtype:
+    if kind == "bfloat16":
+        bf = _bfloat16()
+        if bf is None:
+            raise UnsupportedError("bfloat16 needs the ml_dtypes package (pip install ml_dtypes)")
+        return bf
+    if kind not in _FLOATS:
+        raise UnsupportedError(f"dtype {kind} is not float32, float64, float16 or bfloat16")
+    return np.dtype(kind)
+
+
+def _flat(a: np.ndarray, kind: Optional[str] = None) -> np.ndarray:
+    """A flat C-contiguous view (a copy only for a non-contiguous array);
+    f16/bf16 as their uint16 bits."""
+    a = np.ascontiguousarray(a).reshape(-1)
+    if kind in ("float16", "bfloat16"):
+        return a.view(np.uint16)
+    return a
+
+
+def _from_bits(a: np.ndarray, kind: str) -> np.ndarray:
+    if kind in ("float16", "bfloat16"):
+        return a.view(_float_dtype(kind))
+    return a
+
+
+def _dims(x: np.ndarray, group_size: int) -> Tuple[int, int, int]:
+    if x.ndim == 0:
+        raise InvalidProblemError("x must have at least one dimension (groups run along the last)")
+    axis = x.shape[-1]
+    outer = int(np.prod(x.shape[:-1], dtype=np.int64)) if x.ndim > 1 else 1
+    if group_size is None or group_size <= 0:
+        raise InvalidProblemError(f"group_size must be positive, got {group_size}")
+    if axis % group_size != 0:
+        raise InvalidProblemError(
+            f"group_size {group_size} does not divide the last dimension {axis} of shape {x.shape}"
+        )
+    return outer, axis, group_size
+
+
+@_errors
+def quantize_per_group(
+    x: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    *,
+    group_size: int,
+    q_min: int,
+    q_max: int,
+    out_dtype=None,
+    threads: Optional[int] = None,
+) -> np.ndarray:
+    """SPEC §3.1: ``q = clamp(round_half_even(x / s + z), q_min, q_max)`` per
+    group of ``group_size`` consecutive elements of the last axis.
+
+    ``scale`` and ``zero_point`` hold one value per group (shape
+    ``x.shape[:-1] + (x.shape[-1] // group_size,)``, or flat); ``scale`` is
+    cast to ``x``'s dtype, ``zero_point`` to int32. ``out_dtype`` is
+    ``np.int8`` or ``np.uint8`` (default: int8 when ``q_min < 0``).
+    """
+    x = np.asarray(x)
+    kind = _float_kind(x, "x")
+    outer, axis, g = _dims(x, group_size)
+    ng = outer * (axis // g)
+    scale = np.asarray(scale, dtype=x.dtype)
+    zero_point = np.asarray(zero_point)
+    for name, a in (("scale", scale), ("zero_point", zero_point)):
+        if a.size != ng:
+            raise InvalidProblemError(f"{name} has {a.size} elements; {ng} groups need one each")
+    if out_dtype is None:
+        out_dtype = np.int8 if q_min < 0 else np.uint8
+    out = np.dtype(out_dtype).name
+    q = _native.quantize_per_group(
+        _flat(x, kind),
+        kind,
+        _flat(scale, kind),
+        _flat(zero_point.astype(np.int32, copy=False)),
+        (outer, axis, g),
+        (int(q_min), int(q_max)),
+        out,
+        threads,
+    )
+    return q.reshape(x.shape)
+
+
+@_errors
+def dequantize_per_group(
+    q: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    *,
+    group_size: int,
+    out_dtype=np.float32,
+    threads: Optional[int] = None,
+) -> np.ndarray:
+    """SPEC §3.2: ``y = (q - z) * s`` in float32 (float64 for float64
+    output) per group, rounded once to ``out_dtype``. ``q`` is int8 or
+    uint8; ``scale`` is cast to ``out_dtype``."""
+    q = np.asarray(q)
+    if q.dtype not in (np.int8, np.uint8):
+        raise UnsupportedError(f"q: dtype {q.dtype.name} is not int8 or uint8")
+    kind = np.dtype(out_dtype).name
+    out_dt = _float_dtype(kind)
+    outer, axis, g = _dims(q, group_size)
+    ng = outer * (axis // g)
+    scale = np.asarray(scale).astype(out_dt, copy=False)
+    zero_point = np.asarray(zero_point)
+    for name, a in (("scale", scale), ("zero_point", zero_point)):
+        if a.size != ng:
+            raise InvalidProblemError(f"{name} has {a.size} elements; {ng} groups need one each")
+    y = _native.dequantize_per_group(
+        _flat(q),
+        q.dtype.name,
+        _flat(scale, kind),
+        _flat(zero_point.astype(np.int32, copy=False)),
+        (outer, axis, g),
+        kind,
+        threads,
+    )
+    return _from_bits(y, kind).reshape(q.shape)
+
+
+@_errors
+def quantize_dynamic(
+    x: np.ndarray,
+    *,
+    preset: str,
+    group_size: int,
+    bits: int = 4,
+    symmetric: bool = True,
+    threads: Optional[int] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chooses a scale and zero point per group as ``preset``'s peer does,
+    then quantizes: returns ``(codes, scale, zero_point)`` with the peer's
+    codes (int8 for signed presets, uint8 for unsigned ones), scales in the
+    peer's dtype and int32 zero points, shaped ``x.shape`` and
+    ``x.shape[:-1] + (groups,)``.
+
+    Presets (``presets()``): ``"torchao"`` (``choose_qparams_affine`` +
+    ``quantize_affine``; symmetric int``bits`` or asymmetric uint``bits``),
+    ``"compressed-tensors"`` (W4A16, 4 bits), ``"gptq"`` (RTN, f32 scales),
+    ``"awq"``, ``"awq-f16"``, ``"torch-per-token"`` (int8, asymmetric),
+    ``"gguf-q8_0"``, ``"gguf-q4_0"``, ``"gguf-q5_0"`` (group size 32).
+    Presets with one mapping ignore ``symmetric``.
+    """
+    x = np.asarray(x)
+    kind = _float_kind(x, "x")
+    outer, axis, g = _dims(x, group_size)
+    q, s, z, s_kind = _native.quantize_dynamic(
+        _flat(x, kind), kind, preset, (outer, axis, g), int(bits), bool(symmetric), threads
+    )
+    pshape = x.shape[:-1] + (axis // g,)
+    return q.reshape(x.shape), _from_bits(s, s_kind).reshape(pshape), z.reshape(pshape)
+
+
+def presets() -> list:
+    """The names :func:`quantize_dynamic` takes as ``preset``."""
+    return list(_native.presets())
+
+
+def quantize_checkpoint(
+    input: str,
+    output: str,
+    *,
+    format: str,
+    bits: int = 4,
+    group_size: int = 128,
+    symmetric: bool = True,
+    ignore: Iterable[str] = (),
+    progress: bool = True,
+    force: bool = False,
+) -> None:
+    """Quantizes a Hugging Face safetensors checkpoint folder as ``groupq
+    quantize`` does (same files, bit for bit): ``format`` is
+    ``"compressed-tensors"``, ``"gptq"`` or ``"awq"`` (AWQ is always
+    asymmetric: ``symmetric`` is ignored for it). Raises :class:`Error` with the command's message on failure."""
+    argv = [
+        "groupq",
+        "quantize",
+        os.fspath(input),
+        "--output",
+        os.fspath(output),
+        "--format",
+        format,
+        "--bits",
+        str(int(bits)),
+        "--group-size",
+        str(int(group_size)),
+    ]
+    if format != "awq":
+        argv.append("--sym" if symmetric else "--asym")
+    for pattern in ignore:
+        argv += ["--ignore", pattern]
+    if not progress:
+        argv.append("--quiet")
+    if force:
+        argv.append("--force")
+    # The command runs in a child process: its signal handlers (which remove
+    # a partial output) and its exit stay out of the interpreter.
+    r = subprocess.run(
+        [sys.executable, "-m", "groupq._cli", *argv[1:]],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if r.returncode != 0:
+        raise Error(r.stderr.strip() or f"groupq quantize exited with {r.returncode}")
+    if progress and r.stderr:
+        sys.stderr.write(r.stderr)

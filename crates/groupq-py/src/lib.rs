@@ -1,0 +1,551 @@
+//! `groupq._native`: the Python extension behind the `groupq` package.
+//!
+//! Thin glue over the library: numpy arrays in (f16 and bf16 as their
+//! `uint16` bit patterns, viewed by the Python layer without a copy), the
+//! library's plans run with the GIL released, numpy arrays out. Errors
+//! become `groupq._native.GroupqError(kind, message)`, which the Python
+//! layer turns into `groupq.Error` subclasses. No arithmetic lives here.
+
+use groupq::half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+use groupq::half::{bf16, f16};
+use groupq::recipe::{Recipe, TorchaoMapping};
+use groupq::*;
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+pyo3::create_exception!(_native, GroupqError, PyException);
+
+/// A library error as `GroupqError(kind, message)`.
+fn err(e: groupq::Error) -> PyErr {
+    let kind = match &e {
+        groupq::Error::InvalidProblem(_) => "invalid",
+        groupq::Error::Unsupported(_) => "unsupported",
+        groupq::Error::BufferTooSmall { .. } => "buffer",
+        _ => "other",
+    };
+    GroupqError::new_err((kind, e.to_string()))
+}
+
+/// A usage error of the Python API, named like the library's.
+fn invalid(msg: String) -> PyErr {
+    GroupqError::new_err(("invalid", msg))
+}
+
+/// One CPU stream per thread count, made once (a stream owns a thread pool).
+fn stream(threads: Option<usize>) -> PyResult<Stream> {
+    static STREAMS: Mutex<Option<HashMap<usize, Stream>>> = Mutex::new(None);
+    let n = match threads {
+        Some(0) => return Err(invalid("threads must be at least 1".into())),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let mut map = STREAMS.lock().unwrap_or_else(|p| p.into_inner());
+    let map = map.get_or_insert_with(HashMap::new);
+    if let Some(s) = map.get(&n) {
+        return Ok(s.clone());
+    }
+    let s = Stream::cpu_with_threads(n).map_err(err)?;
+    map.insert(n, s.clone());
+    Ok(s)
+}
+
+/// A flat, C-contiguous float array of one of the four kinds (f16/bf16 as
+/// `uint16` bits).
+enum Floats<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+}
+
+/// Reads a float array of `kind` (`"float32"`, `"float64"`, `"float16"`,
+/// `"bfloat16"`; the last two as `uint16` bits) as a slice, without a copy.
+macro_rules! floats {
+    ($obj:expr, $kind:expr, $name:expr, |$x:ident| $body:expr) => {{
+        let obj: &Bound<'_, PyAny> = $obj;
+        match $kind {
+            "float32" => {
+                let a = obj.extract::<PyReadonlyArray1<'_, f32>>()?;
+                let $x = Floats::F32(slice(&a, $name)?);
+                $body
+            }
+            "float64" => {
+                let a = obj.extract::<PyReadonlyArray1<'_, f64>>()?;
+                let $x = Floats::F64(slice(&a, $name)?);
+                $body
+            }
+            "float16" => {
+                let a = obj.extract::<PyReadonlyArray1<'_, u16>>()?;
+                let $x = Floats::F16(slice(&a, $name)?.reinterpret_cast::<f16>());
+                $body
+            }
+            "bfloat16" => {
+                let a = obj.extract::<PyReadonlyArray1<'_, u16>>()?;
+                let $x = Floats::Bf16(slice(&a, $name)?.reinterpret_cast::<bf16>());
+                $body
+            }
+            other => {
+                return Err(GroupqError::new_err((
+                    "unsupported",
+                    format!(
+                        "{}: dtype {other} is not float32, float64, float16 or bfloat16",
+                        $name
+                    ),
+                )))
+            }
+        }
+    }};
+}
+
+fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| invalid(format!("{name} must be C-contiguous")))
+}
+
+/// A new flat array of `n` elements, filled by `f` with the GIL released.
+fn fill<'py, T: numpy::Element + Default + Copy + Send>(
+    py: Python<'py>,
+    n: usize,
+    f: impl FnOnce(&mut [T]) -> groupq::Result<()> + Send,
+) -> PyResult<Bound<'py, PyArray1<T>>> {
+    let mut v = vec![T::default(); n];
+    py.detach(|| f(&mut v)).map_err(err)?;
+    Ok(PyArray1::from_vec(py, v))
+}
+
+/// f16/bf16 values written through their `uint16` bits.
+fn fill_bits<'py, H: Copy + Default + Send>(
+    py: Python<'py>,
+    n: usize,
+    f: impl FnOnce(&mut [H]) -> groupq::Result<()> + Send,
+) -> PyResult<Bound<'py, PyArray1<u16>>>
+where
+    [H]: HalfFloatSliceExt,
+{
+    let mut v = vec![H::default(); n];
+    py.detach(|| f(&mut v)).map_err(err)?;
+    Ok(PyArray1::from_vec(py, v.reinterpret_cast().to_vec()))
+}
+
+fn quantize_pg<T: Element, Q: IntElement>(
+    st: &Stream,
+    (x, s, z): (&[T], &[T], &[i32]),
+    (outer, axis, g): (usize, usize, usize),
+    (lo, hi): (i32, i32),
+    out: &mut [Q],
+) -> groupq::Result<()> {
+    let desc = QuantizePerGroupDescriptor {
+        outer_size: outer,
+        axis_size: axis,
+        group_size: g,
+        q_min: lo,
+        q_max: hi,
+        input_element: T::KIND,
+        output_element: Q::KIND,
+    };
+    let plan = QuantizePerGroupPlan::<T, Q>::select(st, &desc, Default::default())?;
+    let ng = desc.num_groups();
+    plan.run(
+        st,
+        Workspace::None,
+        QuantizePerGroupArgs {
+            input: TensorRef::new(x, [outer, axis])?,
+            scale: TensorRef::new(s, [outer, ng])?,
+            zero_point: TensorRef::new(z, [outer, ng])?,
+            output: TensorMut::new(out, [outer, axis])?,
+        },
+    )
+}
+
+/// SPEC §3.1 per group: codes of `x` (`outer × axis`, flat) with one scale
+/// (of `x`'s dtype) and zero point per group; `out_dtype` `"int8"` or
+/// `"uint8"`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn quantize_per_group<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    kind: &str,
+    scale: &Bound<'py, PyAny>,
+    zero_point: PyReadonlyArray1<'py, i32>,
+    dims: (usize, usize, usize),
+    range: (i32, i32),
+    out_dtype: &str,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let st = stream(threads)?;
+    let z = slice(&zero_point, "zero_point")?;
+    let n = dims.0 * dims.1;
+    macro_rules! go {
+        ($x:expr, $s:expr) => {
+            match out_dtype {
+                "int8" => {
+                    fill::<i8>(py, n, |o| quantize_pg(&st, ($x, $s, z), dims, range, o))?.into_any()
+                }
+                "uint8" => {
+                    fill::<u8>(py, n, |o| quantize_pg(&st, ($x, $s, z), dims, range, o))?.into_any()
+                }
+                other => {
+                    return Err(GroupqError::new_err((
+                        "unsupported",
+                        format!("out_dtype {other} is not int8 or uint8"),
+                    )))
+                }
+            }
+        };
+    }
+    Ok(floats!(x, kind, "x", |xs| floats!(
+        scale,
+        kind,
+        "scale",
+        |ss| match (xs, ss) {
+            (Floats::F32(x), Floats::F32(s)) => go!(x, s),
+            (Floats::F64(x), Floats::F64(s)) => go!(x, s),
+            (Floats::F16(x), Floats::F16(s)) => go!(x, s),
+            (Floats::Bf16(x), Floats::Bf16(s)) => go!(x, s),
+            _ => unreachable!("one kind for both"),
+        }
+    )))
+}
+
+fn dequantize_pg<Q: IntElement, T: Element>(
+    st: &Stream,
+    (q, s, z): (&[Q], &[T], &[i32]),
+    (outer, axis, g): (usize, usize, usize),
+    out: &mut [T],
+) -> groupq::Result<()> {
+    let desc = DequantizePerGroupDescriptor {
+        outer_size: outer,
+        axis_size: axis,
+        group_size: g,
+        input_element: Q::KIND,
+        output_element: T::KIND,
+    };
+    let plan = DequantizePerGroupPlan::<Q, T>::select(st, &desc, Default::default())?;
+    let ng = desc.num_groups();
+    plan.run(
+        st,
+        Workspace::None,
+        DequantizePerGroupArgs {
+            input: TensorRef::new(q, [outer, axis])?,
+            scale: TensorRef::new(s, [outer, ng])?,
+            zero_point: TensorRef::new(z, [outer, ng])?,
+            output: TensorMut::new(out, [outer, axis])?,
+        },
+    )
+}
+
+/// SPEC §3.2 per group: values of `kind` (f16/bf16 returned as `uint16`
+/// bits) from int8/uint8 codes, scales of `kind`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn dequantize_per_group<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    q_dtype: &str,
+    scale: &Bound<'py, PyAny>,
+    zero_point: PyReadonlyArray1<'py, i32>,
+    dims: (usize, usize, usize),
+    kind: &str,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let st = stream(threads)?;
+    let z = slice(&zero_point, "zero_point")?;
+    let n = dims.0 * dims.1;
+    macro_rules! go {
+        ($q:expr) => {
+            floats!(scale, kind, "scale", |ss| match ss {
+                Floats::F32(s) => fill::<f32>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
+                Floats::F64(s) => fill::<f64>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
+                Floats::F16(s) => fill_bits::<f16>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
+                Floats::Bf16(s) => fill_bits::<bf16>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
+            })
+        };
+    }
+    Ok(match q_dtype {
+        "int8" => {
+            let a = q.extract::<PyReadonlyArray1<'_, i8>>()?;
+            let qs = slice(&a, "q")?;
+            go!(qs)
+        }
+        "uint8" => {
+            let a = q.extract::<PyReadonlyArray1<'_, u8>>()?;
+            let qs = slice(&a, "q")?;
+            go!(qs)
+        }
+        other => {
+            return Err(GroupqError::new_err((
+                "unsupported",
+                format!("q: dtype {other} is not int8 or uint8"),
+            )))
+        }
+    })
+}
+
+/// The scale dtype a preset's peer stores.
+#[derive(Clone, Copy)]
+enum ScaleKind {
+    Input,
+    F32,
+    F16,
+}
+
+/// The presets `quantize_dynamic` knows, in `presets()` order.
+const PRESETS: [&str; 9] = [
+    "torchao",
+    "compressed-tensors",
+    "gptq",
+    "awq",
+    "awq-f16",
+    "torch-per-token",
+    "gguf-q8_0",
+    "gguf-q4_0",
+    "gguf-q5_0",
+];
+
+/// A preset's recipe, scale dtype and whether its codes are signed.
+fn preset(name: &str, bits: u32, symmetric: bool) -> PyResult<(Recipe, ScaleKind, bool)> {
+    let need = |ok: bool, what: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "preset {name}: {what} (bits {bits}, symmetric {symmetric})"
+            )))
+        }
+    };
+    Ok(match name {
+        "torchao" => {
+            need((1..=8).contains(&bits), "bits must be 1 to 8")?;
+            if symmetric {
+                let h = 1i32 << (bits - 1);
+                (
+                    Recipe::torchao(TorchaoMapping::Symmetric, -h, h - 1),
+                    ScaleKind::Input,
+                    true,
+                )
+            } else {
+                let m = (1i32 << bits) - 1;
+                (
+                    Recipe::torchao(TorchaoMapping::Asymmetric, 0, m),
+                    ScaleKind::Input,
+                    false,
+                )
+            }
+        }
+        "compressed-tensors" => {
+            need(bits == 4, "compressed-tensors' W4A16 presets take 4 bits")?;
+            let r = if symmetric {
+                Recipe::compressed_tensors_w4a16()
+            } else {
+                Recipe::compressed_tensors_w4a16_asym()
+            };
+            (r, ScaleKind::Input, true)
+        }
+        "gptq" => {
+            need(matches!(bits, 2 | 3 | 4 | 8), "bits must be 2, 3, 4 or 8")?;
+            (Recipe::gptq(symmetric, bits), ScaleKind::F32, false)
+        }
+        "awq" | "awq-f16" => {
+            need((1..=8).contains(&bits), "bits must be 1 to 8")?;
+            let r = if name == "awq" {
+                Recipe::awq(!symmetric, bits)
+            } else {
+                Recipe::awq_f16(!symmetric, bits)
+            };
+            let s = if name == "awq" {
+                ScaleKind::Input
+            } else {
+                ScaleKind::F16
+            };
+            (r, s, symmetric)
+        }
+        "torch-per-token" => {
+            need(bits == 8, "PyTorch's per-token preset is int8")?;
+            (
+                Recipe::torch_per_token_asymmetric_int8(),
+                ScaleKind::F32,
+                true,
+            )
+        }
+        "gguf-q8_0" => {
+            need(bits == 8, "q8_0 is 8-bit")?;
+            (Recipe::gguf_q8_0(), ScaleKind::F32, true)
+        }
+        "gguf-q4_0" => {
+            need(bits == 4, "q4_0 is 4-bit")?;
+            (Recipe::gguf_q4_0(), ScaleKind::F32, false)
+        }
+        "gguf-q5_0" => {
+            need(bits == 5, "q5_0 is 5-bit")?;
+            (Recipe::gguf_q5_0(), ScaleKind::F32, false)
+        }
+        other => {
+            return Err(invalid(format!(
+                "unknown preset {other:?}; groupq.presets() lists {}",
+                PRESETS.join(", ")
+            )))
+        }
+    })
+}
+
+/// The names `quantize_dynamic` takes as `preset`.
+#[pyfunction]
+fn presets() -> Vec<&'static str> {
+    PRESETS.to_vec()
+}
+
+#[allow(clippy::type_complexity)]
+fn dynamic<T: Element, S: Element, Q: IntElement>(
+    st: &Stream,
+    x: &[T],
+    recipe: Recipe,
+    (outer, axis, g): (usize, usize, usize),
+    (s, z, q): (&mut [S], &mut [i32], &mut [Q]),
+) -> groupq::Result<()> {
+    let desc = QuantizeDynamicPerGroupDescriptor {
+        outer_size: outer,
+        axis_size: axis,
+        group_size: g,
+        recipe,
+        input_element: T::KIND,
+        scale_element: S::KIND,
+        output_element: Q::KIND,
+    };
+    let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(st, &desc, Default::default())?;
+    let ng = desc.num_groups();
+    plan.run(
+        st,
+        Workspace::None,
+        QuantizeDynamicPerGroupArgs {
+            input: TensorRef::new(x, [outer, axis])?,
+            scale: TensorMut::new(s, [outer, ng])?,
+            zero_point: TensorMut::new(z, [outer, ng])?,
+            output: TensorMut::new(q, [outer, axis])?,
+        },
+    )
+}
+
+/// Scales of type `S` as an array (f16/bf16 as `uint16` bits) and their
+/// dtype name.
+trait ScaleOut: Element + Default + Send {
+    const NAME: &'static str;
+    fn array<'py>(py: Python<'py>, v: Vec<Self>) -> Bound<'py, PyAny>;
+}
+impl ScaleOut for f32 {
+    const NAME: &'static str = "float32";
+    fn array<'py>(py: Python<'py>, v: Vec<Self>) -> Bound<'py, PyAny> {
+        PyArray1::from_vec(py, v).into_any()
+    }
+}
+impl ScaleOut for f64 {
+    const NAME: &'static str = "float64";
+    fn array<'py>(py: Python<'py>, v: Vec<Self>) -> Bound<'py, PyAny> {
+        PyArray1::from_vec(py, v).into_any()
+    }
+}
+impl ScaleOut for f16 {
+    const NAME: &'static str = "float16";
+    fn array<'py>(py: Python<'py>, v: Vec<Self>) -> Bound<'py, PyAny> {
+        PyArray1::from_vec(py, v.reinterpret_cast().to_vec()).into_any()
+    }
+}
+impl ScaleOut for bf16 {
+    const NAME: &'static str = "bfloat16";
+    fn array<'py>(py: Python<'py>, v: Vec<Self>) -> Bound<'py, PyAny> {
+        PyArray1::from_vec(py, v.reinterpret_cast().to_vec()).into_any()
+    }
+}
+
+type Quantized<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    &'static str,
+);
+
+fn dynamic_out<'py, T: Element, S: ScaleOut, Q: IntElement + numpy::Element + Default>(
+    py: Python<'py>,
+    st: &Stream,
+    x: &[T],
+    recipe: Recipe,
+    dims: (usize, usize, usize),
+) -> PyResult<Quantized<'py>> {
+    let ng = dims.0 * (dims.1 / dims.2.max(1));
+    let (mut s, mut z, mut q) = (
+        vec![S::default(); ng],
+        vec![0i32; ng],
+        vec![Q::default(); dims.0 * dims.1],
+    );
+    py.detach(|| dynamic(st, x, recipe, dims, (&mut s, &mut z, &mut q)))
+        .map_err(err)?;
+    Ok((
+        PyArray1::from_vec(py, q).into_any(),
+        S::array(py, s),
+        PyArray1::from_vec(py, z).into_any(),
+        S::NAME,
+    ))
+}
+
+/// A preset's codes, scales and zero points for `x` (`outer × axis`,
+/// flat, of `kind`): `(codes, scale, zero_point, scale_dtype)`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn quantize_dynamic<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    kind: &str,
+    preset_name: &str,
+    dims: (usize, usize, usize),
+    bits: u32,
+    symmetric: bool,
+    threads: Option<usize>,
+) -> PyResult<Quantized<'py>> {
+    let st = stream(threads)?;
+    let (recipe, sk, signed) = preset(preset_name, bits, symmetric)?;
+    macro_rules! by_q {
+        ($T:ty, $S:ty, $x:expr) => {
+            if signed {
+                dynamic_out::<$T, $S, i8>(py, &st, $x, recipe, dims)
+            } else {
+                dynamic_out::<$T, $S, u8>(py, &st, $x, recipe, dims)
+            }
+        };
+    }
+    macro_rules! by_s {
+        ($T:ty, $x:expr) => {
+            match sk {
+                ScaleKind::Input => by_q!($T, $T, $x),
+                ScaleKind::F32 => by_q!($T, f32, $x),
+                ScaleKind::F16 => by_q!($T, f16, $x),
+            }
+        };
+    }
+    floats!(x, kind, "x", |xs| match xs {
+        Floats::F32(x) => by_s!(f32, x),
+        Floats::F64(x) => by_s!(f64, x),
+        Floats::F16(x) => by_s!(f16, x),
+        Floats::Bf16(x) => by_s!(bf16, x),
+    })
+}
+
+/// Runs the `groupq` command line (`argv[0]` the program name); returns
+/// its exit status.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(|| groupq_cli::cli::main_with_args(argv))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("GroupqError", m.py().get_type::<GroupqError>())?;
+    m.add_function(wrap_pyfunction!(quantize_per_group, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize_per_group, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_dynamic, m)?)?;
+    m.add_function(wrap_pyfunction!(presets, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    Ok(())
+}

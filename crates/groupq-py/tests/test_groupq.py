@@ -1,0 +1,136 @@
+"""The Python API against the peers' golden files (the ones the Rust tests
+read) and against a numpy oracle of SPEC §3.1/§3.2."""
+
+import json
+import pathlib
+import struct
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import groupq
+
+GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "groupq" / "tests" / "golden"
+DTYPES = {
+    "F32": np.float32,
+    "F64": np.float64,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "I32": np.int32,
+}
+
+
+def read(path):
+    """A safetensors file as {name: array} (a reader of the format's
+    header: 8-byte length, JSON, raw little-endian tensors)."""
+    b = path.read_bytes()
+    (n,) = struct.unpack("<Q", b[:8])
+    header = json.loads(b[8 : 8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        lo, hi = t["data_offsets"]
+        a = np.frombuffer(b[8 + n + lo : 8 + n + hi], dtype=DTYPES[t["dtype"]])
+        out[name] = a.reshape(t["shape"])
+    return out
+
+
+def same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype.itemsize == b.dtype.itemsize
+    u = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
+    return np.array_equal(a.view(u), b.view(u))
+
+
+TORCHAO = {"sym_int4": (4, True), "sym_int8": (8, True), "asym_uint4": (4, False)}
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in GOLDEN.glob("torchao__*.safetensors") if p.name.split("__")[1] in TORCHAO),
+    ids=lambda p: p.stem,
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_torchao_golden(path, threads):
+    t = read(path)
+    bits, sym = TORCHAO[path.name.split("__")[1]]
+    g = int(path.stem.split("__g")[-1])
+    q, s, z = groupq.quantize_dynamic(
+        t["input"], preset="torchao", group_size=g, bits=bits, symmetric=sym, threads=threads
+    )
+    assert np.array_equal(q.astype(np.int32), t["q"].astype(np.int32))
+    assert same_bits(s, t["scale"])
+    assert np.array_equal(z, t["zero_point"])
+
+
+def spec_quantize(x, s, z, g, lo, hi):
+    """SPEC §3.1 in numpy: f32 math below f64, division, zero point before
+    rounding, ties to even, NaN → clamp(0)."""
+    m = np.float64 if x.dtype == np.float64 else np.float32
+    xs = x.astype(m).reshape(x.shape[0], -1, g)
+    sm = s.astype(m)[..., None]
+    with np.errstate(all="ignore"):
+        v = np.where(sm != 0, xs / np.where(sm != 0, sm, 1), 0).astype(m)
+        t = np.rint(v + z.astype(m)[..., None])
+    t = np.where(np.isnan(t), 0, t)
+    return np.clip(t, lo, hi).reshape(x.shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
+def test_spec_round_trip(dtype):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((8, 96)) * 3).astype(dtype)
+    x[0, :4] = [np.nan, np.inf, -np.inf, 0.5]
+    s = rng.uniform(0.05, 0.5, (8, 3)).astype(dtype)
+    s[1, 0] = 0
+    z = rng.integers(-3, 4, (8, 3)).astype(np.int32)
+    q = groupq.quantize_per_group(x, s, z, group_size=32, q_min=-8, q_max=7)
+    assert q.dtype == np.int8
+    assert np.array_equal(q, spec_quantize(x, s, z, 32, -8, 7))
+    y = groupq.dequantize_per_group(q, s, z, group_size=32, out_dtype=dtype)
+    m = np.float64 if dtype == np.float64 else np.float32
+    want = ((q.reshape(8, 3, 32).astype(m) - z[..., None].astype(m)) * s.astype(m)[..., None]).astype(dtype)
+    assert same_bits(y, want.reshape(8, 96))
+
+
+def test_threads_and_layouts_agree():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 256)).astype(ml_dtypes.bfloat16)
+    ref = groupq.quantize_dynamic(x, preset="gptq", group_size=128, threads=1)
+    for threads in (2, 3, None):
+        got = groupq.quantize_dynamic(x, preset="gptq", group_size=128, threads=threads)
+        assert all(same_bits(a, b) for a, b in zip(got, ref))
+    # A non-contiguous view gives the same results as its copy; N-D shapes
+    # group along the last axis.
+    big = rng.standard_normal((64, 512)).astype(np.float32)
+    view = big[:, ::2]
+    a = groupq.quantize_dynamic(view, preset="torchao", group_size=64)
+    b = groupq.quantize_dynamic(np.ascontiguousarray(view), preset="torchao", group_size=64)
+    assert all(same_bits(u, v) for u, v in zip(a, b))
+    q3, s3, _ = groupq.quantize_dynamic(big.reshape(4, 16, 512), preset="torchao", group_size=64)
+    q2, s2, _ = groupq.quantize_dynamic(big, preset="torchao", group_size=64)
+    assert q3.shape == (4, 16, 512) and s3.shape == (4, 16, 8)
+    assert np.array_equal(q3.reshape(64, 512), q2)
+
+
+def test_errors_are_typed():
+    x = np.zeros((4, 64), np.float32)
+    with pytest.raises(groupq.InvalidProblemError, match="does not divide"):
+        groupq.quantize_dynamic(x, preset="torchao", group_size=48)
+    with pytest.raises(ValueError, match="unknown preset"):
+        groupq.quantize_dynamic(x, preset="nope", group_size=32)
+    with pytest.raises(groupq.UnsupportedError):
+        groupq.quantize_dynamic(x.astype(np.int32), preset="torchao", group_size=32)
+    with pytest.raises(TypeError):
+        groupq.dequantize_per_group(np.zeros((4, 64), np.int16), np.ones(8), np.zeros(8), group_size=32)
+    with pytest.raises(groupq.InvalidProblemError, match="range"):
+        groupq.quantize_per_group(x, np.ones(8), np.zeros(8), group_size=32, q_min=-8, q_max=700)
+    with pytest.raises(groupq.InvalidProblemError, match="groups need one each"):
+        groupq.quantize_per_group(x, np.ones(7), np.zeros(8), group_size=32, q_min=-8, q_max=7)
+    with pytest.raises(groupq.Error):
+        groupq.quantize_dynamic(x, preset="compressed-tensors", group_size=32, bits=8)
+    assert "gptq" in groupq.presets() and "torchao" in groupq.presets()
