@@ -532,6 +532,113 @@ fn quantize_dynamic<'py>(
     })
 }
 
+/// A packer's result as a flat array.
+fn packed<T: numpy::Element>(py: Python<'_>, r: groupq::Result<Vec<T>>) -> PyResult<Bound<'_, PyArray1<T>>> {
+    Ok(PyArray1::from_vec(py, r.map_err(err)?))
+}
+
+fn gptq_encoding(name: &str) -> PyResult<pack::GptqZeros> {
+    Ok(match name {
+        "v2" => pack::GptqZeros::V2,
+        "v1" => pack::GptqZeros::V1,
+        "v1-whole-word" => pack::GptqZeros::V1WholeWord,
+        "v1-autogptq" => pack::GptqZeros::V1AutoGptq,
+        other => {
+            return Err(invalid(format!(
+                "encoding {other:?} is not v2, v1, v1-whole-word or v1-autogptq"
+            )))
+        }
+    })
+}
+
+fn gguf_kind(name: &str) -> PyResult<pack::GgufBlock> {
+    Ok(match name {
+        "q8_0" => pack::GgufBlock::Q8_0,
+        "q4_0" => pack::GgufBlock::Q4_0,
+        "q4_1" => pack::GgufBlock::Q4_1,
+        "q5_0" => pack::GgufBlock::Q5_0,
+        "q5_1" => pack::GgufBlock::Q5_1,
+        other => return Err(invalid(format!("block type {other:?} is not q8_0, q4_0, q4_1, q5_0 or q5_1"))),
+    })
+}
+
+/// The packers and unpackers of `groupq::pack`, one entry point each:
+/// `pack(name, data, dims, bits, encoding)` with flat arrays.
+#[pyfunction]
+#[pyo3(signature = (name, data, n, k, bits, encoding = "v2"))]
+fn pack_words<'py>(
+    py: Python<'py>,
+    name: &str,
+    data: &Bound<'py, PyAny>,
+    n: usize,
+    k: usize,
+    bits: u32,
+    encoding: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    macro_rules! arg {
+        ($t:ty) => {{
+            let a = data.extract::<PyReadonlyArray1<'_, $t>>()?;
+            slice(&a, "data")?.to_vec()
+        }};
+    }
+    Ok(match name {
+        "gptq_qweight" => packed(py, pack::gptq_qweight(&arg!(u8), n, k, bits))?.into_any(),
+        "gptq_qweight_unpack" => packed(py, pack::gptq_qweight_unpack(&arg!(i32), n, k, bits))?.into_any(),
+        "gptq_qzeros" => packed(py, pack::gptq_qzeros(&arg!(i32), n, k, bits, gptq_encoding(encoding)?))?.into_any(),
+        "gptq_qzeros_unpack" => {
+            packed(py, pack::gptq_qzeros_unpack(&arg!(i32), n, k, bits, gptq_encoding(encoding)?))?.into_any()
+        }
+        "awq_qweight" => packed(py, pack::awq_qweight(&arg!(u8), n, k, bits))?.into_any(),
+        "awq_qweight_unpack" => packed(py, pack::awq_qweight_unpack(&arg!(i32), n, k, bits))?.into_any(),
+        "awq_qzeros" => packed(py, pack::awq_qzeros(&arg!(i32), n, k, bits))?.into_any(),
+        "awq_qzeros_unpack" => packed(py, pack::awq_qzeros_unpack(&arg!(i32), n, k, bits))?.into_any(),
+        "compressed_tensors_weight" => {
+            packed(py, pack::compressed_tensors_weight(&arg!(i8), n, k, bits))?.into_any()
+        }
+        "compressed_tensors_weight_unpack" => {
+            packed(py, pack::compressed_tensors_weight_unpack(&arg!(i32), n, k, bits))?.into_any()
+        }
+        "compressed_tensors_zero_point" => {
+            packed(py, pack::compressed_tensors_zero_point(&arg!(i32), n, k, bits))?.into_any()
+        }
+        "compressed_tensors_zero_point_unpack" => {
+            packed(py, pack::compressed_tensors_zero_point_unpack(&arg!(i32), n, k, bits))?.into_any()
+        }
+        other => return Err(invalid(format!("no packer named {other:?}"))),
+    })
+}
+
+/// ggml blocks: codes (int32, a multiple of 32), `d` and `m` as f16 bits
+/// (`uint16`), to the bytes gguf stores.
+#[pyfunction]
+#[pyo3(signature = (kind, codes, d, m = None))]
+fn gguf_blocks<'py>(
+    py: Python<'py>,
+    kind: &str,
+    codes: PyReadonlyArray1<'py, i32>,
+    d: PyReadonlyArray1<'py, u16>,
+    m: Option<PyReadonlyArray1<'py, u16>>,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let m = match &m {
+        Some(m) => Some(slice(m, "m")?),
+        None => None,
+    };
+    packed(py, pack::gguf_blocks(gguf_kind(kind)?, slice(&codes, "codes")?, slice(&d, "d")?, m))
+}
+
+type Blocks<'py> = (Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<u16>>, Option<Bound<'py, PyArray1<u16>>>);
+
+/// The inverse of [`gguf_blocks`]: `(codes, d, m)`.
+#[pyfunction]
+fn gguf_blocks_unpack<'py>(py: Python<'py>, kind: &str, data: PyReadonlyArray1<'py, u8>) -> PyResult<Blocks<'py>> {
+    let (q, d, m) = pack::gguf_blocks_unpack(gguf_kind(kind)?, slice(&data, "data")?).map_err(err)?;
+    Ok((
+        PyArray1::from_vec(py, q),
+        PyArray1::from_vec(py, d),
+        m.map(|m| PyArray1::from_vec(py, m)),
+    ))
+}
+
 /// Runs the `groupq` command line (`argv[0]` the program name); returns
 /// its exit status.
 #[pyfunction]
@@ -547,5 +654,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_dynamic, m)?)?;
     m.add_function(wrap_pyfunction!(presets, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_words, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf_blocks, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf_blocks_unpack, m)?)?;
     Ok(())
 }

@@ -20,6 +20,7 @@ DTYPES = {
     "I8": np.int8,
     "U8": np.uint8,
     "I32": np.int32,
+    "I64": np.int64,
 }
 
 
@@ -134,3 +135,96 @@ def test_errors_are_typed():
     with pytest.raises(groupq.Error):
         groupq.quantize_dynamic(x, preset="compressed-tensors", group_size=32, bits=8)
     assert "gptq" in groupq.presets() and "torchao" in groupq.presets()
+
+
+def cases(prefix):
+    return sorted(GOLDEN.glob(prefix + "*.safetensors"))
+
+
+def group_of(path):
+    return int(path.stem.rsplit("__", 1)[1][1:])
+
+
+@pytest.mark.parametrize("path", cases("ct__"), ids=lambda p: p.stem)
+def test_compressed_tensors_golden(path):
+    t = read(path)
+    sym = path.name.split("__")[1] == "w4a16"
+    q, s, z = groupq.quantize_dynamic(
+        t["input"], preset="compressed-tensors", group_size=group_of(path), bits=4, symmetric=sym
+    )
+    assert np.array_equal(q, t["q"])
+    assert same_bits(s, t["scale"])
+    if "zero_point" in t:
+        assert np.array_equal(z, t["zero_point"].astype(np.int32))
+    packed = groupq.pack.compressed_tensors_weight(q, bits=4)
+    assert np.array_equal(packed, t["packed"])
+    assert np.array_equal(groupq.pack.compressed_tensors_weight_unpack(packed, q.shape[1]), q)
+
+
+@pytest.mark.parametrize("path", cases("gptqmodel__") + cases("autogptq__"), ids=lambda p: p.stem)
+def test_gptq_golden(path):
+    t = read(path)
+    sym = path.name.split("__")[1] == "rtn_sym"
+    q, s, z = groupq.quantize_dynamic(
+        t["input"], preset="gptq", group_size=group_of(path), bits=4, symmetric=sym
+    )
+    assert np.array_equal(q, t["q"])
+    assert same_bits(s, t["scale"])
+    assert np.array_equal(z, t["zero_point"].astype(np.int32))
+    qweight = groupq.pack.gptq_qweight(q)
+    assert np.array_equal(qweight, t["packed_qweight"])
+    assert np.array_equal(groupq.pack.gptq_qweight_unpack(qweight), q)
+    if path.name.startswith("gptqmodel"):
+        pairs = [("packed_qzeros", "v1-whole-word"), ("packed_qzeros_v2", "v2")]
+    else:
+        pairs = [("packed_qzeros", "v1-autogptq")]
+    for name, encoding in pairs:
+        qz = groupq.pack.gptq_qzeros(z, encoding=encoding)
+        assert np.array_equal(qz, t[name]), name
+
+
+@pytest.mark.parametrize("path", cases("autoawq__asym_gemm"), ids=lambda p: p.stem)
+def test_awq_golden(path):
+    t = read(path)
+    preset = "awq-f16" if "apply_quant" in path.name else "awq"
+    q, s, z = groupq.quantize_dynamic(
+        t["input"], preset=preset, group_size=group_of(path), bits=4, symmetric=False
+    )
+    assert np.array_equal(q, t["q"])
+    assert np.array_equal(s.astype(np.float64), t["scale"].astype(np.float64))
+    assert np.array_equal(z, t["zero_point"].astype(np.int32))
+    qweight = groupq.pack.awq_qweight(q)
+    assert np.array_equal(qweight, t["packed_qweight"])
+    assert np.array_equal(groupq.pack.awq_qweight_unpack(qweight), q)
+    qz = groupq.pack.awq_qzeros(z)
+    assert np.array_equal(qz, t["packed_qzeros"])
+    assert np.array_equal(groupq.pack.awq_qzeros_unpack(qz), z)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in cases("gguf__") if p.name.split("__")[1] in ("q8_0", "q4_0", "q5_0")],
+    ids=lambda p: p.stem,
+)
+def test_gguf_golden(path):
+    t = read(path)
+    kind = path.name.split("__")[1]
+    bits = {"q8_0": 8, "q4_0": 4, "q5_0": 5}[kind]
+    q, s, _ = groupq.quantize_dynamic(t["input"], preset="gguf-" + kind, group_size=32, bits=bits)
+    assert np.array_equal(q.astype(np.int32), t["q"].astype(np.int32))
+    assert np.array_equal(s.astype(np.float16), t["scale"])
+    blocks = groupq.pack.gguf_blocks(kind, q.astype(np.int32), s.astype(np.float16))
+    assert np.array_equal(blocks, t["packed"].reshape(-1))
+    codes, d, m = groupq.pack.gguf_blocks_unpack(kind, blocks)
+    assert np.array_equal(codes, q.reshape(-1).astype(np.int32)) and m is None
+    assert same_bits(d, s.astype(np.float16).reshape(-1))
+
+
+@pytest.mark.parametrize("path", cases("torchcore__per_token_asym_int8"), ids=lambda p: p.stem)
+def test_torch_per_token_golden(path):
+    t = read(path)
+    g = group_of(path)
+    q, s, z = groupq.quantize_dynamic(t["input"], preset="torch-per-token", group_size=g, bits=8)
+    assert np.array_equal(q, t["q"])
+    assert same_bits(s, t["scale"])
+    assert np.array_equal(z, t["zero_point"])

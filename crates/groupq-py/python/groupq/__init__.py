@@ -28,6 +28,7 @@ __all__ = [
     "quantize_dynamic",
     "presets",
     "quantize_checkpoint",
+    "pack",
 ]
 
 
@@ -292,3 +293,6 @@ def quantize_checkpoint(
         raise Error(r.stderr.strip() or f"groupq quantize exited with {r.returncode}")
     if progress and r.stderr:
         sys.stderr.write(r.stderr)
+
+
+from . import pack  # noqa: E402  (needs _errors above)
