@@ -2,8 +2,11 @@
 read) and against a numpy oracle of SPEC §3.1/§3.2."""
 
 import json
+import os
 import pathlib
 import struct
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -228,3 +231,28 @@ def test_torch_per_token_golden(path):
     assert np.array_equal(q, t["q"])
     assert same_bits(s, t["scale"])
     assert np.array_equal(z, t["zero_point"])
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("GROUPQ_BIN") and os.environ.get("GROUPQ_MODELS")),
+    reason="GROUPQ_BIN (the groupq binary) and GROUPQ_MODELS (the models folder) not set",
+)
+@pytest.mark.parametrize("fmt", ["gptq", "compressed-tensors", "awq"])
+def test_quantize_checkpoint_is_the_command(tmp_path, fmt):
+    """quantize_checkpoint and the console script write the files the Rust
+    binary writes, byte for byte."""
+    model = pathlib.Path(os.environ["GROUPQ_MODELS"]) / "tiny-llama"
+    ours, theirs, script = tmp_path / "py", tmp_path / "bin", tmp_path / "script"
+    groupq.quantize_checkpoint(str(model), str(ours), format=fmt, group_size=64, progress=False)
+    sym = [] if fmt == "awq" else ["--sym"]
+    args = ["quantize", str(model), "-o", "{}", "--format", fmt, "--group-size", "64", *sym, "--quiet"]
+    subprocess.run([os.environ["GROUPQ_BIN"], *[a.format(theirs) for a in args]], check=True)
+    console = pathlib.Path(sys.executable).parent / "groupq"
+    subprocess.run([str(console), *[a.format(script) for a in args]], check=True)
+    files = sorted(p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file())
+    assert files
+    for rel in files:
+        assert (ours / rel).read_bytes() == (theirs / rel).read_bytes(), rel
+        assert (script / rel).read_bytes() == (theirs / rel).read_bytes(), rel
+    with pytest.raises(groupq.Error, match="exists|already"):
+        groupq.quantize_checkpoint(str(model), str(ours), format=fmt, progress=False)
