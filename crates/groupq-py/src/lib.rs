@@ -6,11 +6,11 @@
 //! become `groupq._native.GroupqError(kind, message)`, which the Python
 //! layer turns into `groupq.Error` subclasses. No arithmetic lives here.
 
-use groupq::half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+use groupq::half::slice::HalfBitsSliceExt;
 use groupq::half::{bf16, f16};
 use groupq::recipe::{Recipe, TorchaoMapping};
 use groupq::*;
-use numpy::{PyArray1, PyReadonlyArray1};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use std::collections::HashMap;
@@ -106,28 +106,44 @@ fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> P
 }
 
 /// A new flat array of `n` elements, filled by `f` with the GIL released.
-fn fill<'py, T: numpy::Element + Default + Copy + Send>(
+/// numpy allocates it (large arrays get transparent huge pages, which
+/// makes the kernel's first writes several times cheaper than a `Vec`'s).
+fn fill<'py, T: numpy::Element + Send>(
     py: Python<'py>,
     n: usize,
     f: impl FnOnce(&mut [T]) -> groupq::Result<()> + Send,
 ) -> PyResult<Bound<'py, PyArray1<T>>> {
-    let mut v = vec![T::default(); n];
-    py.detach(|| f(&mut v)).map_err(err)?;
-    Ok(PyArray1::from_vec(py, v))
+    let a = PyArray1::<T>::zeros(py, n, false);
+    {
+        let mut w = a.readwrite();
+        let out = w.as_slice_mut().map_err(|e| invalid(e.to_string()))?;
+        py.detach(|| f(out)).map_err(err)?;
+    }
+    Ok(a)
+}
+
+/// f16 and bf16: their values as `uint16` bit patterns.
+trait Half16: Sized {
+    fn from_bits_mut(b: &mut [u16]) -> &mut [Self];
+}
+impl Half16 for f16 {
+    fn from_bits_mut(b: &mut [u16]) -> &mut [Self] {
+        b.reinterpret_cast_mut::<f16>()
+    }
+}
+impl Half16 for bf16 {
+    fn from_bits_mut(b: &mut [u16]) -> &mut [Self] {
+        b.reinterpret_cast_mut::<bf16>()
+    }
 }
 
 /// f16/bf16 values written through their `uint16` bits.
-fn fill_bits<'py, H: Copy + Default + Send>(
+fn fill_bits<'py, H: Half16>(
     py: Python<'py>,
     n: usize,
     f: impl FnOnce(&mut [H]) -> groupq::Result<()> + Send,
-) -> PyResult<Bound<'py, PyArray1<u16>>>
-where
-    [H]: HalfFloatSliceExt,
-{
-    let mut v = vec![H::default(); n];
-    py.detach(|| f(&mut v)).map_err(err)?;
-    Ok(PyArray1::from_vec(py, v.reinterpret_cast().to_vec()))
+) -> PyResult<Bound<'py, PyArray1<u16>>> {
+    fill::<u16>(py, n, |bits| f(H::from_bits_mut(bits)))
 }
 
 fn quantize_pg<T: Element, Q: IntElement>(
@@ -429,34 +445,39 @@ fn dynamic<T: Element, S: Element, Q: IntElement>(
     )
 }
 
-/// Scales of type `S` as an array (f16/bf16 as `uint16` bits) and their
-/// dtype name.
-trait ScaleOut: Element + Default + Send {
+/// Scales of type `S`, held by numpy as `Bits` (f16/bf16 as `uint16`),
+/// and their dtype name.
+trait ScaleOut: Element + Send {
     const NAME: &'static str;
-    fn array<'py>(py: Python<'py>, v: Vec<Self>) -> Bound<'py, PyAny>;
+    type Bits: numpy::Element + Send;
+    fn from_bits_mut(b: &mut [Self::Bits]) -> &mut [Self];
 }
 impl ScaleOut for f32 {
     const NAME: &'static str = "float32";
-    fn array<'py>(py: Python<'py>, v: Vec<Self>) -> Bound<'py, PyAny> {
-        PyArray1::from_vec(py, v).into_any()
+    type Bits = f32;
+    fn from_bits_mut(b: &mut [f32]) -> &mut [f32] {
+        b
     }
 }
 impl ScaleOut for f64 {
     const NAME: &'static str = "float64";
-    fn array<'py>(py: Python<'py>, v: Vec<Self>) -> Bound<'py, PyAny> {
-        PyArray1::from_vec(py, v).into_any()
+    type Bits = f64;
+    fn from_bits_mut(b: &mut [f64]) -> &mut [f64] {
+        b
     }
 }
 impl ScaleOut for f16 {
     const NAME: &'static str = "float16";
-    fn array<'py>(py: Python<'py>, v: Vec<Self>) -> Bound<'py, PyAny> {
-        PyArray1::from_vec(py, v.reinterpret_cast().to_vec()).into_any()
+    type Bits = u16;
+    fn from_bits_mut(b: &mut [u16]) -> &mut [f16] {
+        <f16 as Half16>::from_bits_mut(b)
     }
 }
 impl ScaleOut for bf16 {
     const NAME: &'static str = "bfloat16";
-    fn array<'py>(py: Python<'py>, v: Vec<Self>) -> Bound<'py, PyAny> {
-        PyArray1::from_vec(py, v.reinterpret_cast().to_vec()).into_any()
+    type Bits = u16;
+    fn from_bits_mut(b: &mut [u16]) -> &mut [bf16] {
+        <bf16 as Half16>::from_bits_mut(b)
     }
 }
 
@@ -467,7 +488,7 @@ type Quantized<'py> = (
     &'static str,
 );
 
-fn dynamic_out<'py, T: Element, S: ScaleOut, Q: IntElement + numpy::Element + Default>(
+fn dynamic_out<'py, T: Element, S: ScaleOut, Q: IntElement + numpy::Element>(
     py: Python<'py>,
     st: &Stream,
     x: &[T],
@@ -475,19 +496,18 @@ fn dynamic_out<'py, T: Element, S: ScaleOut, Q: IntElement + numpy::Element + De
     dims: (usize, usize, usize),
 ) -> PyResult<Quantized<'py>> {
     let ng = dims.0 * (dims.1 / dims.2.max(1));
-    let (mut s, mut z, mut q) = (
-        vec![S::default(); ng],
-        vec![0i32; ng],
-        vec![Q::default(); dims.0 * dims.1],
-    );
-    py.detach(|| dynamic(st, x, recipe, dims, (&mut s, &mut z, &mut q)))
-        .map_err(err)?;
-    Ok((
-        PyArray1::from_vec(py, q).into_any(),
-        S::array(py, s),
-        PyArray1::from_vec(py, z).into_any(),
-        S::NAME,
-    ))
+    let s = PyArray1::<S::Bits>::zeros(py, ng, false);
+    let z = PyArray1::<i32>::zeros(py, ng, false);
+    let q = PyArray1::<Q>::zeros(py, dims.0 * dims.1, false);
+    {
+        let (mut sw, mut zw, mut qw) = (s.readwrite(), z.readwrite(), q.readwrite());
+        let sl = S::from_bits_mut(sw.as_slice_mut().map_err(|e| invalid(e.to_string()))?);
+        let zl = zw.as_slice_mut().map_err(|e| invalid(e.to_string()))?;
+        let ql = qw.as_slice_mut().map_err(|e| invalid(e.to_string()))?;
+        py.detach(|| dynamic(st, x, recipe, dims, (sl, zl, ql)))
+            .map_err(err)?;
+    }
+    Ok((q.into_any(), s.into_any(), z.into_any(), S::NAME))
 }
 
 /// A preset's codes, scales and zero points for `x` (`outer × axis`,
@@ -533,7 +553,10 @@ fn quantize_dynamic<'py>(
 }
 
 /// A packer's result as a flat array.
-fn packed<T: numpy::Element>(py: Python<'_>, r: groupq::Result<Vec<T>>) -> PyResult<Bound<'_, PyArray1<T>>> {
+fn packed<T: numpy::Element>(
+    py: Python<'_>,
+    r: groupq::Result<Vec<T>>,
+) -> PyResult<Bound<'_, PyArray1<T>>> {
     Ok(PyArray1::from_vec(py, r.map_err(err)?))
 }
 
@@ -558,7 +581,11 @@ fn gguf_kind(name: &str) -> PyResult<pack::GgufBlock> {
         "q4_1" => pack::GgufBlock::Q4_1,
         "q5_0" => pack::GgufBlock::Q5_0,
         "q5_1" => pack::GgufBlock::Q5_1,
-        other => return Err(invalid(format!("block type {other:?} is not q8_0, q4_0, q4_1, q5_0 or q5_1"))),
+        other => {
+            return Err(invalid(format!(
+                "block type {other:?} is not q8_0, q4_0, q4_1, q5_0 or q5_1"
+            )))
+        }
     })
 }
 
@@ -583,27 +610,45 @@ fn pack_words<'py>(
     }
     Ok(match name {
         "gptq_qweight" => packed(py, pack::gptq_qweight(&arg!(u8), n, k, bits))?.into_any(),
-        "gptq_qweight_unpack" => packed(py, pack::gptq_qweight_unpack(&arg!(i32), n, k, bits))?.into_any(),
-        "gptq_qzeros" => packed(py, pack::gptq_qzeros(&arg!(i32), n, k, bits, gptq_encoding(encoding)?))?.into_any(),
-        "gptq_qzeros_unpack" => {
-            packed(py, pack::gptq_qzeros_unpack(&arg!(i32), n, k, bits, gptq_encoding(encoding)?))?.into_any()
+        "gptq_qweight_unpack" => {
+            packed(py, pack::gptq_qweight_unpack(&arg!(i32), n, k, bits))?.into_any()
         }
+        "gptq_qzeros" => packed(
+            py,
+            pack::gptq_qzeros(&arg!(i32), n, k, bits, gptq_encoding(encoding)?),
+        )?
+        .into_any(),
+        "gptq_qzeros_unpack" => packed(
+            py,
+            pack::gptq_qzeros_unpack(&arg!(i32), n, k, bits, gptq_encoding(encoding)?),
+        )?
+        .into_any(),
         "awq_qweight" => packed(py, pack::awq_qweight(&arg!(u8), n, k, bits))?.into_any(),
-        "awq_qweight_unpack" => packed(py, pack::awq_qweight_unpack(&arg!(i32), n, k, bits))?.into_any(),
+        "awq_qweight_unpack" => {
+            packed(py, pack::awq_qweight_unpack(&arg!(i32), n, k, bits))?.into_any()
+        }
         "awq_qzeros" => packed(py, pack::awq_qzeros(&arg!(i32), n, k, bits))?.into_any(),
-        "awq_qzeros_unpack" => packed(py, pack::awq_qzeros_unpack(&arg!(i32), n, k, bits))?.into_any(),
+        "awq_qzeros_unpack" => {
+            packed(py, pack::awq_qzeros_unpack(&arg!(i32), n, k, bits))?.into_any()
+        }
         "compressed_tensors_weight" => {
             packed(py, pack::compressed_tensors_weight(&arg!(i8), n, k, bits))?.into_any()
         }
-        "compressed_tensors_weight_unpack" => {
-            packed(py, pack::compressed_tensors_weight_unpack(&arg!(i32), n, k, bits))?.into_any()
-        }
-        "compressed_tensors_zero_point" => {
-            packed(py, pack::compressed_tensors_zero_point(&arg!(i32), n, k, bits))?.into_any()
-        }
-        "compressed_tensors_zero_point_unpack" => {
-            packed(py, pack::compressed_tensors_zero_point_unpack(&arg!(i32), n, k, bits))?.into_any()
-        }
+        "compressed_tensors_weight_unpack" => packed(
+            py,
+            pack::compressed_tensors_weight_unpack(&arg!(i32), n, k, bits),
+        )?
+        .into_any(),
+        "compressed_tensors_zero_point" => packed(
+            py,
+            pack::compressed_tensors_zero_point(&arg!(i32), n, k, bits),
+        )?
+        .into_any(),
+        "compressed_tensors_zero_point_unpack" => packed(
+            py,
+            pack::compressed_tensors_zero_point_unpack(&arg!(i32), n, k, bits),
+        )?
+        .into_any(),
         other => return Err(invalid(format!("no packer named {other:?}"))),
     })
 }
@@ -623,15 +668,32 @@ fn gguf_blocks<'py>(
         Some(m) => Some(slice(m, "m")?),
         None => None,
     };
-    packed(py, pack::gguf_blocks(gguf_kind(kind)?, slice(&codes, "codes")?, slice(&d, "d")?, m))
+    packed(
+        py,
+        pack::gguf_blocks(
+            gguf_kind(kind)?,
+            slice(&codes, "codes")?,
+            slice(&d, "d")?,
+            m,
+        ),
+    )
 }
 
-type Blocks<'py> = (Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<u16>>, Option<Bound<'py, PyArray1<u16>>>);
+type Blocks<'py> = (
+    Bound<'py, PyArray1<i32>>,
+    Bound<'py, PyArray1<u16>>,
+    Option<Bound<'py, PyArray1<u16>>>,
+);
 
 /// The inverse of [`gguf_blocks`]: `(codes, d, m)`.
 #[pyfunction]
-fn gguf_blocks_unpack<'py>(py: Python<'py>, kind: &str, data: PyReadonlyArray1<'py, u8>) -> PyResult<Blocks<'py>> {
-    let (q, d, m) = pack::gguf_blocks_unpack(gguf_kind(kind)?, slice(&data, "data")?).map_err(err)?;
+fn gguf_blocks_unpack<'py>(
+    py: Python<'py>,
+    kind: &str,
+    data: PyReadonlyArray1<'py, u8>,
+) -> PyResult<Blocks<'py>> {
+    let (q, d, m) =
+        pack::gguf_blocks_unpack(gguf_kind(kind)?, slice(&data, "data")?).map_err(err)?;
     Ok((
         PyArray1::from_vec(py, q),
         PyArray1::from_vec(py, d),
