@@ -149,7 +149,7 @@ fn fill_bits<'py, H: Half16>(
 fn quantize_pg<T: Element, Q: IntElement>(
     st: &Stream,
     (x, s, z): (&[T], &[T], &[i32]),
-    (outer, axis, g): (usize, usize, usize),
+    (outer, axis, g, rs): (usize, usize, usize, usize),
     (lo, hi): (i32, i32),
     out: &mut [Q],
 ) -> groupq::Result<()> {
@@ -168,7 +168,7 @@ fn quantize_pg<T: Element, Q: IntElement>(
         st,
         Workspace::None,
         QuantizePerGroupArgs {
-            input: TensorRef::new(x, [outer, axis])?,
+            input: TensorRef::with_strides(x, [outer, axis], [rs, 1])?,
             scale: TensorRef::new(s, [outer, ng])?,
             zero_point: TensorRef::new(z, [outer, ng])?,
             output: TensorMut::new(out, [outer, axis])?,
@@ -187,7 +187,7 @@ fn quantize_per_group<'py>(
     kind: &str,
     scale: &Bound<'py, PyAny>,
     zero_point: PyReadonlyArray1<'py, i32>,
-    dims: (usize, usize, usize),
+    dims: (usize, usize, usize, usize),
     range: (i32, i32),
     out_dtype: &str,
     threads: Option<usize>,
@@ -230,7 +230,7 @@ fn quantize_per_group<'py>(
 fn dequantize_pg<Q: IntElement, T: Element>(
     st: &Stream,
     (q, s, z): (&[Q], &[T], &[i32]),
-    (outer, axis, g): (usize, usize, usize),
+    (outer, axis, g, rs): (usize, usize, usize, usize),
     out: &mut [T],
 ) -> groupq::Result<()> {
     let desc = DequantizePerGroupDescriptor {
@@ -246,7 +246,7 @@ fn dequantize_pg<Q: IntElement, T: Element>(
         st,
         Workspace::None,
         DequantizePerGroupArgs {
-            input: TensorRef::new(q, [outer, axis])?,
+            input: TensorRef::with_strides(q, [outer, axis], [rs, 1])?,
             scale: TensorRef::new(s, [outer, ng])?,
             zero_point: TensorRef::new(z, [outer, ng])?,
             output: TensorMut::new(out, [outer, axis])?,
@@ -264,7 +264,7 @@ fn dequantize_per_group<'py>(
     q_dtype: &str,
     scale: &Bound<'py, PyAny>,
     zero_point: PyReadonlyArray1<'py, i32>,
-    dims: (usize, usize, usize),
+    dims: (usize, usize, usize, usize),
     kind: &str,
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -419,7 +419,7 @@ fn dynamic<T: Element, S: Element, Q: IntElement>(
     st: &Stream,
     x: &[T],
     recipe: Recipe,
-    (outer, axis, g): (usize, usize, usize),
+    (outer, axis, g, rs): (usize, usize, usize, usize),
     (s, z, q): (&mut [S], &mut [i32], &mut [Q]),
 ) -> groupq::Result<()> {
     let desc = QuantizeDynamicPerGroupDescriptor {
@@ -437,7 +437,7 @@ fn dynamic<T: Element, S: Element, Q: IntElement>(
         st,
         Workspace::None,
         QuantizeDynamicPerGroupArgs {
-            input: TensorRef::new(x, [outer, axis])?,
+            input: TensorRef::with_strides(x, [outer, axis], [rs, 1])?,
             scale: TensorMut::new(s, [outer, ng])?,
             zero_point: TensorMut::new(z, [outer, ng])?,
             output: TensorMut::new(q, [outer, axis])?,
@@ -493,7 +493,7 @@ fn dynamic_out<'py, T: Element, S: ScaleOut, Q: IntElement + numpy::Element>(
     st: &Stream,
     x: &[T],
     recipe: Recipe,
-    dims: (usize, usize, usize),
+    dims: (usize, usize, usize, usize),
 ) -> PyResult<Quantized<'py>> {
     let ng = dims.0 * (dims.1 / dims.2.max(1));
     let s = PyArray1::<S::Bits>::zeros(py, ng, false);
@@ -519,7 +519,7 @@ fn quantize_dynamic<'py>(
     x: &Bound<'py, PyAny>,
     kind: &str,
     preset_name: &str,
-    dims: (usize, usize, usize),
+    dims: (usize, usize, usize, usize),
     bits: u32,
     symmetric: bool,
     threads: Option<usize>,

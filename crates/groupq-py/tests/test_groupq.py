@@ -115,6 +115,29 @@ def test_threads_and_layouts_agree():
     a = groupq.quantize_dynamic(view, preset="torchao", group_size=64)
     b = groupq.quantize_dynamic(np.ascontiguousarray(view), preset="torchao", group_size=64)
     assert all(same_bits(u, v) for u, v in zip(a, b))
+    views = [
+        big[:, :256],  # a slice of columns: rows 512 apart
+        big[::3],  # every third row
+        big.reshape(4, 16, 512)[:, 2:9, 64:192],  # 3-D, evenly spaced rows
+        big.reshape(4, 16, 512)[:, ::2, :128],
+        big.T[:128],  # not contiguous along the last axis: copied
+        big[::-1],  # rows in decreasing order: copied
+    ]
+    for v in views:
+        for preset in ("torchao", "gptq"):
+            a = groupq.quantize_dynamic(v, preset=preset, group_size=64)
+            b = groupq.quantize_dynamic(np.ascontiguousarray(v), preset=preset, group_size=64)
+            assert all(same_bits(u, w) for u, w in zip(a, b)), (v.shape, v.strides)
+        s = np.ones(v.shape[:-1] + (v.shape[-1] // 64,), np.float32) * 0.1
+        z = np.zeros(s.shape, np.int32)
+        q = groupq.quantize_per_group(v, s, z, group_size=64, q_min=-128, q_max=127)
+        assert np.array_equal(q, groupq.quantize_per_group(np.ascontiguousarray(v), s, z, group_size=64, q_min=-128, q_max=127))
+        # Codes read through a view (the left half of wider rows) dequantize
+        # as their contiguous copy does.
+        wide = np.zeros(q.shape[:-1] + (q.shape[-1] * 2,), np.int8)
+        wide[..., : q.shape[-1]] = q
+        y = groupq.dequantize_per_group(wide[..., : q.shape[-1]], s, z, group_size=64)
+        assert same_bits(y, groupq.dequantize_per_group(q, s, z, group_size=64))
     q3, s3, _ = groupq.quantize_dynamic(big.reshape(4, 16, 512), preset="torchao", group_size=64)
     q2, s2, _ = groupq.quantize_dynamic(big, preset="torchao", group_size=64)
     assert q3.shape == (4, 16, 512) and s3.shape == (4, 16, 8)
@@ -256,3 +279,22 @@ def test_quantize_checkpoint_is_the_command(tmp_path, fmt):
         assert (script / rel).read_bytes() == (theirs / rel).read_bytes(), rel
     with pytest.raises(groupq.Error, match="exists|already"):
         groupq.quantize_checkpoint(str(model), str(ours), format=fmt, progress=False)
+
+
+def test_views_are_not_copied():
+    """A slice of columns of a large bf16 array is read in place: the call
+    allocates its outputs (1 byte a value) and no copy of its input (2)."""
+    import tracemalloc
+
+    x = np.zeros((2048, 8192), ml_dtypes.bfloat16)
+    view = x[:, :4096]
+    tracemalloc.start()
+    groupq.quantize_dynamic(view, preset="gptq", group_size=128)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < view.size * 1.5, peak
+    tracemalloc.start()
+    groupq.quantize_dynamic(np.asfortranarray(view), preset="gptq", group_size=128)
+    _, peak_copy = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak_copy > view.size * 2, peak_copy  # the check can fail: a copy shows

@@ -105,6 +105,30 @@ def _flat(a: np.ndarray, kind: Optional[str] = None) -> np.ndarray:
     return a
 
 
+def _rows(a: np.ndarray, kind: Optional[str] = None) -> Tuple[np.ndarray, int]:
+    """``a`` as rows of its last axis: ``(flat, row_stride)``, ``flat`` a
+    1-D view from ``a``'s first element to its last (f16/bf16 as uint16
+    bits) and ``row_stride`` in elements. Without a copy when the last axis
+    is contiguous and the rows are evenly spaced in increasing order (C
+    order, a slice of columns, every other row, ...); otherwise a
+    C-contiguous copy."""
+    k, it = a.shape[-1], a.itemsize
+    outer = int(np.prod(a.shape[:-1], dtype=np.int64))
+    lead = [(s, d) for s, d in zip(a.strides[:-1], a.shape[:-1]) if d > 1]
+    ok = a.size > 0 and (k <= 1 or a.strides[-1] == it)
+    rs = lead[-1][0] if lead else k * it
+    for (s_out, _), (s_in, d_in) in zip(lead[:-1], lead[1:]):
+        ok = ok and s_out == s_in * d_in
+    ok = ok and rs > 0 and rs % it == 0 and rs // it >= k
+    if a.flags.c_contiguous or not ok:
+        return _flat(a, kind), k
+    span = (outer - 1) * (rs // it) + k
+    flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(it,), writeable=False)
+    if kind in ("float16", "bfloat16"):
+        flat = flat.view(np.uint16)
+    return flat, rs // it
+
+
 def _from_bits(a: np.ndarray, kind: str) -> np.ndarray:
     if kind in ("float16", "bfloat16"):
         return a.view(_float_dtype(kind))
@@ -157,12 +181,13 @@ def quantize_per_group(
     if out_dtype is None:
         out_dtype = np.int8 if q_min < 0 else np.uint8
     out = np.dtype(out_dtype).name
+    xs, rs = _rows(x, kind)
     q = _native.quantize_per_group(
-        _flat(x, kind),
+        xs,
         kind,
         _flat(scale, kind),
         _flat(zero_point.astype(np.int32, copy=False)),
-        (outer, axis, g),
+        (outer, axis, g, rs),
         (int(q_min), int(q_max)),
         out,
         threads,
@@ -195,12 +220,13 @@ def dequantize_per_group(
     for name, a in (("scale", scale), ("zero_point", zero_point)):
         if a.size != ng:
             raise InvalidProblemError(f"{name} has {a.size} elements; {ng} groups need one each")
+    qs, rs = _rows(q)
     y = _native.dequantize_per_group(
-        _flat(q),
+        qs,
         q.dtype.name,
         _flat(scale, kind),
         _flat(zero_point.astype(np.int32, copy=False)),
-        (outer, axis, g),
+        (outer, axis, g, rs),
         kind,
         threads,
     )
@@ -233,8 +259,9 @@ def quantize_dynamic(
     x = np.asarray(x)
     kind = _float_kind(x, "x")
     outer, axis, g = _dims(x, group_size)
+    xs, rs = _rows(x, kind)
     q, s, z, s_kind = _native.quantize_dynamic(
-        _flat(x, kind), kind, preset, (outer, axis, g), int(bits), bool(symmetric), threads
+        xs, kind, preset, (outer, axis, g, rs), int(bits), bool(symmetric), threads
     )
     pshape = x.shape[:-1] + (axis // g,)
     return q.reshape(x.shape), _from_bits(s, s_kind).reshape(pshape), z.reshape(pshape)
