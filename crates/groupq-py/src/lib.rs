@@ -310,7 +310,7 @@ enum ScaleKind {
 }
 
 /// The presets `quantize_dynamic` knows, in `presets()` order.
-const PRESETS: [&str; 9] = [
+const PRESETS: [&str; 11] = [
     "torchao",
     "compressed-tensors",
     "gptq",
@@ -320,7 +320,12 @@ const PRESETS: [&str; 9] = [
     "gguf-q8_0",
     "gguf-q4_0",
     "gguf-q5_0",
+    "gguf-q4_1",
+    "gguf-q5_1",
 ];
+
+/// The presets whose groups also have a float offset (ggml's `m`).
+const WITH_OFFSET: [&str; 2] = ["gguf-q4_1", "gguf-q5_1"];
 
 /// A preset's recipe, scale dtype and whether its codes are signed.
 fn preset(name: &str, bits: u32, symmetric: bool) -> PyResult<(Recipe, ScaleKind, bool)> {
@@ -336,21 +341,15 @@ fn preset(name: &str, bits: u32, symmetric: bool) -> PyResult<(Recipe, ScaleKind
     Ok(match name {
         "torchao" => {
             need((1..=8).contains(&bits), "bits must be 1 to 8")?;
-            if symmetric {
-                let h = 1i32 << (bits - 1);
-                (
-                    Recipe::torchao(TorchaoMapping::Symmetric, -h, h - 1),
-                    ScaleKind::Input,
-                    true,
-                )
-            } else {
-                let m = (1i32 << bits) - 1;
-                (
-                    Recipe::torchao(TorchaoMapping::Asymmetric, 0, m),
-                    ScaleKind::Input,
-                    false,
-                )
-            }
+            // torchao's dtypes: int8 for 8 bits (symmetric or not), int1..int7
+            // symmetric, uint1..uint7 asymmetric.
+            let h = 1i32 << (bits - 1);
+            let (mapping, lo, hi) = match (symmetric, bits) {
+                (true, _) => (TorchaoMapping::Symmetric, -h, h - 1),
+                (false, 8) => (TorchaoMapping::Asymmetric, -128, 127),
+                (false, _) => (TorchaoMapping::Asymmetric, 0, (1 << bits) - 1),
+            };
+            (Recipe::torchao(mapping, lo, hi), ScaleKind::Input, lo < 0)
         }
         "compressed-tensors" => {
             need(bits == 4, "compressed-tensors' W4A16 presets take 4 bits")?;
@@ -399,6 +398,14 @@ fn preset(name: &str, bits: u32, symmetric: bool) -> PyResult<(Recipe, ScaleKind
             need(bits == 5, "q5_0 is 5-bit")?;
             (Recipe::gguf_q5_0(), ScaleKind::F32, false)
         }
+        "gguf-q4_1" => {
+            need(bits == 4, "q4_1 is 4-bit")?;
+            (Recipe::gguf_q4_1(), ScaleKind::F32, false)
+        }
+        "gguf-q5_1" => {
+            need(bits == 5, "q5_1 is 5-bit")?;
+            (Recipe::gguf_q5_1(), ScaleKind::F32, false)
+        }
         other => {
             return Err(invalid(format!(
                 "unknown preset {other:?}; groupq.presets() lists {}",
@@ -420,7 +427,7 @@ fn dynamic<T: Element, S: Element, Q: IntElement>(
     x: &[T],
     recipe: Recipe,
     (outer, axis, g, rs): (usize, usize, usize, usize),
-    (s, z, q): (&mut [S], &mut [i32], &mut [Q]),
+    (s, z, q, offset): (&mut [S], &mut [i32], &mut [Q], Option<&mut [S]>),
 ) -> groupq::Result<()> {
     let desc = QuantizeDynamicPerGroupDescriptor {
         outer_size: outer,
@@ -433,16 +440,16 @@ fn dynamic<T: Element, S: Element, Q: IntElement>(
     };
     let plan = QuantizeDynamicPerGroupPlan::<T, S, Q>::select(st, &desc, Default::default())?;
     let ng = desc.num_groups();
-    plan.run(
-        st,
-        Workspace::None,
-        QuantizeDynamicPerGroupArgs {
-            input: TensorRef::with_strides(x, [outer, axis], [rs, 1])?,
-            scale: TensorMut::new(s, [outer, ng])?,
-            zero_point: TensorMut::new(z, [outer, ng])?,
-            output: TensorMut::new(q, [outer, axis])?,
-        },
-    )
+    let args = QuantizeDynamicPerGroupArgs {
+        input: TensorRef::with_strides(x, [outer, axis], [rs, 1])?,
+        scale: TensorMut::new(s, [outer, ng])?,
+        zero_point: TensorMut::new(z, [outer, ng])?,
+        output: TensorMut::new(q, [outer, axis])?,
+    };
+    match offset {
+        Some(m) => plan.run_with_offset(st, Workspace::None, args, TensorMut::new(m, [outer, ng])?),
+        None => plan.run(st, Workspace::None, args),
+    }
 }
 
 /// Scales of type `S`, held by numpy as `Bits` (f16/bf16 as `uint16`),
@@ -481,11 +488,13 @@ impl ScaleOut for bf16 {
     }
 }
 
+/// `(codes, scale, zero_point, scale_dtype, offset)`.
 type Quantized<'py> = (
     Bound<'py, PyAny>,
     Bound<'py, PyAny>,
     Bound<'py, PyAny>,
     &'static str,
+    Option<Bound<'py, PyAny>>,
 );
 
 fn dynamic_out<'py, T: Element, S: ScaleOut, Q: IntElement + numpy::Element>(
@@ -494,24 +503,40 @@ fn dynamic_out<'py, T: Element, S: ScaleOut, Q: IntElement + numpy::Element>(
     x: &[T],
     recipe: Recipe,
     dims: (usize, usize, usize, usize),
+    with_offset: bool,
 ) -> PyResult<Quantized<'py>> {
     let ng = dims.0 * (dims.1 / dims.2.max(1));
     let s = PyArray1::<S::Bits>::zeros(py, ng, false);
     let z = PyArray1::<i32>::zeros(py, ng, false);
     let q = PyArray1::<Q>::zeros(py, dims.0 * dims.1, false);
+    let m = with_offset.then(|| PyArray1::<S::Bits>::zeros(py, ng, false));
     {
         let (mut sw, mut zw, mut qw) = (s.readwrite(), z.readwrite(), q.readwrite());
-        let sl = S::from_bits_mut(sw.as_slice_mut().map_err(|e| invalid(e.to_string()))?);
-        let zl = zw.as_slice_mut().map_err(|e| invalid(e.to_string()))?;
-        let ql = qw.as_slice_mut().map_err(|e| invalid(e.to_string()))?;
-        py.detach(|| dynamic(st, x, recipe, dims, (sl, zl, ql)))
+        let mut mw = m.as_ref().map(|m| m.readwrite());
+        let bad = |e: numpy::AsSliceError| invalid(e.to_string());
+        let sl = S::from_bits_mut(sw.as_slice_mut().map_err(bad)?);
+        let zl = zw.as_slice_mut().map_err(bad)?;
+        let ql = qw.as_slice_mut().map_err(bad)?;
+        let ml = match mw.as_mut() {
+            Some(w) => Some(S::from_bits_mut(w.as_slice_mut().map_err(bad)?)),
+            None => None,
+        };
+        py.detach(|| dynamic(st, x, recipe, dims, (sl, zl, ql, ml)))
             .map_err(err)?;
     }
-    Ok((q.into_any(), s.into_any(), z.into_any(), S::NAME))
+    Ok((
+        q.into_any(),
+        s.into_any(),
+        z.into_any(),
+        S::NAME,
+        m.map(|m| m.into_any()),
+    ))
 }
 
 /// A preset's codes, scales and zero points for `x` (`outer × axis`,
-/// flat, of `kind`): `(codes, scale, zero_point, scale_dtype)`.
+/// flat, of `kind`): `(codes, scale, zero_point, scale_dtype, offset)`,
+/// `offset` for the presets that have one (then `offset` must be asked
+/// for: the caller cannot dequantize without it).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn quantize_dynamic<'py>(
@@ -522,16 +547,25 @@ fn quantize_dynamic<'py>(
     dims: (usize, usize, usize, usize),
     bits: u32,
     symmetric: bool,
+    offset: bool,
     threads: Option<usize>,
 ) -> PyResult<Quantized<'py>> {
     let st = stream(threads)?;
     let (recipe, sk, signed) = preset(preset_name, bits, symmetric)?;
+    let has_offset = WITH_OFFSET.contains(&preset_name);
+    if has_offset != offset {
+        return Err(invalid(if has_offset {
+            format!("preset {preset_name} has a float offset per group (ggml's m): pass offset=True to get (codes, scale, zero_point, offset)")
+        } else {
+            format!("preset {preset_name} has no offset: leave offset=False")
+        }));
+    }
     macro_rules! by_q {
         ($T:ty, $S:ty, $x:expr) => {
             if signed {
-                dynamic_out::<$T, $S, i8>(py, &st, $x, recipe, dims)
+                dynamic_out::<$T, $S, i8>(py, &st, $x, recipe, dims, offset)
             } else {
-                dynamic_out::<$T, $S, u8>(py, &st, $x, recipe, dims)
+                dynamic_out::<$T, $S, u8>(py, &st, $x, recipe, dims, offset)
             }
         };
     }

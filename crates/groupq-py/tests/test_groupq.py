@@ -50,7 +50,12 @@ def same_bits(a, b):
     return np.array_equal(a.view(u), b.view(u))
 
 
-TORCHAO = {"sym_int4": (4, True), "sym_int8": (8, True), "asym_uint4": (4, False)}
+TORCHAO = {
+    "sym_int4": (4, True),
+    "sym_int8": (8, True),
+    "asym_uint4": (4, False),
+    "asym_int8": (8, False),
+}
 
 
 @pytest.mark.parametrize(
@@ -160,6 +165,10 @@ def test_errors_are_typed():
         groupq.quantize_per_group(x, np.ones(7), np.zeros(8), group_size=32, q_min=-8, q_max=7)
     with pytest.raises(groupq.Error):
         groupq.quantize_dynamic(x, preset="compressed-tensors", group_size=32, bits=8)
+    with pytest.raises(groupq.InvalidProblemError, match="offset=True"):
+        groupq.quantize_dynamic(x, preset="gguf-q4_1", group_size=32, bits=4)
+    with pytest.raises(groupq.InvalidProblemError, match="no offset"):
+        groupq.quantize_dynamic(x, preset="gguf-q4_0", group_size=32, bits=4, offset=True)
     assert "gptq" in groupq.presets() and "torchao" in groupq.presets()
 
 
@@ -227,23 +236,26 @@ def test_awq_golden(path):
     assert np.array_equal(groupq.pack.awq_qzeros_unpack(qz), z)
 
 
-@pytest.mark.parametrize(
-    "path",
-    [p for p in cases("gguf__") if p.name.split("__")[1] in ("q8_0", "q4_0", "q5_0")],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.parametrize("path", cases("gguf__"), ids=lambda p: p.stem)
 def test_gguf_golden(path):
     t = read(path)
     kind = path.name.split("__")[1]
-    bits = {"q8_0": 8, "q4_0": 4, "q5_0": 5}[kind]
-    q, s, _ = groupq.quantize_dynamic(t["input"], preset="gguf-" + kind, group_size=32, bits=bits)
+    bits = {"q8_0": 8, "q4_0": 4, "q5_0": 5, "q4_1": 4, "q5_1": 5}[kind]
+    with_m = kind in ("q4_1", "q5_1")
+    r = groupq.quantize_dynamic(t["input"], preset="gguf-" + kind, group_size=32, bits=bits, offset=with_m)
+    q, s = r[0], r[1]
+    m = r[3].astype(np.float16) if with_m else None
     assert np.array_equal(q.astype(np.int32), t["q"].astype(np.int32))
     assert np.array_equal(s.astype(np.float16), t["scale"])
-    blocks = groupq.pack.gguf_blocks(kind, q.astype(np.int32), s.astype(np.float16))
+    if with_m:
+        # ggml stores the offset as f16 (rounded from the f32 it computes).
+        assert same_bits(m, t["min"])
+    blocks = groupq.pack.gguf_blocks(kind, q.astype(np.int32), s.astype(np.float16), m)
     assert np.array_equal(blocks, t["packed"].reshape(-1))
-    codes, d, m = groupq.pack.gguf_blocks_unpack(kind, blocks)
-    assert np.array_equal(codes, q.reshape(-1).astype(np.int32)) and m is None
+    codes, d, m2 = groupq.pack.gguf_blocks_unpack(kind, blocks)
+    assert np.array_equal(codes, q.reshape(-1).astype(np.int32))
     assert same_bits(d, s.astype(np.float16).reshape(-1))
+    assert (m2 is None) == (not with_m)
 
 
 @pytest.mark.parametrize("path", cases("torchcore__per_token_asym_int8"), ids=lambda p: p.stem)

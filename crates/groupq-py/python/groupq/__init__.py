@@ -241,8 +241,9 @@ def quantize_dynamic(
     group_size: int,
     bits: int = 4,
     symmetric: bool = True,
+    offset: bool = False,
     threads: Optional[int] = None,
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+):
     """Chooses a scale and zero point per group as ``preset``'s peer does,
     then quantizes: returns ``(codes, scale, zero_point)`` with the peer's
     codes (int8 for signed presets, uint8 for unsigned ones), scales in the
@@ -253,18 +254,25 @@ def quantize_dynamic(
     ``quantize_affine``; symmetric int``bits`` or asymmetric uint``bits``),
     ``"compressed-tensors"`` (W4A16, 4 bits), ``"gptq"`` (RTN, f32 scales),
     ``"awq"``, ``"awq-f16"``, ``"torch-per-token"`` (int8, asymmetric),
-    ``"gguf-q8_0"``, ``"gguf-q4_0"``, ``"gguf-q5_0"`` (group size 32).
-    Presets with one mapping ignore ``symmetric``.
+    ``"gguf-q8_0"``, ``"gguf-q4_0"``, ``"gguf-q5_0"`` (group size 32), and
+    ``"gguf-q4_1"``, ``"gguf-q5_1"``, whose groups also have a float offset
+    (ggml's ``m``, ``x ≈ d·q + m``): those need ``offset=True`` and return
+    ``(codes, scale, zero_point, offset)``. torchao's codes are int8 for 8
+    bits, int1–int7 symmetric and uint1–uint7 asymmetric below. Presets
+    with one mapping ignore ``symmetric``.
     """
     x = np.asarray(x)
     kind = _float_kind(x, "x")
     outer, axis, g = _dims(x, group_size)
     xs, rs = _rows(x, kind)
-    q, s, z, s_kind = _native.quantize_dynamic(
-        xs, kind, preset, (outer, axis, g, rs), int(bits), bool(symmetric), threads
+    q, s, z, s_kind, m = _native.quantize_dynamic(
+        xs, kind, preset, (outer, axis, g, rs), int(bits), bool(symmetric), bool(offset), threads
     )
     pshape = x.shape[:-1] + (axis // g,)
-    return q.reshape(x.shape), _from_bits(s, s_kind).reshape(pshape), z.reshape(pshape)
+    out = (q.reshape(x.shape), _from_bits(s, s_kind).reshape(pshape), z.reshape(pshape))
+    if m is not None:
+        out += (_from_bits(m, s_kind).reshape(pshape),)
+    return out
 
 
 def presets() -> list:

@@ -37,8 +37,9 @@ def quantize_dynamic(
     group_size: int,
     bits: int = ...,
     symmetric: bool = ...,
+    offset: bool = ...,
     threads: Optional[int] = ...,
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+) -> Tuple[np.ndarray, ...]: ...
 def presets() -> List[str]: ...
 def quantize_checkpoint(
     input: str,
