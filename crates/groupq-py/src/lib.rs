@@ -8,7 +8,7 @@
 
 use groupq::half::slice::HalfBitsSliceExt;
 use groupq::half::{bf16, f16};
-use groupq::recipe::{Recipe, TorchaoMapping};
+use groupq::recipe::{QuantizeFormula, Recipe, TorchaoMapping};
 use groupq::*;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::exceptions::PyException;
@@ -148,6 +148,7 @@ fn fill_bits<'py, H: Half16>(
 
 fn quantize_pg<T: Element, Q: IntElement>(
     st: &Stream,
+    formula: Option<QuantizeFormula>,
     (x, s, z): (&[T], &[T], &[i32]),
     (outer, axis, g, rs): (usize, usize, usize, usize),
     (lo, hi): (i32, i32),
@@ -162,7 +163,12 @@ fn quantize_pg<T: Element, Q: IntElement>(
         input_element: T::KIND,
         output_element: Q::KIND,
     };
-    let plan = QuantizePerGroupPlan::<T, Q>::select(st, &desc, Default::default())?;
+    let plan = match formula {
+        None => QuantizePerGroupPlan::<T, Q>::select(st, &desc, Default::default())?,
+        Some(f) => {
+            QuantizePerGroupPlan::<T, Q>::select_with_formula(st, &desc, f, Default::default())?
+        }
+    };
     let ng = desc.num_groups();
     plan.run(
         st,
@@ -190,20 +196,34 @@ fn quantize_per_group<'py>(
     dims: (usize, usize, usize, usize),
     range: (i32, i32),
     out_dtype: &str,
+    formula: &str,
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let st = stream(threads)?;
     let z = slice(&zero_point, "zero_point")?;
+    let formula = match formula {
+        "spec" => None,
+        "torch-per-channel-group" => {
+            Some(Recipe::torch_per_channel_group(range.0, range.1).quantize)
+        }
+        other => {
+            return Err(invalid(format!(
+                "formula {other:?} is not \"spec\" or \"torch-per-channel-group\""
+            )))
+        }
+    };
     let n = dims.0 * dims.1;
     macro_rules! go {
         ($x:expr, $s:expr) => {
             match out_dtype {
-                "int8" => {
-                    fill::<i8>(py, n, |o| quantize_pg(&st, ($x, $s, z), dims, range, o))?.into_any()
-                }
-                "uint8" => {
-                    fill::<u8>(py, n, |o| quantize_pg(&st, ($x, $s, z), dims, range, o))?.into_any()
-                }
+                "int8" => fill::<i8>(py, n, |o| {
+                    quantize_pg(&st, formula, ($x, $s, z), dims, range, o)
+                })?
+                .into_any(),
+                "uint8" => fill::<u8>(py, n, |o| {
+                    quantize_pg(&st, formula, ($x, $s, z), dims, range, o)
+                })?
+                .into_any(),
                 other => {
                     return Err(GroupqError::new_err((
                         "unsupported",
@@ -310,7 +330,7 @@ enum ScaleKind {
 }
 
 /// The presets `quantize_dynamic` knows, in `presets()` order.
-const PRESETS: [&str; 11] = [
+const PRESETS: [&str; 13] = [
     "torchao",
     "compressed-tensors",
     "gptq",
@@ -320,6 +340,8 @@ const PRESETS: [&str; 11] = [
     "gguf-q8_0",
     "gguf-q4_0",
     "gguf-q5_0",
+    "gguf-q4_0-fused",
+    "gguf-q5_0-fused",
     "gguf-q4_1",
     "gguf-q5_1",
 ];
@@ -328,7 +350,17 @@ const PRESETS: [&str; 11] = [
 const WITH_OFFSET: [&str; 2] = ["gguf-q4_1", "gguf-q5_1"];
 
 /// A preset's recipe, scale dtype and whether its codes are signed.
-fn preset(name: &str, bits: u32, symmetric: bool) -> PyResult<(Recipe, ScaleKind, bool)> {
+fn preset(
+    name: &str,
+    bits: u32,
+    symmetric: bool,
+    range: Option<(i32, i32)>,
+) -> PyResult<(Recipe, ScaleKind, bool)> {
+    if range.is_some() && name != "torchao" {
+        return Err(invalid(format!(
+            "preset {name}: q_min/q_max are the peer's; only the torchao preset takes a code range"
+        )));
+    }
     let need = |ok: bool, what: &str| {
         if ok {
             Ok(())
@@ -349,6 +381,11 @@ fn preset(name: &str, bits: u32, symmetric: bool) -> PyResult<(Recipe, ScaleKind
                 (false, 8) => (TorchaoMapping::Asymmetric, -128, 127),
                 (false, _) => (TorchaoMapping::Asymmetric, 0, (1 << bits) - 1),
             };
+            let (lo, hi) = range.unwrap_or((lo, hi));
+            need(
+                lo <= hi && -128 <= lo && hi <= 255 && (lo < 0) <= (hi <= 127),
+                "q_min..=q_max must be an 8-bit range (int8 or uint8 codes)",
+            )?;
             (Recipe::torchao(mapping, lo, hi), ScaleKind::Input, lo < 0)
         }
         "compressed-tensors" => {
@@ -397,6 +434,16 @@ fn preset(name: &str, bits: u32, symmetric: bool) -> PyResult<(Recipe, ScaleKind
         "gguf-q5_0" => {
             need(bits == 5, "q5_0 is 5-bit")?;
             (Recipe::gguf_q5_0(), ScaleKind::F32, false)
+        }
+        "gguf-q4_0-fused" | "gguf-q5_0-fused" => {
+            let four = name == "gguf-q4_0-fused";
+            need(bits == if four { 4 } else { 5 }, "the block type's bits")?;
+            let r = if four {
+                Recipe::gguf_q4_0()
+            } else {
+                Recipe::gguf_q5_0()
+            };
+            (r.fused(), ScaleKind::F32, false)
         }
         "gguf-q4_1" => {
             need(bits == 4, "q4_1 is 4-bit")?;
@@ -548,10 +595,11 @@ fn quantize_dynamic<'py>(
     bits: u32,
     symmetric: bool,
     offset: bool,
+    range: Option<(i32, i32)>,
     threads: Option<usize>,
 ) -> PyResult<Quantized<'py>> {
     let st = stream(threads)?;
-    let (recipe, sk, signed) = preset(preset_name, bits, symmetric)?;
+    let (recipe, sk, signed) = preset(preset_name, bits, symmetric, range)?;
     let has_offset = WITH_OFFSET.contains(&preset_name);
     if has_offset != offset {
         return Err(invalid(if has_offset {
@@ -735,6 +783,111 @@ fn gguf_blocks_unpack<'py>(
     ))
 }
 
+fn ggml_type(name: &str) -> PyResult<groupq::ggml::GgmlType> {
+    groupq::ggml::GgmlType::from_name(name).ok_or_else(|| {
+        let all: Vec<&str> = groupq::ggml::GgmlType::ALL
+            .iter()
+            .map(|t| t.name())
+            .collect();
+        invalid(format!(
+            "ggml type {name:?} is not one of {}",
+            all.join(", ")
+        ))
+    })
+}
+
+/// The ggml block types, by name.
+#[pyfunction]
+fn ggml_types() -> Vec<&'static str> {
+    groupq::ggml::GgmlType::ALL
+        .iter()
+        .map(|t| t.name())
+        .collect()
+}
+
+/// `(block_size, type_size)` of a ggml type: values per block, bytes per
+/// block.
+#[pyfunction]
+fn ggml_type_info(name: &str) -> PyResult<(usize, usize)> {
+    let t = ggml_type(name)?;
+    Ok((t.block_size(), t.type_size()))
+}
+
+/// ggml's `ggml_quantize_chunk`: f32 rows (`rows × n`, flat) to blocks
+/// (`rows × bytes_per_row`), with an optional importance matrix of `n`.
+#[pyfunction]
+#[pyo3(signature = (x, rows, n, type_name, imatrix = None, threads = None))]
+fn ggml_quantize<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f32>,
+    rows: usize,
+    n: usize,
+    type_name: &str,
+    imatrix: Option<PyReadonlyArray1<'py, f32>>,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let st = stream(threads)?;
+    let t = ggml_type(type_name)?;
+    let xs = slice(&x, "x")?;
+    let im = match &imatrix {
+        Some(a) => Some(slice(a, "imatrix")?),
+        None => None,
+    };
+    let bpr = n / t.block_size().max(1) * t.type_size();
+    fill::<u8>(py, rows * bpr, |out| {
+        let desc = QuantizeGgmlBlocksDescriptor {
+            rows,
+            n_per_row: n,
+            ggml_type: t,
+            imatrix: im.is_some(),
+        };
+        let plan = QuantizeGgmlBlocksPlan::select(&st, &desc, Default::default())?;
+        plan.run(
+            &st,
+            Workspace::None,
+            QuantizeGgmlBlocksArgs {
+                input: TensorRef::new(xs, [rows, n])?,
+                imatrix: im,
+                output: TensorMut::new(out, [rows, bpr])?,
+            },
+        )
+    })
+}
+
+/// ggml's dequantization: blocks (`rows × bytes_per_row`, flat) to f32
+/// (`rows × n`).
+#[pyfunction]
+#[pyo3(signature = (blocks, rows, n, type_name, threads = None))]
+fn ggml_dequantize<'py>(
+    py: Python<'py>,
+    blocks: PyReadonlyArray1<'py, u8>,
+    rows: usize,
+    n: usize,
+    type_name: &str,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let st = stream(threads)?;
+    let t = ggml_type(type_name)?;
+    let b = slice(&blocks, "blocks")?;
+    let bpr = n / t.block_size().max(1) * t.type_size();
+    fill::<f32>(py, rows * n, |out| {
+        let desc = DequantizeGgmlBlocksDescriptor {
+            rows,
+            n_per_row: n,
+            ggml_type: t,
+        };
+        let plan = DequantizeGgmlBlocksPlan::select(&st, &desc, Default::default())?;
+        plan.run(
+            &st,
+            Workspace::None,
+            DequantizeGgmlBlocksArgs {
+                input: TensorRef::new(b, [rows, bpr])?,
+                output: TensorMut::new(out, [rows, n])?,
+            },
+        )
+    })
+}
+
 /// Runs the `groupq` command line (`argv[0]` the program name); returns
 /// its exit status.
 #[pyfunction]
@@ -751,6 +904,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(presets, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(pack_words, m)?)?;
+    m.add_function(wrap_pyfunction!(ggml_types, m)?)?;
+    m.add_function(wrap_pyfunction!(ggml_type_info, m)?)?;
+    m.add_function(wrap_pyfunction!(ggml_quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(ggml_dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(gguf_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(gguf_blocks_unpack, m)?)?;
     Ok(())

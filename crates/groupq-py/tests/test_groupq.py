@@ -51,25 +51,28 @@ def same_bits(a, b):
 
 
 TORCHAO = {
-    "sym_int4": (4, True),
-    "sym_int8": (8, True),
-    "asym_uint4": (4, False),
-    "asym_int8": (8, False),
+    "sym_int4": (4, True, None),
+    "sym_int8": (8, True, None),
+    "asym_uint4": (4, False, None),
+    "asym_int8": (8, False, None),
+    "sym_uint4": (4, True, (0, 15)),
+    "asym_int4": (4, False, (-8, 7)),
 }
 
 
 @pytest.mark.parametrize(
     "path",
-    sorted(p for p in GOLDEN.glob("torchao__*.safetensors") if p.name.split("__")[1] in TORCHAO),
+    sorted(GOLDEN.glob("torchao__*.safetensors")),
     ids=lambda p: p.stem,
 )
 @pytest.mark.parametrize("threads", [1, 2])
 def test_torchao_golden(path, threads):
     t = read(path)
-    bits, sym = TORCHAO[path.name.split("__")[1]]
+    bits, sym, rng = TORCHAO[path.name.split("__")[1]]
     g = int(path.stem.split("__g")[-1])
+    lo, hi = rng or (None, None)
     q, s, z = groupq.quantize_dynamic(
-        t["input"], preset="torchao", group_size=g, bits=bits, symmetric=sym, threads=threads
+        t["input"], preset="torchao", group_size=g, bits=bits, symmetric=sym, q_min=lo, q_max=hi, threads=threads
     )
     assert np.array_equal(q.astype(np.int32), t["q"].astype(np.int32))
     assert same_bits(s, t["scale"])
@@ -310,3 +313,52 @@ def test_views_are_not_copied():
     _, peak_copy = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak_copy > view.size * 2, peak_copy  # the check can fail: a copy shows
+
+
+@pytest.mark.parametrize("path", cases("gguf0171__"), ids=lambda p: p.stem)
+def test_gguf_py_017_golden(path):
+    t = read(path)
+    kind = path.name.split("__")[1]
+    bits = {"q4_0": 4, "q5_0": 5}[kind]
+    q, s, _ = groupq.quantize_dynamic(t["input"], preset=f"gguf-{kind}-fused", group_size=32, bits=bits)
+    assert np.array_equal(q.astype(np.int32), t["q"].astype(np.int32))
+    assert np.array_equal(s.astype(np.float16), t["scale"])
+    blocks = groupq.pack.gguf_blocks(kind, q.astype(np.int32), s.astype(np.float16))
+    assert np.array_equal(blocks, t["packed"].reshape(-1))
+
+
+@pytest.mark.parametrize("path", cases("autoawq__sym_pseudo"), ids=lambda p: p.stem)
+def test_awq_symmetric_golden(path):
+    t = read(path)
+    q, s, z = groupq.quantize_dynamic(t["input"], preset="awq", group_size=group_of(path), bits=4, symmetric=True)
+    assert np.array_equal(q, t["q"])
+    assert same_bits(s, t["scale"])
+    assert not z.any()
+    y = groupq.dequantize_per_group(q, s, z, group_size=group_of(path), out_dtype=t["dequant"].dtype)
+    # AWQ's pseudo-quantization multiplies the rounded float (-0.0 for a
+    # small negative value); integer codes have no -0, so zeros are compared
+    # by value.
+    assert np.array_equal(y.astype(np.float64), t["dequant"].astype(np.float64))
+
+
+@pytest.mark.parametrize("path", cases("torchcore__explicit"), ids=lambda p: p.stem)
+def test_torch_per_channel_group_golden(path):
+    t = read(path)
+    bits = 4 if "int4" in path.name else 8
+    h = 1 << (bits - 1)
+    q = groupq.quantize_per_group(
+        t["input"], t["scale"], t["zero_point"], group_size=group_of(path), q_min=-h, q_max=h - 1,
+        formula="torch-per-channel-group",
+    )
+    assert np.array_equal(q, t["q"])
+
+
+@pytest.mark.parametrize("path", sorted((GOLDEN / "ggml").glob("ggml__*.safetensors")), ids=lambda p: p.stem)
+def test_llama_cpp_blocks_golden(path):
+    t = read(path)
+    kind = path.name.split("__")[1].replace("_imatrix", "")
+    kind = next(k for k in groupq.gguf_types() if k.lower() == kind.lower())
+    blocks = groupq.gguf_quantize(t["input"], kind, imatrix=t.get("imatrix"))
+    assert np.array_equal(blocks, t["blocks"])
+    y = groupq.gguf_dequantize(blocks, kind)
+    assert y.shape == t["input"].shape and np.isfinite(y).all()

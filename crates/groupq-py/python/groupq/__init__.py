@@ -28,6 +28,9 @@ __all__ = [
     "quantize_dynamic",
     "presets",
     "quantize_checkpoint",
+    "gguf_quantize",
+    "gguf_dequantize",
+    "gguf_types",
     "pack",
 ]
 
@@ -159,10 +162,14 @@ def quantize_per_group(
     q_min: int,
     q_max: int,
     out_dtype=None,
+    formula: str = "spec",
     threads: Optional[int] = None,
 ) -> np.ndarray:
     """SPEC §3.1: ``q = clamp(round_half_even(x / s + z), q_min, q_max)`` per
     group of ``group_size`` consecutive elements of the last axis.
+    ``formula="torch-per-channel-group"`` computes PyTorch's
+    ``quantized_decomposed.quantize_per_channel_group`` instead
+    (``x * (1/s)`` in f32, the zero point added before rounding).
 
     ``scale`` and ``zero_point`` hold one value per group (shape
     ``x.shape[:-1] + (x.shape[-1] // group_size,)``, or flat); ``scale`` is
@@ -190,6 +197,7 @@ def quantize_per_group(
         (outer, axis, g, rs),
         (int(q_min), int(q_max)),
         out,
+        formula,
         threads,
     )
     return q.reshape(x.shape)
@@ -242,6 +250,8 @@ def quantize_dynamic(
     bits: int = 4,
     symmetric: bool = True,
     offset: bool = False,
+    q_min: Optional[int] = None,
+    q_max: Optional[int] = None,
     threads: Optional[int] = None,
 ):
     """Chooses a scale and zero point per group as ``preset``'s peer does,
@@ -258,21 +268,78 @@ def quantize_dynamic(
     ``"gguf-q4_1"``, ``"gguf-q5_1"``, whose groups also have a float offset
     (ggml's ``m``, ``x ≈ d·q + m``): those need ``offset=True`` and return
     ``(codes, scale, zero_point, offset)``. torchao's codes are int8 for 8
-    bits, int1–int7 symmetric and uint1–uint7 asymmetric below. Presets
-    with one mapping ignore ``symmetric``.
+    bits, int1–int7 symmetric and uint1–uint7 asymmetric below, or the
+    8-bit range ``q_min..=q_max`` given (torchao's ``quant_min``/``quant_max``;
+    the other presets refuse one). ``"gguf-q4_0-fused"`` and
+    ``"gguf-q5_0-fused"`` are gguf-py 0.17's form (``x * id + 8.5`` rounded
+    once). Presets with one mapping ignore ``symmetric``.
     """
     x = np.asarray(x)
     kind = _float_kind(x, "x")
     outer, axis, g = _dims(x, group_size)
     xs, rs = _rows(x, kind)
+    if (q_min is None) != (q_max is None):
+        raise InvalidProblemError("give both q_min and q_max, or neither")
+    rng = None if q_min is None else (int(q_min), int(q_max))
     q, s, z, s_kind, m = _native.quantize_dynamic(
-        xs, kind, preset, (outer, axis, g, rs), int(bits), bool(symmetric), bool(offset), threads
+        xs, kind, preset, (outer, axis, g, rs), int(bits), bool(symmetric), bool(offset), rng, threads
     )
     pshape = x.shape[:-1] + (axis // g,)
     out = (q.reshape(x.shape), _from_bits(s, s_kind).reshape(pshape), z.reshape(pshape))
     if m is not None:
         out += (_from_bits(m, s_kind).reshape(pshape),)
     return out
+
+
+def gguf_types() -> list:
+    """The ggml block types :func:`gguf_quantize` writes (llama.cpp's
+    names: ``q4_0`` … ``q8_0``, ``q2_K`` … ``q6_K``, ``iq4_nl``, ``iq4_xs``)."""
+    return list(_native.ggml_types())
+
+
+@_errors
+def gguf_quantize(
+    x: np.ndarray, type: str, *, imatrix: Optional[np.ndarray] = None, threads: Optional[int] = None
+) -> np.ndarray:
+    """llama.cpp's ``ggml_quantize_chunk``, byte for byte: the rows of ``x``
+    (its last axis a multiple of the type's block size; float16/bfloat16/
+    float64 values are widened or rounded to float32 first, as llama.cpp
+    converts them) to ggml blocks, ``uint8`` of shape ``x.shape[:-1] +
+    (bytes_per_row,)``. ``imatrix``: llama-imatrix's importance weights for
+    one row (``x.shape[-1]`` positive float32 values)."""
+    x = np.asarray(x)
+    _float_kind(x, "x")
+    if x.ndim == 0:
+        raise InvalidProblemError("x must have at least one dimension")
+    n = x.shape[-1]
+    rows = int(np.prod(x.shape[:-1], dtype=np.int64)) if x.ndim > 1 else 1
+    block, size = _native.ggml_type_info(type)
+    if n % block != 0:
+        raise InvalidProblemError(f"{type}: rows of {n} values are not whole blocks of {block}")
+    xs = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    im = None
+    if imatrix is not None:
+        im = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if im.size != n:
+            raise InvalidProblemError(f"imatrix has {im.size} values; rows have {n}")
+    out = _native.ggml_quantize(xs, rows, n, type, im, threads)
+    return out.reshape(x.shape[:-1] + (n // block * size,))
+
+
+@_errors
+def gguf_dequantize(blocks: np.ndarray, type: str, *, threads: Optional[int] = None) -> np.ndarray:
+    """The inverse of :func:`gguf_quantize`: ggml blocks (``uint8``, rows of
+    ``bytes_per_row``) to float32 rows."""
+    b = np.asarray(blocks)
+    if b.dtype != np.uint8 or b.ndim == 0:
+        raise UnsupportedError(f"blocks must be a uint8 array, got {b.dtype.name} of shape {b.shape}")
+    block, size = _native.ggml_type_info(type)
+    if b.shape[-1] % size != 0:
+        raise InvalidProblemError(f"{type}: rows of {b.shape[-1]} bytes are not whole blocks of {size}")
+    n = b.shape[-1] // size * block
+    rows = int(np.prod(b.shape[:-1], dtype=np.int64)) if b.ndim > 1 else 1
+    out = _native.ggml_dequantize(np.ascontiguousarray(b).reshape(-1), rows, n, type, threads)
+    return out.reshape(b.shape[:-1] + (n,))
 
 
 def presets() -> list:

@@ -19,6 +19,7 @@ def quantize_per_group(
     q_min: int,
     q_max: int,
     out_dtype: Optional[npt.DTypeLike] = ...,
+    formula: str = ...,
     threads: Optional[int] = ...,
 ) -> np.ndarray: ...
 def dequantize_per_group(
@@ -38,8 +39,15 @@ def quantize_dynamic(
     bits: int = ...,
     symmetric: bool = ...,
     offset: bool = ...,
+    q_min: Optional[int] = ...,
+    q_max: Optional[int] = ...,
     threads: Optional[int] = ...,
 ) -> Tuple[np.ndarray, ...]: ...
+def gguf_types() -> List[str]: ...
+def gguf_quantize(
+    x: npt.ArrayLike, type: str, *, imatrix: Optional[npt.ArrayLike] = ..., threads: Optional[int] = ...
+) -> np.ndarray: ...
+def gguf_dequantize(blocks: npt.ArrayLike, type: str, *, threads: Optional[int] = ...) -> np.ndarray: ...
 def presets() -> List[str]: ...
 def quantize_checkpoint(
     input: str,
