@@ -19,7 +19,7 @@ use std::sync::Mutex;
 pyo3::create_exception!(_native, GroupqError, PyException);
 
 /// A library error as `GroupqError(kind, message)`.
-fn err(e: groupq::Error) -> PyErr {
+pub(crate) fn err(e: groupq::Error) -> PyErr {
     let kind = match &e {
         groupq::Error::InvalidProblem(_) => "invalid",
         groupq::Error::Unsupported(_) => "unsupported",
@@ -30,12 +30,12 @@ fn err(e: groupq::Error) -> PyErr {
 }
 
 /// A usage error of the Python API, named like the library's.
-fn invalid(msg: String) -> PyErr {
+pub(crate) fn invalid(msg: String) -> PyErr {
     GroupqError::new_err(("invalid", msg))
 }
 
 /// One CPU stream per thread count, made once (a stream owns a thread pool).
-fn stream(threads: Option<usize>) -> PyResult<Stream> {
+pub(crate) fn stream(threads: Option<usize>) -> PyResult<Stream> {
     static STREAMS: Mutex<Option<HashMap<usize, Stream>>> = Mutex::new(None);
     let n = match threads {
         Some(0) => return Err(invalid("threads must be at least 1".into())),
@@ -54,7 +54,7 @@ fn stream(threads: Option<usize>) -> PyResult<Stream> {
 
 /// A flat, C-contiguous float array of one of the four kinds (f16/bf16 as
 /// `uint16` bits).
-enum Floats<'a> {
+pub(crate) enum Floats<'a> {
     F32(&'a [f32]),
     F64(&'a [f64]),
     F16(&'a [f16]),
@@ -100,7 +100,12 @@ macro_rules! floats {
     }};
 }
 
-fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
+mod affine;
+
+pub(crate) fn slice<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArray1<'_, T>,
+    name: &str,
+) -> PyResult<&'a [T]> {
     a.as_slice()
         .map_err(|_| invalid(format!("{name} must be C-contiguous")))
 }
@@ -108,7 +113,7 @@ fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> P
 /// A new flat array of `n` elements, filled by `f` with the GIL released.
 /// numpy allocates it (large arrays get transparent huge pages, which
 /// makes the kernel's first writes several times cheaper than a `Vec`'s).
-fn fill<'py, T: numpy::Element + Send>(
+pub(crate) fn fill<'py, T: numpy::Element + Send>(
     py: Python<'py>,
     n: usize,
     f: impl FnOnce(&mut [T]) -> groupq::Result<()> + Send,
@@ -123,7 +128,7 @@ fn fill<'py, T: numpy::Element + Send>(
 }
 
 /// f16 and bf16: their values as `uint16` bit patterns.
-trait Half16: Sized {
+pub(crate) trait Half16: Sized {
     fn from_bits_mut(b: &mut [u16]) -> &mut [Self];
 }
 impl Half16 for f16 {
@@ -904,6 +909,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(presets, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(pack_words, m)?)?;
+    m.add_function(wrap_pyfunction!(affine::affine_formulas, m)?)?;
+    m.add_function(wrap_pyfunction!(affine::affine_quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(affine::affine_dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(affine::affine_fake_quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(affine::affine_per_token_dynamic, m)?)?;
     m.add_function(wrap_pyfunction!(ggml_types, m)?)?;
     m.add_function(wrap_pyfunction!(ggml_type_info, m)?)?;
     m.add_function(wrap_pyfunction!(ggml_quantize, m)?)?;

@@ -24,6 +24,7 @@ DTYPES = {
     "U8": np.uint8,
     "I32": np.int32,
     "I64": np.int64,
+    "BOOL": np.bool_,
 }
 
 
@@ -362,3 +363,130 @@ def test_llama_cpp_blocks_golden(path):
     assert np.array_equal(blocks, t["blocks"])
     y = groupq.gguf_dequantize(blocks, kind)
     assert y.shape == t["input"].shape and np.isfinite(y).all()
+
+
+def read_meta(path):
+    b = path.read_bytes()
+    (n,) = struct.unpack("<Q", b[:8])
+    return json.loads(b[8 : 8 + n]).get("__metadata__", {})
+
+
+def same_floats(a, b):
+    """Bits equal, any NaN matching any NaN (PyTorch's NaN signs and payloads
+    are not defined; groupq's are canonical)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype.itemsize == b.dtype.itemsize, (a.dtype, b.dtype)
+    u = {2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
+    nan = np.isnan(a.astype(np.float64)) & np.isnan(b.astype(np.float64))
+    return bool(np.all((a.view(u) == b.view(u)) | nan))
+
+
+TORCHGRAN = GOLDEN / "torchgran"
+FORMULA = {
+    "qd_per_tensor": "torch-decomposed",
+    "qd_per_channel": "torch-decomposed",
+    "tq_per_channel": "torch-decomposed",
+    "tq_per_tensor": "torch-quantize-per-tensor",
+    "fq_per_tensor": "torch-fake-quantize-per-tensor",
+    "fq_per_channel": "torch-fake-quantize-per-channel",
+    "fq_per_channel_fzp": "torch-fake-quantize-per-channel-float-zero-point",
+    "qd_fake_quant_per_channel": "torch-decomposed-fake-quant",
+}
+
+
+@pytest.mark.parametrize("path", sorted(TORCHGRAN.glob("torchgran__*.safetensors")), ids=lambda p: p.stem)
+def test_torch_granularities_golden(path):
+    """Every public torchgran case (PyTorch 2.15's quantize / dequantize /
+    fake-quantize ops per tensor, per channel, per token) through the
+    Python API."""
+    t, meta = read(path), read_meta(path)
+    op = meta["op"]
+    lo, hi = int(meta["qmin"]), int(meta["qmax"])
+    gran = {"granularity": meta["granularity"]}
+    if meta["granularity"] == "per_channel":
+        gran["axis"] = int(meta["axis"])
+    x = t["input"]
+    if op == "qd_per_token":
+        q, s, z = groupq.quantize_per_token_dynamic(x)
+        assert np.array_equal(q, t["q"])
+        assert same_floats(s, t["scale"])
+        zg = t["zero_point"]
+        nan_token = zg == np.iinfo(np.int64).min
+        assert np.array_equal(np.where(nan_token, np.iinfo(np.int32).min, zg), z)
+        for formula, scale, codes, deq in [
+            ("torch-per-token", t["scale"], "q", "dequant"),
+            ("torch-per-token-f32", t["scale"].astype(np.float32), "q_f32_qparams", "dequant_f32_qparams"),
+        ]:
+            zp = np.where(nan_token, 0 if formula.endswith("f32") else np.iinfo(np.int32).min, zg)
+            ours = groupq.quantize_affine(x, scale, zp, granularity="per_token", q_min=lo, q_max=hi, formula=formula)
+            assert np.array_equal(ours, t[codes]), formula
+            y = groupq.dequantize_affine(t[codes], scale, zp, granularity="per_token", formula=formula)
+            keep = ~np.broadcast_to(nan_token, x.shape)  # PyTorch's q - INT64_MIN overflows there
+            assert same_floats(y[keep], t[deq][keep]), formula
+        return
+    formula = FORMULA[op]
+    zp = t["zero_point"]
+    if op in ("fq_per_tensor", "fq_per_channel", "fq_per_channel_fzp", "qd_fake_quant_per_channel"):
+        y, m = groupq.fake_quantize_affine(
+            x, t["scale"], zp, q_min=lo, q_max=hi, formula=formula, return_mask=True, **gran
+        )
+        assert same_floats(y, t["fake_quant"])
+        if "mask" in t:
+            assert np.array_equal(m, t["mask"])
+        g = groupq.fake_quantize_affine_backward(
+            t["grad_output"], x, t["scale"], zp, q_min=lo, q_max=hi, formula=formula, **gran
+        )
+        assert same_floats(g, t["grad_input"])
+        return
+    q = groupq.quantize_affine(x, t["scale"], zp, q_min=lo, q_max=hi, formula=formula, out_dtype=t["q"].dtype, **gran)
+    assert np.array_equal(q, t["q"])
+    y = groupq.dequantize_affine(t["q"], t["scale"], zp, formula=formula, **gran)
+    assert same_floats(y, t["dequant"])
+    for name in ("dequant_out_f16", "dequant_out_bf16"):
+        if name in t:
+            y = groupq.dequantize_affine(t["q"], t["scale"], zp, formula=formula, out_dtype=t[name].dtype, **gran)
+            assert same_floats(y, t[name]), name
+
+
+def test_affine_views_and_ranks():
+    """Permuted, sliced and padded views give what their contiguous copies
+    give; every rank from 0 to 8; errors name the problem."""
+    rng = np.random.default_rng(5)
+    base = (rng.standard_normal((6, 40, 34)) * 2).astype(ml_dtypes.bfloat16)
+    views = [base, base.transpose(2, 0, 1), base[:, 3:35, ::2], base[::2, :, 1:33]]
+    for v in views:
+        for axis in range(3):
+            s = rng.uniform(0.05, 0.5, v.shape[axis]).astype(np.float32)
+            z = rng.integers(-4, 4, v.shape[axis]).astype(np.int32)
+            kw = dict(granularity="per_channel", axis=axis, q_min=-8, q_max=7, formula="torch-decomposed")
+            a = groupq.quantize_affine(v, s, z, **kw)
+            b = groupq.quantize_affine(np.ascontiguousarray(v), s, z, **kw)
+            assert np.array_equal(a, b)
+            fa = groupq.fake_quantize_affine(v, s, z, **{**kw, "formula": "torch-fake-quantize-per-channel"})
+            fb = groupq.fake_quantize_affine(
+                np.ascontiguousarray(v), s, z, **{**kw, "formula": "torch-fake-quantize-per-channel"}
+            )
+            assert same_bits(fa, fb)
+            ya = groupq.dequantize_affine(a.transpose(), s, z, granularity="per_channel", axis=2 - axis,
+                                          formula="torch-decomposed", out_dtype=ml_dtypes.bfloat16)
+            yb = groupq.dequantize_affine(np.ascontiguousarray(a.transpose()), s, z, granularity="per_channel",
+                                          axis=2 - axis, formula="torch-decomposed", out_dtype=ml_dtypes.bfloat16)
+            assert same_bits(ya, yb)
+    for rank in range(0, 9):
+        shape = tuple([2] * rank)
+        x = rng.standard_normal(shape).astype(np.float32)
+        q = groupq.quantize_affine(x, [0.25], [1], granularity="per_tensor", q_min=-128, q_max=127)
+        want = np.clip(np.rint(np.asarray(x, np.float32) / np.float32(0.25)) + 1, -128, 127)
+        assert q.shape == shape and np.array_equal(q, want)
+    with pytest.raises(groupq.InvalidProblemError, match="rank 9"):
+        groupq.quantize_affine(np.zeros([1] * 9, np.float32), [1.0], granularity="per_tensor", q_min=-8, q_max=7)
+    with pytest.raises(groupq.InvalidProblemError, match="axis 3"):
+        groupq.quantize_affine(np.zeros((2, 2, 2), np.float32), [1.0, 1.0], granularity="per_channel", axis=3,
+                               q_min=-8, q_max=7)
+    with pytest.raises(groupq.Error):
+        groupq.quantize_affine(np.zeros((2, 4), np.float32), [1.0], granularity="per_channel", axis=1,
+                               q_min=-8, q_max=7)
+    with pytest.raises(groupq.InvalidProblemError, match="formula"):
+        groupq.quantize_affine(np.zeros(4, np.float32), [1.0], granularity="per_tensor", q_min=-8, q_max=7,
+                               formula="nope")
+    assert "torch-decomposed" in groupq.affine_formulas()

@@ -31,6 +31,12 @@ __all__ = [
     "gguf_quantize",
     "gguf_dequantize",
     "gguf_types",
+    "quantize_affine",
+    "dequantize_affine",
+    "fake_quantize_affine",
+    "fake_quantize_affine_backward",
+    "quantize_per_token_dynamic",
+    "affine_formulas",
     "pack",
 ]
 
@@ -398,3 +404,11 @@ def quantize_checkpoint(
 
 
 from . import pack  # noqa: E402  (needs _errors above)
+from ._affine import (  # noqa: E402
+    affine_formulas,
+    dequantize_affine,
+    fake_quantize_affine,
+    fake_quantize_affine_backward,
+    quantize_affine,
+    quantize_per_token_dynamic,
+)

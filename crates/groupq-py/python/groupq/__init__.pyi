@@ -1,4 +1,4 @@
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -61,3 +61,65 @@ def quantize_checkpoint(
     progress: bool = ...,
     force: bool = ...,
 ) -> None: ...
+def quantize_affine(
+    x: npt.ArrayLike,
+    scale: npt.ArrayLike,
+    zero_point: Optional[npt.ArrayLike] = ...,
+    *,
+    granularity: str,
+    q_min: int,
+    q_max: int,
+    axis: Optional[int] = ...,
+    group_size: Optional[int] = ...,
+    block_size: Optional[Sequence[int]] = ...,
+    formula: str = ...,
+    out_dtype: Optional[npt.DTypeLike] = ...,
+    threads: Optional[int] = ...,
+) -> np.ndarray: ...
+def dequantize_affine(
+    q: npt.ArrayLike,
+    scale: npt.ArrayLike,
+    zero_point: Optional[npt.ArrayLike] = ...,
+    *,
+    granularity: str,
+    axis: Optional[int] = ...,
+    group_size: Optional[int] = ...,
+    block_size: Optional[Sequence[int]] = ...,
+    formula: str = ...,
+    out_dtype: npt.DTypeLike = ...,
+    threads: Optional[int] = ...,
+) -> np.ndarray: ...
+def fake_quantize_affine(
+    x: npt.ArrayLike,
+    scale: npt.ArrayLike,
+    zero_point: Optional[npt.ArrayLike] = ...,
+    *,
+    granularity: str,
+    q_min: int,
+    q_max: int,
+    axis: Optional[int] = ...,
+    group_size: Optional[int] = ...,
+    block_size: Optional[Sequence[int]] = ...,
+    formula: str = ...,
+    return_mask: bool = ...,
+    threads: Optional[int] = ...,
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]: ...
+def fake_quantize_affine_backward(
+    grad_output: npt.ArrayLike,
+    x: npt.ArrayLike,
+    scale: npt.ArrayLike,
+    zero_point: Optional[npt.ArrayLike] = ...,
+    *,
+    granularity: str,
+    q_min: int,
+    q_max: int,
+    axis: Optional[int] = ...,
+    group_size: Optional[int] = ...,
+    block_size: Optional[Sequence[int]] = ...,
+    formula: str = ...,
+    threads: Optional[int] = ...,
+) -> np.ndarray: ...
+def quantize_per_token_dynamic(
+    x: npt.ArrayLike, *, threads: Optional[int] = ...
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def affine_formulas() -> List[str]: ...
