@@ -490,3 +490,73 @@ def test_affine_views_and_ranks():
         groupq.quantize_affine(np.zeros(4, np.float32), [1.0], granularity="per_tensor", q_min=-8, q_max=7,
                                formula="nope")
     assert "torch-decomposed" in groupq.affine_formulas()
+
+
+def test_the_gil_is_released():
+    """Another Python thread runs while a kernel does (one kernel thread,
+    so a core is free)."""
+    import threading
+
+    x = np.random.default_rng(1).standard_normal((4096, 4096)).astype(np.float32)
+    state = {"in_call": False, "done": False, "count": 0}
+
+    def work():
+        state["in_call"] = True
+        for _ in range(3):
+            groupq.quantize_dynamic(x, preset="gptq", group_size=128, threads=1)
+        state["done"] = True
+
+    t = threading.Thread(target=work)
+    t.start()
+    while not state["done"]:
+        if state["in_call"]:
+            state["count"] += 1
+    t.join()
+    # Held, the GIL would let this loop run only between switch intervals
+    # (5 ms each); released, it runs the whole time.
+    assert state["count"] > 200_000, state["count"]
+
+
+def test_bad_input_raises_and_never_crashes():
+    """Random junk through every entry point: a Python exception (groupq's,
+    or TypeError/ValueError from numpy's conversions), never a crash."""
+    rng = np.random.default_rng(11)
+    arrays = [
+        np.zeros((4, 64), np.float32),
+        np.zeros((0, 64), np.float32),
+        np.zeros(()),
+        np.zeros((4, 64), np.int16),
+        np.zeros((4, 64), np.complex64),
+        np.array(["a", "b"]),
+        np.zeros((4, 63), ml_dtypes.bfloat16),
+        np.full((4, 64), np.nan, np.float16),
+        np.zeros((4, 64), np.uint8),
+        np.zeros((4, 64), np.int8)[:, ::2],
+        None,
+        3,
+        [[1.0, 2.0]],
+    ]
+    ints = [-1, 0, 1, 3, 32, 64, 2**40, None]
+    calls = [
+        lambda a, b, c, i: groupq.quantize_per_group(a, b, c, group_size=i, q_min=-8, q_max=7),
+        lambda a, b, c, i: groupq.dequantize_per_group(a, b, c, group_size=i),
+        lambda a, b, c, i: groupq.quantize_dynamic(a, preset=rng.choice(groupq.presets()), group_size=i),
+        lambda a, b, c, i: groupq.quantize_affine(a, b, c, granularity="per_channel", axis=i, q_min=-8, q_max=7),
+        lambda a, b, c, i: groupq.dequantize_affine(a, b, c, granularity="per_group", axis=0, group_size=i),
+        lambda a, b, c, i: groupq.fake_quantize_affine(a, b, c, granularity="per_token", q_min=i, q_max=7),
+        lambda a, b, c, i: groupq.gguf_quantize(a, "q4_K", imatrix=b),
+        lambda a, b, c, i: groupq.gguf_dequantize(a, "q6_K"),
+        lambda a, b, c, i: groupq.pack.gptq_qweight(a, bits=i),
+        lambda a, b, c, i: groupq.pack.awq_qzeros_unpack(a, bits=i),
+        lambda a, b, c, i: groupq.pack.gguf_blocks("q4_1", a, b, c),
+    ]
+    ok = 0
+    for _ in range(3000):
+        f = calls[rng.integers(len(calls))]
+        a, b, c = (arrays[rng.integers(len(arrays))] for _ in range(3))
+        try:
+            f(a, b, c, ints[rng.integers(len(ints))])
+            ok += 1
+        except (groupq.Error, TypeError, ValueError, OverflowError):
+            pass
+    assert ok < 3000

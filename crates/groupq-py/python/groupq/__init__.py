@@ -144,6 +144,30 @@ def _from_bits(a: np.ndarray, kind: str) -> np.ndarray:
     return a
 
 
+def _real(a, name: str) -> np.ndarray:
+    """A parameter array of real numbers (integers or floats; not complex,
+    bool, strings or objects)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fiu" and a.dtype.name != "bfloat16":
+        raise UnsupportedError(f"{name}: dtype {a.dtype.name} is not a real number type")
+    return a
+
+
+def _int32(a, name: str) -> np.ndarray:
+    """Integer zero points as int32: an integer array, or a float one whose
+    values are all integers (GPTQ's and AWQ's float zero points); values
+    outside int32 or with a fraction are an error."""
+    a = _real(a, name)
+    if a.dtype.kind not in "iu":
+        f = a.astype(np.float64)
+        if not np.array_equal(f, np.rint(f)):
+            raise InvalidProblemError(f"{name} has values that are not integers (or NaN)")
+        a = f
+    if a.size and (a.min() < -(2**31) or a.max() >= 2**31):
+        raise InvalidProblemError(f"{name} has values outside int32")
+    return a.astype(np.int32, copy=False)
+
+
 def _dims(x: np.ndarray, group_size: int) -> Tuple[int, int, int]:
     if x.ndim == 0:
         raise InvalidProblemError("x must have at least one dimension (groups run along the last)")
@@ -186,8 +210,8 @@ def quantize_per_group(
     kind = _float_kind(x, "x")
     outer, axis, g = _dims(x, group_size)
     ng = outer * (axis // g)
-    scale = np.asarray(scale, dtype=x.dtype)
-    zero_point = np.asarray(zero_point)
+    scale = _real(scale, "scale").astype(x.dtype)
+    zero_point = _int32(zero_point, "zero_point")
     for name, a in (("scale", scale), ("zero_point", zero_point)):
         if a.size != ng:
             raise InvalidProblemError(f"{name} has {a.size} elements; {ng} groups need one each")
@@ -199,7 +223,7 @@ def quantize_per_group(
         xs,
         kind,
         _flat(scale, kind),
-        _flat(zero_point.astype(np.int32, copy=False)),
+        _flat(zero_point),
         (outer, axis, g, rs),
         (int(q_min), int(q_max)),
         out,
@@ -229,8 +253,8 @@ def dequantize_per_group(
     out_dt = _float_dtype(kind)
     outer, axis, g = _dims(q, group_size)
     ng = outer * (axis // g)
-    scale = np.asarray(scale).astype(out_dt, copy=False)
-    zero_point = np.asarray(zero_point)
+    scale = _real(scale, "scale").astype(out_dt, copy=False)
+    zero_point = _int32(zero_point, "zero_point")
     for name, a in (("scale", scale), ("zero_point", zero_point)):
         if a.size != ng:
             raise InvalidProblemError(f"{name} has {a.size} elements; {ng} groups need one each")
@@ -239,7 +263,7 @@ def dequantize_per_group(
         qs,
         q.dtype.name,
         _flat(scale, kind),
-        _flat(zero_point.astype(np.int32, copy=False)),
+        _flat(zero_point),
         (outer, axis, g, rs),
         kind,
         threads,
@@ -391,16 +415,37 @@ def quantize_checkpoint(
     if force:
         argv.append("--force")
     # The command runs in a child process: its signal handlers (which remove
-    # a partial output) and its exit stay out of the interpreter.
-    r = subprocess.run(
+    # a partial output) and its exit stay out of the interpreter. Its stderr
+    # (progress bars, warnings, the error) is passed through as it comes,
+    # and its last lines are kept for the exception.
+    proc = subprocess.Popen(
         [sys.executable, "-m", "groupq._cli", *argv[1:]],
+        stdout=subprocess.DEVNULL if not progress else None,
         stderr=subprocess.PIPE,
-        text=True,
     )
-    if r.returncode != 0:
-        raise Error(r.stderr.strip() or f"groupq quantize exited with {r.returncode}")
-    if progress and r.stderr:
-        sys.stderr.write(r.stderr)
+    tail = b""
+    try:
+        while True:
+            chunk = proc.stderr.read1(65536) if hasattr(proc.stderr, "read1") else proc.stderr.read(65536)
+            if not chunk:
+                break
+            if progress:
+                sys.stderr.buffer.write(chunk) if hasattr(sys.stderr, "buffer") else sys.stderr.write(
+                    chunk.decode(errors="replace")
+                )
+                sys.stderr.flush()
+            tail = (tail + chunk)[-8192:]
+        rc = proc.wait()
+    except BaseException:
+        # Interrupted here (KeyboardInterrupt, ...): stop the command, which
+        # removes its partial output, then re-raise.
+        proc.terminate()
+        proc.wait()
+        raise
+    if rc != 0:
+        lines = [l for l in tail.decode(errors="replace").replace("\r", "\n").splitlines() if l.strip()]
+        errors = [l for l in lines if l.startswith("error")]
+        raise Error((errors or lines or [f"groupq quantize exited with {rc}"])[-1])
 
 
 from . import pack  # noqa: E402  (needs _errors above)

@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import InvalidProblemError, UnsupportedError, _errors, _float_dtype, _float_kind, _native
+from . import InvalidProblemError, UnsupportedError, _errors, _float_dtype, _float_kind, _native, _real
 
 __all__ = [
     "quantize_affine",
@@ -53,7 +53,7 @@ def _gran(ndim, granularity, axis, group_size, block_size):
 
 
 def _scale(scale) -> np.ndarray:
-    s = np.asarray(scale)
+    s = _real(scale, "scale")
     if s.dtype != np.float64:
         s = s.astype(np.float32)  # exact for f16/bf16 scales
     return np.ascontiguousarray(s).reshape(-1)
@@ -62,7 +62,7 @@ def _scale(scale) -> np.ndarray:
 def _zero_point(zero_point) -> Optional[np.ndarray]:
     if zero_point is None:
         return None
-    z = np.asarray(zero_point)
+    z = _real(zero_point, "zero_point")
     if z.dtype.kind == "f" or z.dtype.name == "bfloat16":
         return np.ascontiguousarray(z, dtype=np.float32).reshape(-1)
     if z.dtype.kind not in "iu":
