@@ -8,9 +8,8 @@
 //! shift with it), which changes neither the elements' parameters nor
 //! their order.
 
-use crate::{err, fill, invalid, slice, stream, Floats, GroupqError, Half16};
+use crate::{err, fill, fill_held, invalid, slice, stream, Floats, GroupqError, Held};
 use groupq::affine::{AffineFormula, Granularity, Shape, MAX_RANK};
-use groupq::half::slice::HalfBitsSliceExt;
 use groupq::half::{bf16, f16};
 use groupq::*;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
@@ -348,16 +347,18 @@ pub(crate) fn affine_dequantize<'py>(
     macro_rules! by_out {
         ($q:expr, $s:expr, $z:expr) => {
             match kind {
-                "float32" => fill::<f32>(py, n, |o| go(&st, p, $q, qst, ($s, $z), o))?.into_any(),
-                "float64" => fill::<f64>(py, n, |o| go(&st, p, $q, qst, ($s, $z), o))?.into_any(),
-                "float16" => fill::<u16>(py, n, |o| {
-                    go::<_, _, f16>(&st, p, $q, qst, ($s, $z), f16::from_bits_mut(o))
-                })?
-                .into_any(),
-                "bfloat16" => fill::<u16>(py, n, |o| {
-                    go::<_, _, bf16>(&st, p, $q, qst, ($s, $z), bf16::from_bits_mut(o))
-                })?
-                .into_any(),
+                "float32" => {
+                    fill_held::<f32>(py, n, |o| go(&st, p, $q, qst, ($s, $z), o))?.into_any()
+                }
+                "float64" => {
+                    fill_held::<f64>(py, n, |o| go(&st, p, $q, qst, ($s, $z), o))?.into_any()
+                }
+                "float16" => {
+                    fill_held::<f16>(py, n, |o| go(&st, p, $q, qst, ($s, $z), o))?.into_any()
+                }
+                "bfloat16" => {
+                    fill_held::<bf16>(py, n, |o| go(&st, p, $q, qst, ($s, $z), o))?.into_any()
+                }
                 other => {
                     return Err(GroupqError::new_err((
                         "unsupported",
@@ -395,37 +396,6 @@ pub(crate) fn affine_dequantize<'py>(
     })
 }
 
-/// A float output of `n` values of `T`, held by numpy as `T` (f32/f64) or
-/// as `uint16` bits (f16/bf16).
-trait FloatOut: Element + Send {
-    type Held: numpy::Element + Send;
-    fn from_held(h: &mut [Self::Held]) -> &mut [Self];
-}
-impl FloatOut for f32 {
-    type Held = f32;
-    fn from_held(h: &mut [f32]) -> &mut [f32] {
-        h
-    }
-}
-impl FloatOut for f64 {
-    type Held = f64;
-    fn from_held(h: &mut [f64]) -> &mut [f64] {
-        h
-    }
-}
-impl FloatOut for f16 {
-    type Held = u16;
-    fn from_held(h: &mut [u16]) -> &mut [f16] {
-        h.reinterpret_cast_mut::<f16>()
-    }
-}
-impl FloatOut for bf16 {
-    type Held = u16;
-    fn from_held(h: &mut [u16]) -> &mut [bf16] {
-        h.reinterpret_cast_mut::<bf16>()
-    }
-}
-
 /// `FakeQuantizeAffinePlan` (and its mask), or with `grad_output` its
 /// backward (`dY · mask`): values of `x`'s kind.
 #[pyfunction]
@@ -458,7 +428,7 @@ pub(crate) fn affine_fake_quantize<'py>(
     };
     let n = nd.numel();
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    fn go<'py, T: FloatOut, S: Element>(
+    fn go<'py, T: Held, S: Element>(
         py: Python<'py>,
         st: &Stream,
         (nd, g, f, range, with_mask): (Nd, Granularity, AffineFormula, (i32, i32), bool),

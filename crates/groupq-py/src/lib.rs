@@ -79,12 +79,18 @@ macro_rules! floats {
             }
             "float16" => {
                 let a = obj.extract::<PyReadonlyArray1<'_, u16>>()?;
-                let $x = Floats::F16(slice(&a, $name)?.reinterpret_cast::<f16>());
+                let $x = Floats::F16(
+                    groupq::half::slice::HalfBitsSliceExt::reinterpret_cast::<f16>(slice(
+                        &a, $name,
+                    )?),
+                );
                 $body
             }
             "bfloat16" => {
                 let a = obj.extract::<PyReadonlyArray1<'_, u16>>()?;
-                let $x = Floats::Bf16(slice(&a, $name)?.reinterpret_cast::<bf16>());
+                let $x = Floats::Bf16(groupq::half::slice::HalfBitsSliceExt::reinterpret_cast::<
+                    bf16,
+                >(slice(&a, $name)?));
                 $body
             }
             other => {
@@ -127,28 +133,50 @@ pub(crate) fn fill<'py, T: numpy::Element + Send>(
     Ok(a)
 }
 
-/// f16 and bf16: their values as `uint16` bit patterns.
-pub(crate) trait Half16: Sized {
-    fn from_bits_mut(b: &mut [u16]) -> &mut [Self];
+/// A float type as numpy holds it: f32 and f64 as themselves, f16 and
+/// bf16 as their `uint16` bits (the Python layer views them as the dtype).
+pub(crate) trait Held: Element + Send {
+    /// The numpy dtype name of the values.
+    const NAME: &'static str;
+    type Held: numpy::Element + Send;
+    fn from_held(h: &mut [Self::Held]) -> &mut [Self];
 }
-impl Half16 for f16 {
-    fn from_bits_mut(b: &mut [u16]) -> &mut [Self] {
-        b.reinterpret_cast_mut::<f16>()
+impl Held for f32 {
+    const NAME: &'static str = "float32";
+    type Held = f32;
+    fn from_held(h: &mut [f32]) -> &mut [f32] {
+        h
     }
 }
-impl Half16 for bf16 {
-    fn from_bits_mut(b: &mut [u16]) -> &mut [Self] {
-        b.reinterpret_cast_mut::<bf16>()
+impl Held for f64 {
+    const NAME: &'static str = "float64";
+    type Held = f64;
+    fn from_held(h: &mut [f64]) -> &mut [f64] {
+        h
+    }
+}
+impl Held for f16 {
+    const NAME: &'static str = "float16";
+    type Held = u16;
+    fn from_held(h: &mut [u16]) -> &mut [f16] {
+        h.reinterpret_cast_mut::<f16>()
+    }
+}
+impl Held for bf16 {
+    const NAME: &'static str = "bfloat16";
+    type Held = u16;
+    fn from_held(h: &mut [u16]) -> &mut [bf16] {
+        h.reinterpret_cast_mut::<bf16>()
     }
 }
 
-/// f16/bf16 values written through their `uint16` bits.
-fn fill_bits<'py, H: Half16>(
+/// [`fill`] for float values of `T`, held as numpy holds them.
+pub(crate) fn fill_held<'py, T: Held>(
     py: Python<'py>,
     n: usize,
-    f: impl FnOnce(&mut [H]) -> groupq::Result<()> + Send,
-) -> PyResult<Bound<'py, PyArray1<u16>>> {
-    fill::<u16>(py, n, |bits| f(H::from_bits_mut(bits)))
+    f: impl FnOnce(&mut [T]) -> groupq::Result<()> + Send,
+) -> PyResult<Bound<'py, PyArray1<T::Held>>> {
+    fill::<T::Held>(py, n, |h| f(T::from_held(h)))
 }
 
 fn quantize_pg<T: Element, Q: IntElement>(
@@ -299,10 +327,10 @@ fn dequantize_per_group<'py>(
     macro_rules! go {
         ($q:expr) => {
             floats!(scale, kind, "scale", |ss| match ss {
-                Floats::F32(s) => fill::<f32>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
-                Floats::F64(s) => fill::<f64>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
-                Floats::F16(s) => fill_bits::<f16>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
-                Floats::Bf16(s) => fill_bits::<bf16>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
+                Floats::F32(s) => fill_held::<f32>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
+                Floats::F64(s) => fill_held::<f64>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
+                Floats::F16(s) => fill_held::<f16>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
+                Floats::Bf16(s) => fill_held::<bf16>(py, n, |o| dequantize_pg(&st, ($q, s, z), dims, o))?.into_any(),
             })
         };
     }
@@ -504,42 +532,6 @@ fn dynamic<T: Element, S: Element, Q: IntElement>(
     }
 }
 
-/// Scales of type `S`, held by numpy as `Bits` (f16/bf16 as `uint16`),
-/// and their dtype name.
-trait ScaleOut: Element + Send {
-    const NAME: &'static str;
-    type Bits: numpy::Element + Send;
-    fn from_bits_mut(b: &mut [Self::Bits]) -> &mut [Self];
-}
-impl ScaleOut for f32 {
-    const NAME: &'static str = "float32";
-    type Bits = f32;
-    fn from_bits_mut(b: &mut [f32]) -> &mut [f32] {
-        b
-    }
-}
-impl ScaleOut for f64 {
-    const NAME: &'static str = "float64";
-    type Bits = f64;
-    fn from_bits_mut(b: &mut [f64]) -> &mut [f64] {
-        b
-    }
-}
-impl ScaleOut for f16 {
-    const NAME: &'static str = "float16";
-    type Bits = u16;
-    fn from_bits_mut(b: &mut [u16]) -> &mut [f16] {
-        <f16 as Half16>::from_bits_mut(b)
-    }
-}
-impl ScaleOut for bf16 {
-    const NAME: &'static str = "bfloat16";
-    type Bits = u16;
-    fn from_bits_mut(b: &mut [u16]) -> &mut [bf16] {
-        <bf16 as Half16>::from_bits_mut(b)
-    }
-}
-
 /// `(codes, scale, zero_point, scale_dtype, offset)`.
 type Quantized<'py> = (
     Bound<'py, PyAny>,
@@ -549,7 +541,7 @@ type Quantized<'py> = (
     Option<Bound<'py, PyAny>>,
 );
 
-fn dynamic_out<'py, T: Element, S: ScaleOut, Q: IntElement + numpy::Element>(
+fn dynamic_out<'py, T: Element, S: Held, Q: IntElement + numpy::Element>(
     py: Python<'py>,
     st: &Stream,
     x: &[T],
@@ -558,19 +550,19 @@ fn dynamic_out<'py, T: Element, S: ScaleOut, Q: IntElement + numpy::Element>(
     with_offset: bool,
 ) -> PyResult<Quantized<'py>> {
     let ng = dims.0 * (dims.1 / dims.2.max(1));
-    let s = PyArray1::<S::Bits>::zeros(py, ng, false);
+    let s = PyArray1::<S::Held>::zeros(py, ng, false);
     let z = PyArray1::<i32>::zeros(py, ng, false);
     let q = PyArray1::<Q>::zeros(py, dims.0 * dims.1, false);
-    let m = with_offset.then(|| PyArray1::<S::Bits>::zeros(py, ng, false));
+    let m = with_offset.then(|| PyArray1::<S::Held>::zeros(py, ng, false));
     {
         let (mut sw, mut zw, mut qw) = (s.readwrite(), z.readwrite(), q.readwrite());
         let mut mw = m.as_ref().map(|m| m.readwrite());
         let bad = |e: numpy::AsSliceError| invalid(e.to_string());
-        let sl = S::from_bits_mut(sw.as_slice_mut().map_err(bad)?);
+        let sl = S::from_held(sw.as_slice_mut().map_err(bad)?);
         let zl = zw.as_slice_mut().map_err(bad)?;
         let ql = qw.as_slice_mut().map_err(bad)?;
         let ml = match mw.as_mut() {
-            Some(w) => Some(S::from_bits_mut(w.as_slice_mut().map_err(bad)?)),
+            Some(w) => Some(S::from_held(w.as_slice_mut().map_err(bad)?)),
             None => None,
         };
         py.detach(|| dynamic(st, x, recipe, dims, (sl, zl, ql, ml)))
