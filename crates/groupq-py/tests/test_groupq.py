@@ -174,6 +174,11 @@ def test_errors_are_typed():
     with pytest.raises(groupq.InvalidProblemError, match="no offset"):
         groupq.quantize_dynamic(x, preset="gguf-q4_0", group_size=32, bits=4, offset=True)
     assert "gptq" in groupq.presets() and "torchao" in groupq.presets()
+    # A preset's own width without bits=; -1 is one group per row.
+    q, s, _ = groupq.quantize_dynamic(np.ones((2, 64), np.float32), preset="gguf-q8_0", group_size=32)
+    assert q.dtype == np.int8 and s.shape == (2, 2)
+    q, s, _ = groupq.quantize_dynamic(np.ones((2, 64), np.float32), preset="gptq", group_size=-1)
+    assert s.shape == (2, 1)
 
 
 def cases(prefix):

@@ -173,8 +173,10 @@ def _dims(x: np.ndarray, group_size: int) -> Tuple[int, int, int]:
         raise InvalidProblemError("x must have at least one dimension (groups run along the last)")
     axis = x.shape[-1]
     outer = int(np.prod(x.shape[:-1], dtype=np.int64)) if x.ndim > 1 else 1
-    if group_size is None or group_size <= 0:
-        raise InvalidProblemError(f"group_size must be positive, got {group_size}")
+    if group_size == -1:
+        group_size = axis  # one group per row (GPTQ's and torchao's -1)
+    if not isinstance(group_size, (int, np.integer)) or group_size <= 0:
+        raise InvalidProblemError(f"group_size must be positive (or -1 for whole rows), got {group_size}")
     if axis % group_size != 0:
         raise InvalidProblemError(
             f"group_size {group_size} does not divide the last dimension {axis} of shape {x.shape}"
@@ -271,13 +273,32 @@ def dequantize_per_group(
     return _from_bits(y, kind).reshape(q.shape)
 
 
+_FIXED_BITS = {
+    "torch-per-token": 8,
+    "gguf-q8_0": 8,
+    "gguf-q4_0": 4,
+    "gguf-q4_0-fused": 4,
+    "gguf-q4_1": 4,
+    "gguf-q5_0": 5,
+    "gguf-q5_0-fused": 5,
+    "gguf-q5_1": 5,
+}
+
+
+def _preset_bits(preset: str, bits: Optional[int]) -> int:
+    """``bits``, or the preset's own width (4 where it has a choice)."""
+    if bits is None:
+        return _FIXED_BITS.get(preset, 4)
+    return int(bits)
+
+
 @_errors
 def quantize_dynamic(
     x: np.ndarray,
     *,
     preset: str,
     group_size: int,
-    bits: int = 4,
+    bits: Optional[int] = None,
     symmetric: bool = True,
     offset: bool = False,
     q_min: Optional[int] = None,
@@ -289,6 +310,10 @@ def quantize_dynamic(
     codes (int8 for signed presets, uint8 for unsigned ones), scales in the
     peer's dtype and int32 zero points, shaped ``x.shape`` and
     ``x.shape[:-1] + (groups,)``.
+
+    ``bits`` defaults to the preset's width: 4 where the preset has a
+    choice, 8 for ``torch-per-token`` and ``gguf-q8_0``, 5 for the q5 types.
+    ``group_size=-1`` is one group per row.
 
     Presets (``presets()``): ``"torchao"`` (``choose_qparams_affine`` +
     ``quantize_affine``; symmetric int``bits`` or asymmetric uint``bits``),
@@ -312,7 +337,7 @@ def quantize_dynamic(
         raise InvalidProblemError("give both q_min and q_max, or neither")
     rng = None if q_min is None else (int(q_min), int(q_max))
     q, s, z, s_kind, m = _native.quantize_dynamic(
-        xs, kind, preset, (outer, axis, g, rs), int(bits), bool(symmetric), bool(offset), rng, threads
+        xs, kind, preset, (outer, axis, g, rs), _preset_bits(preset, bits), bool(symmetric), bool(offset), rng, threads
     )
     pshape = x.shape[:-1] + (axis // g,)
     out = (q.reshape(x.shape), _from_bits(s, s_kind).reshape(pshape), z.reshape(pshape))

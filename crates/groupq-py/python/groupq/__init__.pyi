@@ -36,7 +36,7 @@ def quantize_dynamic(
     *,
     preset: str,
     group_size: int,
-    bits: int = ...,
+    bits: Optional[int] = ...,
     symmetric: bool = ...,
     offset: bool = ...,
     q_min: Optional[int] = ...,
