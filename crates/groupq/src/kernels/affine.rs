@@ -10,9 +10,10 @@
 
 #[cfg(test)]
 use super::recipe::rne;
-use super::recipe::{codes_into, round, Arith, FormulaKernel, VectorRecipe, CHUNK};
+use super::recipe::{codes_into, round, Arith, FormulaKernel, CHUNK};
 use super::{
     DequantizeBackwardRun, DequantizeRun, FormulaParams, GroupExtremes, QuantizeBackwardRun,
+    RecipeCodesKernel, RecipeExtremesKernel,
 };
 use crate::affine::{AffineFormula, CodeConversion, ZeroScale};
 use crate::element::ElementKind;
@@ -250,9 +251,7 @@ impl AffineKernel {
             && self.f.quantize.rounding == spec.quantize.rounding
             && self.a.0 == Recipe::arithmetic_kind(spec.quantize.arithmetic, input)
     }
-}
 
-impl AffineKernel {
     /// SPEC §3.3 per element under this formula: `(inside(r) && s != 0) ?
     /// A(dy) / s : 0`, `r` the forward's rounded value.
     #[inline(always)]
@@ -335,7 +334,8 @@ pub(crate) fn dequantize_backward_run<T: Element>(
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AffineVector<T> {
     formula: FormulaKernel,
-    vector: VectorRecipe<T>,
+    extremes: RecipeExtremesKernel<T>,
+    codes: RecipeCodesKernel<T>,
     /// The conversion is the int64 cast: values at or beyond 2^63 go to
     /// `q_min`, so runs that could reach them take the element core.
     int64: bool,
@@ -361,10 +361,10 @@ impl<T: Element> AffineVector<T> {
         }
         let formula = FormulaKernel::new(k.f.quantize, input);
         let vector = formula.vector::<T, Q>(b)?;
-        vector.codes?;
         Some(AffineVector {
             formula,
-            vector,
+            extremes: vector.extremes,
+            codes: vector.codes?,
             int64: k.f.conversion == CodeConversion::Int64Cast,
         })
     }
@@ -387,7 +387,7 @@ impl<T: Element> AffineVector<T> {
         const REACH: f64 = 2_305_843_009_213_693_952.0;
         let mut e = GroupExtremes::default();
         let scale_kept = !k.f.scale_to_arithmetic || k.a.r(s).to_bits() == s.to_bits();
-        if !scale_kept || !(self.vector.extremes)(xs, &mut e) {
+        if !scale_kept || !(self.extremes)(xs, &mut e) {
             return false;
         }
         let amax = e.max.max(-e.min);
@@ -395,14 +395,6 @@ impl<T: Element> AffineVector<T> {
             return false;
         }
         self.formula.formula_params(s, z, 0.0, amax, range, p)
-    }
-
-    /// The codes of `xs` (at most [`CHUNK`]) as bytes, when
-    /// [`params`](Self::params) allows.
-    fn codes(&self, xs: &[T], p: &FormulaParams, bytes: &mut [u8]) {
-        if let Some(codes) = self.vector.codes {
-            codes(xs, p, bytes);
-        }
     }
 }
 
@@ -424,10 +416,7 @@ pub(crate) fn quantize_run<T: Element, Q: IntElement>(
     if let Some(v) = vector {
         let mut p = FormulaParams::default();
         if v.params(k, xs, (s, z), (lo, hi), &mut p) {
-            if let Some(codes) = v.vector.codes {
-                codes_into(codes, xs, &p, out, bytes);
-                return;
-            }
+            return codes_into(v.codes, xs, &p, out, bytes);
         }
     }
     for (x, q) in xs.iter().zip(out.iter_mut()) {
@@ -507,12 +496,8 @@ pub(crate) fn fake_run<Q: IntElement, T: Element>(
             deq.filter(|_| z.is_some() && v.codes.params(k, xs, (s, zi), (lo, hi), &mut p))
         {
             let n = xs.len();
-            let bytes = &mut bytes[..n];
-            v.codes.codes(xs, &p, bytes);
             let mut qs = [Q::from_unit_byte(0); CHUNK];
-            for (q, &b) in qs.iter_mut().zip(bytes.iter()) {
-                *q = Q::from_unit_byte(b);
-            }
+            codes_into(v.codes.codes, xs, &p, &mut qs[..n], bytes);
             if let (Some(o), Some((f, (sm, zr)))) = (out.as_deref_mut(), deq) {
                 f(&qs[..n], sm, zr, o);
             }

@@ -609,11 +609,12 @@ impl ZeroPoints<'_> {
         }
     }
 
-    /// `Some(z)` for an integer zero point (none is 0), `None` for a float
-    /// one: what the run kernels can add.
+    /// [`at`](Self::at) for the run kernels: the integer zero point as
+    /// `Some` (none is 0), `None` for a float one, which they cannot add.
     #[inline(always)]
-    pub(crate) fn integer(&self, z: i32) -> Option<i32> {
-        (!matches!(self, ZeroPoints::Float(_))).then_some(z)
+    pub(crate) fn run_at(&self, p: usize, k: &AffineKernel) -> (Option<i32>, f64) {
+        let (z, zf) = self.at(p, k);
+        ((!matches!(self, ZeroPoints::Float(_))).then_some(z), zf)
     }
 }
 

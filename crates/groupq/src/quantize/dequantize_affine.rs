@@ -185,8 +185,7 @@ impl<TQ: IntElement, TScale: Element, TOut: Element> DequantizeAffinePlan<TQ, TS
         {
             walk_rows::<TOut, bool>(stream, layout, inputs, out, None, |row, ys, _| {
                 for_each_run(&row, ys.len(), usize::MAX, |p, r| {
-                    let (z, zf) = zp.at(p, k);
-                    let z = zp.integer(z);
+                    let (z, zf) = zp.run_at(p, k);
                     let qs = &q[row.input[0] + r.start..row.input[0] + r.end];
                     dequantize_run(k, self.run, qs, (s[p].to_f64(), z, zf), &mut ys[r]);
                 });

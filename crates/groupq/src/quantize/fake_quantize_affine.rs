@@ -175,9 +175,9 @@ fn fake_rows<Q: IntElement, T: Element, TScale: Element>(
         let mut bytes = [0u8; CHUNK];
         let mut scratch = [false; CHUNK];
         for_each_run(&row, ys.len(), CHUNK, |p, r| {
-            let (z, zf) = zp.at(p, k);
+            let (z, zf) = zp.run_at(p, k);
             let xs = &x[row.input[0] + r.start..row.input[0] + r.end];
-            let params = (s[p].to_f64(), zp.integer(z), zf);
+            let params = (s[p].to_f64(), z, zf);
             match dy {
                 // The forward: values and mask.
                 None => {

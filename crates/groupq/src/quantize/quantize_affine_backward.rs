@@ -159,10 +159,10 @@ impl<T: Element, TScale: Element> QuantizeAffineBackwardPlan<T, TScale> {
         if self.run.is_some() && by_runs(layout, &lasts) {
             walk_rows::<T, bool>(stream, layout, inputs, out, None, |row, gs, _| {
                 for_each_run(&row, gs.len(), usize::MAX, |p, r| {
-                    let (z, zf) = zp.at(p, k);
+                    let (z, zf) = zp.run_at(p, k);
                     let xs = &x[row.input[0] + r.start..row.input[0] + r.end];
                     let dys = &dy[row.input[1] + r.start..row.input[1] + r.end];
-                    let params = (s[p].to_f64(), zp.integer(z), zf);
+                    let params = (s[p].to_f64(), z, zf);
                     let b = self.desc.boundary;
                     quantize_backward_run(k, self.run, (dys, xs), params, &mut gs[r], (lo, hi), b);
                 });
