@@ -101,10 +101,7 @@ pub(crate) fn dequantize_groups<TQ: IntElement, TOut: Element>(
     let units = group_size / TQ::PACK;
     let groups = q.chunks_exact(units).zip(out.chunks_exact_mut(group_size));
     for ((qs, os), (&s, &z)) in groups.zip(scale.iter().zip(zero_point)) {
-        let s = s.to_math();
-        for (i, o) in os.iter_mut().enumerate() {
-            *o = TOut::from_math(dequantize(TQ::read_code(qs, i), z, s));
-        }
+        dequantize_run(qs, s.to_f64(), z, os);
     }
 }
 
@@ -124,11 +121,7 @@ pub(crate) fn quantize_backward_groups<T: Element>(
     let inputs = dy.chunks_exact(group_size).zip(x.chunks_exact(group_size));
     let groups = inputs.zip(out.chunks_exact_mut(group_size));
     for (((dys, xs), os), (&s, &z)) in groups.zip(scale.iter().zip(zero_point)) {
-        let s = s.to_math();
-        for ((o, &dy), &x) in os.iter_mut().zip(dys).zip(xs) {
-            let g = quantize_grad(dy.to_math(), x.to_math(), s, z, q_min, q_max, boundary);
-            *o = T::from_math(g);
-        }
+        quantize_backward_run(dys, xs, s.to_f64(), z, os, q_min, q_max, boundary);
     }
 }
 
@@ -143,15 +136,12 @@ pub(crate) fn dequantize_backward_groups<T: Element>(
         .chunks_exact(group_size)
         .zip(out.chunks_exact_mut(group_size));
     for ((dys, os), &s) in groups.zip(scale) {
-        let s = s.to_math();
-        for (o, &dy) in os.iter_mut().zip(dys) {
-            *o = T::from_math(dequantize_grad(dy.to_math(), s));
-        }
+        dequantize_backward_run(dys, s.to_f64(), os);
     }
 }
 
 /// Inverse of one run of codes sharing scale `s` (a value of the math
-/// type) and zero point `z`.
+/// type, so the conversion below is exact) and zero point `z`.
 pub(crate) fn dequantize_run<TQ: IntElement, TOut: Element>(
     q: &[TQ],
     s: f64,
