@@ -635,8 +635,8 @@ fn quantize_dynamic<'py>(
 fn packed<T: numpy::Element>(
     py: Python<'_>,
     r: groupq::Result<Vec<T>>,
-) -> PyResult<Bound<'_, PyArray1<T>>> {
-    Ok(PyArray1::from_vec(py, r.map_err(err)?))
+) -> PyResult<Bound<'_, PyAny>> {
+    Ok(PyArray1::from_vec(py, r.map_err(err)?).into_any())
 }
 
 fn gptq_encoding(name: &str) -> PyResult<pack::GptqZeros> {
@@ -681,55 +681,61 @@ fn pack_words<'py>(
     bits: u32,
     encoding: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    macro_rules! arg {
-        ($t:ty) => {{
+    // `$d`: the data as a slice of `$t`, borrowed from the array (no copy).
+    macro_rules! with {
+        ($t:ty, |$d:ident| $e:expr) => {{
             let a = data.extract::<PyReadonlyArray1<'_, $t>>()?;
-            slice(&a, "data")?.to_vec()
+            let $d = slice(&a, "data")?;
+            $e
         }};
     }
-    Ok(match name {
-        "gptq_qweight" => packed(py, pack::gptq_qweight(&arg!(u8), n, k, bits))?.into_any(),
-        "gptq_qweight_unpack" => {
-            packed(py, pack::gptq_qweight_unpack(&arg!(i32), n, k, bits))?.into_any()
-        }
-        "gptq_qzeros" => packed(
+    match name {
+        "gptq_qweight" => with!(u8, |d| packed(py, pack::gptq_qweight(d, n, k, bits))),
+        "gptq_qweight_unpack" => with!(i32, |d| packed(
             py,
-            pack::gptq_qzeros(&arg!(i32), n, k, bits, gptq_encoding(encoding)?),
-        )?
-        .into_any(),
-        "gptq_qzeros_unpack" => packed(
-            py,
-            pack::gptq_qzeros_unpack(&arg!(i32), n, k, bits, gptq_encoding(encoding)?),
-        )?
-        .into_any(),
-        "awq_qweight" => packed(py, pack::awq_qweight(&arg!(u8), n, k, bits))?.into_any(),
-        "awq_qweight_unpack" => {
-            packed(py, pack::awq_qweight_unpack(&arg!(i32), n, k, bits))?.into_any()
+            pack::gptq_qweight_unpack(d, n, k, bits)
+        )),
+        "gptq_qzeros" => {
+            let enc = gptq_encoding(encoding)?;
+            with!(i32, |d| packed(py, pack::gptq_qzeros(d, n, k, bits, enc)))
         }
-        "awq_qzeros" => packed(py, pack::awq_qzeros(&arg!(i32), n, k, bits))?.into_any(),
-        "awq_qzeros_unpack" => {
-            packed(py, pack::awq_qzeros_unpack(&arg!(i32), n, k, bits))?.into_any()
+        "gptq_qzeros_unpack" => {
+            let enc = gptq_encoding(encoding)?;
+            with!(i32, |d| packed(
+                py,
+                pack::gptq_qzeros_unpack(d, n, k, bits, enc)
+            ))
         }
+        "awq_qweight" => with!(u8, |d| packed(py, pack::awq_qweight(d, n, k, bits))),
+        "awq_qweight_unpack" => with!(i32, |d| packed(py, pack::awq_qweight_unpack(d, n, k, bits))),
+        "awq_qzeros" => with!(i32, |d| packed(py, pack::awq_qzeros(d, n, k, bits))),
+        "awq_qzeros_unpack" => with!(i32, |d| packed(py, pack::awq_qzeros_unpack(d, n, k, bits))),
         "compressed_tensors_weight" => {
-            packed(py, pack::compressed_tensors_weight(&arg!(i8), n, k, bits))?.into_any()
+            with!(i8, |d| packed(
+                py,
+                pack::compressed_tensors_weight(d, n, k, bits)
+            ))
         }
-        "compressed_tensors_weight_unpack" => packed(
-            py,
-            pack::compressed_tensors_weight_unpack(&arg!(i32), n, k, bits),
-        )?
-        .into_any(),
-        "compressed_tensors_zero_point" => packed(
-            py,
-            pack::compressed_tensors_zero_point(&arg!(i32), n, k, bits),
-        )?
-        .into_any(),
-        "compressed_tensors_zero_point_unpack" => packed(
-            py,
-            pack::compressed_tensors_zero_point_unpack(&arg!(i32), n, k, bits),
-        )?
-        .into_any(),
-        other => return Err(invalid(format!("no packer named {other:?}"))),
-    })
+        "compressed_tensors_weight_unpack" => {
+            with!(i32, |d| packed(
+                py,
+                pack::compressed_tensors_weight_unpack(d, n, k, bits)
+            ))
+        }
+        "compressed_tensors_zero_point" => {
+            with!(i32, |d| packed(
+                py,
+                pack::compressed_tensors_zero_point(d, n, k, bits)
+            ))
+        }
+        "compressed_tensors_zero_point_unpack" => {
+            with!(i32, |d| packed(
+                py,
+                pack::compressed_tensors_zero_point_unpack(d, n, k, bits)
+            ))
+        }
+        other => Err(invalid(format!("no packer named {other:?}"))),
+    }
 }
 
 /// ggml blocks: codes (int32, a multiple of 32), `d` and `m` as f16 bits
@@ -742,7 +748,7 @@ fn gguf_blocks<'py>(
     codes: PyReadonlyArray1<'py, i32>,
     d: PyReadonlyArray1<'py, u16>,
     m: Option<PyReadonlyArray1<'py, u16>>,
-) -> PyResult<Bound<'py, PyArray1<u8>>> {
+) -> PyResult<Bound<'py, PyAny>> {
     let m = match &m {
         Some(m) => Some(slice(m, "m")?),
         None => None,

@@ -114,6 +114,22 @@ def _flat(a: np.ndarray, kind: Optional[str] = None) -> np.ndarray:
     return a
 
 
+def _span(a: np.ndarray, span: int, kind: Optional[str] = None) -> np.ndarray:
+    """The ``span`` elements of memory from ``a``'s first element on, as a
+    read-only 1-D view (no copy; the caller computes ``span`` from ``a``'s
+    own non-negative strides, so it stays inside ``a``'s buffer); f16/bf16
+    as their uint16 bits."""
+    flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(a.itemsize,), writeable=False)
+    return flat.view(np.uint16) if kind in ("float16", "bfloat16") else flat
+
+
+def _per_group_params(ng: int, **params: np.ndarray) -> None:
+    """Each parameter array holds one value per group."""
+    for name, a in params.items():
+        if a.size != ng:
+            raise InvalidProblemError(f"{name} has {a.size} elements; {ng} groups need one each")
+
+
 def _rows(a: np.ndarray, kind: Optional[str] = None) -> Tuple[np.ndarray, int]:
     """``a`` as rows of its last axis: ``(flat, row_stride)``, ``flat`` a
     1-D view from ``a``'s first element to its last (f16/bf16 as uint16
@@ -131,11 +147,7 @@ def _rows(a: np.ndarray, kind: Optional[str] = None) -> Tuple[np.ndarray, int]:
     ok = ok and rs > 0 and rs % it == 0 and rs // it >= k
     if a.flags.c_contiguous or not ok:
         return _flat(a, kind), k
-    span = (outer - 1) * (rs // it) + k
-    flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(it,), writeable=False)
-    if kind in ("float16", "bfloat16"):
-        flat = flat.view(np.uint16)
-    return flat, rs // it
+    return _span(a, (outer - 1) * (rs // it) + k, kind), rs // it
 
 
 def _from_bits(a: np.ndarray, kind: str) -> np.ndarray:
@@ -214,9 +226,7 @@ def quantize_per_group(
     ng = outer * (axis // g)
     scale = _real(scale, "scale").astype(x.dtype)
     zero_point = _int32(zero_point, "zero_point")
-    for name, a in (("scale", scale), ("zero_point", zero_point)):
-        if a.size != ng:
-            raise InvalidProblemError(f"{name} has {a.size} elements; {ng} groups need one each")
+    _per_group_params(ng, scale=scale, zero_point=zero_point)
     if out_dtype is None:
         out_dtype = np.int8 if q_min < 0 else np.uint8
     out = np.dtype(out_dtype).name
@@ -257,9 +267,7 @@ def dequantize_per_group(
     ng = outer * (axis // g)
     scale = _real(scale, "scale").astype(out_dt, copy=False)
     zero_point = _int32(zero_point, "zero_point")
-    for name, a in (("scale", scale), ("zero_point", zero_point)):
-        if a.size != ng:
-            raise InvalidProblemError(f"{name} has {a.size} elements; {ng} groups need one each")
+    _per_group_params(ng, scale=scale, zero_point=zero_point)
     qs, rs = _rows(q)
     y = _native.dequantize_per_group(
         qs,

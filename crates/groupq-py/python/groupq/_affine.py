@@ -9,7 +9,16 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import InvalidProblemError, UnsupportedError, _errors, _float_dtype, _float_kind, _native, _real
+from . import (
+    InvalidProblemError,
+    UnsupportedError,
+    _errors,
+    _float_dtype,
+    _float_kind,
+    _native,
+    _real,
+    _span,
+)
 
 __all__ = [
     "quantize_affine",
@@ -33,10 +42,7 @@ def _strided(a: np.ndarray, kind: Optional[str] = None):
         strides = [0 if d == 1 else s for d, s in zip(a.shape, a.strides)]
     el = [s // it for s in strides]
     span = 1 + sum((d - 1) * s for d, s in zip(a.shape, el)) if a.size else 0
-    flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(it,), writeable=False)
-    if kind in ("float16", "bfloat16"):
-        flat = flat.view(np.uint16)
-    return flat, list(a.shape), el
+    return _span(a, span, kind), list(a.shape), el
 
 
 def _gran(ndim, granularity, axis, group_size, block_size):
